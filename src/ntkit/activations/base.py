@@ -1,0 +1,97 @@
+"""The interface every nonlinearity implements, and the numerically safe helpers they share.
+
+For a nonlinearity sigma and a centred 2-D Gaussian (u, v) with covariance [[q1, c], [c, q2]]
+an activation provides the two expectations the paper's recursion needs (Proposition 1, Theorem 1):
+
+    Sigma map:     E[sigma(u) sigma(v)]
+    SigmaDot map:  E[sigma'(u) sigma'(v)]
+
+Arguments are tensors that broadcast against each other; the result has their broadcast shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+TWO_PI = 2.0 * math.pi
+
+
+class _SafeSqrt(torch.autograd.Function):
+    """sqrt(max(x, 0)) whose gradient is finite: zero where x <= 0 (the one-sided limit we need
+    for identical or collinear points, where the arc-cosine formulas have a removable kink)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        root = torch.sqrt(torch.clamp(x, min=0.0))
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (root,) = ctx.saved_tensors
+        positive = root > 0
+        return torch.where(positive, grad / (2.0 * torch.where(positive, root, 1.0)), 0.0)
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(max(x, 0)) with a finite gradient everywhere."""
+    return _SafeSqrt.apply(x)
+
+
+def angle(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The angle theta = arccos(c / sqrt(q1 q2)) in [0, pi] and s = sqrt(q1 q2 - c^2).
+
+    Computed as atan2(s, c) with a clamped square root (NOTES.md): no arccos of a value that
+    rounding pushed past 1, and theta = 0 (not NaN) when q1 = q2 = c = 0.
+    """
+    s = safe_sqrt(q1 * q2 - c * c)
+    both_zero = (s == 0) & (c == 0)
+    theta = torch.atan2(s, torch.where(both_zero, torch.ones_like(c), c))
+    return theta, s
+
+
+class Activation:
+    """A nonlinearity with its derivative and the two Gaussian expectations of the paper.
+
+    Subclasses implement `__call__`, `derivative`, `sigma` and `sigma_dot`; `sigma_both`,
+    `sigma_diag` and `sigma_dot_diag` have generic defaults that subclasses may speed up.
+    """
+
+    name: str = "activation"
+    #: True when the closed forms depend on (c, q1, q2) only through the angle and sqrt(q1 q2)
+    #: scaling as for ReLU; used by property tests (scale behaviour).
+    homogeneous: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma'(x), elementwise."""
+        raise NotImplementedError
+
+    def sigma(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+        """E[sigma(u) sigma(v)] for (u, v) ~ N(0, [[q1, c], [c, q2]])."""
+        raise NotImplementedError
+
+    def sigma_dot(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+        """E[sigma'(u) sigma'(v)] for (u, v) ~ N(0, [[q1, c], [c, q2]])."""
+        raise NotImplementedError
+
+    def sigma_both(
+        self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Sigma map, SigmaDot map) together; closed forms share their intermediates."""
+        return self.sigma(c, q1, q2), self.sigma_dot(c, q1, q2)
+
+    def sigma_diag(self, q: torch.Tensor) -> torch.Tensor:
+        """E[sigma(u)^2] for u ~ N(0, q)."""
+        return self.sigma(q, q, q)
+
+    def sigma_dot_diag(self, q: torch.Tensor) -> torch.Tensor:
+        """E[sigma'(u)^2] for u ~ N(0, q)."""
+        return self.sigma_dot(q, q, q)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

@@ -1,0 +1,223 @@
+"""Nonlinearities whose Gaussian expectations have closed forms.
+
+Each class states its formulas; `c` is the covariance and `q1`, `q2` the variances of the
+centred Gaussian pair (u, v). The ReLU family uses the arc-cosine kernels of Cho and Saul (2009)
+written with theta = atan2(s, c), s = sqrt(q1 q2 - c^2) (NOTES.md, "ReLU closed forms").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import TWO_PI, Activation, angle
+
+
+class PiecewiseLinear(Activation):
+    """sigma(x) = x for x > 0 and a x for x < 0: relu (a = 0), leaky_relu (a), abs (a = -1).
+
+    With theta and s from `angle`:
+        E[sigma(u) sigma(v)]   = ((1 - a)^2 s + ((1 + a^2)(pi - theta) + 2 a theta) c) / (2 pi)
+        E[sigma'(u) sigma'(v)] = ((1 + a^2)(pi - theta) + 2 a theta) / (2 pi)
+    (a = 0 gives the paper's ReLU forms: (s + (pi - theta) c) / 2pi and (pi - theta) / 2pi.)
+    """
+
+    homogeneous = True
+
+    def __init__(self, negative_slope: float = 0.0, name: str | None = None):
+        self.a = float(negative_slope)
+        self.name = name or f"leaky_relu({self.a:g})"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, self.a * x)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.a))
+
+    def _angular(self, theta: torch.Tensor) -> torch.Tensor:
+        a = self.a
+        return ((1 + a * a) * (math.pi - theta) + 2 * a * theta) / TWO_PI
+
+    def sigma_both(self, c, q1, q2):
+        theta, s = angle(c, q1, q2)
+        dot = self._angular(theta)
+        return (1 - self.a) ** 2 / TWO_PI * s + dot * c, dot
+
+    def sigma(self, c, q1, q2):
+        return self.sigma_both(c, q1, q2)[0]
+
+    def sigma_dot(self, c, q1, q2):
+        return self.sigma_both(c, q1, q2)[1]
+
+    def sigma_diag(self, q):
+        return 0.5 * (1 + self.a**2) * q
+
+    def sigma_dot_diag(self, q):
+        return torch.full_like(q, 0.5 * (1 + self.a**2))
+
+    def __repr__(self) -> str:
+        return f"PiecewiseLinear(negative_slope={self.a:g})"
+
+
+class Identity(Activation):
+    """sigma(x) = x: E[uv] = c, E[1] = 1 (a deep linear network)."""
+
+    name = "identity"
+    homogeneous = True
+
+    def __call__(self, x):
+        return x
+
+    def derivative(self, x):
+        return torch.ones_like(x)
+
+    def sigma(self, c, q1, q2):
+        return c + 0 * (q1 + q2)
+
+    def sigma_dot(self, c, q1, q2):
+        return torch.ones_like(c + q1 + q2)
+
+
+class Erf(Activation):
+    """sigma(x) = erf(x), sigma'(x) = 2/sqrt(pi) exp(-x^2) (Williams 1997):
+        E[erf(u) erf(v)]   = (2/pi) asin(2c / sqrt((1 + 2 q1)(1 + 2 q2)))
+        E[erf'(u) erf'(v)] = (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 c^2)
+    """
+
+    name = "erf"
+
+    def __call__(self, x):
+        return torch.erf(x)
+
+    def derivative(self, x):
+        return 2.0 / math.sqrt(math.pi) * torch.exp(-x * x)
+
+    def sigma(self, c, q1, q2):
+        ratio = 2 * c / torch.sqrt((1 + 2 * q1) * (1 + 2 * q2))
+        return 2.0 / math.pi * torch.asin(ratio.clamp(-1.0, 1.0))
+
+    def sigma_dot(self, c, q1, q2):
+        return 4.0 / math.pi / torch.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * c * c)
+
+
+def _exp_sinh_cosh(c, q1, q2, sign: float) -> torch.Tensor:
+    """exp(-(q1 + q2)/2) (e^c + sign e^-c) / 2, without overflow (|c| <= (q1 + q2)/2)."""
+    half = 0.5 * (q1 + q2)
+    return 0.5 * (torch.exp(c - half) + sign * torch.exp(-c - half))
+
+
+class Sin(Activation):
+    """sigma = sin: E[sin u sin v] = e^{-(q1+q2)/2} sinh(c), E[cos u cos v] = e^{-(q1+q2)/2} cosh(c)."""
+
+    name = "sin"
+
+    def __call__(self, x):
+        return torch.sin(x)
+
+    def derivative(self, x):
+        return torch.cos(x)
+
+    def sigma(self, c, q1, q2):
+        return _exp_sinh_cosh(c, q1, q2, -1.0)
+
+    def sigma_dot(self, c, q1, q2):
+        return _exp_sinh_cosh(c, q1, q2, +1.0)
+
+
+class Cos(Activation):
+    """sigma = cos: E[cos u cos v] = e^{-(q1+q2)/2} cosh(c), E[sin u sin v] = e^{-(q1+q2)/2} sinh(c)."""
+
+    name = "cos"
+
+    def __call__(self, x):
+        return torch.cos(x)
+
+    def derivative(self, x):
+        return -torch.sin(x)
+
+    def sigma(self, c, q1, q2):
+        return _exp_sinh_cosh(c, q1, q2, +1.0)
+
+    def sigma_dot(self, c, q1, q2):
+        return _exp_sinh_cosh(c, q1, q2, -1.0)
+
+
+class Sign(Activation):
+    """sigma = sign (values -1, 0, +1), derivative 0 almost everywhere (as autograd has it), so
+    the SigmaDot map is 0: gradients do not pass through a sign layer.
+        E[sign(u) sign(v)] = 1 - 2 theta / pi  (0 when q1 q2 = 0)
+    """
+
+    name = "sign"
+
+    def __call__(self, x):
+        return torch.sign(x)
+
+    def derivative(self, x):
+        return torch.zeros_like(x)
+
+    def sigma(self, c, q1, q2):
+        theta, _ = angle(c, q1, q2)
+        return torch.where(q1 * q2 > 0, 1 - 2 * theta / math.pi, 0.0)
+
+    def sigma_dot(self, c, q1, q2):
+        return torch.zeros_like(c + q1 + q2)
+
+
+class Step(Activation):
+    """sigma = Heaviside step 1{x > 0}, derivative 0 almost everywhere:
+        E[step(u) step(v)] = (pi - theta) / (2 pi)  (0 when q1 q2 = 0)
+    """
+
+    name = "step"
+
+    def __call__(self, x):
+        return (x > 0).to(x.dtype)
+
+    def derivative(self, x):
+        return torch.zeros_like(x)
+
+    def sigma(self, c, q1, q2):
+        theta, _ = angle(c, q1, q2)
+        return torch.where(q1 * q2 > 0, (math.pi - theta) / TWO_PI, 0.0)
+
+    def sigma_dot(self, c, q1, q2):
+        return torch.zeros_like(c + q1 + q2)
+
+
+class Gelu(Activation):
+    """sigma(x) = x Phi(x) (exact GELU), sigma'(x) = Phi(x) + x phi(x).
+
+    With D = (1 + q1)(1 + q2) - c^2 and r = c / sqrt((1 + q1)(1 + q2)) (derived by Stein's lemma
+    and Gaussian tilting; checked against quadrature in the tests):
+        E[sigma(u) sigma(v)]   = c/4 + c asin(r)/(2 pi)
+                                 + (q1 q2 (1 + q1)(1 + q2) + c^2 (1 - q1 q2)) / (2 pi (1 + q1)(1 + q2) sqrt(D))
+        E[sigma'(u) sigma'(v)] = 1/4 + asin(r)/(2 pi) + c (1/(1 + q1) + 1/(1 + q2)) / (2 pi sqrt(D))
+                                 + c / (2 pi D^(3/2))
+    """
+
+    name = "gelu"
+
+    def __call__(self, x):
+        return torch.nn.functional.gelu(x)
+
+    def derivative(self, x):
+        cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+        return cdf + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+    @staticmethod
+    def _parts(c, q1, q2):
+        p1, p2 = 1 + q1, 1 + q2
+        root_d = torch.sqrt(p1 * p2 - c * c)  # D >= 1 + q1 + q2 > 0
+        asin_r = torch.asin((c / torch.sqrt(p1 * p2)).clamp(-1.0, 1.0))
+        return p1, p2, root_d, asin_r
+
+    def sigma(self, c, q1, q2):
+        p1, p2, root_d, asin_r = self._parts(c, q1, q2)
+        tail = (q1 * q2 * p1 * p2 + c * c * (1 - q1 * q2)) / (TWO_PI * p1 * p2 * root_d)
+        return c / 4 + c * asin_r / TWO_PI + tail
+
+    def sigma_dot(self, c, q1, q2):
+        p1, p2, root_d, asin_r = self._parts(c, q1, q2)
+        return 0.25 + asin_r / TWO_PI + c * (1 / p1 + 1 / p2) / (TWO_PI * root_d) + c / (TWO_PI * root_d**3)

@@ -1,0 +1,179 @@
+"""`MLP`: one description of a fully-connected architecture, two views of it.
+
+    arch = MLP(depth=4, activation="relu", beta=0.1)
+    net  = arch.network(in_features=2, width=10_000, seed=0)   # finite network (Section 2)
+    K    = arch.kernel(X, get="ntk")                           # Theta^(L), Theorem 1
+    S, K = arch.kernel(X, get=("nngp", "ntk"))                 # Sigma^(L) (Proposition 1) and Theta^(L)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import gram
+from ._checks import as_matrix, check_choice, check_positive_int, check_real, to_output
+from .activations import DEFAULT_DEGREE, Activation, get_activation
+from .kernels import Recursion, kernel_block, kernel_diag, sigma_diagonals
+from .nets import NTKNetwork
+
+KERNELS = ("ntk", "nngp")
+PARAMETRIZATIONS = ("ntk", "standard")
+Array = torch.Tensor | np.ndarray
+
+
+class MLP:
+    """A fully-connected network of `depth` weight layers (L in the paper; L = 1 is linear).
+
+    Args:
+        depth: number of weight layers L >= 1.
+        activation: a name ("relu", "erf", "tanh", ...), a torch callable, or an `Activation`.
+        beta: the paper's bias scale (>= 0); the bias standard deviation when `b_std` is None.
+        W_std: weight scale (the paper: 1.0). A float, or a 0-d tensor to differentiate through.
+        b_std: bias scale; overrides `beta` when given.
+        parametrization: "ntk" (the paper's, Section 2) or "standard" (Remark 1).
+        quadrature_degree: Gauss-Hermite degree for activations without a closed form.
+    """
+
+    def __init__(self, depth: int, activation: str | Callable | Activation = "relu", beta: float = 0.1,
+                 W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor | None = None,
+                 parametrization: str = "ntk", quadrature_degree: int = DEFAULT_DEGREE):
+        self.depth = check_positive_int(depth, "depth")
+        self.activation = get_activation(activation, degree=quadrature_degree)
+        self.beta = check_real(beta, "beta", minimum=0.0)
+        self.W_std = check_real(W_std, "W_std", minimum=0.0)
+        self.b_std = self.beta if b_std is None else check_real(b_std, "b_std", minimum=0.0)
+        self.parametrization = check_choice(parametrization, "parametrization", PARAMETRIZATIONS)
+
+    def __repr__(self) -> str:
+        return (f"MLP(depth={self.depth}, activation={self.activation.name!r}, W_std={float(self.W_std):g}, "
+                f"b_std={float(self.b_std):g}, parametrization={self.parametrization!r})")
+
+    @property
+    def recursion(self) -> Recursion:
+        return Recursion(self.activation, self.depth, self.W_std, self.b_std)
+
+    # ----------------------------------------------------------------- the finite network
+    def network(self, in_features: int, width: int | list[int] | None = None, out_features: int = 1,
+                seed: int | None = None, dtype: torch.dtype | None = None,
+                device: torch.device | str | None = None) -> NTKNetwork:
+        """A randomly initialized network of this architecture (a `torch.nn.Sequential`).
+
+        `width` is the common hidden width n_1 = ... = n_{L-1}, or a list of L - 1 hidden widths
+        (ignored, and may be None, when depth = 1). `seed` makes the initialization reproducible.
+        """
+        in_features = check_positive_int(in_features, "in_features")
+        out_features = check_positive_int(out_features, "out_features")
+        hidden = self.depth - 1
+        if hidden == 0:
+            widths: list[int] = []
+        elif isinstance(width, (list, tuple)):
+            if len(width) != hidden:
+                raise ValueError(f"width must list {hidden} hidden widths for depth {self.depth}, got {len(width)}")
+            widths = [check_positive_int(w, "width") for w in width]
+        elif width is None:
+            raise ValueError(f"width is required for depth {self.depth} (it has {hidden} hidden layers)")
+        else:
+            widths = [check_positive_int(width, "width")] * hidden
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        net = NTKNetwork([in_features, *widths, out_features], self.activation, float(self.W_std),
+                         float(self.b_std), self.parametrization, generator, dtype)
+        return net.to(device) if device is not None else net
+
+    # ------------------------------------------------------------ the infinite-width kernels
+    def kernel(self, X: Array, Y: Array | None = None, get: str | tuple[str, ...] = "ntk", *,
+               out: Array | tuple[Array, ...] | None = None, tile: int | None = None,
+               progress: bool | None = None) -> Array | tuple[Array, ...]:
+        """The analytic kernels between the rows of X (N, n0) and of Y (M, n0; default X).
+
+        get: "ntk" for Theta^(L) (Theorem 1), "nngp" for Sigma^(L) (Proposition 1), or a tuple
+            of both, returned in that order. Each result has shape (N, M), X's dtype and device;
+            NumPy input gives NumPy output.
+        out: a preallocated (N, M) array (a tuple of them for a tuple `get`), a NumPy memmap
+            included; it is filled and returned.
+        tile: edge of the square tiles the Gram is computed in (default 512 on CPU, 8192 on
+            GPU): peak memory is the output plus a few tiles.
+        """
+        names = self._check_get(get)
+        Xt, numpy_in = as_matrix(X, "X")
+        Yt = Xt if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
+        if Yt.shape[1] != Xt.shape[1]:
+            raise ValueError(f"X and Y must have the same number of features, got {Xt.shape[1]} and {Yt.shape[1]}")
+        if Xt.dtype not in (torch.float32, torch.float64):
+            Xt, Yt = Xt.float(), Yt.float()
+        rec, want_ntk = self.recursion, "ntk" in names
+        n, m = Xt.shape[0], Yt.shape[0]
+        edge = gram.default_tile(Xt.device) if tile is None else check_positive_int(tile, "tile")
+
+        needs_graph = torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in (Xt, Yt, rec.W_std, rec.b_std))
+        if needs_graph:  # differentiable: one block, the autograd graph needs every tile anyway
+            if out is not None:
+                raise ValueError("out cannot be used while differentiating through the kernel")
+            sigma, theta = kernel_block(Xt, Yt, rec, want_ntk)
+            results = [theta if name == "ntk" else sigma for name in names]
+            return self._return(results, get, numpy_in)
+
+        outs = self._outputs(out, names, (n, m), Xt)
+        symmetric = Y is None
+        qx = sigma_diagonals(Xt, rec)
+        qy = qx if symmetric else sigma_diagonals(Yt, rec)
+        diag = kernel_diag(Xt, rec, want_ntk) if symmetric else None
+
+        def tile_fn(rows: slice, cols: slice) -> list[torch.Tensor]:
+            sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk,
+                                        [q[rows] for q in qx], [q[cols] for q in qy])
+            tiles = {"nngp": sigma, "ntk": theta}
+            if symmetric and rows == cols:  # the exact diagonal: theta = 0 there, no rounding noise
+                for name, values in zip(("nngp", "ntk"), diag, strict=True):
+                    if name in names:
+                        tiles[name].diagonal().copy_(values[rows])
+            return [tiles[name] for name in names]
+
+        with torch.no_grad():
+            gram.fill(tile_fn, n, m, outs, symmetric=symmetric, tile=edge,
+                      desc=f"{'+'.join(names)} kernel", show_progress=progress)
+        if out is not None:  # the caller's own arrays, filled in place
+            return outs[0] if isinstance(get, str) else tuple(outs)
+        return self._return(outs, get, numpy_in)
+
+    def kernel_diag(self, X: Array, get: str | tuple[str, ...] = "ntk") -> Array | tuple[Array, ...]:
+        """The diagonal K(x_i, x_i) of the kernels of `kernel`, shape (N,), in O(N) memory."""
+        names = self._check_get(get)
+        Xt, numpy_in = as_matrix(X, "X")
+        sigma, theta = kernel_diag(Xt, self.recursion, "ntk" in names)
+        return self._return([theta if name == "ntk" else sigma for name in names], get, numpy_in)
+
+    # ---------------------------------------------------------------------------- helpers
+    def _check_get(self, get: Any) -> tuple[str, ...]:
+        names = (get,) if isinstance(get, str) else get
+        if not isinstance(names, tuple) or not names:
+            raise TypeError(f"get must be 'ntk', 'nngp' or a tuple of them, got {get!r}")
+        for name in names:
+            check_choice(name, "get", KERNELS)
+        if "ntk" in names and self.parametrization == "standard":
+            raise ValueError("get='ntk' is not defined for parametrization='standard': its NTK grows with the "
+                             "width (Remark 1). Use parametrization='ntk' (same functions at initialization), "
+                             "or get='nngp'")
+        return names
+
+    @staticmethod
+    def _outputs(out: Any, names: tuple[str, ...], shape: tuple[int, int], like: torch.Tensor) -> list[Array]:
+        if out is None:
+            return gram.allocate(shape, len(names), like)
+        outs = [out] if len(names) == 1 and not isinstance(out, tuple) else out
+        if not isinstance(outs, (tuple, list)) or len(outs) != len(names):
+            raise ValueError(f"out must hold {len(names)} arrays, one for each of get={names}")
+        for index, array in enumerate(outs):
+            gram.check_out(array, shape, name="out" if len(names) == 1 else f"out[{index}]")
+        return list(outs)
+
+    @staticmethod
+    def _return(results: list, get: Any, numpy_out: bool) -> Any:
+        converted = [to_output(r, numpy_out) for r in results]
+        return converted[0] if isinstance(get, str) else tuple(converted)

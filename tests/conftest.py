@@ -1,0 +1,43 @@
+"""Shared fixtures: seeded randomness and the location of the real MNIST digits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ntkit as nk
+
+nk.set_progress(False)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mnist_dir() -> Path | None:
+    """The folder of real MNIST IDX files: $NTKIT_TEST_MNIST, else ../shared/data/mnist beside the project."""
+    candidates = [os.environ.get("NTKIT_TEST_MNIST", ""), ROOT.parent / "shared" / "data" / "mnist"]
+    for candidate in candidates:
+        if candidate and Path(candidate, "t10k-images-idx3-ubyte.gz").exists():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def mnist_path() -> Path:
+    path = mnist_dir()
+    if path is None:
+        pytest.skip("the real MNIST files are not available here")
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
