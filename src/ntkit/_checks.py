@@ -44,6 +44,8 @@ def as_tensor(
             raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
         if not np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(np.float64)
+        if not arr.flags.writeable:  # torch cannot wrap read-only memory (memmaps, broadcast views)
+            arr = arr.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(arr))
     else:
         tensor = value

@@ -15,6 +15,8 @@ problems and `mlp.py` is the public entry point.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -64,16 +66,18 @@ def kernel_block(
     want_ntk: bool,
     qx: list[torch.Tensor] | None = None,
     qy: list[torch.Tensor] | None = None,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(Sigma^(L)(X, Y), Theta^(L)(X, Y)) on one block, shapes (N, M); Theta is None unless wanted.
 
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
-    tiles a large problem and has them already.
+    tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
+    torch.compile (see `MLP.kernel`).
     """
     qx = sigma_diagonals(X, rec) if qx is None else qx
     qy = sigma_diagonals(Y, rec) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
-        return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy)
+        return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
@@ -96,36 +100,46 @@ def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool
     return not (torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad))
 
 
-@torch.no_grad()
-def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy):
-    """The same recursion as `kernel_block` for relu / leaky_relu / abs, with in-place updates
-    on one working buffer (a few passes over memory per layer instead of a dozen temporaries).
-
-    In correlation form: rho = Sigma / sqrt(q1 q2), theta = arccos(rho), and
-        E[sigma(u) sigma(v)]   = sqrt(q1 q2) ((1 - a)^2 sin(theta) + k(theta) rho) ,
-        E[sigma'(u) sigma'(v)] = k(theta) = ((1 + a^2)(pi - theta) + 2 a theta) / (2 pi).
-    """
-    import math
-
-    a = rec.activation.a
-    w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
-    sigma = sigma1(X, Y, rec)                       # the working buffer, Sigma^(l) on entry of each layer
+def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compiled: bool = False):
+    """`kernel_block` for relu / leaky_relu / abs through `piecewise_linear_layers`."""
+    tiny = torch.finfo(X.dtype).tiny
+    roots = [(torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)), q1.sqrt(), q2.sqrt())
+             for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
+    sigma = sigma1(X, Y, rec)
     theta = sigma.clone() if want_ntk else None
-    work = torch.empty_like(sigma)
-    for layer in range(1, rec.depth):
-        rx = torch.rsqrt(torch.clamp(qx[layer - 1], min=1e-300 if sigma.dtype == torch.float64 else 1e-30))
-        ry = torch.rsqrt(torch.clamp(qy[layer - 1], min=1e-300 if sigma.dtype == torch.float64 else 1e-30))
-        nx, ny = qx[layer - 1] * rx, qy[layer - 1] * ry          # sqrt(q), zero where q = 0
+    layers = _compiled_layers() if compiled else piecewise_linear_layers
+    return layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
+
+
+@torch.no_grad()
+def piecewise_linear_layers(sigma: torch.Tensor, theta: torch.Tensor | None,
+                            roots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+                            a: float, w2: float, b2: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Layers 2..L of the recursion for sigma(x) = max(x, 0) + a min(x, 0), in place on `sigma`
+    and `theta` (a few passes over memory per layer instead of a dozen temporaries).
+
+    roots[l] = (1/sqrt(q_x), 1/sqrt(q_y), sqrt(q_x), sqrt(q_y)) of Sigma^(l) on the diagonals. In
+    correlation form rho = Sigma / sqrt(q_x q_y), theta_ang = arccos(rho):
+        SigmaDot^(l+1) = W_std^2 k,  k = ((1 + a^2)(pi - theta_ang) + 2 a theta_ang) / (2 pi)
+        Sigma^(l+1)    = W_std^2 sqrt(q_x q_y) ((1 - a)^2 sin(theta_ang) / (2 pi) + k rho) + b_std^2
+        Theta^(l+1)    = Theta^(l) SigmaDot^(l+1) + Sigma^(l+1)
+    """
+    for rx, ry, nx, ny in roots:
         rho = sigma.mul_(rx[:, None]).mul_(ry[None, :]).clamp_(-1.0, 1.0)
-        ang = torch.acos(rho, out=work)                           # theta in [0, pi]
-        sin_part = torch.sin(ang)                                 # sqrt(1 - rho^2), one temporary
-        # k(theta) = c0 + c1 theta, with c0 = (1 + a^2)/2, c1 = (2a - 1 - a^2) / (2 pi)
+        ang = torch.acos(rho)                                      # theta_ang in [0, pi]
+        sin_part = torch.sin(ang)                                  # sqrt(1 - rho^2)
         k = ang.mul_((2 * a - 1 - a * a) / (2 * math.pi)).add_(0.5 * (1 + a * a))
-        if want_ntk:
-            theta.mul_(k).mul_(w2)                                 # Theta^(l) SigmaDot^(l+1)
-        e_phi = sin_part.mul_((1 - a) ** 2 / (2 * math.pi)).addcmul_(k, rho)
-        sigma = e_phi.mul_(nx[:, None]).mul_(ny[None, :]).mul_(w2).add_(b2)   # Sigma^(l+1)
-        work = rho                                                # reuse the old buffer next layer
-        if want_ntk:
-            theta.add_(sigma)                                      # + Sigma^(l+1)
+        if theta is not None:
+            theta.mul_(k).mul_(w2)                                  # Theta^(l) SigmaDot^(l+1)
+        sigma = sin_part.mul_((1 - a) ** 2 / (2 * math.pi)).addcmul_(k, rho)
+        sigma.mul_(nx[:, None]).mul_(ny[None, :]).mul_(w2).add_(b2)  # Sigma^(l+1)
+        if theta is not None:
+            theta.add_(sigma)
     return sigma, theta
+
+
+@functools.cache
+def _compiled_layers():
+    """`piecewise_linear_layers` fused by torch.compile into a few kernels (one pass over memory
+    per layer); compiled on first use, which takes tens of seconds."""
+    return torch.compile(piecewise_linear_layers, dynamic=True)

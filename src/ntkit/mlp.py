@@ -88,7 +88,7 @@ class MLP:
     # ------------------------------------------------------------ the infinite-width kernels
     def kernel(self, X: Array, Y: Array | None = None, get: str | tuple[str, ...] = "ntk", *,
                out: Array | tuple[Array, ...] | None = None, tile: int | None = None,
-               progress: bool | None = None) -> Array | tuple[Array, ...]:
+               progress: bool | None = None, compile: bool = False) -> Array | tuple[Array, ...]:
         """The analytic kernels between the rows of X (N, n0) and of Y (M, n0; default X).
 
         get: "ntk" for Theta^(L) (Theorem 1), "nngp" for Sigma^(L) (Proposition 1), or a tuple
@@ -98,6 +98,10 @@ class MLP:
             included; it is filled and returned.
         tile: edge of the square tiles the Gram is computed in (default 512 on CPU, 8192 on
             GPU): peak memory is the output plus a few tiles.
+        compile: fuse the ReLU-family recursion with torch.compile (one pass over memory per layer
+            instead of about twelve). Worth it for repeated large Grams, on a GPU above all; the
+            first call compiles, which takes tens of seconds. Other activations ignore it.
+        progress: show a progress bar over tiles (None: the global setting, see `set_progress`).
         """
         names = self._check_get(get)
         Xt, numpy_in = as_matrix(X, "X")
@@ -127,7 +131,7 @@ class MLP:
 
         def tile_fn(rows: slice, cols: slice) -> list[torch.Tensor]:
             sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk,
-                                        [q[rows] for q in qx], [q[cols] for q in qy])
+                                        [q[rows] for q in qx], [q[cols] for q in qy], compiled=compile)
             tiles = {"nngp": sigma, "ntk": theta}
             if symmetric and rows == cols:  # the exact diagonal: theta = 0 there, no rounding noise
                 for name, values in zip(("nngp", "ntk"), diag, strict=True):

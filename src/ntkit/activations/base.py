@@ -22,17 +22,32 @@ class _SafeSqrt(torch.autograd.Function):
     """sqrt(max(x, 0)) whose gradient is finite: zero where x <= 0 (the one-sided limit we need
     for identical or collinear points, where the arc-cosine formulas have a removable kink)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        root = torch.sqrt(torch.clamp(x, min=0.0))
-        ctx.save_for_backward(root)
-        return root
+    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.sqrt(torch.clamp(x, min=0.0))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (root,) = ctx.saved_tensors
+        return _SafeSqrt.derivative_times(root, grad)
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (root,) = ctx.saved_tensors
+        return _SafeSqrt.derivative_times(root, tangent)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def derivative_times(root: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """value / (2 sqrt(x)) where x > 0, and 0 where x <= 0."""
         positive = root > 0
-        return torch.where(positive, grad / (2.0 * torch.where(positive, root, 1.0)), 0.0)
+        return torch.where(positive, value / (2.0 * torch.where(positive, root, 1.0)), 0.0)
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,405 @@
+"""The Gaussian that an infinitely wide network follows after training for time t (Section 5).
+
+At initialization f_0 ~ GP(0, Sigma) with Sigma = Sigma^(L) (Proposition 1); training all layers
+by least-squares gradient descent moves f along the constant kernel K = Theta^(L) (Theorem 2):
+
+    f_t(x) = f_0(x) + K(x, X) A_t (y* - f_0(X)),   A_t = V diag((1 - exp(-lambda t)) / (N lambda)) V^T
+
+with K(X, X) / N = V diag(lambda) V^T. So f_t is Gaussian, with (writing k_x = K(X, x), s_x = Sigma(X, x))
+
+    mean_t(x)     = k_x^T A_t y*
+    cov_t(x, x')  = Sigma(x, x') - k_x^T A_t s_x' - s_x^T A_t k_x' + k_x^T A_t Sigma(X, X) A_t k_x'
+
+which at t = inf (A = K^-1) is the paper's formula (NOTES.md, Section 5): the mean is kernel
+regression with Theta and the covariance vanishes on the training points. With a ridge (weight decay,
+see `LeastSquares`) the rates lambda become lambda + ridge / N and A_inf = (K + ridge I)^-1. Training only the last
+layer (`trained="last"`) is the same with K = Sigma^(L) (the gradient kernel of the last layer);
+at t = inf it coincides with the Bayesian NNGP posterior (`posterior`), which also takes
+observation noise.
+
+Computation. t = inf (the default, and all that kernel regression needs) takes one Cholesky
+factorization L L^T = K + ridge I, done at construction (N^3 / 3): A = (K + ridge I)^-1 is applied by two
+triangular solves and the covariance is the direct formula above (M N^2 per test set, plus M^2 N for the
+covariance). Any finite time needs the eigendecomposition K / N = V diag(lambda) V^T (several times the cost
+of the Cholesky factorization), computed on first use and kept (`spectrum`); it is also used at t = inf when
+K + ridge I has no well-conditioned Cholesky factor, where its eigenvalues give the exact error (singular)
+or warning (ill-conditioned). With Sigma(X, X) = V R R^T V^T (R lower triangular, a Cholesky factor in the
+eigenbasis), P = K(X*, X) V and Qr = Sigma(X*, X) V R^-T,
+
+    cov_t = [Sigma(X*, X*) - Qr Qr^T] + U_t U_t^T,    U_t = P D_t R - Qr,    D_t = diag of A_t in the V basis,
+
+where the bracket (the NNGP posterior covariance) does not depend on t. Per model: one eigendecomposition,
+one change of basis and one Cholesky factorization (N^3). Per test set: P, Qr (M N^2). Per time: for the
+covariance a triangular product (M N^2 / 2 multiply-adds) and a symmetric rank-N update (M^2 N / 2); for the
+standard deviation only the first and a row sum (the (M, M) matrix is never formed); for the mean O(N T + M T).
+If Sigma(X, X) is singular the direct formula above is used instead (twice the work per time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import as_matrix, as_tensor, check_choice, check_real, to_output
+from ..progress import progress as progress_bar
+from ._blocked import add_gram, default_block, scaled_upper_product
+from .least_squares import check_cross_gram, check_targets, shape_output
+from .spectrum import ILL_CONDITIONED, Spectrum, check_gram, check_ridge, gram_spectrum
+from .time import check_times, integrated_decay
+
+TRAINED = ("all", "last")
+Array = torch.Tensor | np.ndarray
+
+
+class InfiniteWidthGP:
+    """The distribution of infinitely wide networks of `arch` trained on (X_train, y_train).
+
+    Args:
+        arch: the architecture (an `MLP`, or anything with the same `kernel`/`kernel_diag` methods).
+        X_train: (N, n0) training inputs; y_train: (N,) or (N, k) targets (outputs are independent
+            and share one covariance, the limit kernel being Theta (x) Id).
+        trained: "all" (every layer, kernel Theta^(L), the paper) or "last" (only the last layer,
+            kernel Sigma^(L)).
+        ridge: >= 0, weight decay towards the initialization (see `LeastSquares`); at t = inf the
+            mean is kernel ridge regression.
+        dtype: precision of all the linear algebra (float64 by default).
+        progress: show progress bars (None: follow `ntkit.set_progress`).
+
+    Construction computes the Grams and factors K + ridge I (Cholesky), which is all that t = inf needs;
+    the eigendecomposition `spectrum` is computed on the first finite time (see the module docstring).
+    Use `from_grams` over precomputed Grams. NumPy inputs give NumPy outputs.
+    """
+
+    def __init__(self, arch: Any, X_train: Array, y_train: Array, *, trained: str = "all", ridge: float = 0.0,
+                 dtype: torch.dtype = torch.float64, progress: bool | None = None):
+        check_choice(trained, "trained", TRAINED)
+        Xt, numpy_in = as_matrix(X_train, "X_train", dtype=dtype)
+        if trained == "all":
+            Sigma, Theta = arch.kernel(Xt, get=("nngp", "ntk"), progress=progress)
+        else:
+            Sigma, Theta = arch.kernel(Xt, get="nngp", progress=progress), None
+        self._setup(Theta, Sigma, y_train, trained, ridge, dtype, numpy_in)
+        self.arch, self.X_train, self._progress = arch, Xt, progress
+
+    @classmethod
+    def from_grams(cls, Theta_train: Array | None, Sigma_train: Array, y_train: Array, *, trained: str = "all",
+                   ridge: float = 0.0, dtype: torch.dtype = torch.float64) -> InfiniteWidthGP:
+        """The same model over precomputed Grams Theta(X, X) and Sigma(X, X), both (N, N) (Theta may be
+        None for trained="last"). Predict with `predict_from_grams`."""
+        check_choice(trained, "trained", TRAINED)
+        self = cls.__new__(cls)
+        if trained == "all" and Theta_train is None:
+            raise ValueError("Theta_train is required for trained='all'")
+        self._setup(Theta_train if trained == "all" else None, Sigma_train, y_train, trained, ridge, dtype,
+                    not isinstance(Sigma_train, torch.Tensor))
+        self.arch, self.X_train, self._progress = None, None, None
+        return self
+
+    def _setup(self, Theta: Any, Sigma: Any, y: Any, trained: str, ridge: float, dtype: torch.dtype,
+               numpy_in: bool) -> None:
+        self.trained, self.ridge, self._numpy = trained, check_ridge(ridge), numpy_in
+        self.Sigma_train, _ = check_gram(Sigma, "Sigma_train", dtype=dtype)
+        n = self.Sigma_train.shape[0]
+        if Theta is not None:
+            Theta_t, _ = check_gram(Theta, "Theta_train", dtype=dtype)
+            if Theta_t.shape != self.Sigma_train.shape:
+                raise ValueError(f"Theta_train and Sigma_train must have the same shape, got "
+                                 f"{tuple(Theta_t.shape)} and {tuple(self.Sigma_train.shape)}")
+        # the dynamics kernel: Theta^(L) when every layer trains, Sigma^(L) for the last layer alone
+        self._K = Theta_t if trained == "all" else self.Sigma_train
+        self._K_name = "Theta_train" if trained == "all" else "Sigma_train"
+        self._vector = (y.ndim if isinstance(y, torch.Tensor) else np.ndim(y)) == 1
+        self.y_train = check_targets(y, n, "y_train", self._K.dtype, self._K.device)
+        self._spectrum: Spectrum | None = None
+        self._y_hat: torch.Tensor | None = None                  # V^T y*, (N, k), with the spectrum
+        self._S: torch.Tensor | None = None                      # V^T Sigma(X, X) V, when needed
+        self._root: torch.Tensor | bool | None = None            # its Cholesky factor (False: not PD)
+        # t = inf: L L^T = K + ridge I, kept only when well-conditioned (else the spectrum's exact checks decide)
+        A = self._K + self.ridge * torch.eye(n, dtype=self._K.dtype, device=self._K.device)
+        self._limit = _cholesky(A)
+        if self._limit is not None and not _condition_lower_bound(A, self._limit) <= ILL_CONDITIONED:
+            self._limit = None
+        self._alpha = None if self._limit is None else _cholesky_solve(self._limit, self.y_train)
+        if self._limit is None:                 # (K + ridge I)^-1 y* above; else decompose now, which also
+            self._decompose()                   # rejects a Gram that is not positive semi-definite
+
+    @property
+    def spectrum(self) -> Spectrum:
+        """K(X, X) / N = V diag(lambda) V^T of the dynamics kernel K (Theta, or Sigma for trained="last"),
+        eigenvalues (N,) and eigenvectors (N, N) in `dtype`: computed on first use (a finite time) and kept."""
+        return self._decompose()
+
+    def _decompose(self) -> Spectrum:
+        if self._spectrum is None:
+            self._spectrum = gram_spectrum(self._K, self._K_name, dtype=self._K.dtype)
+            self._y_hat = self._spectrum.eigenvectors.T @ self.y_train
+        return self._spectrum
+
+    @property
+    def n_train(self) -> int:
+        return self.Sigma_train.shape[0]
+
+    def _sigma_in_basis(self) -> torch.Tensor:
+        if self._S is None:
+            V = self.spectrum.eigenvectors
+            self._S = V.T @ self.Sigma_train @ V
+        return self._S
+
+    # ---------------------------------------------------------------------------- predictions
+    def predict(self, X_test: Array, t: Any = np.inf, *, return_std: bool = False, return_cov: bool = False,
+                progress: bool | None = None) -> Array | tuple[Array, Array]:
+        """Mean (and std or covariance) of f_t on X_test (M, n0) at time(s) t.
+
+        t: a time >= 0, np.inf (the default: the end of training), or a 1-D array of T times.
+        Returns mean of shape (M[, k]) or (T, M[, k]); with return_std also std (M,) or (T, M);
+        with return_cov also cov (M, M) or (T, M, M) (symmetric positive semi-definite).
+        """
+        if self.arch is None:
+            raise ValueError("this model was built from Grams: use predict_from_grams")
+        Xs, numpy_in = as_matrix(X_test, "X_test", dtype=self.Sigma_train.dtype, device=self.Sigma_train.device)
+        if Xs.shape[1] != self.X_train.shape[1]:
+            raise ValueError(f"X_test must have {self.X_train.shape[1]} features like X_train, got {Xs.shape[1]}")
+        show = self._progress if progress is None else progress
+        if self.trained == "all":
+            Sigma_cross, Theta_cross = self.arch.kernel(Xs, self.X_train, get=("nngp", "ntk"), progress=show)
+        else:
+            Sigma_cross, Theta_cross = self.arch.kernel(Xs, self.X_train, get="nngp", progress=show), None
+        Sigma_test = None
+        if return_cov:
+            Sigma_test = self.arch.kernel(Xs, get="nngp", progress=show)
+        elif return_std:
+            Sigma_test = self.arch.kernel_diag(Xs, get="nngp")
+        result = self._predict(Theta_cross, Sigma_cross, Sigma_test, t, return_std, return_cov, show)
+        return _convert(result, numpy_in)
+
+    def predict_from_grams(self, Theta_test_train: Array | None, Sigma_test_train: Array,
+                           Sigma_test: Array | None = None, t: Any = np.inf, *, return_std: bool = False,
+                           return_cov: bool = False, progress: bool | None = None) -> Array | tuple[Array, Array]:
+        """`predict` over precomputed Grams: Theta(X*, X) and Sigma(X*, X), both (M, N) (Theta may be None
+        for trained="last"), and Sigma(X*, X*): the (M, M) matrix, or its diagonal (M,) when only the
+        standard deviation is wanted. Returns NumPy when Sigma_test_train is NumPy."""
+        n, dtype, device = self.n_train, self.Sigma_train.dtype, self.Sigma_train.device
+        Sigma_cross = check_cross_gram(Sigma_test_train, n, "Sigma_test_train", dtype, device)
+        Theta_cross = None
+        if self.trained == "all":
+            if Theta_test_train is None:
+                raise ValueError("Theta_test_train is required for trained='all'")
+            Theta_cross = check_cross_gram(Theta_test_train, n, "Theta_test_train", dtype, device)
+            if Theta_cross.shape != Sigma_cross.shape:
+                raise ValueError(f"Theta_test_train and Sigma_test_train must have the same shape, got "
+                                 f"{tuple(Theta_cross.shape)} and {tuple(Sigma_cross.shape)}")
+        Sigma_t = None
+        if return_std or return_cov:
+            if Sigma_test is None:
+                raise ValueError("Sigma_test (the test Gram, or its diagonal for return_std) is required for "
+                                 "return_std or return_cov")
+            Sigma_t, _ = as_tensor(Sigma_test, "Sigma_test", ndim=(1, 2), dtype=dtype, device=device)
+            m = Sigma_cross.shape[0]
+            if tuple(Sigma_t.shape) != (m, m) and (return_cov or tuple(Sigma_t.shape) != (m,)):
+                raise ValueError(f"Sigma_test must have shape {(m, m)}" + ("" if return_cov else f" or {(m,)}") +
+                                 f", got {tuple(Sigma_t.shape)}")
+        result = self._predict(Theta_cross, Sigma_cross, Sigma_t, t, return_std, return_cov, progress)
+        return _convert(result, not isinstance(Sigma_test_train, torch.Tensor))
+
+    def _predict(self, Theta_cross: torch.Tensor | None, Sigma_cross: torch.Tensor, Sigma_test: torch.Tensor | None,
+                 t: Any, return_std: bool, return_cov: bool, show: bool | None) -> tuple[torch.Tensor, ...]:
+        if return_std and return_cov:
+            raise ValueError("return_std and return_cov cannot both be True (the std is the sqrt of the "
+                             "covariance's diagonal)")
+        times, scalar = check_times(t)
+        K_cross = Theta_cross if self.trained == "all" else Sigma_cross
+        if Sigma_test is not None and Sigma_test.ndim == 2:
+            Sigma_test = (Sigma_test + Sigma_test.T) / 2
+        if np.isinf(times).all() and self._limit is not None:      # t = inf: the Cholesky factor suffices
+            limit = [x[None].repeat(len(times), *[1] * x.ndim)             # the same at each of the T times
+                     for x in self._predict_limit(K_cross, Sigma_cross, Sigma_test, return_std, return_cov)]
+            mean = shape_output(limit[0], scalar, self._vector)
+            if not (return_std or return_cov):
+                return (mean,)
+            return mean, _std(limit[1], scalar) if return_std else (limit[1][0] if scalar else limit[1])
+        if np.isinf(times).any():
+            self.spectrum.check_invertible(self.ridge, self._K_name)
+        V, lam, n = self.spectrum.eigenvectors, self.spectrum.eigenvalues, self.n_train
+        rates = self.spectrum.rates(self.ridge).cpu().numpy()
+        D = torch.as_tensor(integrated_decay(rates, times) / n, dtype=V.dtype, device=V.device)   # (T, N): A_t
+        m, k, n_t = K_cross.shape[0], self.y_train.shape[1], len(times)
+        weights = V @ (D.T[:, :, None] * self._y_hat[:, None, :]).reshape(n, -1)           # A_t y* for all t
+        mean = shape_output((K_cross @ weights).reshape(m, n_t, k).transpose(0, 1), scalar, self._vector)
+        if not (return_std or return_cov):
+            return (mean,)
+        P = K_cross @ V                                                        # K(X*, X) V, (M, N)
+        steps = progress_bar(range(n_t), total=n_t, desc="covariance" if return_cov else "std", enabled=show)
+        if self.trained == "last":
+            # Sigma(X, X) = V diag(N lambda) V^T: cov_t = Sigma** - P diag(2 d - N lambda d^2) P^T, d = diag(A_t)
+            W = 2 * D - n * lam[None, :] * D * D                                 # (T, N)
+            if return_std:
+                diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
+                var = diag[None, :] - ((P * P) @ W.T).T                             # (T, M)
+                return mean, _std(var, scalar)
+            cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
+            for i in steps:
+                X = (P * (W[i] / 2)) @ P.T
+                torch.sub(Sigma_test, X, out=cov[i]).sub_(X.T)
+            return mean, cov[0] if scalar else cov
+        Q = Sigma_cross @ V                                                    # Sigma(X*, X) V, (M, N)
+        root = self._sigma_root()
+        if root is None:                    # Sigma(X, X) numerically singular: the direct formula
+            return (mean, *self._direct(P, Q, D, Sigma_test, return_std, scalar, steps))
+        # Sigma(X, X) = V R R^T V^T (R lower triangular): cov_t = Sigma** - Qr Qr^T + U_t U_t^T with
+        # Qr = Q R^-T and U_t = P D_t R - Qr; the first two terms are the NNGP posterior (t-independent).
+        Rt = root.T                                                            # upper triangular
+        Qr_t = torch.linalg.solve_triangular(root, Q.T, upper=False)           # Qr^T = R^-1 Q^T, (N, M)
+        Pt = P.T.contiguous()
+        block = default_block(n)
+        if return_std:
+            diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
+            var = (diag - (Qr_t * Qr_t).sum(0)).repeat(n_t, 1)               # (T, M)
+            for i in steps:
+                U_t = scaled_upper_product(Rt, D[i], Pt, block).sub_(Qr_t)
+                var[i] += (U_t * U_t).sum(0)
+            return mean, _std(var, scalar)
+        posterior = add_gram(Sigma_test.clone(), Qr_t.T.contiguous(), default_block(m), alpha=-1.0)
+        cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
+        for i in steps:
+            U_t = scaled_upper_product(Rt, D[i], Pt, block).sub_(Qr_t)             # U_t^T, (N, M)
+            add_gram(cov[i].copy_(posterior), U_t.T.contiguous(), default_block(m))
+        return mean, cov[0] if scalar else cov
+
+    def _predict_limit(self, K_cross: torch.Tensor, Sigma_cross: torch.Tensor, Sigma_test: torch.Tensor | None,
+                       return_std: bool, return_cov: bool) -> tuple[torch.Tensor, ...]:
+        """t = inf from L L^T = K + ridge I (A = (K + ridge I)^-1, NOTES.md Section 5): the mean (M, k)
+        K(X*, X) A y*, and the variances (M,) or covariance (M, M) of the direct formula with G = K(X*, X) A."""
+        mean = K_cross @ self._alpha
+        if not (return_std or return_cov):
+            return (mean,)
+        G = _cholesky_solve(self._limit, K_cross.T).T                  # k_x^T (K + ridge I)^-1, (M, N)
+        return mean, _spread(G, Sigma_cross, self.Sigma_train, Sigma_test, return_std)
+
+    def _sigma_root(self) -> torch.Tensor | None:
+        """Lower-triangular R with R R^T = V^T Sigma(X, X) V, or None if Sigma(X, X) is not positive definite."""
+        if self._root is None:
+            S = self._sigma_in_basis()
+            root = _cholesky((S + S.T) / 2)
+            self._root = False if root is None else root
+        return None if self._root is False else self._root
+
+    def _direct(self, P: torch.Tensor, Q: torch.Tensor, D: torch.Tensor, Sigma_test: torch.Tensor,
+                return_std: bool, scalar: bool, steps: Any) -> tuple[torch.Tensor]:
+        """The direct formula `_spread` in the V basis: G = P D_t, S = V^T Sigma(X, X) V (any PSD Sigma)."""
+        S = self._sigma_in_basis()
+        m = P.shape[0]
+        out = torch.empty((D.shape[0], m) if return_std else (D.shape[0], m, m), dtype=P.dtype, device=P.device)
+        for i in steps:
+            out[i] = _spread(P * D[i], Q, S, Sigma_test, return_std)
+        return (_std(out, scalar) if return_std else (out[0] if scalar else out),)
+
+    # ------------------------------------------------------------------ Bayesian NNGP posterior
+    def posterior(self, X_test: Array, *, noise: float = 0.0, return_std: bool = False,
+                  return_cov: bool = False) -> Array | tuple[Array, Array]:
+        """The Bayesian posterior of the NNGP prior f ~ GP(0, Sigma^(L)) given y_train = f(X_train) + N(0, noise):
+
+            mean(x) = Sigma(x, X) (Sigma(X, X) + noise I)^-1 y,
+            cov(x, x') = Sigma(x, x') - Sigma(x, X) (Sigma(X, X) + noise I)^-1 Sigma(X, x').
+
+        With noise = 0 it equals `predict(t=inf)` of trained="last" (ridge=0). Shapes as in `predict`
+        for one time. Computed by a Cholesky factorization, independently of the eigendecomposition.
+        """
+        if self.arch is None:
+            raise ValueError("this model was built from Grams: use posterior_from_grams")
+        Xs, numpy_in = as_matrix(X_test, "X_test", dtype=self.Sigma_train.dtype, device=self.Sigma_train.device)
+        Sigma_cross = self.arch.kernel(Xs, self.X_train, get="nngp")
+        Sigma_test = self.arch.kernel(Xs, get="nngp") if return_cov else \
+            (self.arch.kernel_diag(Xs, get="nngp") if return_std else None)
+        return _convert(self._posterior(Sigma_cross, Sigma_test, noise, return_std, return_cov), numpy_in)
+
+    def posterior_from_grams(self, Sigma_test_train: Array, Sigma_test: Array | None = None, *, noise: float = 0.0,
+                             return_std: bool = False, return_cov: bool = False) -> Array | tuple[Array, Array]:
+        """`posterior` over precomputed Grams Sigma(X*, X) (M, N) and Sigma(X*, X*) ((M, M), or (M,) for std)."""
+        dtype, device = self.Sigma_train.dtype, self.Sigma_train.device
+        Sigma_cross = check_cross_gram(Sigma_test_train, self.n_train, "Sigma_test_train", dtype, device)
+        Sigma_t = None if Sigma_test is None else as_tensor(Sigma_test, "Sigma_test", ndim=(1, 2), dtype=dtype,
+                                                            device=device)[0]
+        if (return_std or return_cov) and Sigma_t is None:
+            raise ValueError("Sigma_test is required for return_std or return_cov")
+        if return_cov and Sigma_t.ndim != 2:
+            raise ValueError("return_cov needs the full (M, M) Sigma_test, not its diagonal")
+        result = self._posterior(Sigma_cross, Sigma_t, noise, return_std, return_cov)
+        return _convert(result, not isinstance(Sigma_test_train, torch.Tensor))
+
+    def _posterior(self, Sigma_cross: torch.Tensor, Sigma_test: torch.Tensor | None, noise: float,
+                   return_std: bool, return_cov: bool) -> tuple[torch.Tensor, ...]:
+        if return_std and return_cov:
+            raise ValueError("return_std and return_cov cannot both be True")
+        noise = float(check_real(noise, "noise", minimum=0.0))
+        n = self.n_train
+        A = self.Sigma_train + noise * torch.eye(n, dtype=self.Sigma_train.dtype, device=self.Sigma_train.device)
+        L = _cholesky(A)
+        if L is None:
+            raise ValueError("Sigma_train + noise I is not positive definite (singular NNGP Gram, e.g. duplicated "
+                             "points): pass noise > 0")
+        Z = torch.linalg.solve_triangular(L, Sigma_cross.T, upper=False)     # L^-1 Sigma(X, X*), (N, M)
+        alpha = _cholesky_solve(L, self.y_train)                       # (Sigma + noise I)^-1 y
+        mean = shape_output((Sigma_cross @ alpha)[None], True, self._vector)
+        if return_cov:
+            cov = Sigma_test - Z.T @ Z
+            return mean, (cov + cov.T) / 2
+        if return_std:
+            diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
+            return mean, (diag - (Z * Z).sum(0)).clamp_min(0.0).sqrt()
+        return (mean,)
+
+
+def _cholesky(A: torch.Tensor) -> torch.Tensor | None:
+    """Lower Cholesky factor of a symmetric A, or None when A is singular to working precision
+    (a failed factorization, or a pivot L_ii^2 below 10 N eps max(diag A))."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        return None
+    floor = 10 * A.shape[0] * torch.finfo(A.dtype).eps * float(A.diagonal().max())
+    return None if float(L.diagonal().min()) ** 2 <= floor else L
+
+
+def _cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """(L L^T)^-1 B for a lower-triangular L (N, N) and B (N, k), by two triangular solves (unlike
+    torch.cholesky_solve, which copies L on every call)."""
+    return torch.linalg.solve_triangular(L.T, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
+
+
+def _spread(G: torch.Tensor, Q: torch.Tensor, S: torch.Tensor, Sigma_test: torch.Tensor,
+            return_std: bool) -> torch.Tensor:
+    """The covariance Sigma** - G Q^T - Q G^T + G S G^T of f_0(X*) - G f_0(X), f_0 ~ GP(0, Sigma) (the module
+    docstring's formula with G = k_x^T A_t), for the gain G (M, N), Q = Sigma(X*, X) (M, N) and S = Sigma(X, X)
+    (N, N), the last two in the basis of G's columns: its diagonal (M,) (return_std; Sigma_test may be the
+    diagonal) or the symmetric (M, M) matrix."""
+    if return_std:
+        diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
+        return diag - 2 * (G * Q).sum(1) + ((G @ S) * G).sum(1)
+    H = torch.addmm(Q, G, S, beta=-1.0, alpha=0.5)                            # G S / 2 - Q
+    X = H @ G.T                                                                # G S G^T / 2 - Q G^T
+    return (Sigma_test + X).add_(X.T)
+
+
+def _condition_lower_bound(A: torch.Tensor, L: torch.Tensor, steps: int = 6) -> float:
+    """A lower bound on cond(A) = lambda_max / lambda_min of the positive definite A = L L^T, tight within a
+    small factor after a few steps: ||A u|| <= lambda_max after power iterations, ||A^-1 v|| <= 1 / lambda_min
+    after inverse iterations (two triangular solves each) from fixed random unit vectors. O(steps N^2)."""
+    generator = torch.Generator(device=A.device).manual_seed(0)
+    u, v = torch.randn(2, A.shape[0], 1, generator=generator, dtype=A.dtype, device=A.device)
+    top = inverse_bottom = 0.0
+    for _ in range(steps):
+        u, v = A @ (u / u.norm()), _cholesky_solve(L, v / v.norm())
+        top, inverse_bottom = float(u.norm()), float(v.norm())
+    return top * inverse_bottom
+
+
+def _std(var: torch.Tensor, scalar: bool) -> torch.Tensor:
+    """sqrt of variances (T, M), clipping roundoff negatives at 0."""
+    std = var.clamp_min(0.0).sqrt()
+    return std[0] if scalar else std
+
+
+def _convert(result: tuple[torch.Tensor, ...], numpy_out: bool) -> Any:
+    converted = tuple(to_output(r, numpy_out) for r in result)
+    return converted[0] if len(converted) == 1 else converted

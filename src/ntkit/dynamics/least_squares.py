@@ -1,0 +1,131 @@
+"""Least-squares kernel gradient descent in closed form, at any time (Section 5 of the paper).
+
+With K / N = V diag(lambda) V^T (computed once, `spectrum.py`), training outputs y_0 = f_0(X)
+and targets y* = f*(X), the paper's dynamics d/dt f_t(x) = -(1/N) K(x, X) (f_t(X) - y*) give
+
+    f_t(X) = y* + V exp(-lambda t) V^T (y_0 - y*)                                  (training points)
+    f_t(x) = f_0(x) + K(x, X) V diag((1 - exp(-lambda t)) / (N lambda)) V^T (y* - y_0)   (any point)
+
+and at t = inf kernel regression f_0(x) + K(x, X) K^-1 (y* - y_0). Gradient descent with learning
+rate eta for s steps replaces exp(-lambda t) by (1 - eta lambda)^s.
+
+`ridge` >= 0 adds the penalty (ridge / 2N) ||theta - theta_0||^2 to the cost of the linearized
+network (weight decay towards the initialization). Its rates become lambda + ridge / N and at
+t = inf every point, training points included, gets kernel ridge regression
+f_0(x) + K(x, X) (K + ridge I)^-1 (y* - y_0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import as_tensor, to_output
+from .spectrum import Spectrum, check_ridge, gram_spectrum
+from .time import integrated_decay, remaining, resolve_schedule
+
+Array = torch.Tensor | np.ndarray
+
+
+def check_targets(y: Any, n: int, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Targets or outputs on n points, (n,) or (n, k), as an (n, k) tensor."""
+    yt, _ = as_tensor(y, name, ndim=(1, 2), dtype=dtype, device=device)
+    if yt.shape[0] != n:
+        raise ValueError(f"{name} must have {n} rows (one per point), got shape {tuple(yt.shape)}")
+    return yt.reshape(n, -1)
+
+
+def check_cross_gram(K: Any, n_train: int, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cross Gram K(X*, X) of shape (M, n_train)."""
+    Kt, _ = as_tensor(K, name, ndim=2, dtype=dtype, device=device)
+    if Kt.shape[1] != n_train:
+        raise ValueError(f"{name} must have shape (M, {n_train}) (columns = training points), got {tuple(Kt.shape)}")
+    return Kt
+
+
+def shape_output(values: torch.Tensor, scalar_time: bool, vector_targets: bool) -> torch.Tensor:
+    """(T, M, k) -> drop the time axis for a scalar time and the output axis for 1-D targets."""
+    if vector_targets:
+        values = values[..., 0]
+    return values[0] if scalar_time else values
+
+
+class LeastSquares:
+    """The function learned by least-squares kernel gradient descent, at any time.
+
+    Args:
+        K_train: (N, N) symmetric PSD Gram K(X, X) (or a `Spectrum` of it, to reuse a decomposition).
+        y_train: (N,) or (N, k) targets y* = f*(X).
+        f0_train: outputs f_0(X) at initialization, same shape as y_train (default 0).
+        ridge: >= 0, see the module docstring (0: the paper's dynamics).
+        dtype: precision of the decomposition and of the results (float64 by default).
+
+    NumPy input gives NumPy output, torch input gives torch output (on K_train's device).
+    Times: a scalar t gives outputs of y_train's shape, an array of T times adds a leading axis.
+    """
+
+    def __init__(self, K_train: Array | Spectrum, y_train: Array, *, f0_train: Array | None = None,
+                 ridge: float = 0.0, dtype: torch.dtype = torch.float64):
+        self.ridge = check_ridge(ridge)
+        self.spectrum = gram_spectrum(K_train, "K_train", dtype=dtype)
+        self._numpy = not isinstance(y_train if isinstance(K_train, Spectrum) else K_train, torch.Tensor)
+        V = self.spectrum.eigenvectors
+        n, dtype, device = self.spectrum.n, V.dtype, V.device
+        self._vector = np.ndim(y_train) == 1 if not isinstance(y_train, torch.Tensor) else y_train.ndim == 1
+        self.y_train = check_targets(y_train, n, "y_train", dtype, device)
+        self.f0_train = torch.zeros_like(self.y_train) if f0_train is None else \
+            check_targets(f0_train, n, "f0_train", dtype, device)
+        if self.f0_train.shape != self.y_train.shape:
+            raise ValueError(f"f0_train must have the shape of y_train {tuple(self.y_train.shape)}, "
+                             f"got {tuple(self.f0_train.shape)}")
+        self._residual_hat = V.T @ (self.y_train - self.f0_train)        # V^T (y* - y_0), (N, k)
+
+    @property
+    def eigenvalues(self) -> torch.Tensor:
+        """lambda_i of K / N, descending (N,)."""
+        return self.spectrum.eigenvalues
+
+    def _rates(self, times: np.ndarray) -> np.ndarray:
+        if np.isinf(times).any():
+            self.spectrum.check_invertible(self.ridge)
+        return self.spectrum.rates(self.ridge).cpu().numpy()
+
+    def train_outputs(self, t: Any = None, *, steps: Any = None, lr: float | None = None) -> Array:
+        """f_t(X) on the training points: (N[, k]) for a scalar time, (T, N[, k]) for T times.
+
+        Pass t (continuous time, np.inf allowed) or steps= and lr= (gradient descent, t = lr * steps).
+        """
+        times, s, lr_value, scalar = resolve_schedule(t, steps, lr)
+        rates = self._rates(times)
+        V = self.spectrum.eigenvectors
+        if self.ridge == 0.0:      # the learned fraction 1 - exp(-lambda t) along each eigenvector
+            learned = 1.0 - remaining(rates, times, s, lr_value)
+        else:                      # lambda (1 - exp(-r t)) / r with r = lambda + ridge / N
+            learned = self.spectrum.eigenvalues.cpu().numpy()[None, :] * integrated_decay(rates, times, s, lr_value)
+        coef = torch.as_tensor(learned, dtype=V.dtype, device=V.device)             # (T, N)
+        moved = torch.einsum("nj,tjk->tnk", V, coef[:, :, None] * self._residual_hat[None])
+        out = self.f0_train[None] + moved
+        return to_output(shape_output(out, scalar, self._vector), self._numpy)
+
+    def predict(self, K_test_train: Array, t: Any = None, *, f0_test: Array | None = None, steps: Any = None,
+                lr: float | None = None) -> Array:
+        """f_t(x) on new points from their cross Gram K(X*, X) (M, N): (M[, k]) or (T, M[, k]).
+
+        f0_test: f_0(X*) (M[, k]), default 0 (the mean of a network at initialization).
+        """
+        times, s, lr_value, scalar = resolve_schedule(t, steps, lr)
+        rates = self._rates(times)
+        V = self.spectrum.eigenvectors
+        n = self.spectrum.n
+        Ks = check_cross_gram(K_test_train, n, "K_test_train", V.dtype, V.device)
+        m, k = Ks.shape[0], self.y_train.shape[1]
+        f0 = torch.zeros(m, k, dtype=V.dtype, device=V.device) if f0_test is None else \
+            check_targets(f0_test, m, "f0_test", V.dtype, V.device)
+        if f0.shape[1] != k:
+            raise ValueError(f"f0_test must have {k} output columns like y_train, got shape {tuple(f0.shape)}")
+        phi = torch.as_tensor(integrated_decay(rates, times, s, lr_value) / n, dtype=V.dtype, device=V.device)
+        weights = V @ (phi.T[:, :, None] * self._residual_hat[:, None, :]).reshape(n, -1)    # (N, T k)
+        out = f0[None] + (Ks @ weights).reshape(m, len(times), k).transpose(0, 1)
+        return to_output(shape_output(out, scalar, self._vector), self._numpy)

@@ -1,0 +1,311 @@
+"""What every empirical-NTK method shares.
+
+The empirical NTK of a model F(x; theta) with K outputs (the paper, Section 4) is
+
+    Theta_{k k'}(x, y) = sum_p dF_k(x)/dtheta_p dF_k'(y)/dtheta_p
+
+summed over the trainable parameters p. This module turns a model and inputs into a checked
+`Problem` (trainable parameters, frozen ones and buffers, K, a per-sample cost estimate), holds
+the three output modes, the contraction of per-sample gradient blocks into a tile of Theta,
+and the loop over pairs of row and column blocks that bounds the working memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from .._checks import as_tensor
+from ..progress import progress
+
+MODES = ("full", "trace", "diagonal")
+Array = torch.Tensor | np.ndarray
+
+#: Working memory for the intermediate blocks (features, Jacobians, tiles) on a CPU, in bytes.
+CPU_WORKING_MEMORY = 1 << 30
+
+
+def working_memory(device: torch.device) -> int:
+    """Bytes the intermediate blocks may take: 1 GiB on a CPU, a quarter of the free memory on a GPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(free // 4, 1 << 28)
+    return CPU_WORKING_MEMORY
+
+
+@dataclass
+class Problem:
+    """A checked empirical-NTK problem.
+
+    trainable: name -> value (detached) of the parameters Theta differentiates with respect to.
+    frozen: name -> value of the other parameters and of the buffers (BatchNorm statistics ...).
+    X: (N, ...) and Y: (M, ...) on the model's device (Y is None for the symmetric Gram of X).
+    n_outputs: K, the number of outputs per sample (the model's output flattened per sample).
+    activations: the number of values a forward pass of one sample produces (summed over modules).
+    """
+
+    model: nn.Module
+    trainable: dict[str, torch.Tensor]
+    frozen: dict[str, torch.Tensor]
+    X: torch.Tensor
+    Y: torch.Tensor | None
+    n_outputs: int
+    activations: int
+    mode: str
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.trainable.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.trainable.values())).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.trainable.values())).device
+
+    @property
+    def itemsize(self) -> int:
+        return torch.finfo(self.dtype).bits // 8
+
+    @property
+    def cols(self) -> torch.Tensor:
+        return self.X if self.Y is None else self.Y
+
+    def all_values(self, trainable: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer, for `torch.func.functional_call`."""
+        return {**self.frozen, **(self.trainable if trainable is None else trainable)}
+
+
+def call(model: nn.Module, values: dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], ...],
+         args: tuple) -> torch.Tensor:
+    """`torch.func.functional_call`, also for a module registered twice in the model.
+
+    Parameters shared by different modules are tied (both uses get the new value); but for one
+    module object used twice, torch's tying leaves the module's parameters replaced by plain
+    tensors after the call, so there the replacement on the object itself covers both uses.
+    """
+    repeated = sum(1 for _ in model.named_modules(remove_duplicate=False)) != sum(1 for _ in model.modules())
+    return functional_call(model, values, args, tie_weights=not repeated)
+
+
+# ------------------------------------------------------------------------------- checking
+def model_values(model: nn.Module, params: Mapping[str, torch.Tensor] | None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainable, frozen): the model's parameter values, with `params` overriding some of them.
+
+    Theta sums over the parameters that require a gradient in the model; `params` only changes
+    where it is evaluated (keys as in `model.named_parameters()`).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    named = dict(model.named_parameters())
+    overrides: dict[str, torch.Tensor] = {}
+    if params is not None:
+        if not isinstance(params, Mapping):
+            raise TypeError("params must be a mapping from parameter names to tensors, "
+                            f"got {type(params).__name__}")
+        unknown = sorted(set(params) - set(named))
+        if unknown:
+            raise ValueError(f"params has names the model does not have: {unknown}; "
+                             f"expected names from model.named_parameters(), e.g. {list(named)[:4]}")
+        for name, value in params.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"params[{name!r}] must be a tensor, got {type(value).__name__}")
+            if value.shape != named[name].shape:
+                raise ValueError(f"params[{name!r}] must have shape {tuple(named[name].shape)}, "
+                                 f"got {tuple(value.shape)}")
+            overrides[name] = value.to(named[name])
+    trainable = {n: overrides.get(n, p).detach() for n, p in named.items() if p.requires_grad}
+    if not trainable:
+        raise ValueError("model has no trainable parameters (none requires a gradient), so its NTK is zero; "
+                         "call requires_grad_(True) on the parameters the NTK should differentiate")
+    dtypes = {p.dtype for p in trainable.values()}
+    if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
+        raise TypeError("the trainable parameters must share one floating dtype, "
+                        f"got {sorted(map(str, dtypes))}")
+    frozen = {n: overrides.get(n, p).detach() for n, p in named.items() if not p.requires_grad}
+    frozen.update(dict(model.named_buffers()))
+    return trainable, frozen
+
+
+def check_deterministic(model: nn.Module) -> None:
+    """Batch statistics and dropout make F random or batch-dependent: Theta is then undefined."""
+    for name, module in model.named_modules():
+        batch_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        dropout = isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+        if module.training and (batch_norm or dropout):
+            kind = "BatchNorm (batch statistics)" if batch_norm else "Dropout (random)"
+            raise ValueError(f"model module {name!r} is a {kind} layer in training mode, so each output "
+                             "depends on the batch or on chance and the NTK is not defined; call model.eval() first")
+
+
+def as_inputs(value: object, name: str, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Inputs (N, ...) on `like`'s device; floating ones in its dtype, integer tensors (token ids) kept.
+
+    A 1-D input is one sample. Returns the tensor and whether the caller gave NumPy.
+    """
+    if isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex() \
+            and value.dtype != torch.bool:
+        tensor, numpy_in = value.to(like.device), False
+    else:
+        tensor, numpy_in = as_tensor(value, name)
+        tensor = tensor.to(dtype=like.dtype, device=like.device)
+    if tensor.ndim == 0:
+        raise ValueError(f"{name} must have a batch dimension first, got a scalar")
+    if tensor.ndim == 1:
+        tensor = tensor.unsqueeze(0)
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(tensor.shape)}")
+    return tensor, numpy_in
+
+
+def probe(model: nn.Module, values: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[int, int]:
+    """Run one sample through the model: (K outputs, number of values its modules produce).
+
+    A model that rejects the input shape fails here with a ValueError that says so.
+    """
+    sizes: list[int] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            out = call(model, values, (x,))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"the model rejected inputs of shape {tuple(x.shape)} (one sample of X, batch "
+                         f"dimension first): {exc}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model must return one tensor, got {type(out).__name__}")
+    if out.ndim == 0 or out.shape[0] != 1:
+        raise ValueError(f"the model must keep the batch dimension first: one sample gave output shape "
+                         f"{tuple(out.shape)}")
+    if not out.is_floating_point():
+        raise TypeError(f"the model's output must be floating, got {out.dtype}")
+    n_outputs = out[0].numel()
+    return n_outputs, max(sum(sizes), n_outputs)
+
+
+def count_flops(problem: Problem) -> int:
+    """Forward floating-point operations for one sample (FlopCounterMode; 2 P when it counts none)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        call(problem.model, problem.all_values(), (problem.X[:1],))
+    return int(counter.get_total_flops()) or 2 * problem.n_params
+
+
+def make_problem(model: nn.Module, X: object, Y: object, mode: str,
+                 params: Mapping[str, torch.Tensor] | None) -> tuple[Problem, bool]:
+    """Check everything once; returns the problem and whether the output should be NumPy."""
+    trainable, frozen = model_values(model, params)
+    check_deterministic(model)
+    like = next(iter(trainable.values()))
+    Xt, numpy_in = as_inputs(X, "X", like)
+    Yt = None
+    if Y is not None:
+        Yt, _ = as_inputs(Y, "Y", like)
+        if Yt.shape[1:] != Xt.shape[1:]:
+            raise ValueError(f"X and Y must have the same sample shape, got {tuple(Xt.shape[1:])} "
+                             f"and {tuple(Yt.shape[1:])}")
+    n_outputs, activations = probe(model, {**frozen, **trainable}, Xt[:1])
+    return Problem(model, trainable, frozen, Xt, Yt, n_outputs, activations, mode), numpy_in
+
+
+# ----------------------------------------------------------------------------- the modes
+def output_shape(n: int, m: int, k: int, mode: str) -> tuple[int, ...]:
+    return {"full": (n, m, k, k), "trace": (n, m), "diagonal": (n, m, k)}[mode]
+
+
+def contract(G1: torch.Tensor, G2: torch.Tensor, mode: str, n_outputs: int | None = None) -> torch.Tensor:
+    """sum_p G1[i, k, p] G2[j, k', p] arranged for `mode`.
+
+    G1 (B1, K, P), G2 (B2, K, P): per-sample derivatives of the K outputs with respect to P
+    numbers. full -> (B1, B2, K, K); trace -> (B1, B2), the mean over k = k'; diagonal ->
+    (B1, B2, K), k = k'. `n_outputs` is the K of the mean in trace mode (default G1's K).
+    """
+    b1, k, p = G1.shape
+    b2 = G2.shape[0]
+    if mode == "full":
+        return (G1.reshape(b1 * k, p) @ G2.reshape(b2 * k, p).T).reshape(b1, k, b2, k).permute(0, 2, 1, 3)
+    if mode == "trace":
+        return (G1.reshape(b1, k * p) @ G2.reshape(b2, k * p).T) / (n_outputs or k)
+    return torch.bmm(G1.transpose(0, 1), G2.permute(1, 2, 0)).permute(1, 2, 0)
+
+
+def reduce_full(tile: torch.Tensor, mode: str) -> torch.Tensor:
+    """A (B1, B2, K, K) tile in the shape of `mode`."""
+    if mode == "full":
+        return tile
+    diagonal = torch.diagonal(tile, dim1=2, dim2=3)
+    return diagonal.mean(-1) if mode == "trace" else diagonal
+
+
+def transpose_tile(tile: torch.Tensor, mode: str) -> torch.Tensor:
+    """Theta(Y, X) from Theta(X, Y): Theta_{k k'}(y, x) = Theta_{k' k}(x, y)."""
+    return {"full": lambda t: t.permute(1, 0, 3, 2), "trace": lambda t: t.T,
+            "diagonal": lambda t: t.permute(1, 0, 2)}[mode](tile)
+
+
+# --------------------------------------------------------------------------- the blocks
+def blocks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def block_pairs(n: int, m: int, size: int, symmetric: bool) -> list[tuple[int, slice, int, slice]]:
+    """(i, rows, j, cols) for every pair of blocks; upper triangle only when symmetric."""
+    rows, cols = blocks(n, size), blocks(m, size)
+    return [(i, r, j, c) for i, r in enumerate(rows) for j, c in enumerate(cols) if not symmetric or j >= i]
+
+
+def mirror(out: torch.Tensor, size: int, mode: str) -> None:
+    """Fill the lower block triangle of a symmetric Gram from the upper one, and make the diagonal
+    blocks exactly symmetric (a matrix product X X^T need not be, to the last bit)."""
+    for i, rows, j, cols in block_pairs(out.shape[0], out.shape[1], size, True):
+        if j > i:
+            out[cols, rows] = transpose_tile(out[rows, cols], mode)
+        else:
+            block = out[rows, rows]
+            out[rows, rows] = (block + transpose_tile(block, mode)) / 2
+
+
+def fill(tile_fn: Callable[[slice, slice], torch.Tensor], problem: Problem, size: int, desc: str,
+         show: bool | None) -> torch.Tensor:
+    """Theta over all pairs of blocks of `size` samples: each pair once, mirrored when Y is None.
+
+    The same idea as `ntkit.gram.fill`, for the 2-, 3- and 4-dimensional tiles of the modes.
+    """
+    n, m = problem.X.shape[0], problem.cols.shape[0]
+    symmetric = problem.Y is None
+    out = torch.empty(output_shape(n, m, problem.n_outputs, problem.mode), dtype=problem.dtype,
+                      device=problem.device)
+    pairs = block_pairs(n, m, size, symmetric)
+    for _, rows, _, cols in progress(pairs, total=len(pairs), desc=desc, enabled=show):
+        out[rows, cols] = tile_fn(rows, cols)
+    if symmetric:
+        mirror(out, size, problem.mode)
+    return out
+
+
+def samples_per_block(bytes_per_sample: float, bytes_per_pair: float, budget: int, n: int) -> int:
+    """The largest block (at most n) whose per-sample and per-pair memory fits in `budget`."""
+    by_samples = budget / max(bytes_per_sample, 1.0)
+    by_pairs = math.sqrt(budget / max(bytes_per_pair, 1.0))
+    return int(max(1, min(n, by_samples, by_pairs)))
+
+
+def chunked(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
