@@ -79,7 +79,9 @@ class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
         t: training time of gradient flow on (1/2) ||f - y||^2_{p_in} (the paper's time: gradient
             descent with learning rate eta for s steps is t = eta * s); np.inf trains to convergence
             (kernel regression with Theta^(L)); a finite t is early stopping. It is read when
-            predicting, so `set_params(t=...)` changes it without refitting.
+            predicting, so `set_params(t=...)` changes it without refitting. `fit` factors Theta(X, X)
+            (Cholesky), all that t = inf needs; the first finite t also computes its eigendecomposition
+            (several times slower; then reused for every t).
         ridge: >= 0, weight decay towards the initialization, (ridge / 2N) ||theta - theta_0||^2 added to the
             cost (see `ntkit.dynamics.LeastSquares`): at t = inf the mean is kernel ridge regression
             Theta(x, X) (Theta(X, X) + ridge I)^-1 y. 0 (the default) is the paper's plain least squares,
