@@ -7,6 +7,7 @@ excluded). Also reported: the time of the X @ X.T matmul alone (the floor any me
 the agreement of the two libraries in float64.
 
     python benchmarks/analytic_kernel.py --sizes 1000 4000 10000 --nt-python PATH/TO/venv/bin/python
+    python benchmarks/analytic_kernel.py --device cuda --sizes 30000 --dtypes float32 --compile   # GPU goal
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--nt-python", default=os.environ.get("NT_PYTHON"),
                         help="python of an environment with neural-tangents (default: $NT_PYTHON; skipped if unset)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time MLP.kernel(..., compile=True): the torch.compile-fused recursion (for GPUs)")
     parser.add_argument("--agreement-n", type=int, default=2000, help="N of the float64 agreement check")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "analytic_kernel.json"))
     args = parser.parse_args()
@@ -99,11 +102,12 @@ def main() -> None:
         for n in args.sizes:
             x = np.random.default_rng(0).standard_normal((n, args.d))
             X = torch.as_tensor(x, dtype=dtype, device=args.device)
-            ours = median_time(lambda X=X: arch.kernel(X), args.repeat)
+            ours = median_time(lambda X=X: arch.kernel(X, compile=args.compile), args.repeat)
             matmul = median_time(lambda X=X: X @ X.T, args.repeat)
             nt = run_nt(args.nt_python, n, args.d, args.depth, args.beta, dtype_name == "float64",
                         args.repeat, 0, None) if args.nt_python else None
-            row = {"n": n, "dtype": dtype_name, "device": args.device, "ntkit_s": ours, "matmul_s": matmul,
+            row = {"n": n, "dtype": dtype_name, "device": args.device, "compile": args.compile,
+                   "ntkit_s": ours, "matmul_s": matmul,
                    "ntkit_over_matmul": ours / matmul, "neural_tangents_s": nt and nt["median_s"],
                    "ntkit_over_nt": nt and ours / nt["median_s"]}
             rows.append(row)
