@@ -137,8 +137,10 @@ def test_bad_parameters_and_targets_are_rejected(rng) -> None:
     X, y = rng.standard_normal((6, 2)), rng.standard_normal(6)
     with pytest.raises(ValueError, match="t must be >= 0"):
         NTKRegressor(t=-1.0).fit(X, y)
-    with pytest.raises(TypeError, match="t must be a real number"):
+    with pytest.raises(TypeError, match="t must be a number"):
         NTKRegressor(t="inf").fit(X, y)
+    with pytest.raises(ValueError, match="t must be a single time"):
+        NTKRegressor(t=[1.0, 2.0]).fit(X, y)
     with pytest.raises(ValueError, match="ridge must be >= 0"):
         NTKRegressor(ridge=-0.1).fit(X, y)
     with pytest.raises(ValueError, match="depth"):

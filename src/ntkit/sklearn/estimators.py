@@ -15,7 +15,6 @@ scikit-learn's estimator API.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..activations import Activation
 from ..dynamics import InfiniteWidthGP
+from ..dynamics.spectrum import check_ridge
+from ..dynamics.time import check_times
 from ..mlp import MLP
 
 
@@ -44,23 +45,17 @@ class _InfiniteWidthNetwork(BaseEstimator):
         self.ridge = ridge
 
     def _check_time(self) -> float:
-        t = self.t
-        if isinstance(t, bool) or not isinstance(t, numbers.Real):
-            raise TypeError(f"t must be a real number or np.inf, got {type(t).__name__}")
-        if np.isnan(t) or t < 0:
-            raise ValueError(f"t must be >= 0 (np.inf for training to convergence), got {t}")
-        return float(t)
+        times, scalar = check_times(self.t)
+        if not scalar:
+            raise ValueError(f"t must be a single time (np.inf for training to convergence), got {self.t!r}")
+        return float(times[0])
 
     def _fit_network(self, X: np.ndarray, Y: np.ndarray) -> None:
         """Validate the parameters and set up the trained infinitely wide network on (X, Y)."""
         self._check_time()
-        ridge = self.ridge
-        if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real):
-            raise TypeError(f"ridge must be a real number, got {type(ridge).__name__}")
-        if not (np.isfinite(ridge) and ridge >= 0):
-            raise ValueError(f"ridge must be >= 0 and finite, got {ridge}")
+        ridge = check_ridge(self.ridge)
         arch = MLP(self.depth, self.activation, beta=self.beta, W_std=self.W_std)
-        self.network_ = InfiniteWidthGP(arch, X, Y, ridge=float(ridge))
+        self.network_ = InfiniteWidthGP(arch, X, Y, ridge=ridge)
 
     def _predict_network(self, X: Any, return_std: bool = False, return_cov: bool = False) -> Any:
         check_is_fitted(self)
