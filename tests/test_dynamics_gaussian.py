@@ -82,6 +82,19 @@ def test_covariances_are_symmetric_psd(rng):
         assert np.linalg.eigvalsh(c).min() > -1e-10 * np.abs(c).max()
 
 
+def test_std_on_many_points_and_times_matches_the_covariance(rng):
+    """Enough training points for several eigenvalue segments: the std path (low rank in time) against the
+    diagonal of the covariance path (a Cholesky factor, time by time)."""
+    X, Xs = rng.standard_normal((420, 6)), rng.standard_normal((25, 6))
+    gp = InfiniteWidthGP(ARCH, X, rng.standard_normal(420))
+    times = np.concatenate([[0.0], np.logspace(-1, 5, 40)])
+    mean_s, std = gp.predict(Xs, times, return_std=True)
+    mean, cov = gp.predict(Xs, times, return_cov=True)
+    np.testing.assert_allclose(mean_s, mean, rtol=0, atol=1e-12)
+    variance = np.diagonal(cov, axis1=1, axis2=2)
+    np.testing.assert_allclose(std ** 2, variance, rtol=1e-9, atol=1e-12 * variance.max())
+
+
 def test_direct_formula_when_sigma_is_singular(rng):
     """A duplicated training point makes Sigma(X, X) singular: the covariance takes the direct formula."""
     X, Xs, y = rng.standard_normal((7, 3)), rng.standard_normal((5, 3)), rng.standard_normal(8)

@@ -83,8 +83,10 @@ def test_singular_and_invalid_grams_keep_their_errors(rng):
     ridged = InfiniteWidthGP.from_grams(Theta, Sigma, y, ridge=1e-2)
     np.testing.assert_allclose(ridged.predict_from_grams(Tc, Sc, None), Tc @ np.linalg.solve(
         Theta + 1e-2 * np.eye(7), y), atol=1e-9)
-    with pytest.raises(ValueError, match="positive semi-definite"):   # rejected at construction, as before
-        InfiniteWidthGP.from_grams(Theta - 0.5 * np.linalg.eigvalsh(Theta).max() * np.eye(7), Sigma, y)
+    indefinite = InfiniteWidthGP.from_grams(Theta - 0.5 * np.linalg.eigvalsh(Theta).max() * np.eye(7), Sigma, y)
+    for t in (np.inf, 1.0):                                        # rejected by the first prediction, at any time
+        with pytest.raises(ValueError, match="positive semi-definite"):
+            indefinite.predict_from_grams(Tc, Sc, None, t)
 
 
 def test_ill_conditioned_gram_warns_at_t_inf(rng):

@@ -2,7 +2,7 @@
 
 `get_activation` turns a name, a torch callable or an `Activation` into an `Activation`.
 Closed forms: relu, leaky_relu, abs, identity, erf, sign, step, sin, cos, gelu.
-Any other elementwise function goes through 2-D Gauss-Hermite quadrature (`Quadrature`).
+Any other elementwise function goes through 2-D Gaussian quadrature in polar coordinates (`Quadrature`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from .base import Activation, angle, safe_sqrt
 from .closed import Cos, Erf, Gelu, Identity, PiecewiseLinear, Sign, Sin, Step
-from .quadrature import DEFAULT_DEGREE, Quadrature, hermite_rule
+from .quadrature import DEFAULT_DEGREE, Quadrature, radial_rule
 
 CLOSED_FORMS: dict[str, Callable[[], Activation]] = {
     "relu": lambda: PiecewiseLinear(0.0, name="relu"),
@@ -67,5 +67,5 @@ def get_activation(activation: str | Callable | Activation, degree: int = DEFAUL
 
 __all__ = [
     "Activation", "Cos", "Erf", "Gelu", "Identity", "PiecewiseLinear", "Quadrature", "Sign", "Sin",
-    "Step", "angle", "get_activation", "hermite_rule", "leaky_relu", "safe_sqrt", "DEFAULT_DEGREE",
+    "Step", "angle", "get_activation", "radial_rule", "leaky_relu", "safe_sqrt", "DEFAULT_DEGREE",
 ]

@@ -1,36 +1,46 @@
-"""Any elementwise nonlinearity, through 2-D Gauss-Hermite quadrature.
+"""Any elementwise nonlinearity, through 2-D Gaussian quadrature in polar coordinates.
 
 For (u, v) ~ N(0, [[q1, c], [c, q2]]) with q1 >= q2 (the integrand g(u) g(v) is symmetric, so the
-pair is put in this order first, which makes Gram matrices exactly symmetric) write
-u = sqrt(q1) z1 and v = (c / sqrt(q1)) z1 + sqrt(q2 - c^2 / q1) z2 with z1, z2 iid N(0, 1); then
+pair is put in this order first, which makes Gram matrices exactly symmetric) write z = r (cos t, sin t)
+standard normal and theta0 = arccos(c / sqrt(q1 q2)) (`angle`); then
 
-    E[g(u) h(v)] ~= sum_ij w_i w_j g(u(z_i)) h(v(z_i, z_j))
+    u = sqrt(q1) r cos(t),    v = sqrt(q2) r cos(t - theta0),
+    E[g(u) h(v)] = (1 / 2 pi) int_0^{2 pi} dt int_0^inf g(u) h(v) r exp(-r^2 / 2) dr.
 
-with the `degree` probabilists' Gauss-Hermite nodes z_i and weights w_i (normalized to sum 1).
-The rule is exact for polynomials of degree <= 2 degree - 1 in each variable. Its accuracy falls
-as the pre-activation variance q grows, because sigma(sqrt(q) z) steepens; measured on erf (absolute
-error of the SigmaDot map, the harder of the two):
+u and v change sign on four rays (t = pi/2, 3 pi/2, theta0 + pi/2, theta0 + 3 pi/2), which cut the plane
+into four sectors, two of angle theta0 and two of angle pi - theta0, on which neither changes sign.
+Activations with a kink or a jump at 0 (elu, selu, hard shrink, ...: sigma or sigma' jumps there) are
+smooth on each side of 0, so the integrand is smooth on each sector: Gauss-Legendre in t on each sector
+and, in r, the Gauss rule of the weight r exp(-r^2 / 2) on [0, inf) (`radial_rule`, computed once by the
+Lanczos process) converge spectrally. A product Gauss-Hermite rule over the plane would converge only
+like 1/degree across such a kink, and slowly for steep functions (erf(sqrt(q) z) at large variance q),
+which the sector rule also resolves: the nodes in t cluster at the rays where u or v changes sign.
 
-    degree   q = 0.5   q = 1    q = 2    q = 5
-    32       3e-10     2e-6     6e-4     3e-2
-    64       1e-16     5e-12    5e-7     1e-3
-    128      2e-16     2e-16    3e-13    3e-6
+`degree` is the number of radial nodes; each sector gets max(4, degree // 2) angular nodes, so a map costs
+2 degree^2 evaluations (degree 32: 2048). Measured largest absolute errors of the two maps against adaptive
+integration, for variances q <= 2 (including c / sqrt(q1 q2) = 0.99988) / for q from 4 to 20:
 
-Where the derivative jumps (elu, selu at 0) the SigmaDot map converges only like 1/degree: its
-error near the diagonal is about 9e-3 at degree 32, 2e-3 at 128, 1e-3 at 256 (cost grows like
-degree^2); the Sigma map is about 100 times more accurate. The derivative comes from
-autograd, so any torch callable works. At c = q1 = q2 the rule reduces to the 1-D rule used on
-the diagonal, so Gram matrices stay consistent with their diagonals.
+    degree   tanh           erf            elu, selu       softplus        softsign
+    16       2e-5 / 3e-4    3e-5 / 5e-4    9e-8 / 7e-6     5e-8 / 1e-5     4e-5 / 1e-4
+    32       4e-9 / 7e-8    2e-9 / 1e-6    3e-14 / 2e-13   1e-13 / 5e-9    3e-9 / 2e-7
+    64       1e-14 / 9e-12  2e-14 / 2e-13  5e-14 / 2e-13   1e-14 / 4e-14   9e-15 / 2e-12
+
+(A Gauss-Hermite product rule with 1024 nodes had 2e-6 / 3e-2 on erf and 9e-3 on elu.) Kinks away from 0
+(hardtanh at +-1, relu6 at 6) still converge only algebraically. The derivative comes from autograd, so
+any torch callable works. The diagonal maps are the same rule at c = q1 = q2, so Gram matrices stay
+consistent with their diagonals.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import torch
 
-from .base import Activation, safe_sqrt
+from .base import Activation, angle, safe_sqrt
 
 DEFAULT_DEGREE = 32
 _TINY = 1e-30
@@ -38,14 +48,45 @@ _TINY = 1e-30
 _CHUNK_NODES = 1 << 21
 
 
-def hermite_rule(degree: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes and weights (summing to 1) of the `degree`-point rule for E_{z ~ N(0,1)}[g(z)]."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(degree)
-    weights = weights / weights.sum()
-    return (
-        torch.as_tensor(nodes, dtype=dtype, device=device),
-        torch.as_tensor(weights, dtype=dtype, device=device),
-    )
+@lru_cache(maxsize=16)
+def _radial_rule(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss rule of the weight r exp(-r^2 / 2) on [0, inf), float64 NumPy: the Lanczos process (with full
+    reorthogonalization) on a fine Gauss-Legendre discretization of the weight gives its Jacobi matrix,
+    whose eigenvalues are the nodes (Golub-Welsch)."""
+    top = math.sqrt(4.0 * degree) + 12.0             # r^(2 degree) exp(-r^2 / 2) is negligible past it
+    x, w = np.polynomial.legendre.leggauss(8 * degree + 400)
+    r = top * (x + 1) / 2
+    mass = w * r * np.exp(-r * r / 2)
+    basis = np.zeros((degree + 1, r.size))
+    basis[0] = np.sqrt(mass / mass.sum())            # the weight has total mass 1
+    alpha, beta = np.zeros(degree), np.zeros(degree)
+    for k in range(degree):
+        vector = r * basis[k] - (beta[k - 1] * basis[k - 1] if k else 0.0)
+        alpha[k] = basis[k] @ vector
+        for _ in range(2):                           # full reorthogonalization, twice
+            vector -= basis[:k + 1].T @ (basis[:k + 1] @ vector)
+        beta[k] = np.linalg.norm(vector)
+        basis[k + 1] = vector / beta[k]
+    nodes = np.linalg.eigvalsh(np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1))
+    # weights from the Christoffel function 1 / sum_j p_j(node)^2 (orthonormal p_j by the recurrence):
+    # accurate even where they are tiny, unlike the squared eigenvector entries
+    previous, current, total = np.zeros_like(nodes), np.ones_like(nodes), np.ones_like(nodes)
+    for k in range(degree - 1):
+        previous, current = current, ((nodes - alpha[k]) * current - (beta[k - 1] * previous if k else 0.0)) / beta[k]
+        total += current * current
+    return nodes, 1.0 / total
+
+
+def radial_rule(degree: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights (summing to 1) of the `degree`-point Gauss rule for int_0^inf g(r) r exp(-r^2/2) dr."""
+    nodes, weights = _radial_rule(degree)
+    return torch.as_tensor(nodes, dtype=dtype, device=device), torch.as_tensor(weights, dtype=dtype, device=device)
+
+
+def _angular_rule(degree: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Legendre nodes in (0, 1) and weights (summing to 1) for each sector."""
+    x, w = np.polynomial.legendre.leggauss(max(4, degree // 2))
+    return torch.as_tensor((x + 1) / 2, dtype=dtype, device=device), torch.as_tensor(w / 2, dtype=dtype, device=device)
 
 
 class Quadrature(Activation):
@@ -79,18 +120,28 @@ class Quadrature(Activation):
         shape = torch.broadcast_shapes(c.shape, q1.shape, q2.shape)
         c, q1, q2 = (t.expand(shape).reshape(-1) for t in (c, q1, q2))
         fn = self.derivative if use_derivative else self.fn
-        z, w = hermite_rule(self.degree, c.dtype, c.device)
-        chunk = max(1, _CHUNK_NODES // self.degree**2)
+        r, w_r = radial_rule(self.degree, c.dtype, c.device)
+        s, w_s = _angular_rule(self.degree, c.dtype, c.device)
+        n_t = 4 * s.numel()
+        chunk = max(1, _CHUNK_NODES // (n_t * r.numel()))
         out = []
         for start in range(0, c.numel(), chunk):
             cc, a, b = c[start:start + chunk, None], q1[start:start + chunk, None], q2[start:start + chunk, None]
             a, b = torch.maximum(a, b), torch.minimum(a, b)              # q1 >= q2
+            theta0, _ = angle(cc, a, b)
+            # the four sectors between the rays where u or v changes sign: starts and angles (E, 4)
+            starts = torch.cat([theta0 - math.pi / 2, torch.full_like(theta0, math.pi / 2), theta0 + math.pi / 2,
+                                torch.full_like(theta0, 1.5 * math.pi)], 1)
+            widths = torch.cat([math.pi - theta0, theta0, math.pi - theta0, theta0], 1)
+            t = (starts[:, :, None] + widths[:, :, None] * s).reshape(-1, n_t)            # (E, 4 n)
+            w_t = (widths[:, :, None] * w_s / (2 * math.pi)).reshape(-1, n_t)
             root_a = safe_sqrt(a)
-            slope = cc / torch.clamp(root_a, min=_TINY)                 # c / sqrt(q1)
-            rest = safe_sqrt(b - slope * slope * (a > 0))              # sqrt(q2 - c^2 / q1)
-            u = (root_a * z)[:, :, None]                                # (E, deg_i, 1)
-            v = (slope * z)[:, :, None] + (rest * z)[:, None, :]        # (E, deg_i, deg_j)
-            values = fn(u) * fn(v) * w[:, None] * w[None, :]
+            slope = cc / torch.clamp(root_a, min=_TINY)                 # sqrt(q2) cos(theta0) = c / sqrt(q1)
+            rest = safe_sqrt(b - slope * slope * (a > 0))              # sqrt(q2) sin(theta0)
+            cos_t, sin_t = torch.cos(t)[:, :, None], torch.sin(t)[:, :, None]
+            u = root_a[:, :, None] * cos_t * r                          # (E, 4 n, degree)
+            v = (slope[:, :, None] * cos_t + rest[:, :, None] * sin_t) * r
+            values = fn(u) * fn(v) * w_t[:, :, None] * w_r
             out.append(values.sum((-2, -1)))
         return torch.cat(out).reshape(shape) if out else c.reshape(shape)
 
@@ -99,18 +150,6 @@ class Quadrature(Activation):
 
     def sigma_dot(self, c, q1, q2):
         return self._expect(c, q1, q2, use_derivative=True)
-
-    def _expect_diag(self, q, use_derivative: bool) -> torch.Tensor:
-        fn = self.derivative if use_derivative else self.fn
-        z, w = hermite_rule(self.degree, q.dtype, q.device)
-        values = fn(safe_sqrt(q)[..., None] * z)
-        return (values * values * w).sum(-1)
-
-    def sigma_diag(self, q):
-        return self._expect_diag(q, use_derivative=False)
-
-    def sigma_dot_diag(self, q):
-        return self._expect_diag(q, use_derivative=True)
 
     def __repr__(self) -> str:
         return f"Quadrature({self.name!r}, degree={self.degree})"

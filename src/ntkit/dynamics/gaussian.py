@@ -18,21 +18,27 @@ at t = inf it coincides with the Bayesian NNGP posterior (`posterior`), which al
 observation noise.
 
 Computation. t = inf (the default, and all that kernel regression needs) takes one Cholesky
-factorization L L^T = K + ridge I, done at construction (N^3 / 3): A = (K + ridge I)^-1 is applied by two
-triangular solves and the covariance is the direct formula above (M N^2 per test set, plus M^2 N for the
+factorization L L^T = K + ridge I, on the first such prediction (N^3 / 3): A = (K + ridge I)^-1 is applied by
+two triangular solves and the covariance is the direct formula above (M N^2 per test set, plus M^2 N for the
 covariance). Any finite time needs the eigendecomposition K / N = V diag(lambda) V^T (several times the cost
 of the Cholesky factorization), computed on first use and kept (`spectrum`); it is also used at t = inf when
 K + ridge I has no well-conditioned Cholesky factor, where its eigenvalues give the exact error (singular)
-or warning (ill-conditioned). With Sigma(X, X) = V R R^T V^T (R lower triangular, a Cholesky factor in the
-eigenbasis), P = K(X*, X) V and Qr = Sigma(X*, X) V R^-T,
+or warning (ill-conditioned). In the eigenbasis, with P = K(X*, X) V, Q = Sigma(X*, X) V, S = V^T Sigma(X, X) V
+and d(t) the diagonal of A_t (`integrated_decay` / N):
 
-    cov_t = [Sigma(X*, X*) - Qr Qr^T] + U_t U_t^T,    U_t = P D_t R - Qr,    D_t = diag of A_t in the V basis,
+    std_t(x)^2 = Sigma(x, x) - 2 sum_i d_i(t) P_xi Q_xi + sum_ij d_i(t) P_xi S_ij P_xj d_j(t).
+
+The last term at all T times at once costs about r M N^2 / 2 multiply-adds, r (typically 5 to 10) the rank of
+the decays d_i(t) over time on segments of close eigenvalues (`_lowrank_time`), in place of T M N^2 / 2. For
+the covariance, with S = R R^T (R lower triangular, a Cholesky factor) and Qr = Q R^-T,
+
+    cov_t = [Sigma(X*, X*) - Qr Qr^T] + U_t U_t^T,    U_t = P D_t R - Qr,    D_t = diag(d(t)),
 
 where the bracket (the NNGP posterior covariance) does not depend on t. Per model: one eigendecomposition,
-one change of basis and one Cholesky factorization (N^3). Per test set: P, Qr (M N^2). Per time: for the
-covariance a triangular product (M N^2 / 2 multiply-adds) and a symmetric rank-N update (M^2 N / 2); for the
-standard deviation only the first and a row sum (the (M, M) matrix is never formed); for the mean O(N T + M T).
-If Sigma(X, X) is singular the direct formula above is used instead (twice the work per time).
+one change of basis and one Cholesky factorization (N^3). Per test set: P, Q (M N^2). Per time, for the
+covariance: a triangular product (M N^2 / 2 multiply-adds) and a symmetric rank-N update (M^2 N / 2); for the
+mean O(N T + M T). If Sigma(X, X) is singular the covariance takes the direct formula above (twice the work
+per time).
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ import torch
 
 from .._checks import as_matrix, as_tensor, check_choice, check_real, to_output
 from ..progress import progress as progress_bar
-from ._blocked import add_gram, default_block, scaled_upper_product
+from ._blocked import add_gram, congruence, default_block, scaled_upper_product
+from ._lowrank_time import time_quadratic_forms
 from .least_squares import check_cross_gram, check_targets, shape_output
 from .spectrum import ILL_CONDITIONED, Spectrum, check_gram, check_ridge, gram_spectrum
 from .time import check_times, integrated_decay
@@ -67,8 +74,9 @@ class InfiniteWidthGP:
         dtype: precision of all the linear algebra (float64 by default).
         progress: show progress bars (None: follow `ntkit.set_progress`).
 
-    Construction computes the Grams and factors K + ridge I (Cholesky), which is all that t = inf needs;
-    the eigendecomposition `spectrum` is computed on the first finite time (see the module docstring).
+    Construction computes the Grams; the factorizations are computed on first use and kept: the Cholesky
+    factor of K + ridge I for t = inf, the eigendecomposition `spectrum` for finite times (see the module
+    docstring). A Gram that is not positive semi-definite is therefore rejected by the first prediction.
     Use `from_grams` over precomputed Grams. NumPy inputs give NumPy outputs.
     """
 
@@ -80,7 +88,7 @@ class InfiniteWidthGP:
             Sigma, Theta = arch.kernel(Xt, get=("nngp", "ntk"), progress=progress)
         else:
             Sigma, Theta = arch.kernel(Xt, get="nngp", progress=progress), None
-        self._setup(Theta, Sigma, y_train, trained, ridge, dtype, numpy_in)
+        self._setup(Theta, Sigma, y_train, trained, ridge, dtype, numpy_in, checked=True)
         self.arch, self.X_train, self._progress = arch, Xt, progress
 
     @classmethod
@@ -98,12 +106,16 @@ class InfiniteWidthGP:
         return self
 
     def _setup(self, Theta: Any, Sigma: Any, y: Any, trained: str, ridge: float, dtype: torch.dtype,
-               numpy_in: bool) -> None:
+               numpy_in: bool, checked: bool = False) -> None:
+        """`checked`: the Grams come from the architecture's `kernel` (exactly symmetric and finite)."""
         self.trained, self.ridge, self._numpy = trained, check_ridge(ridge), numpy_in
-        self.Sigma_train, _ = check_gram(Sigma, "Sigma_train", dtype=dtype)
+        def gram(G: Any, name: str) -> torch.Tensor:
+            return G.detach().to(dtype) if checked else check_gram(G, name, dtype=dtype)[0]
+
+        self.Sigma_train = gram(Sigma, "Sigma_train")
         n = self.Sigma_train.shape[0]
         if Theta is not None:
-            Theta_t, _ = check_gram(Theta, "Theta_train", dtype=dtype)
+            Theta_t = gram(Theta, "Theta_train")
             if Theta_t.shape != self.Sigma_train.shape:
                 raise ValueError(f"Theta_train and Sigma_train must have the same shape, got "
                                  f"{tuple(Theta_t.shape)} and {tuple(self.Sigma_train.shape)}")
@@ -116,14 +128,21 @@ class InfiniteWidthGP:
         self._y_hat: torch.Tensor | None = None                  # V^T y*, (N, k), with the spectrum
         self._S: torch.Tensor | None = None                      # V^T Sigma(X, X) V, when needed
         self._root: torch.Tensor | bool | None = None            # its Cholesky factor (False: not PD)
-        # t = inf: L L^T = K + ridge I, kept only when well-conditioned (else the spectrum's exact checks decide)
-        A = self._K + self.ridge * torch.eye(n, dtype=self._K.dtype, device=self._K.device)
-        self._limit = _cholesky(A)
-        if self._limit is not None and not _condition_lower_bound(A, self._limit) <= ILL_CONDITIONED:
-            self._limit = None
-        self._alpha = None if self._limit is None else _cholesky_solve(self._limit, self.y_train)
-        if self._limit is None:                 # (K + ridge I)^-1 y* above; else decompose now, which also
-            self._decompose()                   # rejects a Gram that is not positive semi-definite
+        self._limit: torch.Tensor | bool | None = None           # t = inf: Cholesky factor of K + ridge I
+        self._alpha: torch.Tensor | None = None                  # (K + ridge I)^-1 y*, with it
+
+    def _limit_factor(self) -> torch.Tensor | None:
+        """L with L L^T = K + ridge I, computed on the first t = inf prediction and kept; None when K + ridge I
+        is singular or ill-conditioned (then the spectrum's exact checks give the error or the warning)."""
+        if self._limit is None:
+            n = self.n_train
+            A = self._K + self.ridge * torch.eye(n, dtype=self._K.dtype, device=self._K.device)
+            L = _cholesky(A)
+            if L is not None and not _condition_lower_bound(A, L) <= ILL_CONDITIONED:
+                L = None
+            self._limit = False if L is None else L
+            self._alpha = None if L is None else _cholesky_solve(L, self.y_train)
+        return None if self._limit is False else self._limit
 
     @property
     def spectrum(self) -> Spectrum:
@@ -133,7 +152,7 @@ class InfiniteWidthGP:
 
     def _decompose(self) -> Spectrum:
         if self._spectrum is None:
-            self._spectrum = gram_spectrum(self._K, self._K_name, dtype=self._K.dtype)
+            self._spectrum = gram_spectrum(self._K, self._K_name, dtype=self._K.dtype, checked=True)
             self._y_hat = self._spectrum.eigenvectors.T @ self.y_train
         return self._spectrum
 
@@ -144,7 +163,7 @@ class InfiniteWidthGP:
     def _sigma_in_basis(self) -> torch.Tensor:
         if self._S is None:
             V = self.spectrum.eigenvectors
-            self._S = V.T @ self.Sigma_train @ V
+            self._S = congruence(V, self.Sigma_train, default_block(self.n_train))
         return self._S
 
     # ---------------------------------------------------------------------------- predictions
@@ -212,7 +231,7 @@ class InfiniteWidthGP:
         K_cross = Theta_cross if self.trained == "all" else Sigma_cross
         if Sigma_test is not None and Sigma_test.ndim == 2:
             Sigma_test = (Sigma_test + Sigma_test.T) / 2
-        if np.isinf(times).all() and self._limit is not None:      # t = inf: the Cholesky factor suffices
+        if np.isinf(times).all() and self._limit_factor() is not None:   # t = inf: the Cholesky factor suffices
             limit = [x[None].repeat(len(times), *[1] * x.ndim)             # the same at each of the T times
                      for x in self._predict_limit(K_cross, Sigma_cross, Sigma_test, return_std, return_cov)]
             mean = shape_output(limit[0], scalar, self._vector)
@@ -230,7 +249,7 @@ class InfiniteWidthGP:
         if not (return_std or return_cov):
             return (mean,)
         P = K_cross @ V                                                        # K(X*, X) V, (M, N)
-        steps = progress_bar(range(n_t), total=n_t, desc="covariance" if return_cov else "std", enabled=show)
+        steps = progress_bar(range(n_t), total=n_t, desc="covariance", enabled=show)
         if self.trained == "last":
             # Sigma(X, X) = V diag(N lambda) V^T: cov_t = Sigma** - P diag(2 d - N lambda d^2) P^T, d = diag(A_t)
             W = 2 * D - n * lam[None, :] * D * D                                 # (T, N)
@@ -244,22 +263,21 @@ class InfiniteWidthGP:
                 torch.sub(Sigma_test, X, out=cov[i]).sub_(X.T)
             return mean, cov[0] if scalar else cov
         Q = Sigma_cross @ V                                                    # Sigma(X*, X) V, (M, N)
+        if return_std:
+            # var_t(x) = Sigma(x, x) - 2 sum_i d_i P_xi Q_xi + sum_ij d_i P_xi S_ij P_xj d_j, S = V^T Sigma(X, X) V:
+            # the last term for all T times at once by the low rank of D in time (`_lowrank_time`)
+            diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
+            var = diag - 2 * ((P * Q) @ D.T).T + time_quadratic_forms(P, self._sigma_in_basis(), D, progress=show)
+            return mean, _std(var, scalar)
         root = self._sigma_root()
         if root is None:                    # Sigma(X, X) numerically singular: the direct formula
-            return (mean, *self._direct(P, Q, D, Sigma_test, return_std, scalar, steps))
+            return mean, self._direct(P, Q, D, Sigma_test, scalar, steps)
         # Sigma(X, X) = V R R^T V^T (R lower triangular): cov_t = Sigma** - Qr Qr^T + U_t U_t^T with
         # Qr = Q R^-T and U_t = P D_t R - Qr; the first two terms are the NNGP posterior (t-independent).
         Rt = root.T                                                            # upper triangular
         Qr_t = torch.linalg.solve_triangular(root, Q.T, upper=False)           # Qr^T = R^-1 Q^T, (N, M)
         Pt = P.T.contiguous()
         block = default_block(n)
-        if return_std:
-            diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
-            var = (diag - (Qr_t * Qr_t).sum(0)).repeat(n_t, 1)               # (T, M)
-            for i in steps:
-                U_t = scaled_upper_product(Rt, D[i], Pt, block).sub_(Qr_t)
-                var[i] += (U_t * U_t).sum(0)
-            return mean, _std(var, scalar)
         posterior = add_gram(Sigma_test.clone(), Qr_t.T.contiguous(), default_block(m), alpha=-1.0)
         cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
         for i in steps:
@@ -274,7 +292,7 @@ class InfiniteWidthGP:
         mean = K_cross @ self._alpha
         if not (return_std or return_cov):
             return (mean,)
-        G = _cholesky_solve(self._limit, K_cross.T).T                  # k_x^T (K + ridge I)^-1, (M, N)
+        G = _cholesky_solve(self._limit_factor(), K_cross.T).T                  # k_x^T (K + ridge I)^-1, (M, N)
         return mean, _spread(G, Sigma_cross, self.Sigma_train, Sigma_test, return_std)
 
     def _sigma_root(self) -> torch.Tensor | None:
@@ -285,15 +303,16 @@ class InfiniteWidthGP:
             self._root = False if root is None else root
         return None if self._root is False else self._root
 
-    def _direct(self, P: torch.Tensor, Q: torch.Tensor, D: torch.Tensor, Sigma_test: torch.Tensor,
-                return_std: bool, scalar: bool, steps: Any) -> tuple[torch.Tensor]:
-        """The direct formula `_spread` in the V basis: G = P D_t, S = V^T Sigma(X, X) V (any PSD Sigma)."""
+    def _direct(self, P: torch.Tensor, Q: torch.Tensor, D: torch.Tensor, Sigma_test: torch.Tensor, scalar: bool,
+                steps: Any) -> torch.Tensor:
+        """The covariances by the direct formula `_spread` in the V basis: G = P D_t, S = V^T Sigma(X, X) V
+        (any PSD Sigma)."""
         S = self._sigma_in_basis()
         m = P.shape[0]
-        out = torch.empty((D.shape[0], m) if return_std else (D.shape[0], m, m), dtype=P.dtype, device=P.device)
+        out = torch.empty(D.shape[0], m, m, dtype=P.dtype, device=P.device)
         for i in steps:
-            out[i] = _spread(P * D[i], Q, S, Sigma_test, return_std)
-        return (_std(out, scalar) if return_std else (out[0] if scalar else out),)
+            out[i] = _spread(P * D[i], Q, S, Sigma_test, False)
+        return out[0] if scalar else out
 
     # ------------------------------------------------------------------ Bayesian NNGP posterior
     def posterior(self, X_test: Array, *, noise: float = 0.0, return_std: bool = False,
