@@ -249,16 +249,15 @@ class InfiniteWidthGP:
         if not (return_std or return_cov):
             return (mean,)
         P = K_cross @ V                                                        # K(X*, X) V, (M, N)
-        steps = progress_bar(range(n_t), total=n_t, desc="covariance", enabled=show)
+        diag = None if Sigma_test is None or return_cov else \
+            (Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test)
         if self.trained == "last":
             # Sigma(X, X) = V diag(N lambda) V^T: cov_t = Sigma** - P diag(2 d - N lambda d^2) P^T, d = diag(A_t)
             W = 2 * D - n * lam[None, :] * D * D                                 # (T, N)
             if return_std:
-                diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
-                var = diag[None, :] - ((P * P) @ W.T).T                             # (T, M)
-                return mean, _std(var, scalar)
+                return mean, _std(diag - ((P * P) @ W.T).T, scalar)                 # (T, M)
             cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
-            for i in steps:
+            for i in progress_bar(range(n_t), total=n_t, desc="covariance", enabled=show):
                 X = (P * (W[i] / 2)) @ P.T
                 torch.sub(Sigma_test, X, out=cov[i]).sub_(X.T)
             return mean, cov[0] if scalar else cov
@@ -266,24 +265,34 @@ class InfiniteWidthGP:
         if return_std:
             # var_t(x) = Sigma(x, x) - 2 sum_i d_i P_xi Q_xi + sum_ij d_i P_xi S_ij P_xj d_j, S = V^T Sigma(X, X) V:
             # the last term for all T times at once by the low rank of D in time (`_lowrank_time`)
-            diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
-            var = diag - 2 * ((P * Q) @ D.T).T + time_quadratic_forms(P, self._sigma_in_basis(), D, progress=show)
-            return mean, _std(var, scalar)
+            quad = time_quadratic_forms(P, self._sigma_in_basis(), D, progress=show)
+            return mean, _std(diag - 2 * ((P * Q) @ D.T).T + quad, scalar)
+        cov = self._covariances(P, Q, D, Sigma_test, show)
+        return mean, cov[0] if scalar else cov
+
+    def _covariances(self, P: torch.Tensor, Q: torch.Tensor, D: torch.Tensor, Sigma_test: torch.Tensor,
+                     show: bool | None) -> torch.Tensor:
+        """cov_t (T, M, M) for trained="all", from P = K(X*, X) V, Q = Sigma(X*, X) V and the decays D (T, N)."""
+        n_t, m = D.shape[0], P.shape[0]
+        steps = progress_bar(range(n_t), total=n_t, desc="covariance", enabled=show)
+        cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
         root = self._sigma_root()
         if root is None:                    # Sigma(X, X) numerically singular: the direct formula
-            return mean, self._direct(P, Q, D, Sigma_test, scalar, steps)
+            S = self._sigma_in_basis()
+            for i in steps:
+                cov[i] = _spread(P * D[i], Q, S, Sigma_test, False)
+            return cov
         # Sigma(X, X) = V R R^T V^T (R lower triangular): cov_t = Sigma** - Qr Qr^T + U_t U_t^T with
         # Qr = Q R^-T and U_t = P D_t R - Qr; the first two terms are the NNGP posterior (t-independent).
         Rt = root.T                                                            # upper triangular
         Qr_t = torch.linalg.solve_triangular(root, Q.T, upper=False)           # Qr^T = R^-1 Q^T, (N, M)
         Pt = P.T.contiguous()
-        block = default_block(n)
+        block = default_block(self.n_train)
         posterior = add_gram(Sigma_test.clone(), Qr_t.T.contiguous(), default_block(m), alpha=-1.0)
-        cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
         for i in steps:
             U_t = scaled_upper_product(Rt, D[i], Pt, block).sub_(Qr_t)             # U_t^T, (N, M)
             add_gram(cov[i].copy_(posterior), U_t.T.contiguous(), default_block(m))
-        return mean, cov[0] if scalar else cov
+        return cov
 
     def _predict_limit(self, K_cross: torch.Tensor, Sigma_cross: torch.Tensor, Sigma_test: torch.Tensor | None,
                        return_std: bool, return_cov: bool) -> tuple[torch.Tensor, ...]:
@@ -302,17 +311,6 @@ class InfiniteWidthGP:
             root = _cholesky((S + S.T) / 2)
             self._root = False if root is None else root
         return None if self._root is False else self._root
-
-    def _direct(self, P: torch.Tensor, Q: torch.Tensor, D: torch.Tensor, Sigma_test: torch.Tensor, scalar: bool,
-                steps: Any) -> torch.Tensor:
-        """The covariances by the direct formula `_spread` in the V basis: G = P D_t, S = V^T Sigma(X, X) V
-        (any PSD Sigma)."""
-        S = self._sigma_in_basis()
-        m = P.shape[0]
-        out = torch.empty(D.shape[0], m, m, dtype=P.dtype, device=P.device)
-        for i in steps:
-            out[i] = _spread(P * D[i], Q, S, Sigma_test, False)
-        return out[0] if scalar else out
 
     # ------------------------------------------------------------------ Bayesian NNGP posterior
     def posterior(self, X_test: Array, *, noise: float = 0.0, return_std: bool = False,
