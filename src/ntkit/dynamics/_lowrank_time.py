@@ -29,7 +29,7 @@ from ..progress import progress as progress_bar
 
 TOLERANCE_EPS = 500      # truncation tolerance of the SVDs, in units of the dtype's eps
 MIN_SEGMENT = 128        # smaller segments lose more matrix-product speed than their lower ranks save
-CHUNK_BYTES = 64 * 2**20  # working memory per block of test points
+CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 2**30}   # working memory per block of test points, by device
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ def time_quadratic_forms(P: torch.Tensor, S: torch.Tensor, D: torch.Tensor, plan
         right = (D[:, cols] * torch.where(own, 1.0, 2.0).to(D)).T.contiguous()   # pairs off the diagonal: twice
         work.append((s, S[s.start:s.stop, cols], right, cols, len(idx)))
     widest = max((s.rank * width for s, _, _, _, width in work), default=1)
-    chunk = max(1, min(m, CHUNK_BYTES // (2 * P.element_size() * widest)))
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"])
+    chunk = max(1, min(m, budget // (2 * P.element_size() * widest)))
     starts = range(0, m, chunk)
     for x0 in progress_bar(starts, total=len(starts), desc="std", enabled=progress):
         Pc = P[x0:x0 + chunk]
