@@ -36,7 +36,7 @@ class MLP:
         b_std: bias scale; overrides `beta` when given.
         parametrization: "ntk" (the paper's, Section 2) or "standard" (Remark 1).
         quadrature_degree: radial nodes of the quadrature for activations without a closed form (see
-            `ntkit.activations.quadrature`: the default 24 gives about 1e-6, 32 about 1e-8).
+            `ntkit.activations.quadrature`: the default 20 gives about 1e-8, 32 about 1e-12).
     """
 
     def __init__(self, depth: int, activation: str | Callable | Activation = "relu", beta: float = 0.1,
