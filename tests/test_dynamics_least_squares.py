@@ -108,6 +108,11 @@ def test_t_inf_is_kernel_regression_and_ridge_is_kernel_ridge_regression(problem
     # with ridge the training outputs are the predictions at the training points, at every time
     for t in (0.7, 30.0):
         np.testing.assert_allclose(lr_.train_outputs(t), lr_.predict(K, t, f0_test=f0), atol=1e-11)
+    # t = inf alone takes a Cholesky factor, with a finite time the eigendecomposition: the same limit
+    assert ls._spectrum is None
+    both = ls.predict(Ks, [5.0, np.inf], f0_test=fs0)
+    assert ls._spectrum is not None
+    np.testing.assert_allclose(both[1], ls.predict(Ks, np.inf, f0_test=fs0), atol=1e-10)
 
 
 def test_ridge_dynamics_match_ode(problem):
@@ -183,8 +188,10 @@ def test_bad_inputs(problem):
         LeastSquares(K, y).predict(Ks[:, :5], 1.0)
     with pytest.raises(ValueError, match="NaN"):
         LeastSquares(np.where(np.eye(12) > 0, np.nan, K), y)
-    with pytest.raises(ValueError, match="positive semi-definite"):
-        LeastSquares(K - 2 * np.abs(np.linalg.eigvalsh(K)).max() * np.eye(12) / 3, y)
+    indefinite = LeastSquares(K - 2 * np.abs(np.linalg.eigvalsh(K)).max() * np.eye(12) / 3, y)
+    for t in (1.0, np.inf):                        # rejected by the first use, at any time
+        with pytest.raises(ValueError, match="positive semi-definite"):
+            indefinite.train_outputs(t)
     with pytest.raises(ValueError, match="lr"):
         LeastSquares(K, y).train_outputs(steps=3, lr=1e6)
     with pytest.raises(ValueError, match="either"):

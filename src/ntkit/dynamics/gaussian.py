@@ -51,9 +51,10 @@ import torch
 from .._checks import as_matrix, as_tensor, check_choice, check_real, to_output
 from ..progress import progress as progress_bar
 from ._blocked import add_gram, congruence, default_block, scaled_upper_product
+from ._cholesky import cholesky, cholesky_solve, limit_factor
 from ._lowrank_time import time_quadratic_forms
 from .least_squares import check_cross_gram, check_targets, shape_output
-from .spectrum import ILL_CONDITIONED, Spectrum, check_gram, check_ridge, gram_spectrum
+from .spectrum import Spectrum, check_gram, check_ridge, gram_spectrum
 from .time import check_times, integrated_decay
 
 TRAINED = ("all", "last")
@@ -135,13 +136,9 @@ class InfiniteWidthGP:
         """L with L L^T = K + ridge I, computed on the first t = inf prediction and kept; None when K + ridge I
         is singular or ill-conditioned (then the spectrum's exact checks give the error or the warning)."""
         if self._limit is None:
-            n = self.n_train
-            A = self._K + self.ridge * torch.eye(n, dtype=self._K.dtype, device=self._K.device)
-            L = _cholesky(A)
-            if L is not None and not _condition_lower_bound(A, L) <= ILL_CONDITIONED:
-                L = None
+            L = limit_factor(self._K, self.ridge)
             self._limit = False if L is None else L
-            self._alpha = None if L is None else _cholesky_solve(L, self.y_train)
+            self._alpha = None if L is None else cholesky_solve(L, self.y_train)
         return None if self._limit is False else self._limit
 
     @property
@@ -301,14 +298,14 @@ class InfiniteWidthGP:
         mean = K_cross @ self._alpha
         if not (return_std or return_cov):
             return (mean,)
-        G = _cholesky_solve(self._limit_factor(), K_cross.T).T                  # k_x^T (K + ridge I)^-1, (M, N)
+        G = cholesky_solve(self._limit_factor(), K_cross.T).T                  # k_x^T (K + ridge I)^-1, (M, N)
         return mean, _spread(G, Sigma_cross, self.Sigma_train, Sigma_test, return_std)
 
     def _sigma_root(self) -> torch.Tensor | None:
         """Lower-triangular R with R R^T = V^T Sigma(X, X) V, or None if Sigma(X, X) is not positive definite."""
         if self._root is None:
             S = self._sigma_in_basis()
-            root = _cholesky((S + S.T) / 2)
+            root = cholesky((S + S.T) / 2)
             self._root = False if root is None else root
         return None if self._root is False else self._root
 
@@ -352,12 +349,12 @@ class InfiniteWidthGP:
         noise = float(check_real(noise, "noise", minimum=0.0))
         n = self.n_train
         A = self.Sigma_train + noise * torch.eye(n, dtype=self.Sigma_train.dtype, device=self.Sigma_train.device)
-        L = _cholesky(A)
+        L = cholesky(A)
         if L is None:
             raise ValueError("Sigma_train + noise I is not positive definite (singular NNGP Gram, e.g. duplicated "
                              "points): pass noise > 0")
         Z = torch.linalg.solve_triangular(L, Sigma_cross.T, upper=False)     # L^-1 Sigma(X, X*), (N, M)
-        alpha = _cholesky_solve(L, self.y_train)                       # (Sigma + noise I)^-1 y
+        alpha = cholesky_solve(L, self.y_train)                       # (Sigma + noise I)^-1 y
         mean = shape_output((Sigma_cross @ alpha)[None], True, self._vector)
         if return_cov:
             cov = Sigma_test - Z.T @ Z
@@ -366,22 +363,6 @@ class InfiniteWidthGP:
             diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
             return mean, (diag - (Z * Z).sum(0)).clamp_min(0.0).sqrt()
         return (mean,)
-
-
-def _cholesky(A: torch.Tensor) -> torch.Tensor | None:
-    """Lower Cholesky factor of a symmetric A, or None when A is singular to working precision
-    (a failed factorization, or a pivot L_ii^2 below 10 N eps max(diag A))."""
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info) != 0:
-        return None
-    floor = 10 * A.shape[0] * torch.finfo(A.dtype).eps * float(A.diagonal().max())
-    return None if float(L.diagonal().min()) ** 2 <= floor else L
-
-
-def _cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """(L L^T)^-1 B for a lower-triangular L (N, N) and B (N, k), by two triangular solves (unlike
-    torch.cholesky_solve, which copies L on every call)."""
-    return torch.linalg.solve_triangular(L.T, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
 
 
 def _spread(G: torch.Tensor, Q: torch.Tensor, S: torch.Tensor, Sigma_test: torch.Tensor,
@@ -396,19 +377,6 @@ def _spread(G: torch.Tensor, Q: torch.Tensor, S: torch.Tensor, Sigma_test: torch
     H = torch.addmm(Q, G, S, beta=-1.0, alpha=0.5)                            # G S / 2 - Q
     X = H @ G.T                                                                # G S G^T / 2 - Q G^T
     return (Sigma_test + X).add_(X.T)
-
-
-def _condition_lower_bound(A: torch.Tensor, L: torch.Tensor, steps: int = 6) -> float:
-    """A lower bound on cond(A) = lambda_max / lambda_min of the positive definite A = L L^T, tight within a
-    small factor after a few steps: ||A u|| <= lambda_max after power iterations, ||A^-1 v|| <= 1 / lambda_min
-    after inverse iterations (two triangular solves each) from fixed random unit vectors. O(steps N^2)."""
-    generator = torch.Generator(device=A.device).manual_seed(0)
-    u, v = torch.randn(2, A.shape[0], 1, generator=generator, dtype=A.dtype, device=A.device)
-    top = inverse_bottom = 0.0
-    for _ in range(steps):
-        u, v = A @ (u / u.norm()), _cholesky_solve(L, v / v.norm())
-        top, inverse_bottom = float(u.norm()), float(v.norm())
-    return top * inverse_bottom
 
 
 def _std(var: torch.Tensor, scalar: bool) -> torch.Tensor:

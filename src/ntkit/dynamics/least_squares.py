@@ -7,7 +7,8 @@ and targets y* = f*(X), the paper's dynamics d/dt f_t(x) = -(1/N) K(x, X) (f_t(X
     f_t(x) = f_0(x) + K(x, X) V diag((1 - exp(-lambda t)) / (N lambda)) V^T (y* - y_0)   (any point)
 
 and at t = inf kernel regression f_0(x) + K(x, X) K^-1 (y* - y_0). Gradient descent with learning
-rate eta for s steps replaces exp(-lambda t) by (1 - eta lambda)^s.
+rate eta for s steps replaces exp(-lambda t) by (1 - eta lambda)^s. The decomposition is computed on the
+first finite time; t = inf alone needs only a Cholesky factorization of K (+ ridge I), several times cheaper.
 
 `ridge` >= 0 adds the penalty (ridge / 2N) ||theta - theta_0||^2 to the cost of the linearized
 network (weight decay towards the initialization). Its rates become lambda + ridge / N and at
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 
 from .._checks import as_tensor, to_output
-from .spectrum import Spectrum, check_ridge, gram_spectrum
+from ._cholesky import cholesky_solve, limit_factor
+from .spectrum import Spectrum, check_gram, check_ridge, gram_spectrum
 from .time import integrated_decay, remaining, resolve_schedule
 
 Array = torch.Tensor | np.ndarray
@@ -69,10 +71,14 @@ class LeastSquares:
     def __init__(self, K_train: Array | Spectrum, y_train: Array, *, f0_train: Array | None = None,
                  ridge: float = 0.0, dtype: torch.dtype = torch.float64):
         self.ridge = check_ridge(ridge)
-        self.spectrum = gram_spectrum(K_train, "K_train", dtype=dtype)
+        if isinstance(K_train, Spectrum):
+            self._spectrum: Spectrum | None = K_train
+            self._K, n, device = None, K_train.n, K_train.eigenvectors.device
+            dtype = K_train.eigenvectors.dtype
+        else:
+            self._spectrum, (self._K, _) = None, check_gram(K_train, "K_train", dtype=dtype)
+            n, device = self._K.shape[0], self._K.device
         self._numpy = not isinstance(y_train if isinstance(K_train, Spectrum) else K_train, torch.Tensor)
-        V = self.spectrum.eigenvectors
-        n, dtype, device = self.spectrum.n, V.dtype, V.device
         self._vector = np.ndim(y_train) == 1 if not isinstance(y_train, torch.Tensor) else y_train.ndim == 1
         self.y_train = check_targets(y_train, n, "y_train", dtype, device)
         self.f0_train = torch.zeros_like(self.y_train) if f0_train is None else \
@@ -80,7 +86,27 @@ class LeastSquares:
         if self.f0_train.shape != self.y_train.shape:
             raise ValueError(f"f0_train must have the shape of y_train {tuple(self.y_train.shape)}, "
                              f"got {tuple(self.f0_train.shape)}")
-        self._residual_hat = V.T @ (self.y_train - self.f0_train)        # V^T (y* - y_0), (N, k)
+        self._residual_hat: torch.Tensor | None = None                 # V^T (y* - y_0), with the spectrum
+        self._limit: torch.Tensor | bool | None = None                 # t = inf: (K + ridge I)^-1 (y* - y_0)
+
+    @property
+    def spectrum(self) -> Spectrum:
+        """K / N = V diag(lambda) V^T, computed on first use (a finite time) and kept."""
+        if self._spectrum is None:
+            self._spectrum = gram_spectrum(self._K, "K_train", dtype=self._K.dtype, checked=True)
+        if self._residual_hat is None:
+            self._residual_hat = self._spectrum.eigenvectors.T @ (self.y_train - self.f0_train)   # (N, k)
+        return self._spectrum
+
+    def _limit_weights(self, times: np.ndarray, steps: Any) -> torch.Tensor | None:
+        """(K + ridge I)^-1 (y* - y_0) from a Cholesky factor when every time is t = inf and K was given as a
+        well-conditioned Gram; None otherwise (the spectrum then decides, with its exact errors and warnings)."""
+        if steps is not None or self._K is None or not np.isinf(times).all():
+            return None
+        if self._limit is None:
+            L = limit_factor(self._K, self.ridge)
+            self._limit = False if L is None else cholesky_solve(L, self.y_train - self.f0_train)
+        return None if self._limit is False else self._limit
 
     @property
     def eigenvalues(self) -> torch.Tensor:
@@ -98,6 +124,10 @@ class LeastSquares:
         Pass t (continuous time, np.inf allowed) or steps= and lr= (gradient descent, t = lr * steps).
         """
         times, s, lr_value, scalar = resolve_schedule(t, steps, lr)
+        alpha = self._limit_weights(times, s)
+        if alpha is not None:                  # f_inf(X) = y_0 + K (K + ridge I)^-1 (y* - y_0), at each time
+            out = (self.f0_train + self._K @ alpha)[None].repeat(len(times), 1, 1)
+            return to_output(shape_output(out, scalar, self._vector), self._numpy)
         rates = self._rates(times)
         V = self.spectrum.eigenvectors
         if self.ridge == 0.0:      # the learned fraction 1 - exp(-lambda t) along each eigenvector
@@ -116,15 +146,19 @@ class LeastSquares:
         f0_test: f_0(X*) (M[, k]), default 0 (the mean of a network at initialization).
         """
         times, s, lr_value, scalar = resolve_schedule(t, steps, lr)
-        rates = self._rates(times)
-        V = self.spectrum.eigenvectors
-        n = self.spectrum.n
-        Ks = check_cross_gram(K_test_train, n, "K_test_train", V.dtype, V.device)
+        n, dtype, device = self.y_train.shape[0], self.y_train.dtype, self.y_train.device
+        Ks = check_cross_gram(K_test_train, n, "K_test_train", dtype, device)
         m, k = Ks.shape[0], self.y_train.shape[1]
-        f0 = torch.zeros(m, k, dtype=V.dtype, device=V.device) if f0_test is None else \
-            check_targets(f0_test, m, "f0_test", V.dtype, V.device)
+        f0 = torch.zeros(m, k, dtype=dtype, device=device) if f0_test is None else \
+            check_targets(f0_test, m, "f0_test", dtype, device)
         if f0.shape[1] != k:
             raise ValueError(f"f0_test must have {k} output columns like y_train, got shape {tuple(f0.shape)}")
+        alpha = self._limit_weights(times, s)
+        if alpha is not None:                  # kernel (ridge) regression, at each time
+            out = (f0 + Ks @ alpha)[None].repeat(len(times), 1, 1)
+            return to_output(shape_output(out, scalar, self._vector), self._numpy)
+        rates = self._rates(times)
+        V = self.spectrum.eigenvectors
         phi = torch.as_tensor(integrated_decay(rates, times, s, lr_value) / n, dtype=V.dtype, device=V.device)
         weights = V @ (phi.T[:, :, None] * self._residual_hat[:, None, :]).reshape(n, -1)    # (N, T k)
         out = f0[None] + (Ks @ weights).reshape(m, len(times), k).transpose(0, 1)

@@ -1,0 +1,49 @@
+"""Cholesky factors for the t = inf limit (kernel regression), shared by `LeastSquares` and `InfiniteWidthGP`.
+
+At t = inf the dynamics need only (K + ridge I)^-1: one Cholesky factorization (N^3 / 3), several times
+cheaper than the eigendecomposition that finite times need. It is used when K + ridge I is safely positive
+definite; otherwise the callers fall back on the spectrum, whose eigenvalues give the exact error (singular)
+or warning (ill-conditioned, `spectrum.ILL_CONDITIONED`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spectrum import ILL_CONDITIONED
+
+
+def cholesky(A: torch.Tensor) -> torch.Tensor | None:
+    """Lower Cholesky factor of a symmetric A, or None when A is singular to working precision
+    (a failed factorization, or a pivot L_ii^2 below 10 N eps max(diag A))."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        return None
+    floor = 10 * A.shape[0] * torch.finfo(A.dtype).eps * float(A.diagonal().max())
+    return None if float(L.diagonal().min()) ** 2 <= floor else L
+
+
+def cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """(L L^T)^-1 B for a lower-triangular L (N, N) and B (N, k), by two triangular solves (unlike
+    torch.cholesky_solve, which copies L on every call)."""
+    return torch.linalg.solve_triangular(L.T, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
+
+
+def condition_lower_bound(A: torch.Tensor, L: torch.Tensor, steps: int = 6) -> float:
+    """A lower bound on cond(A) = lambda_max / lambda_min of the positive definite A = L L^T, tight within a
+    small factor after a few steps: ||A u|| <= lambda_max after power iterations, ||A^-1 v|| <= 1 / lambda_min
+    after inverse iterations (two triangular solves each) from fixed random unit vectors. O(steps N^2)."""
+    generator = torch.Generator(device=A.device).manual_seed(0)
+    u, v = torch.randn(2, A.shape[0], 1, generator=generator, dtype=A.dtype, device=A.device)
+    top = inverse_bottom = 0.0
+    for _ in range(steps):
+        u, v = A @ (u / u.norm()), cholesky_solve(L, v / v.norm())
+        top, inverse_bottom = float(u.norm()), float(v.norm())
+    return top * inverse_bottom
+
+
+def limit_factor(K: torch.Tensor, ridge: float) -> torch.Tensor | None:
+    """Lower Cholesky factor of K + ridge I when it exists and cond(K + ridge I) <= ILL_CONDITIONED, else None."""
+    A = K + ridge * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
+    L = cholesky(A)
+    return L if L is not None and condition_lower_bound(A, L) <= ILL_CONDITIONED else None
