@@ -28,7 +28,7 @@ and d(t) the diagonal of A_t (`integrated_decay` / N):
 
     std_t(x)^2 = Sigma(x, x) - 2 sum_i d_i(t) P_xi Q_xi + sum_ij d_i(t) P_xi S_ij P_xj d_j(t).
 
-The last term at all T times at once costs about r M N^2 / 2 multiply-adds, r (typically 5 to 10) the rank of
+The last term at all T times at once costs about r M N^2 / 2 multiply-adds, r (typically 5 to 15) the rank of
 the decays d_i(t) over time on segments of close eigenvalues (`_lowrank_time`), in place of T M N^2 / 2. For
 the covariance, with S = R R^T (R lower triangular, a Cholesky factor) and Qr = Q R^-T,
 
