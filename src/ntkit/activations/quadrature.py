@@ -123,15 +123,16 @@ class Quadrature(Activation):
             (grad,) = torch.autograd.grad(y.sum(), xg, create_graph=keep_graph)
         return (y if keep_graph else y.detach()), grad
 
-    def _expect(self, c, q1, q2, values: bool, derivatives: bool) -> list[torch.Tensor]:
-        """[E[sigma(u) sigma(v)]] if values, then [E[sigma'(u) sigma'(v)]] if derivatives, on one grid."""
+    def _expect(self, c, q1, q2, derivatives: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)] if derivatives else None), from one grid."""
         shape = torch.broadcast_shapes(c.shape, q1.shape, q2.shape)
         c, q1, q2 = (t.expand(shape).reshape(-1) for t in (c, q1, q2))
         r, w_r = radial_rule(self.degree, c.dtype, c.device)
         s, w_s = _angular_rule(self.degree, c.dtype, c.device)
         n_t = 4 * s.numel()
         chunk = max(1, _CHUNK_NODES // (n_t * r.numel()))
-        out: list[list[torch.Tensor]] = [[], []]
+        maps: list[torch.Tensor] = []
+        dots: list[torch.Tensor] = []
         for start in range(0, c.numel(), chunk):
             cc, a, b = c[start:start + chunk, None], q1[start:start + chunk, None], q2[start:start + chunk, None]
             a, b = torch.maximum(a, b), torch.minimum(a, b)              # q1 >= q2
@@ -150,23 +151,24 @@ class Quadrature(Activation):
             v = (slope[:, :, None] * cos_t + rest[:, :, None] * sin_t) * r
             if derivatives:
                 (fu, du), (fv, dv) = self._value_and_derivative(u), self._value_and_derivative(v)
-                out[1].append((du * dv * weights).sum((-2, -1)))
+                dots.append((du * dv * weights).sum((-2, -1)))
             else:
                 fu, fv = self.fn(u), self.fn(v)
-            if values:
-                out[0].append((fu * fv * weights).sum((-2, -1)))
-        return [torch.cat(o).reshape(shape) if o else c.reshape(shape) for o, wanted in zip(out, (values, derivatives),
-                                                                                             strict=True) if wanted]
+            maps.append((fu * fv * weights).sum((-2, -1)))
+
+        def join(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(parts).reshape(shape) if parts else c.reshape(shape)
+
+        return join(maps), (join(dots) if derivatives else None)
 
     def sigma(self, c, q1, q2):
-        return self._expect(c, q1, q2, values=True, derivatives=False)[0]
+        return self._expect(c, q1, q2, derivatives=False)[0]
 
     def sigma_dot(self, c, q1, q2):
-        return self._expect(c, q1, q2, values=False, derivatives=True)[0]
+        return self._expect(c, q1, q2, derivatives=True)[1]
 
     def sigma_both(self, c, q1, q2):
-        sigma, sigma_dot = self._expect(c, q1, q2, values=True, derivatives=True)
-        return sigma, sigma_dot
+        return self._expect(c, q1, q2, derivatives=True)
 
     def __repr__(self) -> str:
         return f"Quadrature({self.name!r}, degree={self.degree})"
