@@ -24,13 +24,16 @@ def scaled_upper_product(Rt: torch.Tensor, d: torch.Tensor, B: torch.Tensor, blo
     return out
 
 
-def add_gram(out: torch.Tensor, U: torch.Tensor, block: int, alpha: float = 1.0) -> torch.Tensor:
-    """out += alpha U U^T for U (M, N) with contiguous rows, out (M, M): for each block of rows one product
-    with the rows from the block on (the upper block triangle), mirrored below the diagonal."""
+def add_gram(out: torch.Tensor, U: torch.Tensor, block: int, alpha: float = 1.0,
+             W: torch.Tensor | None = None) -> torch.Tensor:
+    """out += alpha U W^T for U, W (M, N) (W defaults to U) whose product is symmetric, out (M, M): for each
+    block of rows one product with the rows from the block on (the upper block triangle), mirrored below
+    the diagonal."""
+    W = U if W is None else W
     m = U.shape[0]
     for i0 in range(0, m, block):
         i1 = min(i0 + block, m)
-        tile = U[i0:i1] @ U[i0:].T                                  # (i1 - i0, m - i0)
+        tile = U[i0:i1] @ W[i0:].T                                  # (i1 - i0, m - i0)
         diagonal = tile[:, : i1 - i0]
         diagonal.add_(diagonal.T.clone()).mul_(0.5)                 # exactly symmetric diagonal block
         out[i0:i1, i0:].add_(tile, alpha=alpha)
@@ -42,13 +45,5 @@ def congruence(V: torch.Tensor, A: torch.Tensor, block: int) -> torch.Tensor:
     """V^T A V for a symmetric A (N, N) and V (N, K), exactly symmetric (K, K): A V in full, then V^T (A V)
     on the upper block triangle only, mirrored (3/4 of the two full products)."""
     AV = A @ V
-    k = V.shape[1]
-    out = torch.empty(k, k, dtype=AV.dtype, device=AV.device)
-    for i0 in range(0, k, block):
-        i1 = min(i0 + block, k)
-        tile = V[:, i0:i1].T @ AV[:, i0:]                          # (i1 - i0, k - i0)
-        diagonal = tile[:, : i1 - i0]
-        diagonal.add_(diagonal.T.clone()).mul_(0.5)
-        out[i0:i1, i0:] = tile
-        out[i1:, i0:i1] = tile[:, i1 - i0:].T
-    return out
+    out = torch.zeros(V.shape[1], V.shape[1], dtype=AV.dtype, device=AV.device)
+    return add_gram(out, V.T, block, W=AV.T)
