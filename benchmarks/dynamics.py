@@ -123,13 +123,20 @@ def main() -> None:
           f"{'max|cov diff|':>14}")
     for n in [int(s) for s in args.sizes.split(",")]:
         data = problem(n, n, args.d, args.seed)
-        nt_info = run_nt(args.nt_python, data, args.depth, args.beta, args.nt_repeat) if args.nt_python else None
-        nt_seconds = statistics.median(nt_info["seconds"]) if nt_info else None
-        for what in ("cov", "std", "mean"):
+        measured = {}
+        for what in ("mean", "std", "cov"):     # cheapest first: the covariances' gigabytes are freed last
             seconds, result = [], None
             for _ in range(args.repeat):
                 elapsed, result = run_ntkit(data, args.depth, args.beta, what)
                 seconds.append(elapsed)
+            kept = (np.array(result[0][:, :CHECK]), None if what == "mean" else       # copies: the rest is freed
+                    np.array(result[1][:, :CHECK, :CHECK] if what == "cov" else result[1][:, :CHECK]))
+            measured[what] = (seconds, kept)
+            del result
+        # neural-tangents runs after ntkit: the gigabytes its process frees slow down whatever runs next here
+        nt_info = run_nt(args.nt_python, data, args.depth, args.beta, args.nt_repeat) if args.nt_python else None
+        nt_seconds = statistics.median(nt_info["seconds"]) if nt_info else None
+        for what, (seconds, (mean, spread)) in measured.items():
             median = statistics.median(seconds)
             row = {"n_train": n, "n_test": n, "d": args.d, "depth": args.depth, "times": 50, "what": what,
                    "ntkit_seconds": median, "ntkit_all_seconds": seconds, "threads": torch.get_num_threads()}
@@ -137,12 +144,12 @@ def main() -> None:
             if nt_info is not None:
                 row.update(nt_seconds=nt_seconds, nt_all_seconds=nt_info["seconds"], ratio=nt_seconds / median,
                            nt_device=nt_info["device"])
-                mean_diff = float(np.abs(result[0][:, :CHECK] - nt_info["mean"]).max())
+                mean_diff = float(np.abs(mean - nt_info["mean"]).max())
                 if what == "cov":
-                    cov_diff = float(np.abs(result[1][:, :CHECK, :CHECK] - nt_info["cov"]).max())
+                    cov_diff = float(np.abs(spread - nt_info["cov"]).max())
                 elif what == "std":
                     nt_std = np.sqrt(np.clip(np.diagonal(nt_info["cov"], axis1=1, axis2=2), 0, None))
-                    cov_diff = float(np.abs(result[1][:, :CHECK] - nt_std).max())
+                    cov_diff = float(np.abs(spread - nt_std).max())
                 row.update(max_abs_mean_diff=mean_diff, max_abs_cov_or_std_diff=cov_diff)
             rows.append(row)
             fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731

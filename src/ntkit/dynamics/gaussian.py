@@ -264,7 +264,7 @@ class InfiniteWidthGP:
             # var_t(x) = Sigma(x, x) - 2 sum_i d_i P_xi Q_xi + sum_ij d_i P_xi S_ij P_xj d_j, S = V^T Sigma(X, X) V:
             # the last term for all T times at once by the low rank of D in time (`_lowrank_time`)
             quad = time_quadratic_forms(P, self._sigma_in_basis(), D, progress=show)
-            return mean, _std(diag - 2 * ((P * Q) @ D.T).T + quad, scalar)
+            return mean, _std(diag - 2 * (Q.mul_(P) @ D.T).T + quad, scalar)              # Q is not needed after
         cov = self._covariances(P, Q, D, Sigma_test, show)
         return mean, cov[0] if scalar else cov
 
