@@ -28,9 +28,9 @@ and d(t) the diagonal of A_t (`integrated_decay` / N):
 
     std_t(x)^2 = Sigma(x, x) - 2 sum_i d_i(t) P_xi Q_xi + sum_ij d_i(t) P_xi S_ij P_xj d_j(t).
 
-The last term at all T times at once costs about r M N^2 / 2 multiply-adds, r (typically 4 to 12) the rank of
-the decays d_i(t) over time on segments of close eigenvalues (`_lowrank_time`, accurate to about 1e-13
-relative), in place of T M N^2 / 2. For
+The last term at all T times at once costs about r M N^2 / 2 multiply-adds, r (typically 3 to 9) the rank of
+the decays d_i(t) over time on segments of close eigenvalues (`_lowrank_time`; the std agrees with the
+covariance path to about 5e-12 relative), in place of T M N^2 / 2. For
 the covariance, with S = R R^T (R lower triangular, a Cholesky factor) and Qr = Q R^-T,
 
     cov_t = [Sigma(X*, X*) - Qr Qr^T] + U_t U_t^T,    U_t = P D_t R - Qr,    D_t = diag(d(t)),
