@@ -53,6 +53,11 @@ class MLP:
         return (f"MLP(depth={self.depth}, activation={self.activation.name!r}, W_std={float(self.W_std):g}, "
                 f"b_std={float(self.b_std):g}, parametrization={self.parametrization!r})")
 
+    def describe(self) -> str:
+        """Every setting that fixes the kernels, exactly (floats by repr): part of a Gram's fingerprint."""
+        return (f"MLP(depth={self.depth}, activation={self.activation!r}, W_std={float(self.W_std)!r}, "
+                f"b_std={float(self.b_std)!r}, parametrization={self.parametrization!r})")
+
     @property
     def recursion(self) -> Recursion:
         return Recursion(self.activation, self.depth, self.W_std, self.b_std)
@@ -106,46 +111,63 @@ class MLP:
         """
         names = self._check_get(get)
         Xt, numpy_in = as_matrix(X, "X")
-        Yt = Xt if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
-        if Yt.shape[1] != Xt.shape[1]:
-            raise ValueError(f"X and Y must have the same number of features, got {Xt.shape[1]} and {Yt.shape[1]}")
-        if Xt.dtype not in (torch.float32, torch.float64):
-            Xt, Yt = Xt.float(), Yt.float()
-        rec, want_ntk = self.recursion, "ntk" in names
-        n, m = Xt.shape[0], Yt.shape[0]
-        edge = gram.default_tile(Xt.device) if tile is None else check_positive_int(tile, "tile")
-
+        Yt = None if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
+        rec = self.recursion
         needs_graph = torch.is_grad_enabled() and any(
             isinstance(t, torch.Tensor) and t.requires_grad for t in (Xt, Yt, rec.W_std, rec.b_std))
         if needs_graph:  # differentiable: one block, the autograd graph needs every tile anyway
             if out is not None:
                 raise ValueError("out cannot be used while differentiating through the kernel")
-            sigma, theta = kernel_block(Xt, Yt, rec, want_ntk)
+            Xt, Yt = _same_features(Xt, Xt if Yt is None else Yt)
+            sigma, theta = kernel_block(Xt, Yt, rec, "ntk" in names)
             results = [theta if name == "ntk" else sigma for name in names]
             return self._return(results, get, numpy_in)
 
-        outs = self._outputs(out, names, (n, m), Xt)
-        symmetric = Y is None
-        qx = sigma_diagonals(Xt, rec)
-        qy = qx if symmetric else sigma_diagonals(Yt, rec)
-        diag = kernel_diag(Xt, rec, want_ntk) if symmetric else None
-
-        def tile_fn(rows: slice, cols: slice) -> list[torch.Tensor]:
-            sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk,
-                                        [q[rows] for q in qx], [q[cols] for q in qy], compiled=compile)
-            tiles = {"nngp": sigma, "ntk": theta}
-            if symmetric and rows == cols:  # the exact diagonal: theta = 0 there, no rounding noise
-                for name, values in zip(("nngp", "ntk"), diag, strict=True):
-                    if name in names:
-                        tiles[name].diagonal().copy_(values[rows])
-            return [tiles[name] for name in names]
-
+        tiles = self.kernel_tiles(Xt, Yt, get=names, tile=tile, compile=compile)
+        outs = self._outputs(out, tiles)
         with torch.no_grad():
-            gram.fill(tile_fn, n, m, outs, symmetric=symmetric, tile=edge,
-                      desc=f"{'+'.join(names)} kernel", show_progress=progress)
+            gram.fill(tiles, outs, desc=f"{'+'.join(names)} kernel", show_progress=progress)
         if out is not None:  # the caller's own arrays, filled in place
             return outs[0] if isinstance(get, str) else tuple(outs)
         return self._return(outs, get, numpy_in)
+
+    def kernel_tiles(self, X: torch.Tensor, Y: torch.Tensor | None = None, get: str | tuple[str, ...] = "ntk", *,
+                     tile: int | None = None, compile: bool = False) -> gram.KernelTiles:
+        """The kernels of `kernel` as a tile function (`ntkit.gram.KernelTiles`), for the layers that evaluate
+        them at scale: `gram.fill` (memory, memmaps, stores), `gram.matmul` and the solvers.
+
+        X (N, n0) and Y (M, n0; None: X, symmetric) are tensors (float32 or float64; other dtypes become float32).
+        The per-layer diagonals Sigma^(l)(x, x) are computed here once (O(N L)); each tile then costs
+        O(rows cols (n0 + L)). On a symmetric kernel the tiles on the diagonal carry the exact diagonal.
+        """
+        names = self._check_get(get)
+        Xt = as_matrix(X, "X")[0]
+        Yt = Xt if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
+        Xt, Yt = _same_features(Xt, Yt)
+        if Y is None:
+            Yt = Xt
+        rec, want_ntk, symmetric = self.recursion, "ntk" in names, Y is None
+        edge = gram.default_tile(Xt.device) if tile is None else check_positive_int(tile, "tile")
+        with torch.no_grad():
+            qx = sigma_diagonals(Xt, rec)
+            qy = qx if symmetric else sigma_diagonals(Yt, rec)
+
+        def diag(rows: gram.Index) -> list[torch.Tensor]:
+            sigma, theta = kernel_diag(Xt[rows], rec, want_ntk)
+            return [theta if name == "ntk" else sigma for name in names]
+
+        def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
+            sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk,
+                                        [q[rows] for q in qx], [q[cols] for q in qy], compiled=compile)
+            tiles = {"nngp": sigma, "ntk": theta}
+            if symmetric and isinstance(rows, slice) and rows == cols:  # the exact diagonal: no rounding noise
+                for name, values in zip(names, diag(rows), strict=True):
+                    tiles[name].diagonal().copy_(values)
+            return [tiles[name] for name in names]
+
+        return gram.KernelTiles(tile_fn, Xt.shape[0], Yt.shape[0], names, symmetric, Xt.dtype, Xt.device, edge,
+                                describe=self.describe(), inputs=(Xt,) if symmetric else (Xt, Yt),
+                                diag=diag if symmetric else None)
 
     def kernel_diag(self, X: Array, get: str | tuple[str, ...] = "ntk") -> Array | tuple[Array, ...]:
         """The diagonal K(x_i, x_i) of the kernels of `kernel`, shape (N,), in O(N) memory."""
@@ -168,9 +190,10 @@ class MLP:
         return names
 
     @staticmethod
-    def _outputs(out: Any, names: tuple[str, ...], shape: tuple[int, int], like: torch.Tensor) -> list[Array]:
+    def _outputs(out: Any, tiles: gram.KernelTiles) -> list[Array]:
+        names, shape = tiles.names, tiles.shape
         if out is None:
-            return gram.allocate(shape, len(names), like)
+            return gram.allocate(shape, len(names), tiles.dtype, tiles.device)
         outs = [out] if len(names) == 1 and not isinstance(out, tuple) else out
         if not isinstance(outs, (tuple, list)) or len(outs) != len(names):
             raise ValueError(f"out must hold {len(names)} arrays, one for each of get={names}")
@@ -182,3 +205,12 @@ class MLP:
     def _return(results: list, get: Any, numpy_out: bool) -> Any:
         converted = [to_output(r, numpy_out) for r in results]
         return converted[0] if isinstance(get, str) else tuple(converted)
+
+
+def _same_features(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """X and Y with the same number of features, in float32 or float64."""
+    if Y.shape[1] != X.shape[1]:
+        raise ValueError(f"X and Y must have the same number of features, got {X.shape[1]} and {Y.shape[1]}")
+    if X.dtype not in (torch.float32, torch.float64):
+        X, Y = X.float(), Y.float()
+    return X, Y

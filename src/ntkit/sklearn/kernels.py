@@ -140,8 +140,9 @@ class _MLPKernel(Kernel):
             return [tiles[0]] + [tile * values[name] for tile, name in zip(tiles[1:], free, strict=True)]
 
         outs = [K] + [K_gradient[:, :, index] for index in range(len(free))]
-        gram.fill(tile_fn, n, n, outs, symmetric=True, tile=gram.default_tile(X.device),
-                  desc=f"{self._get} kernel gradient")
+        tiles = gram.KernelTiles(tile_fn, n, n, (self._get,) * len(outs), True, torch.float64, X.device,
+                                 gram.default_tile(X.device))
+        gram.fill(tiles, outs, desc=f"{self._get} kernel gradient")
         return K, K_gradient
 
 

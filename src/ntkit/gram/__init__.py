@@ -1,0 +1,24 @@
+"""Tiles: the one seam between a kernel (an architecture) and everything that evaluates it at scale.
+
+An architecture describes its kernel on inputs (X, Y) as a `KernelTiles`: a tile function
+(rows, cols) -> tiles plus the shape, names, dtype and device. This layer evaluates it into memory
+(`fill`), applies it to vectors without storing it (`matmul`, `map_row_blocks`), and never imports
+the architectures. The solvers (`ntkit.solvers`) work on the same record.
+"""
+
+from .tiles import (
+    Index,
+    KernelTiles,
+    Output,
+    TileFn,
+    allocate,
+    check_out,
+    default_tile,
+    fill,
+    map_row_blocks,
+    matmul,
+    row_blocks,
+)
+
+__all__ = ["Index", "KernelTiles", "Output", "TileFn", "allocate", "check_out", "default_tile", "fill",
+           "map_row_blocks", "matmul", "row_blocks"]

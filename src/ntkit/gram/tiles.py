@@ -1,0 +1,187 @@
+"""Blocked, memory-bounded evaluation of a kernel given by its tile function.
+
+A kernel on inputs X (n rows) and Y (m rows) is a `KernelTiles`: a function that maps a set of rows
+of X and a set of rows of Y (each a slice or a 1-D int64 index tensor) to one (rows, cols) tile per
+requested kernel ("ntk", "nngp", ...). Everything that evaluates kernels at scale goes through it:
+
+- `fill` evaluates it tile by tile into preallocated outputs (torch tensors, NumPy arrays or
+  memmaps), so the peak memory is the outputs plus a few tiles. For a symmetric kernel (Y is X)
+  only the tiles on and above the diagonal are computed and each is mirrored into place.
+- `matmul` computes K V without storing K (matrix-free solvers); `map_row_blocks` runs any
+  function over blocks of full rows K[rows, :] (the passes of Nystrom solvers).
+
+The tile function is all a caller needs from an architecture; this module never imports one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..progress import progress
+
+Index = slice | torch.Tensor
+TileFn = Callable[[Index, Index], Sequence[torch.Tensor]]
+Output = torch.Tensor | np.ndarray
+
+
+def default_tile(device: torch.device) -> int:
+    """Tile edge: small enough to stay in cache on a CPU, large enough to fill a GPU."""
+    return 8192 if device.type == "cuda" else 512
+
+
+@dataclass(frozen=True)
+class KernelTiles:
+    """A kernel K(X, Y) given by its tile function: the seam between architectures and the layers
+    that evaluate kernels (in memory, on disk, on Dask workers, inside solvers).
+
+    Attributes:
+        fn: (rows, cols) -> one tile per name, each (len(rows), len(cols)), in `dtype` on `device`.
+            rows index X and cols index Y: slices, or 1-D int64 index tensors (any order, repeats allowed).
+        n, m: the number of rows of X and of Y.
+        names: what each tile is, e.g. ("nngp", "ntk").
+        symmetric: Y is X (then K is symmetric and `fill` computes only the upper triangle of tiles).
+        dtype, device: of the tiles.
+        tile: the default tile edge.
+        describe: a stable text of the architecture and its settings (part of `fingerprint`).
+        inputs: the input tensors (X, and Y when not symmetric), for `fingerprint`.
+        diag: for symmetric kernels, rows -> the exact diagonal K(x_i, x_i) of each name (1-D tensors).
+    """
+
+    fn: TileFn
+    n: int
+    m: int
+    names: tuple[str, ...]
+    symmetric: bool
+    dtype: torch.dtype
+    device: torch.device
+    tile: int
+    describe: str = ""
+    inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
+    diag: Callable[[Index], Sequence[torch.Tensor]] | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.m)
+
+    def __call__(self, rows: Index, cols: Index) -> Sequence[torch.Tensor]:
+        return self.fn(rows, cols)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The (row start, column start) of every tile `fill` computes (upper triangle when symmetric)."""
+        return [(i, j) for i in range(0, self.n, self.tile)
+                for j in range(i if self.symmetric else 0, self.m, self.tile)]
+
+    def slices(self, i: int, j: int) -> tuple[slice, slice]:
+        """The rows and columns of the tile starting at (i, j)."""
+        return slice(i, min(i + self.tile, self.n)), slice(j, min(j + self.tile, self.m))
+
+    def fingerprint(self) -> str:
+        """A SHA-256 digest of the inputs' bytes, shapes and dtypes, the names and `describe`:
+        equal digests mean the same Gram (used to resume and to refuse mismatched stores)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update(repr((self.describe, self.names, self.symmetric, self.n, self.m, str(self.dtype))).encode())
+        for array in self.inputs:
+            digest.update(repr((tuple(array.shape), str(array.dtype))).encode())
+            digest.update(array.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def allocate(shape: tuple[int, int], count: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """`count` empty outputs of `shape`."""
+    return [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)]
+
+
+def check_out(out: Output, shape: tuple[int, int], name: str = "out") -> None:
+    """A preallocated output must be a writable 2-D array or tensor of the right shape."""
+    if not isinstance(out, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a torch tensor or a NumPy array (a memmap works), got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    dtype_ok = out.dtype.is_floating_point if isinstance(out, torch.Tensor) else np.issubdtype(out.dtype, np.floating)
+    if not dtype_ok:
+        raise TypeError(f"{name} must have a floating dtype, got {out.dtype}")
+
+
+def write(out: Any, rows: slice, cols: slice, tile: torch.Tensor) -> None:
+    """out[rows, cols] = tile for a torch tensor, or anything NumPy-like (arrays, memmaps, zarr arrays)."""
+    if isinstance(out, torch.Tensor):
+        out[rows, cols].copy_(tile)
+    else:
+        out[rows, cols] = tile.detach().cpu().numpy()
+
+
+def symmetric_tiles(tiles: KernelTiles, i: int, j: int) -> list[torch.Tensor]:
+    """The tiles at (i, j), with a diagonal tile of a symmetric kernel made exactly symmetric (its upper
+    triangle mirrored)."""
+    rows, cols = tiles.slices(i, j)
+    blocks = list(tiles(rows, cols))
+    if tiles.symmetric and i == j:
+        blocks = [torch.triu(block) + torch.triu(block, 1).T for block in blocks]
+    return blocks
+
+
+def fill(tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel", show_progress: bool | None = None,
+         skip: Callable[[int, int], bool] | None = None, done: Callable[[int, int], None] | None = None) -> None:
+    """Evaluate `tiles` over its whole (n, m) grid into `outs` (one output per name).
+
+    skip(i, j) -> True leaves the tile at (i, j) out (a resumed store that has it); done(i, j) is called after
+    the tile and, for a symmetric kernel, its mirror are written (a store records it as finished).
+    """
+    pairs = [pair for pair in tiles.pairs() if skip is None or not skip(*pair)]
+    for i, j in progress(pairs, total=len(pairs), desc=desc, enabled=show_progress, minimum=64):
+        rows, cols = tiles.slices(i, j)
+        for out, block in zip(outs, symmetric_tiles(tiles, i, j), strict=True):
+            write(out, rows, cols, block)
+            if tiles.symmetric and i != j:
+                write(out, cols, rows, block.T)
+        if done is not None:
+            done(i, j)
+
+
+def row_blocks(n: int, block: int) -> list[slice]:
+    """Consecutive slices of at most `block` rows covering range(n)."""
+    return [slice(i, min(i + block, n)) for i in range(0, n, block)]
+
+
+def map_row_blocks(tiles: KernelTiles, fn: Callable[[slice, list[torch.Tensor]], Any], *, block: int | None = None,
+                   desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
+    """fn(rows, [K[rows, :] for each name]) for consecutive blocks of rows, yielded in order.
+
+    Each block of full rows is built from tiles of at most `tiles.tile` columns; only one block is in
+    memory at a time (block x m entries per name). The building block of streamed solver passes.
+    """
+    edge = tiles.tile if block is None else block
+    blocks = row_blocks(tiles.n, edge)
+    for rows in progress(blocks, total=len(blocks), desc=desc, enabled=show_progress, minimum=8):
+        parts = [tiles(rows, cols) for cols in row_blocks(tiles.m, tiles.tile)]
+        yield fn(rows, [torch.cat([part[k] for part in parts], dim=1) for k in range(len(tiles.names))])
+
+
+def matmul(tiles: KernelTiles, V: torch.Tensor, *, name_index: int = 0, desc: str = "kernel matvec",
+           show_progress: bool | None = None) -> torch.Tensor:
+    """K V for the kernel `tiles.names[name_index]` and V (m, k), without storing K: (n, k).
+
+    A symmetric kernel computes only the tiles on and above the diagonal and uses each twice
+    (K_ij V_j into rows i, K_ij^T V_i into rows j): half the kernel evaluations.
+    """
+    if V.shape[0] != tiles.m:
+        raise ValueError(f"V must have {tiles.m} rows, got shape {tuple(V.shape)}")
+    V = V.to(dtype=tiles.dtype, device=tiles.device)
+    out = torch.zeros(tiles.n, V.shape[1], dtype=tiles.dtype, device=tiles.device)
+    pairs = tiles.pairs()
+    for i, j in progress(pairs, total=len(pairs), desc=desc, enabled=show_progress, minimum=64):
+        rows, cols = tiles.slices(i, j)
+        block = symmetric_tiles(tiles, i, j)[name_index]
+        out[rows] += block @ V[cols]
+        if tiles.symmetric and i != j:
+            out[cols] += block.T @ V[rows]
+    return out
