@@ -124,9 +124,7 @@ class MLP:
             return self._return(results, get, numpy_in)
 
         tiles = self.kernel_tiles(Xt, Yt, get=names, tile=tile, compile=compile)
-        outs = self._outputs(out, tiles)
-        with torch.no_grad():
-            gram.fill(tiles, outs, desc=f"{'+'.join(names)} kernel", show_progress=progress)
+        outs = gram.evaluate(tiles, out, show_progress=progress)
         if out is not None:  # the caller's own arrays, filled in place
             return outs[0] if isinstance(get, str) else tuple(outs)
         return self._return(outs, get, numpy_in)
@@ -188,18 +186,6 @@ class MLP:
                              "width (Remark 1). Use parametrization='ntk' (same functions at initialization), "
                              "or get='nngp'")
         return names
-
-    @staticmethod
-    def _outputs(out: Any, tiles: gram.KernelTiles) -> list[Array]:
-        names, shape = tiles.names, tiles.shape
-        if out is None:
-            return gram.allocate(shape, len(names), tiles.dtype, tiles.device)
-        outs = [out] if len(names) == 1 and not isinstance(out, tuple) else out
-        if not isinstance(outs, (tuple, list)) or len(outs) != len(names):
-            raise ValueError(f"out must hold {len(names)} arrays, one for each of get={names}")
-        for index, array in enumerate(outs):
-            gram.check_out(array, shape, name="out" if len(names) == 1 else f"out[{index}]")
-        return list(outs)
 
     @staticmethod
     def _return(results: list, get: Any, numpy_out: bool) -> Any:

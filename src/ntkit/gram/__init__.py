@@ -14,11 +14,12 @@ from .tiles import (
     allocate,
     check_out,
     default_tile,
+    evaluate,
     fill,
     map_row_blocks,
     matmul,
     row_blocks,
 )
 
-__all__ = ["Index", "KernelTiles", "Output", "TileFn", "allocate", "check_out", "default_tile", "fill",
+__all__ = ["Index", "KernelTiles", "Output", "TileFn", "allocate", "check_out", "default_tile", "evaluate", "fill",
            "map_row_blocks", "matmul", "row_blocks"]

@@ -147,6 +147,28 @@ def fill(tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel", show_
             done(i, j)
 
 
+def outputs(out: Any, tiles: KernelTiles) -> list[Any]:
+    """The arrays to fill: new tensors when `out` is None, else the caller's (one per name), checked."""
+    names, shape = tiles.names, tiles.shape
+    if out is None:
+        return allocate(shape, len(names), tiles.dtype, tiles.device)
+    outs = [out] if len(names) == 1 and not isinstance(out, tuple) else out
+    if not isinstance(outs, (tuple, list)) or len(outs) != len(names):
+        raise ValueError(f"out must hold {len(names)} arrays, one for each of get={names}")
+    for index, array in enumerate(outs):
+        check_out(array, shape, name="out" if len(names) == 1 else f"out[{index}]")
+    return list(outs)
+
+
+def evaluate(tiles: KernelTiles, out: Any = None, *, show_progress: bool | None = None) -> list[Any]:
+    """Evaluate the whole Gram of `tiles`: into new tensors (out=None) or the caller's arrays (one per name,
+    a memmap included). Returns the filled outputs, one per name. What every architecture's `kernel` calls."""
+    outs = outputs(out, tiles)
+    with torch.no_grad():
+        fill(tiles, outs, desc=f"{'+'.join(tiles.names)} kernel", show_progress=show_progress)
+    return outs
+
+
 def row_blocks(n: int, block: int) -> list[slice]:
     """Consecutive slices of at most `block` rows covering range(n)."""
     return [slice(i, min(i + block, n)) for i in range(0, n, block)]
