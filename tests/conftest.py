@@ -53,3 +53,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Hypothesis profiles for the fuzz suite (tests/test_fuzz_*.py): the default run uses "fast", a few dozen
+# examples per test, always derandomized so a default run is reproducible; `--hypothesis-profile=slow`
+# runs many more, derandomized (a fixed seed) when CI is set so failures reproduce there too.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a dev dependency; without it the fuzz tests are skipped
+    pass
+else:
+    _CI = bool(os.environ.get("CI"))
+    _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow,
+                                                                          HealthCheck.data_too_large])
+    settings.register_profile("fast", max_examples=30, derandomize=True, database=None, **_COMMON)
+    settings.register_profile("slow", max_examples=1000, derandomize=_CI, database=None if _CI else settings.default.database, **_COMMON)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))

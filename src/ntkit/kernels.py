@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._range import RangeTracker, fixes
 from .activations import Activation, PiecewiseLinear
 
 
@@ -39,24 +40,73 @@ def sigma1(X: torch.Tensor, Y: torch.Tensor, rec: Recursion) -> torch.Tensor:
     return (rec.W_std**2 / X.shape[1]) * (X @ Y.T) + rec.b_std**2
 
 
-def sigma_diagonals(X: torch.Tensor, rec: Recursion) -> list[torch.Tensor]:
-    """[Sigma^(1)(x, x), ..., Sigma^(L)(x, x)] for each row x of X: L vectors of shape (N,)."""
-    q = (rec.W_std**2 / X.shape[1]) * (X * X).sum(1) + rec.b_std**2
-    diagonals = [q]
-    for _ in range(rec.depth - 1):
-        q = rec.W_std**2 * rec.activation.sigma_diag(q) + rec.b_std**2
-        diagonals.append(q)
-    return diagonals
+def sigma_diagonals(X: torch.Tensor, rec: Recursion, want_ntk: bool = False) -> list[torch.Tensor]:
+    """[Sigma^(1)(x, x), ..., Sigma^(L)(x, x)] for each row x of X: L vectors of shape (N,).
+
+    Checks every layer's range (`ntkit._range`): a diagonal past the dtype's largest value, or a positive
+    one that rounds to 0, raises `KernelRangeError` (a ValueError) naming the layer and the fix. With
+    `want_ntk` the Theta^(L) diagonal is checked too. The diagonals bound the Gram (|K(x, y)| <=
+    sqrt(K(x, x) K(y, y))), so a Gram built from checked diagonals stays in range.
+    """
+    return _checked_diagonals(X, rec, want_ntk)[0]
 
 
 def kernel_diag(X: torch.Tensor, rec: Recursion, want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(Sigma^(L)(x, x), Theta^(L)(x, x)) for each row of X, in O(N) memory."""
-    diagonals = sigma_diagonals(X, rec)
-    theta = diagonals[0] if want_ntk else None
-    for q_prev, q in zip(diagonals[:-1], diagonals[1:], strict=True):
-        if want_ntk:
-            theta = theta * (rec.W_std**2 * rec.activation.sigma_dot_diag(q_prev)) + q
+    """(Sigma^(L)(x, x), Theta^(L)(x, x)) for each row of X, in O(N) memory; range-checked like
+    `sigma_diagonals`."""
+    diagonals, theta = _checked_diagonals(X, rec, want_ntk)
     return diagonals[-1], theta
+
+
+def _checked_diagonals(X: torch.Tensor, rec: Recursion, want_ntk: bool):
+    """The Sigma^(l) diagonals and (if wanted) the Theta^(L) diagonal, every layer range-checked (O(N L))."""
+    w2, b2 = rec.W_std**2, rec.b_std**2
+    tracker = RangeTracker(X.dtype)
+    norms = (X * X).sum(1)
+    q = (w2 / X.shape[1]) * norms + b2                                   # Sigma^(1), Proposition 1
+    diagonals = [q]
+    tracker.add(norms, "x.x (the squared row norms of X)", 1, low=False)   # X @ Y.T is as large
+    tracker.add(q, "the NNGP", 1)
+    theta = q if want_ntk else None
+    for layer in range(2, rec.depth + 1):
+        q_prev = q
+        q = w2 * rec.activation.sigma_diag(q_prev) + b2
+        diagonals.append(q)
+        tracker.add(q, "the NNGP", layer)
+        if want_ntk:
+            theta = theta * (w2 * rec.activation.sigma_dot_diag(q_prev)) + q   # Theta^(l), Theorem 1
+            tracker.add(theta, "the NTK", layer, low=False)   # Theta^(l) >= Sigma^(l): no underflow of its own
+    tracker.check(lambda: _range_fixes(X, rec, norms), exact_zero=lambda layer: _exact_zeros(X, rec, layer))
+    return diagonals, theta
+
+
+def _range_fixes(X: torch.Tensor, rec: Recursion, norms: torch.Tensor) -> tuple[str, str]:
+    """The advice of the range errors, with the settings that set the scale."""
+    root = norms.detach().sqrt()
+    positive = root[root > 0]
+    largest = f"{float(root.max()):.2g}" if root.numel() else "-"
+    smallest = f"{float(positive.min()):.2g}" if positive.numel() else "-"
+    w, b = float(rec.W_std), float(rec.b_std)
+    return fixes(X.dtype,
+                 f"a smaller W_std (now {w:g}) or b_std (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                 f"of smaller norm (the largest row norm of X is {largest})",
+                 f"a larger W_std (now {w:g}), b_std > 0 (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                 f"of larger norm (the smallest nonzero row norm of X is {smallest})")
+
+
+def _exact_zeros(X: torch.Tensor, rec: Recursion, layer: int) -> torch.Tensor:
+    """Which rows have Sigma^(layer)(x, x) = 0 in exact arithmetic: no bias, and a zero input (or zero
+    weights), carried through layers whose activation has sigma(0) = 0 (E[sigma(u)^2] = sigma(0)^2 at
+    u ~ N(0, 0)). Positive variances give positive E[sigma(u)^2] unless sigma vanishes almost everywhere."""
+    zero_w, zero_b = float(rec.W_std) == 0, float(rec.b_std) == 0
+    zeros = (X.detach() == 0).all(1) | zero_w
+    if layer > 1:
+        probe = torch.tensor([0.0, 1.0], dtype=X.dtype, device=X.device)
+        at_zero, at_one = (float(v) for v in rec.activation.sigma_diag(probe))
+        vanishing = at_one == 0                                          # sigma = 0 almost everywhere
+        zeros = zeros if at_zero == 0 else torch.zeros_like(zeros)
+        zeros = zeros | zero_w | vanishing
+    return zeros & zero_b
 
 
 def kernel_block(

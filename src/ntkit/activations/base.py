@@ -61,10 +61,33 @@ def angle(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Te
     Computed as atan2(s, c) with a clamped square root (NOTES.md): no arccos of a value that
     rounding pushed past 1, and theta = 0 (not NaN) when q1 = q2 = c = 0.
     """
-    s = safe_sqrt(q1 * q2 - c * c)
+    scale = _power_of_two_scale(c, q1, q2)
+    if scale is None:
+        s = safe_sqrt(q1 * q2 - c * c)
+    else:  # q1 q2 would overflow or underflow: the same formula on values scaled by 2^-k (exact)
+        s = safe_sqrt((q1 * scale) * (q2 * scale) - (c * scale) ** 2) / scale
     both_zero = (s == 0) & (c == 0)
     theta = torch.atan2(s, torch.where(both_zero, torch.ones_like(c), c))
     return theta, s
+
+
+def _power_of_two_scale(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor | None:
+    """None when q1 q2 and c^2 are safely inside the dtype's range (the usual case, decided from the extremes
+    of the variances, which are vectors in a Gram block); else 2^-k per entry, with 2^k the binary order of
+    max(q1, q2), so that the scaled variances lie in [0, 1) and rescaling is exact."""
+    info = torch.finfo(c.dtype)
+    high = float(torch.maximum(q1.detach().amax(), q2.detach().amax())) if q1.numel() and q2.numel() else 0.0
+    low = min(_smallest_positive(q1), _smallest_positive(q2))
+    if high < math.sqrt(info.max) / 4 and low > math.sqrt(info.tiny) * 4:
+        return None
+    largest = torch.maximum(q1, q2).detach()
+    exponent = torch.frexp(largest).exponent
+    return torch.ldexp(torch.ones_like(largest), -exponent)
+
+
+def _smallest_positive(q: torch.Tensor) -> float:
+    q = q.detach()
+    return float(torch.where(q > 0, q, math.inf).amin()) if q.numel() else math.inf
 
 
 class Activation:

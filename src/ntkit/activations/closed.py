@@ -94,11 +94,13 @@ class Erf(Activation):
         return 2.0 / math.sqrt(math.pi) * torch.exp(-x * x)
 
     def sigma(self, c, q1, q2):
-        ratio = 2 * c / torch.sqrt((1 + 2 * q1) * (1 + 2 * q2))
+        ratio = 2 * c / (torch.sqrt(1 + 2 * q1) * torch.sqrt(1 + 2 * q2))   # no q1 q2 product: no overflow
         return 2.0 / math.pi * torch.asin(ratio.clamp(-1.0, 1.0))
 
     def sigma_dot(self, c, q1, q2):
-        return 4.0 / math.pi / torch.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * c * c)
+        # (1 + 2 q1)(1 + 2 q2) - 4 c^2 = 1 + 2 (q1 + q2) + 4 s^2, s^2 = q1 q2 - c^2 (`angle`, overflow-safe)
+        _, s = angle(c, q1, q2)
+        return 4.0 / math.pi / torch.hypot(torch.sqrt(1 + 2 * (q1 + q2)), 2 * s)
 
 
 def _exp_sinh_cosh(c, q1, q2, sign: float) -> torch.Tensor:
@@ -159,7 +161,7 @@ class Sign(Activation):
 
     def sigma(self, c, q1, q2):
         theta, _ = angle(c, q1, q2)
-        return torch.where(q1 * q2 > 0, 1 - 2 * theta / math.pi, 0.0)
+        return torch.where((q1 > 0) & (q2 > 0), 1 - 2 * theta / math.pi, 0.0)
 
     def sigma_dot(self, c, q1, q2):
         return torch.zeros_like(c + q1 + q2)
@@ -180,7 +182,7 @@ class Step(Activation):
 
     def sigma(self, c, q1, q2):
         theta, _ = angle(c, q1, q2)
-        return torch.where(q1 * q2 > 0, (math.pi - theta) / TWO_PI, 0.0)
+        return torch.where((q1 > 0) & (q2 > 0), (math.pi - theta) / TWO_PI, 0.0)
 
     def sigma_dot(self, c, q1, q2):
         return torch.zeros_like(c + q1 + q2)
@@ -208,16 +210,21 @@ class Gelu(Activation):
 
     @staticmethod
     def _parts(c, q1, q2):
+        """1 + q1, 1 + q2, sqrt(D) and asin(r), without the products q1 q2 or (1 + q1)(1 + q2), which overflow
+        long before the kernel does: D = 1 + q1 + q2 + s^2 with s^2 = q1 q2 - c^2 from `angle`."""
         p1, p2 = 1 + q1, 1 + q2
-        root_d = torch.sqrt(p1 * p2 - c * c)  # D >= 1 + q1 + q2 > 0
-        asin_r = torch.asin((c / torch.sqrt(p1 * p2)).clamp(-1.0, 1.0))
-        return p1, p2, root_d, asin_r
+        _, s = angle(c, q1, q2)
+        root_d = torch.hypot(torch.sqrt(p1 + q2), s)  # D >= 1 + q1 + q2 > 0
+        r = (c / (torch.sqrt(p1) * torch.sqrt(p2))).clamp(-1.0, 1.0)
+        return p1, p2, root_d, r
 
     def sigma(self, c, q1, q2):
-        p1, p2, root_d, asin_r = self._parts(c, q1, q2)
-        tail = (q1 * q2 * p1 * p2 + c * c * (1 - q1 * q2)) / (TWO_PI * p1 * p2 * root_d)
-        return c / 4 + c * asin_r / TWO_PI + tail
+        # the tail (q1 q2 p1 p2 + c^2 (1 - q1 q2)) / (2 pi p1 p2 sqrt(D)) = ((q1/p1)(q2/p2) D + r^2) / (2 pi sqrt(D))
+        p1, p2, root_d, r = self._parts(c, q1, q2)
+        tail = ((q1 / p1) * (q2 / p2) * root_d + r * (r / root_d)) / TWO_PI
+        return c / 4 + c * torch.asin(r) / TWO_PI + tail
 
     def sigma_dot(self, c, q1, q2):
-        p1, p2, root_d, asin_r = self._parts(c, q1, q2)
-        return 0.25 + asin_r / TWO_PI + c * (1 / p1 + 1 / p2) / (TWO_PI * root_d) + c / (TWO_PI * root_d**3)
+        p1, p2, root_d, r = self._parts(c, q1, q2)
+        return (0.25 + torch.asin(r) / TWO_PI + c * (1 / p1 + 1 / p2) / (TWO_PI * root_d)
+                + c / root_d / root_d / (TWO_PI * root_d))

@@ -46,7 +46,6 @@ import torch
 from .base import Activation, angle, safe_sqrt
 
 DEFAULT_DEGREE = 20
-_TINY = 1e-30
 # elements x nodes evaluated at once; bounds the temporaries to a few tens of MB
 _CHUNK_NODES = 1 << 21
 
@@ -144,17 +143,17 @@ class Quadrature(Activation):
             t = (starts[:, :, None] + widths[:, :, None] * s).reshape(-1, n_t)            # (E, 4 n)
             weights = (widths[:, :, None] * w_s / (2 * math.pi)).reshape(-1, n_t)[:, :, None] * w_r
             root_a = safe_sqrt(a)
-            slope = cc / torch.clamp(root_a, min=_TINY)                 # sqrt(q2) cos(theta0) = c / sqrt(q1)
+            slope = cc / torch.clamp(root_a, min=torch.finfo(cc.dtype).tiny)                 # sqrt(q2) cos(theta0) = c / sqrt(q1)
             rest = safe_sqrt(b - slope * slope * (a > 0))              # sqrt(q2) sin(theta0)
             cos_t, sin_t = torch.cos(t)[:, :, None], torch.sin(t)[:, :, None]
             u = root_a[:, :, None] * cos_t * r                          # (E, 4 n, degree)
             v = (slope[:, :, None] * cos_t + rest[:, :, None] * sin_t) * r
             if derivatives:
                 (fu, du), (fv, dv) = self._value_and_derivative(u), self._value_and_derivative(v)
-                dots.append((du * dv * weights).sum((-2, -1)))
+                dots.append((du * (dv * weights)).sum((-2, -1)))
             else:
                 fu, fv = self.fn(u), self.fn(v)
-            maps.append((fu * fv * weights).sum((-2, -1)))
+            maps.append((fu * (fv * weights)).sum((-2, -1)))   # weights first: no overflow of fu fv
 
         def join(parts: list[torch.Tensor]) -> torch.Tensor:
             return torch.cat(parts).reshape(shape) if parts else c.reshape(shape)

@@ -1,0 +1,285 @@
+"""Fuzz suite (hypothesis) over the analytic kernels: every example either returns finite values that agree
+with a reference, or raises a `KernelRangeError` (a ValueError) that names the cause and the fix, and only
+when the exact values really leave the dtype's range.
+
+Generated: N from 0 to 6 rows (zero, duplicated, collinear and antipodal rows among them), input norms
+from 1e-30 to 1e30, W_std and b_std from 1e-3 to 1e3 (b_std also 0), depth up to 100, every activation
+(closed forms and quadrature), float32 and float64.
+
+References and tolerances (errors are measured against the Cauchy-Schwarz scale sqrt(K(x, x) K(y, y)) of
+each entry, the natural unit of a kernel value; `tolerance` below):
+- float32 against the same kernel in float64: 1e-3 (1e-2 for quadrature) plus 3.5e-4 per layer (the
+  arc-cosine cone turns a rounding error eps in a correlation into sqrt(eps), 3e-4 in float32, at each layer);
+- float64, homogeneous activations without bias: K(a x, b y) = a b K(x, y) exactly, so the kernel of the
+  inputs as given against the kernel of the unit-norm inputs, rescaled: 1e-7 plus 1.5e-8 per layer;
+- the fused ReLU-family path against the activation's generic closed forms: the same tolerances;
+- every result: symmetric where it must be, its diagonal equal to `kernel_diag`, inside Cauchy-Schwarz.
+
+Hypothesis profiles (tests/conftest.py): the default run is the fast profile; `--hypothesis-profile=slow`
+runs many more examples. Every case found so far is kept below as an explicit `@example`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import ntkit as nk
+from ntkit._range import KernelOverflowError, KernelRangeError, KernelUnderflowError
+from ntkit.kernels import sigma_diagonals
+
+CLOSED = ["relu", "leaky_relu", "abs", "identity", "erf", "sign", "step", "sin", "cos", "gelu"]
+QUADRATURE = ["tanh", "sigmoid", "softplus", "elu"]
+F32 = torch.finfo(torch.float32)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------------------ strategies
+log_scale = st.floats(-3, 3).map(lambda e: 10.0**e)
+b_stds = st.one_of(st.just(0.0), log_scale, st.just(0.1))
+w_stds = st.one_of(log_scale, st.just(1.0))
+depths = st.one_of(st.integers(1, 5), st.integers(1, 100))
+
+
+@st.composite
+def inputs(draw, max_rows: int = 6, max_features: int = 4) -> np.ndarray:
+    """Rows with norms from 1e-30 to 1e30; some rows zero, duplicated, collinear with or opposite to another."""
+    n = draw(st.integers(0, max_rows))
+    d = draw(st.integers(1, max_features))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    X = rng.standard_normal((n, d))
+    same_scale = draw(st.booleans())
+    base = draw(st.floats(-30, 30))
+    for i in range(n):
+        exponent = base if same_scale else draw(st.floats(-30, 30))
+        X[i] *= 10.0**exponent / np.linalg.norm(X[i])
+        kind = draw(st.sampled_from(["plain", "plain", "zero", "duplicate", "collinear", "antipodal"]))
+        if kind == "zero":
+            X[i] = 0.0
+        elif i and kind != "plain":
+            j = draw(st.integers(0, i - 1))
+            factor = {"duplicate": 1.0, "antipodal": -1.0}.get(kind) or 10.0 ** draw(st.floats(-3, 3))
+            X[i] = factor * X[j]
+    return X
+
+
+def activation_names() -> st.SearchStrategy[str]:
+    return st.sampled_from(CLOSED + QUADRATURE)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def tolerance(dtype: torch.dtype, activation: str, depth: int) -> float:
+    """Errors allowed against the reference, in units of sqrt(K(x, x) K(y, y)): the arc-cosine cone turns
+    a rounding error eps in a correlation into about sqrt(eps) (3e-4 in float32, 1.5e-8 in float64) at each
+    layer, even for exactly collinear inputs; quadrature adds its own error (about 1e-8 at moderate variances,
+    more where the integrand is steep)."""
+    cone = 3.5e-4 if dtype == torch.float32 else 1.5e-8
+    base = 1e-3 if dtype == torch.float32 else 1e-7
+    if activation in QUADRATURE:
+        base *= 10
+    return base + cone * depth
+
+
+def cs_scale(K: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """sqrt(K(x, x) K(y, y)) for each entry: the unit kernel errors are measured in."""
+    return np.sqrt(np.abs(dx)[:, None] * np.abs(dy)[None, :])
+
+
+def justified(X64: np.ndarray, arch: nk.MLP, get: str, dtype: torch.dtype) -> bool:
+    """True when the exact diagonals leave `dtype`'s range at some layer (computed in float64): then a range
+    error is the right answer. Also true when float64 itself cannot hold them."""
+    rec = arch.recursion
+    try:
+        q = sigma_diagonals(torch.as_tensor(X64), rec)
+        theta = arch.kernel_diag(X64, get="ntk") if get == "ntk" else None
+    except KernelRangeError:
+        return True
+    info = torch.finfo(dtype)
+    top = info.max / 4
+    floor = info.tiny * 2.0**24       # below this, float32 keeps too few digits
+    norms = (X64 * X64).sum(1)
+    if norms.size and norms.max() > top:
+        return True
+    values = [v.numpy() for v in q]
+    if any(v.size and v.max() > top for v in values):
+        return True
+    if theta is not None and theta.size and np.max(theta) > top / 100:
+        return True
+    return any(np.any((v > 0) & (v < floor)) for v in values) or bool(
+        np.any((norms > 0) & (norms < floor)) and arch.b_std == 0)
+
+
+def check_message(error: Exception, dtype: torch.dtype) -> None:
+    """A range error names the kernel, the layer, the dtype's range and a fix."""
+    text = str(error)
+    assert "layer" in text and str(dtype).removeprefix("torch.") in text, text
+    if dtype == torch.float32:
+        assert "use float64" in text, text
+    assert ("W_std" in text and "norm" in text), text
+
+
+def run(fn):
+    """Call fn, turning any warning into an error (the kernels have no warning to give)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return fn()
+
+
+# ------------------------------------------------------------------------------------------------ the three calls
+def test_issue_calls_overflow_in_float32_is_an_error_naming_layer_and_fix() -> None:
+    X = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(KernelOverflowError, match=r"NTK exceeds the float32 range .* at layer 10.*use float64"):
+        nk.MLP(depth=10, W_std=100).kernel(X)
+    with pytest.raises(KernelOverflowError, match=r"NNGP exceeds the float32 range .* at layer 7.*W_std"):
+        nk.MLP(depth=10, W_std=1000).kernel(X)
+    K = nk.MLP(depth=10, W_std=100).kernel(X.double())      # float64 holds it (about 6e38)
+    assert torch.isfinite(K).all() and 1e38 < float(K.max()) < 1e40
+    S = nk.MLP(depth=10, W_std=100).kernel(X, get="nngp")   # the NNGP itself fits in float32 (about 6e37)
+    assert torch.isfinite(S).all()
+    torch.testing.assert_close(S.double(), nk.MLP(depth=10, W_std=100).kernel(X.double(), get="nngp"), rtol=1e-3,
+                               atol=0)
+
+
+def test_range_errors_are_value_errors() -> None:
+    assert issubclass(KernelOverflowError, ValueError) and issubclass(KernelOverflowError, OverflowError)
+    assert issubclass(KernelUnderflowError, ValueError)
+
+
+def test_underflow_is_an_error_naming_layer_and_fix() -> None:
+    X = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(KernelUnderflowError, match=r"NNGP underflows the float64 range .* at layer \d+: a larger W_std"):
+        nk.MLP(depth=100, W_std=1e-3, b_std=0.0).kernel(X)
+    with pytest.raises(KernelUnderflowError, match=r"at layer 1: use float64"):
+        nk.MLP(depth=2, b_std=0.0).kernel(X.float() * 1e-25)
+    # a zero input without bias is exactly zero, not an underflow
+    K = nk.MLP(depth=3, b_std=0.0).kernel(torch.zeros(2, 3))
+    assert torch.equal(K, torch.zeros(2, 2))
+
+
+def test_empty_inputs_give_empty_outputs() -> None:
+    """N = 0: kernels return empty arrays of the right shape (like NumPy); estimators need at least one row."""
+    arch = nk.MLP(depth=3)
+    assert arch.kernel(torch.zeros(0, 3)).shape == (0, 0)
+    assert arch.kernel(torch.zeros(0, 3), torch.ones(2, 3)).shape == (0, 2)
+    assert arch.kernel(np.zeros((2, 3)), np.zeros((0, 3)), get="nngp").shape == (2, 0)
+    assert arch.kernel_diag(torch.zeros(0, 3)).shape == (0,)
+
+
+# ------------------------------------------------------------------------------------------------ the fuzz tests
+@given(X=inputs(), activation=activation_names(), depth=depths, W_std=w_stds, b_std=b_stds,
+       get=st.sampled_from(["ntk", "nngp"]))
+@example(X=np.random.default_rng(0).standard_normal((20, 5)), activation="relu", depth=10, W_std=100.0, b_std=0.1,
+         get="ntk")
+@example(X=np.random.default_rng(0).standard_normal((20, 5)), activation="relu", depth=10, W_std=1000.0, b_std=0.1,
+         get="ntk")
+def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_std, b_std, get) -> None:
+    """Gram and diagonal in float32: finite and within `tolerance` of float64, or a range error only if justified."""
+    arch = nk.MLP(depth=depth, activation=activation, W_std=W_std, b_std=b_std)
+    X32 = torch.as_tensor(X, dtype=torch.float32)
+    X64 = X32.double().numpy()             # the same numbers, so only the arithmetic differs
+    try:
+        K = run(lambda: arch.kernel(X32, get=get)).double().numpy()
+        d = run(lambda: arch.kernel_diag(X32, get=get)).double().numpy()
+    except KernelRangeError as error:
+        check_message(error, torch.float32)
+        assert justified(X64, arch, get, torch.float32), f"needless range error: {error}"
+        return
+    assert K.shape == (len(X), len(X)) and d.shape == (len(X),)
+    assert np.isfinite(K).all() and np.isfinite(d).all()
+    K64 = arch.kernel(X64, get=get)
+    d64 = arch.kernel_diag(X64, get=get)
+    scale = cs_scale(K64, d64, d64)
+    tol = tolerance(torch.float32, activation, depth)
+    assert np.all(np.abs(K - K64) <= tol * scale + 1e-30), np.max(np.abs(K - K64) / (scale + 1e-300))
+    assert np.all(np.abs(d - d64) <= tol * np.abs(d64) + 1e-30)
+
+
+@given(X=inputs(), Y=inputs(), activation=activation_names(), depth=depths, W_std=w_stds, b_std=b_stds,
+       get=st.sampled_from(["ntk", "nngp"]), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_cross_kernel_is_finite_or_raises(X, Y, activation, depth, W_std, b_std, get, dtype) -> None:
+    """K(X, Y) with separate inputs (other features count drawn independently): finite and inside
+    Cauchy-Schwarz with the diagonals, or a range error."""
+    Y = Y[:, :1] if Y.shape[1] else Y
+    X = X[:, :1] if X.shape[1] else X
+    arch = nk.MLP(depth=depth, activation=activation, W_std=W_std, b_std=b_std)
+    Xt, Yt = torch.as_tensor(X, dtype=dtype), torch.as_tensor(Y, dtype=dtype)
+    try:
+        K = run(lambda: arch.kernel(Xt, Yt, get=get)).double().numpy()
+        dx = run(lambda: arch.kernel_diag(Xt, get=get)).double().numpy()
+        dy = run(lambda: arch.kernel_diag(Yt, get=get)).double().numpy()
+    except KernelRangeError as error:
+        check_message(error, dtype)
+        return
+    assert K.shape == (len(X), len(Y)) and np.isfinite(K).all()
+    tol = tolerance(dtype, activation, depth)
+    assert np.all(np.abs(K) <= (1 + tol) * cs_scale(K, dx, dy) + 1e-30)
+
+
+@given(X=inputs(), activation=st.sampled_from(["relu", "leaky_relu", "abs", "identity"]), depth=depths,
+       W_std=w_stds)
+def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) -> None:
+    """Without bias, K(a x, b y) = a b K(x, y): the kernel of inputs of any norm equals the kernel of the unit
+    inputs times the norms, in float64 (or a range error if it leaves float64's range)."""
+    arch = nk.MLP(depth=depth, activation=activation, W_std=W_std, b_std=0.0)
+    norms = np.linalg.norm(X, axis=1)
+    units = X / np.where(norms > 0, norms, 1.0)[:, None]
+    try:
+        K = run(lambda: arch.kernel(X))
+        d = run(lambda: arch.kernel_diag(X))
+    except KernelRangeError as error:
+        check_message(error, torch.float64)
+        assert justified(X, arch, "ntk", torch.float64), f"needless range error: {error}"
+        return
+    reference = arch.kernel(units)
+    outer = norms[:, None] * norms[None, :]
+    with np.errstate(over="ignore", under="ignore"):
+        unit_scale = cs_scale(reference, np.diag(reference), np.diag(reference))
+        assert np.all(np.abs(K / np.where(outer > 0, outer, 1.0) - np.where(outer > 0, reference, 0.0))
+                      <= tolerance(torch.float64, activation, depth) * unit_scale + 1e-300)
+    np.testing.assert_allclose(d, np.diag(K), rtol=1e-12, atol=0)
+
+
+@given(X=inputs(max_rows=4), activation=st.sampled_from(["relu", "leaky_relu", "abs"]), depth=st.integers(1, 30),
+       W_std=w_stds, b_std=b_stds, dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std, dtype) -> None:
+    """The fused ReLU-family path against the activation's own closed forms (the differentiable path)."""
+    arch = nk.MLP(depth=depth, activation=activation, W_std=W_std, b_std=b_std)
+    Xt = torch.as_tensor(X, dtype=dtype)
+    try:
+        fused = run(lambda: arch.kernel(Xt))
+        generic = run(lambda: arch.kernel(Xt.clone().requires_grad_(True))).detach()
+    except KernelRangeError as error:
+        check_message(error, dtype)
+        return
+    assert torch.isfinite(fused).all() and torch.isfinite(generic).all()
+    d = arch.kernel_diag(Xt).double().numpy()
+    scale = cs_scale(None, d, d)
+    tol = tolerance(dtype, activation, depth)
+    diff = np.abs(fused.double().numpy() - generic.double().numpy())
+    assert np.all(diff <= tol * scale + 1e-300), np.max(diff / (scale + 1e-300))
+
+
+@given(activation=activation_names(), q=st.floats(-30, 30).map(lambda e: 10.0**e),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_activation_maps_are_finite_where_their_inputs_are(activation, q, dtype) -> None:
+    """The Sigma and SigmaDot maps on the diagonal and off it (c = +-q, c = 0.5 q) at variances from 1e-30 to
+    1e30: finite wherever the variance is, and inside Cauchy-Schwarz (|E[s(u)s(v)]| <= E[s(u)^2])."""
+    act = nk.get_activation(activation)
+    qt = torch.tensor([q, q, q], dtype=dtype)
+    c = torch.tensor([q, -q, 0.5 * q], dtype=dtype)
+    if not math.isfinite(float(qt[0])):
+        return
+    e_phi, e_dphi = act.sigma_both(c, qt, qt)
+    diag_phi, diag_dphi = act.sigma_diag(qt[:1]), act.sigma_dot_diag(qt[:1])
+    for value in (e_phi, e_dphi, diag_phi, diag_dphi):
+        assert torch.isfinite(value).all(), (activation, q, value)
+    tol = 1e-2 if activation in QUADRATURE else 1e-3
+    assert torch.all(e_phi.abs() <= diag_phi * (1 + tol) + 1e-30 * q)
+    assert torch.all(e_dphi.abs() <= diag_dphi * (1 + tol) + 1e-30)
