@@ -143,7 +143,7 @@ class Quadrature(Activation):
             t = (starts[:, :, None] + widths[:, :, None] * s).reshape(-1, n_t)            # (E, 4 n)
             weights = (widths[:, :, None] * w_s / (2 * math.pi)).reshape(-1, n_t)[:, :, None] * w_r
             root_a = safe_sqrt(a)
-            slope = cc / torch.clamp(root_a, min=torch.finfo(cc.dtype).tiny)                 # sqrt(q2) cos(theta0) = c / sqrt(q1)
+            slope = cc / torch.clamp(root_a, min=torch.finfo(cc.dtype).tiny)   # sqrt(q2) cos(theta0) = c / sqrt(q1)
             rest = safe_sqrt(b - slope * slope * (a > 0))              # sqrt(q2) sin(theta0)
             cos_t, sin_t = torch.cos(t)[:, :, None], torch.sin(t)[:, :, None]
             u = root_a[:, :, None] * cos_t * r                          # (E, 4 n, degree)

@@ -116,6 +116,8 @@ class InfiniteWidthGP:
 
         self.Sigma_train = gram(Sigma, "Sigma_train")
         n = self.Sigma_train.shape[0]
+        if n == 0:
+            raise ValueError("X_train must have at least one training point, got none (N = 0)")
         if Theta is not None:
             Theta_t = gram(Theta, "Theta_train")
             if Theta_t.shape != self.Sigma_train.shape:

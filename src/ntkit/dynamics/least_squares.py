@@ -36,7 +36,7 @@ def check_targets(y: Any, n: int, name: str, dtype: torch.dtype, device: torch.d
     yt, _ = as_tensor(y, name, ndim=(1, 2), dtype=dtype, device=device)
     if yt.shape[0] != n:
         raise ValueError(f"{name} must have {n} rows (one per point), got shape {tuple(yt.shape)}")
-    return yt.reshape(n, -1)
+    return yt[:, None] if yt.ndim == 1 else yt          # (n, k), also for n = 0
 
 
 def check_cross_gram(K: Any, n_train: int, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

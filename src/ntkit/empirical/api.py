@@ -53,12 +53,18 @@ def empirical_ntk(model: nn.Module, X: Array, Y: Array | None = None, *, mode: s
     if block_size is not None:
         block_size = check_positive_int(block_size, "block_size")
     problem, numpy_in = make_problem(model, X, Y, mode, params)
+    if problem.X.shape[0] == 0 or problem.cols.shape[0] == 0:   # an empty batch: an empty NTK
+        return to_output(_empty(problem), numpy_in)
     chosen = _resolve(problem, method)
     run = {"structured": structured_ntk, "jacobian": jacobian_ntk, "ntk_vp": ntk_vp_ntk}[chosen]
     theta = run(problem, block_size, progress)
     if not bool(torch.isfinite(theta).all()):
-        raise ValueError("the empirical NTK has NaN or infinite entries: the model's outputs or their "
-                         "derivatives are not finite at these parameters and inputs")
+        dtype = str(theta.dtype).removeprefix("torch.")
+        wider = "use float64, or " if theta.dtype != torch.float64 else ""
+        raise ValueError(f"the empirical NTK has NaN or infinite entries: the model's outputs or their derivatives "
+                         f"are not finite at these parameters and inputs, or the NTK exceeds the {dtype} range "
+                         f"(about {torch.finfo(theta.dtype).max:.2g}): {wider}inputs of smaller norm or smaller "
+                         f"parameters")
     return to_output(theta, numpy_in)
 
 
@@ -72,6 +78,14 @@ def choose_method(model: nn.Module, X: Array, Y: Array | None = None, *, mode: s
     check_choice(mode, "mode", MODES)
     problem, _ = make_problem(model, X, Y, mode, params)
     return _resolve(problem, "auto")
+
+
+def _empty(problem: Problem) -> torch.Tensor:
+    """The NTK of N = 0 or M = 0 samples: zeros of the mode's shape, in the parameters' dtype and device."""
+    n, m, k = problem.X.shape[0], problem.cols.shape[0], problem.n_outputs
+    shape = {"full": (n, m, k, k), "trace": (n, m), "diagonal": (n, m, k)}[problem.mode]
+    like = next(iter(problem.trainable.values()), problem.X)
+    return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
 
 def estimate_costs(problem: Problem) -> dict[str, float]:

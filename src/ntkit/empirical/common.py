@@ -151,7 +151,8 @@ def check_deterministic(model: nn.Module) -> None:
 def as_inputs(value: object, name: str, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """Inputs (N, ...) on `like`'s device; floating ones in its dtype, integer tensors (token ids) kept.
 
-    A 1-D input is one sample. Returns the tensor and whether the caller gave NumPy.
+    A 1-D input is one sample; N = 0 samples are allowed (an empty batch). Returns the tensor and whether
+    the caller gave NumPy.
     """
     if isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex() \
             and value.dtype != torch.bool:
@@ -163,8 +164,6 @@ def as_inputs(value: object, name: str, like: torch.Tensor) -> tuple[torch.Tenso
         raise ValueError(f"{name} must have a batch dimension first, got a scalar")
     if tensor.ndim == 1:
         tensor = tensor.unsqueeze(0)
-    if tensor.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(tensor.shape)}")
     return tensor, numpy_in
 
 
@@ -220,7 +219,8 @@ def make_problem(model: nn.Module, X: object, Y: object, mode: str,
         if Yt.shape[1:] != Xt.shape[1:]:
             raise ValueError(f"X and Y must have the same sample shape, got {tuple(Xt.shape[1:])} "
                              f"and {tuple(Yt.shape[1:])}")
-    n_outputs, activations = probe(model, {**frozen, **trainable}, Xt[:1])
+    sample = Xt[:1] if len(Xt) else (Yt[:1] if Yt is not None and len(Yt) else Xt.new_zeros((1, *Xt.shape[1:])))
+    n_outputs, activations = probe(model, {**frozen, **trainable}, sample)
     return Problem(model, trainable, frozen, Xt, Yt, n_outputs, activations, mode), numpy_in
 
 

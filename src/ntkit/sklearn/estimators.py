@@ -142,6 +142,9 @@ class NTKClassifier(ClassifierMixin, _InfiniteWidthNetwork):
         check_classification_targets(y)   # a 1-D y of binary or multiclass labels
         self.classes_, index = np.unique(y, return_inverse=True)
         k = len(self.classes_)
+        if k < 2:   # as scikit-learn's classifiers: nothing to separate
+            raise ValueError(f"The number of classes has to be greater than one; got {k} class "
+                             f"({self.classes_[0]!r}). Pass y with samples of at least two classes")
         targets = np.eye(k)[index] - 1.0 / k   # centred one-hot, rows sum to zero
         self._fit_network(X, targets)
         return self
