@@ -99,7 +99,7 @@ class RangeTracker:
                     f"{fix_underflow}")
 
 
-def fixes(dtype: torch.dtype, grow: str, shrink: str) -> tuple[str, str]:
-    """The advice of both errors: a wider dtype first when there is one, then the settings to change."""
+def advice(dtype: torch.dtype, against_overflow: str, against_underflow: str) -> tuple[str, str]:
+    """The fixes both errors name: a wider dtype first when there is one, then the settings to change."""
     wider = "use float64, or " if dtype != torch.float64 else ""
-    return f"{wider}{grow}", f"{wider}{shrink}"
+    return f"{wider}{against_overflow}", f"{wider}{against_underflow}"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._range import RangeTracker, fixes
+from ._range import RangeTracker, advice
 from .activations import Activation, PiecewiseLinear
 
 
@@ -86,8 +86,8 @@ def _range_fixes(X: torch.Tensor, rec: Recursion, norms: torch.Tensor) -> tuple[
     positive = root[root > 0]
     largest = f"{float(root.max()):.2g}" if root.numel() else "-"
     smallest = f"{float(positive.min()):.2g}" if positive.numel() else "-"
-    w, b = float(rec.W_std), float(rec.b_std)
-    return fixes(X.dtype,
+    w, b = _number(rec.W_std), _number(rec.b_std)
+    return advice(X.dtype,
                  f"a smaller W_std (now {w:g}) or b_std (now {b:g}), fewer layers (now {rec.depth}), or inputs "
                  f"of smaller norm (the largest row norm of X is {largest})",
                  f"a larger W_std (now {w:g}), b_std > 0 (now {b:g}), fewer layers (now {rec.depth}), or inputs "
@@ -98,7 +98,7 @@ def _exact_zeros(X: torch.Tensor, rec: Recursion, layer: int) -> torch.Tensor:
     """Which rows have Sigma^(layer)(x, x) = 0 in exact arithmetic: no bias, and a zero input (or zero
     weights), carried through layers whose activation has sigma(0) = 0 (E[sigma(u)^2] = sigma(0)^2 at
     u ~ N(0, 0)). Positive variances give positive E[sigma(u)^2] unless sigma vanishes almost everywhere."""
-    zero_w, zero_b = float(rec.W_std) == 0, float(rec.b_std) == 0
+    zero_w, zero_b = _number(rec.W_std) == 0, _number(rec.b_std) == 0
     zeros = (X.detach() == 0).all(1) | zero_w
     if layer > 1:
         probe = torch.tensor([0.0, 1.0], dtype=X.dtype, device=X.device)
@@ -107,6 +107,10 @@ def _exact_zeros(X: torch.Tensor, rec: Recursion, layer: int) -> torch.Tensor:
         zeros = zeros if at_zero == 0 else torch.zeros_like(zeros)
         zeros = zeros | zero_w | vanishing
     return zeros & zero_b
+
+
+def _number(value: float | torch.Tensor) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def kernel_block(
