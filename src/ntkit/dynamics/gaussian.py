@@ -210,6 +210,11 @@ class InfiniteWidthGP:
         return self._spectrum
 
     @property
+    def iterations(self) -> int:
+        """CG iterations of the t = inf solve of solver "cg" (run on first access) or "nystrom"; 1 for "cholesky"."""
+        return 1 if self._iterative is None else self._iterative.iterations
+
+    @property
     def n_train(self) -> int:
         return self.y_train.shape[0]
 

@@ -64,6 +64,13 @@ class _InfiniteWidthNetwork(BaseEstimator):
                                         tol=self.tol, max_iter=self.max_iter)
         self.solver_ = self.network_.solver
 
+    @property
+    def n_iter_(self) -> int:
+        """Iterations of the t = inf solve: CG (solver "cg", run on first access) or Falkon's CG ("nystrom");
+        1 for the direct "cholesky" solver."""
+        check_is_fitted(self, "network_")
+        return self.network_.iterations
+
     def _predict_network(self, X: Any, return_std: bool = False, return_cov: bool = False) -> Any:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
@@ -96,7 +103,7 @@ class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
             solvers' relative residual (default 1e-10 in float64) and iteration cap.
 
     Attributes after `fit`: `network_` (the `ntkit.dynamics.InfiniteWidthGP`), `solver_` (the solver used),
-    `n_features_in_`.
+    `n_iter_`, `n_features_in_`.
 
     `predict(X)` returns the mean over initializations of the trained network, shape (M,) for a
     1-D y and (M, k) for k targets; each output of the network is trained independently with the same
