@@ -278,3 +278,79 @@ def test_estimators_refuse_no_rows() -> None:
     for estimator in (NTKRegressor(), NTKClassifier()):
         with pytest.raises(ValueError, match="0 sample"):
             estimator.fit(np.zeros((0, 3)), np.zeros(0))
+
+
+# ------------------------------------------------------------------------------------------------ large-N solvers
+def solver_call(fn):
+    """Call fn; a ConvergenceWarning or IllConditionedWarning is allowed and reported, any other is an error."""
+    from ntkit.solvers import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    allowed = (ConvergenceWarning, nk.IllConditionedWarning)
+    others = [w for w in caught if not issubclass(w.category, allowed)]
+    assert not others, [str(w.message) for w in others]
+    return result, [w.category for w in caught]
+
+
+@given(arch=archs(), train=data(), t=TIMES, ridge=RIDGES, matrix_free=st.booleans())
+def test_least_squares_cg_matches_the_ode_solution(arch, train, t, ridge, matrix_free) -> None:
+    """solver="cg" (CG at t = inf, Lanczos at finite t), on the Gram or matrix-free on its tiles: the same reference
+    as the exact solver, within its tolerance (1e-10 relative residual) times the condition number."""
+    X, y = train
+    try:
+        K = arch.kernel(X)
+    except KernelRangeError:
+        return
+    Xs = X[:2] * 0.5 + 0.1
+    K_cross = arch.kernel(Xs, X)
+    source = arch.kernel_tiles(torch.as_tensor(X)) if matrix_free else torch.as_tensor(K)
+    try:
+        (train_out, test_out), caught = solver_call(lambda: (
+            (ls := nk.LeastSquares(source, torch.as_tensor(y), ridge=ridge, solver="cg")).train_outputs(t),
+            ls.predict(torch.as_tensor(K_cross), t)))
+    except ValueError as error:
+        assert "ridge" in str(error), str(error)
+        eig = np.linalg.eigvalsh(K + ridge * np.eye(len(K)))
+        assert np.isinf(t) and eig.min() <= 1e-8 * max(eig.max(), 1e-300), f"refused a well-posed problem: {error}"
+        return
+    train_out, test_out = train_out.numpy(), test_out.numpy()
+    assert np.isfinite(train_out).all() and np.isfinite(test_out).all()
+    eig = np.linalg.eigvalsh(K + ridge * np.eye(len(K)))
+    if eig.min() <= 1e-8 * eig.max() or caught:   # ill-posed for an iterative solver: finite is all it promises
+        return
+    ref_train, ref_test = ls_reference(K, y, t, ridge, K_cross)
+    cond = eig.max() / eig.min()
+    scale = np.abs(y).max() * (1 + np.abs(K_cross).max() / eig.min() if np.isinf(t) else 1)
+    tol = 1e-8 * cond * scale + 1e-300
+    assert np.abs(train_out - ref_train).max() <= tol, np.abs(train_out - ref_train).max() / scale
+    assert np.abs(test_out - ref_test).max() <= tol, np.abs(test_out - ref_test).max() / scale
+
+
+@given(arch=archs(), train=data(min_rows=2), t=TIMES, ridge=st.floats(-6, 6).map(lambda e: 10.0**e),
+       solver=st.sampled_from(["cg", "nystrom", "auto"]))
+def test_infinite_width_gp_solvers_agree_with_cholesky(arch, train, t, ridge, solver) -> None:
+    """The iterative solvers against the exact one (Nystrom with every point a centre is exact; t = inf only)."""
+    X, y = train
+    Xs = X[:2] * 0.5 + 0.1
+    try:
+        exact, _ = solver_call(lambda: nk.InfiniteWidthGP(arch, X, y, ridge=ridge).predict(Xs, t=t))
+    except KernelRangeError:
+        return
+    kwargs = {"n_centers": len(X)} if solver == "nystrom" else {}
+    try:
+        mean, caught = solver_call(lambda: nk.InfiniteWidthGP(arch, X, y, ridge=ridge, solver=solver, **kwargs)
+                                   .predict(Xs, t=t))
+    except ValueError as error:
+        assert solver == "nystrom" and not np.isinf(t) and "t = inf" in str(error).replace("inf only", "t = inf"), \
+            str(error)
+        return
+    assert np.isfinite(mean).all()
+    K = arch.kernel(X)
+    eig = np.linalg.eigvalsh(K + ridge * np.eye(len(K)))
+    if caught:
+        return
+    cond = eig.max() / eig.min()
+    scale = np.abs(y).max() * (1 + np.abs(arch.kernel(Xs, X)).max() / eig.min())
+    assert np.abs(mean - exact).max() <= 1e-8 * cond * scale + 1e-300, np.abs(mean - exact).max() / scale
