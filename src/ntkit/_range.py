@@ -15,6 +15,7 @@ it look closer (which entries, which layer) and build the message.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -40,20 +41,27 @@ class KernelOverflowError(KernelRangeError, OverflowError):
 
 
 class KernelUnderflowError(KernelRangeError):
-    """A kernel value that is positive in exact arithmetic rounds to zero (or loses all its digits)."""
+    """A value that is positive in exact arithmetic rounded to zero (or lost its digits) at a layer, and later
+    layers would have brought it back into range: the result would be wrong, not just rounded."""
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+class KernelUnderflowWarning(UserWarning):
+    """Kernel values below the dtype's smallest normal number were returned as 0 (or with few digits): the
+    nearest values the dtype holds, so the result is still right to the dtype's range."""
+
+
 class RangeTracker:
     """Collects each layer's diagonal and checks them all at once.
 
     `add(values, what, layer, low=True)`: `values` are diagonal values ("the NTK", "the NNGP", ...: `what`)
-    at `layer` (1-based). Values above finfo.max / HEADROOM, inf or NaN are an overflow. With `low`, a value
-    below the smallest normal number is an underflow unless `exact_zero(layer)` (given to `check`) says that
-    entry is 0 in exact arithmetic (a zero input with no bias). Nothing is synchronized until `check`.
+    at `layer` (1-based). Values above finfo.max / HEADROOM, inf or NaN are an overflow (an error). With `low`,
+    values below the smallest normal number are handed to `underflow(layer, small)` (given to `check`), which
+    says what they mean: None (exact zeros, or harmless), "warn" (the result is the nearest value the dtype
+    holds) or "error" (digits that later layers needed were lost). Nothing is synchronized until `check`.
     """
 
     def __init__(self, dtype: torch.dtype):
@@ -68,9 +76,9 @@ class RangeTracker:
             self.entries.append((values.detach(), what, layer, low))
 
     def check(self, advice: Callable[[], tuple[str, str]],
-              exact_zero: Callable[[int], torch.Tensor] | None = None) -> None:
-        """Raise `KernelOverflowError` / `KernelUnderflowError` naming the first layer out of range, with the
-        fixes `advice()` gives (for an overflow, for an underflow): called only then."""
+              underflow: Callable[[int, torch.Tensor], str | None] | None = None) -> None:
+        """Raise `KernelOverflowError` / `KernelUnderflowError` (or warn `KernelUnderflowWarning`) naming the first
+        layer out of range, with the fixes `advice()` gives (against overflow, against underflow): called only then."""
         if not self.entries:
             return
         # NaN compares False with everything, so count it as too high
@@ -81,6 +89,7 @@ class RangeTracker:
             return
         name = dtype_name(self.dtype)
         fix_overflow, fix_underflow = advice()
+        warned = False
         for index in suspect.nonzero()[:, 0].tolist():
             values, what, layer, _ = self.entries[index]
             if bool(highs[index] > self.limit):
@@ -89,14 +98,18 @@ class RangeTracker:
                 raise KernelOverflowError(
                     f"{what} exceeds the {name} range ({RANGES.get(self.dtype, 'its largest value')}) at layer "
                     f"{layer} (the diagonal reaches {shown}): {fix_overflow}")
-            small = values < self.tiny
-            if exact_zero is not None:
-                small &= ~exact_zero(layer)
-            if bool(small.any()):
+            verdict = "error" if underflow is None else underflow(layer, values < self.tiny)
+            smallest = SMALLEST.get(self.dtype, "its smallest normal value")
+            if verdict == "error":
                 raise KernelUnderflowError(
-                    f"{what} underflows the {name} range (positive values below "
-                    f"{SMALLEST.get(self.dtype, 'its smallest normal value')} round to 0) at layer {layer}: "
-                    f"{fix_underflow}")
+                    f"{what} underflows the {name} range (positive values below {smallest} round to 0) at layer "
+                    f"{layer}, and later layers needed those digits: {fix_underflow}")
+            if verdict == "warn" and not warned:
+                warned = True
+                warnings.warn(
+                    f"{what} underflows the {name} range at layer {layer}: values below {smallest} are returned "
+                    f"as 0 or with few digits (the nearest {name} values). For their digits: {fix_underflow}",
+                    KernelUnderflowWarning, stacklevel=5)
 
 
 def advice(dtype: torch.dtype, against_overflow: str, against_underflow: str) -> tuple[str, str]:

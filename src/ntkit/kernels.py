@@ -66,7 +66,7 @@ def _checked_diagonals(X: torch.Tensor, rec: Recursion, want_ntk: bool):
     norms = (X * X).sum(1)
     q = (w2 / X.shape[1]) * norms + b2                                   # Sigma^(1), Proposition 1
     diagonals = [q]
-    tracker.add(norms, "x.x (the squared row norms of X)", 1, low=False)   # X @ Y.T is as large
+    tracker.add(norms, "x.x (the squared norm of an input)", 1, low=False)   # X @ Y.T is as large
     tracker.add(q, "the NNGP", 1)
     theta = q if want_ntk else None
     for layer in range(2, rec.depth + 1):
@@ -77,22 +77,57 @@ def _checked_diagonals(X: torch.Tensor, rec: Recursion, want_ntk: bool):
         if want_ntk:
             theta = theta * (w2 * rec.activation.sigma_dot_diag(q_prev)) + q   # Theta^(l), Theorem 1
             tracker.add(theta, "the NTK", layer, low=False)   # Theta^(l) >= Sigma^(l): no underflow of its own
-    tracker.check(lambda: _range_fixes(X, rec, norms), exact_zero=lambda layer: _exact_zeros(X, rec, layer))
+    tracker.check(lambda: _range_fixes(X, rec), lambda layer, small: _underflow(X, rec, diagonals, layer, small))
     return diagonals, theta
 
 
-def _range_fixes(X: torch.Tensor, rec: Recursion, norms: torch.Tensor) -> tuple[str, str]:
+def _range_fixes(X: torch.Tensor, rec: Recursion) -> tuple[str, str]:
     """The advice of the range errors, with the settings that set the scale."""
-    root = norms.detach().sqrt()
-    positive = root[root > 0]
-    largest = f"{float(root.max()):.2g}" if root.numel() else "-"
-    smallest = f"{float(positive.min()):.2g}" if positive.numel() else "-"
+    norms = _log10_norms(X)
+    finite = norms[torch.isfinite(norms)]
+    largest = f"1e{float(finite.max()):.0f}" if finite.numel() else "-"
+    smallest = f"1e{float(finite.min()):.0f}" if finite.numel() else "-"
     w, b = _number(rec.W_std), _number(rec.b_std)
     return advice(X.dtype,
-                 f"a smaller W_std (now {w:g}) or b_std (now {b:g}), fewer layers (now {rec.depth}), or inputs "
-                 f"of smaller norm (the largest row norm of X is {largest})",
-                 f"a larger W_std (now {w:g}), b_std > 0 (now {b:g}), fewer layers (now {rec.depth}), or inputs "
-                 f"of larger norm (the smallest nonzero row norm of X is {smallest})")
+                  f"a smaller W_std (now {w:g}) or b_std (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                  f"of smaller norm (the largest row norm is about {largest})",
+                  f"a larger W_std (now {w:g}), b_std > 0 (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                  f"of larger norm (the smallest nonzero row norm is about {smallest})")
+
+
+def _log10_norms(X: torch.Tensor) -> torch.Tensor:
+    """log10 |x| of each row without overflow or underflow (-inf for a zero row)."""
+    X = X.detach()
+    top = X.abs().amax(1) if X.shape[1] else X.new_zeros(X.shape[0])
+    scaled = X / torch.where(top > 0, top, 1.0)[:, None]
+    return torch.log10(top) + 0.5 * torch.log10((scaled * scaled).sum(1).clamp(min=1.0))
+
+
+def _underflow(X: torch.Tensor, rec: Recursion, diagonals: list[torch.Tensor], layer: int,
+               small: torch.Tensor) -> str | None:
+    """What the Sigma^(layer) diagonal entries below the smallest normal number (`small`) mean (slow path only):
+    None where the exact value is 0 (a zero input without bias) or where later layers do not need its digits (a
+    bias, or sigma(0) != 0, dominates them); "warn" where the final diagonal is below the normal range anyway
+    (0 is the nearest value the dtype holds); "error" where the exact final value is in range but is returned as
+    0 or with lost digits. The exact final value is estimated in log10 from the inputs' norms and each layer's
+    small-variance gain E[sigma(u)^2] / q (exactly W_std^2 (1 + a^2) / 2 per layer for the ReLU family)."""
+    info = torch.finfo(X.dtype)
+    small = small & ~_exact_zeros(X, rec, layer)
+    if not bool(small.any()):
+        return None
+    w2, b2 = _number(rec.W_std) ** 2, _number(rec.b_std) ** 2
+    at_zero = float(rec.activation.sigma_diag(X.new_zeros(1))[0])
+    final_small = diagonals[-1] < info.tiny
+    if bool((small & ~final_small).any()) and b2 == 0 and at_zero == 0:
+        return "error"                       # a subnormal value scaled back into range: its digits are lost
+    rows = small & final_small
+    if not bool(rows.any()):
+        return None
+    probe = torch.tensor([info.tiny * 2.0**20], dtype=X.dtype, device=X.device)
+    gain = math.log10(max(float(rec.activation.sigma_diag(probe)[0] / probe[0]), 1e-300))
+    estimate = math.log10(w2 / X.shape[1]) + 2 * float(_log10_norms(X[rows]).max()) if w2 > 0 else -math.inf
+    estimate += (rec.depth - 1) * (math.log10(w2) + gain) if w2 > 0 else 0.0
+    return "error" if estimate >= math.log10(info.tiny) else "warn"
 
 
 def _exact_zeros(X: torch.Tensor, rec: Recursion, layer: int) -> torch.Tensor:
