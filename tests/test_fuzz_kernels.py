@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import ntkit as nk
 from ntkit._range import KernelOverflowError, KernelRangeError, KernelUnderflowError, KernelUnderflowWarning
-from ntkit.kernels import sigma_diagonals
+from ntkit.kernels import RESOLUTION_TOL, sigma_diagonals
 
 CLOSED = ["relu", "leaky_relu", "abs", "identity", "erf", "sign", "step", "sin", "cos", "gelu"]
 QUADRATURE = ["tanh", "sigmoid", "softplus", "elu", "selu", "silu", "mish", "softsign"]
@@ -184,6 +184,12 @@ def test_issue_calls_overflow_in_float32_is_an_error_naming_layer_and_fix() -> N
                                atol=0)
 
 
+SIGN_CONE = ("sign and step have a linear cone at correlation 1 that feeds on itself (theta -> sqrt(theta) per "
+             "layer): the rounding of a duplicated pair in float32 grows to 1e-2 by layer 3. Needs the coincident-pair "
+             "recomputation (ntkit.coincident) in kernel_block's generic path and a sigma_both_gap for Sign and Step")
+COINCIDENT_OVERFLOW = ("ntkit.coincident carries det = q1 q2 - c^2, which overflows at variances past "
+                       "sqrt(finfo.max) (1.8e19 in float32): nearly coincident pairs come back inf. Carry "
+                       "det / (q1 q2) instead, or keep the fast-path value where the recomputed one is not finite")
 WIRING = ("the Theta diagonal is range-checked only where the caller asks for it: MLP.kernel_tiles must call "
           "sigma_diagonals(Xt, rec, want_ntk) (and for Yt), and kernel_block sigma_diagonals(X, rec, want_ntk)")
 
@@ -207,6 +213,27 @@ def test_differentiable_cross_kernel_overflow_is_an_error() -> None:
     X = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
     with pytest.raises(KernelOverflowError, match="NTK exceeds the float32 range"):
         nk.MLP(depth=10, W_std=torch.tensor(100.0, requires_grad=True)).kernel(X, X.clone())
+
+
+def test_quadrature_refuses_variances_it_cannot_resolve() -> None:
+    """tanh's derivative is a bump of width 1 at 0; at variance 4e4 the 2-D rule misses most of E[tanh'(u)^2]: the
+    NTK is refused (naming layer, variance and fixes), the NNGP (no derivative) is still given, and accurately."""
+    X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 100
+    arch = nk.MLP(depth=3, activation="tanh")
+    with pytest.raises(ValueError, match=r"does not resolve E\[sigma'\(u\)\^2\] .* layer 2.*erf"):
+        arch.kernel(X)
+    act = nk.get_activation("tanh")
+    errors = act.resolution_error(torch.tensor([1.0, 20.0, 1e4], dtype=torch.float64))
+    assert float(errors[:2].max()) < 1e-4 and float(errors[2, 1]) > 0.1
+    assert float(errors[:, 0].max()) < 1e-3          # the Sigma map saturates gracefully
+    arch.kernel(X, get="nngp")
+
+
+@pytest.mark.xfail(strict=True, reason=COINCIDENT_OVERFLOW)
+def test_nearly_coincident_pairs_at_large_variance_are_finite() -> None:
+    X = torch.tensor([[1.0, 0.0], [1.0, 1e-2]])
+    K = nk.MLP(depth=5, W_std=1000.0, b_std=0.0).kernel(X)    # about 1.6e29, well inside float32
+    assert torch.isfinite(K).all()
 
 
 def test_range_errors_are_value_errors() -> None:
@@ -252,6 +279,9 @@ def test_empty_inputs_give_empty_outputs() -> None:
 @example(X=np.array([[10.0], [10.0000001]]), activation="erf", depth=3, W_std=1000.0, b_std=0.0, get="ntk")
 @example(X=np.array([[1e-20, 0.0], [0.0, 1e-20]]), activation="gelu", depth=3, W_std=1.0, b_std=0.0, get="nngp")
 @example(X=np.array([[1e20]]), activation="relu", depth=2, W_std=1e-3, b_std=0.0, get="ntk")  # x.x overflows
+@example(X=np.array([[0.22824727, 0.91869853, 0.32232933], [0.22824727, 0.91869853, 0.32232933],
+                    [-0.24542543, 0.95868613, -0.14383068]]), activation="sign", depth=3, W_std=1.0, b_std=0.0,
+         get="ntk").xfail(reason=SIGN_CONE)
 def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_std, b_std, get) -> None:
     """Gram and diagonal in float32: finite and within `tolerance` of float64, or a range error only if justified."""
     run = Calls()
@@ -264,6 +294,9 @@ def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_st
     except KernelRangeError as error:
         check_message(error, torch.float32)
         assert justified(X64, arch, get, torch.float32), f"needless range error: {error}"
+        return
+    except ValueError as error:
+        assert activation in QUADRATURE and "does not resolve" in str(error) and "layer" in str(error), str(error)
         return
     assert K.shape == (len(X), len(X)) and d.shape == (len(X),)
     assert np.isfinite(K).all() and np.isfinite(d).all()
@@ -297,14 +330,23 @@ def test_cross_kernel_is_finite_or_raises(X, data, activation, depth, W_std, b_s
     except KernelRangeError as error:
         check_message(error, dtype)
         return
+    except ValueError as error:
+        assert activation in QUADRATURE and "does not resolve" in str(error), str(error)
+        return
     assert K.shape == (len(X), len(Y)) and np.isfinite(K).all()
     tol = tolerance(dtype, activation, depth)
+    if run.underflowed:   # diagonals below the normal range came back with few digits
+        floor = underflow_slack(dtype)
+        dx, dy = np.maximum(np.abs(dx), floor), np.maximum(np.abs(dy), floor)
     assert np.all(np.abs(K) <= (1 + tol) * cs_scale(K, dx, dy) + 1e-30)
 
 
 @given(X=inputs(), activation=st.sampled_from(["relu", "leaky_relu", "abs", "identity"]), depth=depths,
        W_std=w_stds)
 @example(X=np.array([[10.0]]), activation="relu", depth=39, W_std=0.01)   # K(x, x)^2 underflows: compare roots
+@example(X=np.array([[1.0], [1.0]]), activation="relu", depth=29, W_std=1000.0)   # sqrt(q1 q2) overflowed: NaN
+@example(X=np.array([[1.0, 0.0], [1.0, 1e-4]]), activation="relu", depth=29, W_std=1000.0).xfail(
+    reason=COINCIDENT_OVERFLOW)
 def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) -> None:
     """Without bias, K(a x, b y) = a b K(x, y): the kernel of inputs of any norm equals the kernel of the unit
     inputs times the norms, in float64 (or a range error if it leaves float64's range)."""
@@ -337,6 +379,10 @@ def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) 
 @given(X=inputs(max_rows=4), activation=st.sampled_from(["relu", "leaky_relu", "abs"]), depth=st.integers(1, 30),
        W_std=w_stds, b_std=b_stds, dtype=st.sampled_from([torch.float32, torch.float64]))
 @example(X=np.array([[1.0], [-1.0]]), activation="abs", depth=20, W_std=1.0, b_std=0.0, dtype=torch.float32)  # cone
+@example(X=np.array([[1e-19], [-1e-19]]), activation="relu", depth=2, W_std=1.0, b_std=0.0,
+         dtype=torch.float32)   # `angle` scaled a subnormal variance by 2^149 = inf
+@example(X=np.array([[1.0, 0.0], [1.0, 1e-2]]), activation="relu", depth=5, W_std=1000.0, b_std=0.0,
+         dtype=torch.float32).xfail(reason=COINCIDENT_OVERFLOW)
 def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std, dtype) -> None:
     """The fused ReLU-family path against the activation's own closed forms (the differentiable path)."""
     arch = nk.MLP(depth=depth, activation=activation, W_std=W_std, b_std=b_std)
@@ -349,11 +395,12 @@ def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std,
         check_message(error, dtype)
         return
     assert torch.isfinite(fused).all() and torch.isfinite(generic).all()
-    d = arch.kernel_diag(Xt).double().numpy()
+    d = run(lambda: arch.kernel_diag(Xt)).double().numpy()
     scale = cs_scale(None, d, d)
     tol = tolerance(dtype, activation, depth)
+    slack = underflow_slack(dtype) if run.underflowed else 1e-300
     diff = np.abs(fused.double().numpy() - generic.double().numpy())
-    assert np.all(diff <= tol * scale + 1e-300), np.max(diff / (scale + 1e-300))
+    assert np.all(diff <= tol * scale + slack), np.max(diff / (scale + 1e-300))
 
 
 @given(activation=activation_names(), exponent=st.floats(-1, 1), dtype=st.sampled_from([torch.float32, torch.float64]))
@@ -361,6 +408,7 @@ def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std,
 @example(activation="erf", exponent=0.6, dtype=torch.float32)      # (1 + 2 q1)(1 + 2 q2) overflowed
 @example(activation="gelu", exponent=0.3, dtype=torch.float32)     # q1 q2 (1 + q1)(1 + q2) overflowed
 @example(activation="step", exponent=-0.6, dtype=torch.float32)    # q1 q2 > 0 underflowed to False
+@example(activation="softsign", exponent=0.4557755896193092, dtype=torch.float32)   # unresolved SigmaDot
 def test_activation_maps_are_finite_where_their_inputs_are(activation, exponent, dtype) -> None:
     """The Sigma and SigmaDot maps on the diagonal and off it (c = +-q, c = 0.5 q) at variances q across the
     dtype's range (below half its largest value, above its smallest normal): finite, and inside
@@ -377,6 +425,8 @@ def test_activation_maps_are_finite_where_their_inputs_are(activation, exponent,
     diag_phi, diag_dphi = act.sigma_diag(qt[:1]), act.sigma_dot_diag(qt[:1])
     for value in (e_phi, e_dphi, diag_phi, diag_dphi):
         assert torch.isfinite(value).all(), (activation, q, value)
+    if activation in QUADRATURE and float(act.resolution_error(qt[:1]).max()) > RESOLUTION_TOL:
+        return   # the rule cannot see this activation's derivative at this spread: the kernels refuse it
     tol = 1e-2 if activation in QUADRATURE else 1e-3
     assert torch.all(e_phi.abs() <= diag_phi * (1 + tol) + 1e-30 * q)
     assert torch.all(e_dphi.abs() <= diag_dphi * (1 + tol) + 1e-30)

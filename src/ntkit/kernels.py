@@ -78,7 +78,38 @@ def _checked_diagonals(X: torch.Tensor, rec: Recursion, want_ntk: bool):
             theta = theta * (w2 * rec.activation.sigma_dot_diag(q_prev)) + q   # Theta^(l), Theorem 1
             tracker.add(theta, "the NTK", layer, low=False)   # Theta^(l) >= Sigma^(l): no underflow of its own
     tracker.check(lambda: _range_fixes(X, rec), lambda layer, small: _underflow(X, rec, diagonals, layer, small))
+    _check_resolution(rec, diagonals, want_ntk)
     return diagonals, theta
+
+
+RESOLVED_VARIANCE = 2.0      # quadrature is accurate to about 1e-8 up to here (`activations.quadrature`)
+RESOLUTION_TOL = 1e-2        # relative error of a quadrature map above which the kernel is refused
+
+
+def _check_resolution(rec: Recursion, diagonals: list[torch.Tensor], want_ntk: bool) -> None:
+    """For activations by quadrature: the largest and smallest variance above RESOLVED_VARIANCE fed to the maps of
+    each layer, checked against a 1-D rule that resolves any scale (`Quadrature.resolution_error`); a map off by
+    more than RESOLUTION_TOL raises a ValueError naming the layer, the variance and the fixes. The SigmaDot map
+    enters only the NTK, so it is checked only when the NTK is wanted."""
+    error_of = getattr(rec.activation, "resolution_error", None)
+    if error_of is None:
+        return
+    for layer, q in enumerate(diagonals[:-1], start=2):
+        large = q.detach()[q.detach() > RESOLVED_VARIANCE]
+        if not large.numel():
+            continue
+        probe = torch.stack([large.max(), large.min()])
+        errors = error_of(probe)[:, : 2 if want_ntk else 1]
+        worst = float(errors.max())
+        if worst > RESOLUTION_TOL:
+            index = int(errors.max(1).values.argmax())
+            which = "E[sigma'(u)^2] (SigmaDot)" if int(errors[index].argmax()) == 1 else "E[sigma(u)^2] (Sigma)"
+            raise ValueError(
+                f"the quadrature of activation {rec.activation.name!r} does not resolve {which} at variance "
+                f"{float(probe[index]):.2g} (the input of layer {layer}): relative error {worst:.1g}, above "
+                f"{RESOLUTION_TOL:g}. Its derivative varies on a scale far below the spread sqrt(q). Use a closed-form "
+                f"activation (erf has the shape of tanh and sigmoid), inputs of smaller norm or a smaller W_std "
+                f"(variances up to about 20 keep 1e-4), or a higher quadrature_degree")
 
 
 def _range_fixes(X: torch.Tensor, rec: Recursion) -> tuple[str, str]:

@@ -81,7 +81,8 @@ def _power_of_two_scale(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> 
     if high < math.sqrt(info.max) / 4 and low > math.sqrt(info.tiny) * 4:
         return None
     largest = torch.maximum(q1, q2).detach()
-    exponent = torch.frexp(largest).exponent
+    top = int(torch.frexp(torch.tensor(info.max, dtype=c.dtype)).exponent)       # 128 in float32
+    exponent = torch.frexp(largest).exponent.clamp(min=3 - top, max=top - 1)      # 2^-k itself representable
     return torch.ldexp(torch.ones_like(largest), -exponent)
 
 

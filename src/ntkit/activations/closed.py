@@ -68,7 +68,7 @@ class PiecewiseLinear(Activation):
         m, kappa = 0.5 * (1 + self.a**2), (1 - self.a) ** 2 / TWO_PI
         dot = self._angular(theta)
         E = kappa * s + dot * c
-        rh = torch.sqrt(q1 * q2) * theta_cos_minus_sin(theta)
+        rh = torch.sqrt(q1) * torch.sqrt(q2) * theta_cos_minus_sin(theta)   # no q1 q2 product: no overflow
         return E, dot, m * m * det + kappa * rh * (m * c + E)
 
     def __repr__(self) -> str:
