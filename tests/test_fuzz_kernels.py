@@ -9,9 +9,10 @@ from 1e-30 to 1e30, W_std and b_std from 1e-3 to 1e3 (b_std also 0), depth up to
 References and tolerances (errors are measured against the Cauchy-Schwarz scale sqrt(K(x, x) K(y, y)) of
 each entry, the natural unit of a kernel value; `tolerance` below):
 - float32 against the same kernel in float64: 1e-3 (1e-2 for quadrature) plus 3.5e-4 per layer (the
-  arc-cosine cone turns a rounding error eps in a correlation into sqrt(eps), 3e-4 in float32, at each layer);
+  arc-cosine cone turns a rounding error eps in a correlation into sqrt(eps), 3e-4 in float32, at each layer),
+  plus eps q for the non-homogeneous activations at variance q, plus 3e-3 per layer for quadrature past q = 20;
 - float64, homogeneous activations without bias: K(a x, b y) = a b K(x, y) exactly, so the kernel of the
-  inputs as given against the kernel of the unit-norm inputs, rescaled: 1e-7 plus 1.5e-8 per layer;
+  inputs as given against the kernel of the unit-norm inputs, rescaled: 1e-7 plus 3e-8 per layer;
 - the fused ReLU-family path against the activation's generic closed forms: the same tolerances;
 - every result: symmetric where it must be, its diagonal equal to `kernel_diag`, inside Cauchy-Schwarz.
 
@@ -77,17 +78,20 @@ def activation_names() -> st.SearchStrategy[str]:
 # ------------------------------------------------------------------------------------------------ helpers
 def tolerance(dtype: torch.dtype, activation: str, depth: int, variance: float = 0.0) -> float:
     """Errors allowed against the reference, in units of sqrt(K(x, x) K(y, y)):
-    - the arc-cosine cone turns a rounding error eps in a correlation into about sqrt(eps) (3e-4 in float32,
-      1.5e-8 in float64) at each layer, even for exactly collinear inputs;
+    - the arc-cosine cone turns a rounding error eps in a correlation into about sqrt(eps) (3.5e-4 in float32,
+      2 sqrt(eps) = 3e-8 in float64) at each layer, even for exactly collinear or antipodal inputs;
     - the maps of non-homogeneous activations (erf, gelu, sin, quadrature) depend on q1 q2 - c^2, which
       rounding gets only to eps q1 q2: a relative error up to about eps q for the largest variance q fed to
       them (`variance`), which leaves float32 without accuracy at variances past 1e7;
-    - quadrature adds its own error (about 1e-8 at moderate variances, more where the integrand is steep)."""
+    - quadrature adds its own error (about 1e-8 at variances up to 2, 1e-4 up to 20); past variance 20 the maps
+      the kernels still admit (`kernels.RESOLUTION_TOL`) keep about 3e-3 per layer."""
     eps = float(torch.finfo(dtype).eps)
-    cone = 3.5e-4 if dtype == torch.float32 else 1.5e-8
+    cone = 3.5e-4 if dtype == torch.float32 else 3e-8
     base = 1e-3 if dtype == torch.float32 else 1e-7
     if activation in QUADRATURE:
         base *= 10
+        if variance > 20:     # past the variances of the accuracy table: the admitted maps keep about 3e-3
+            cone += 3e-3
     if not nk.get_activation(activation).homogeneous:
         base += eps * variance
     return base + cone * depth
@@ -113,6 +117,9 @@ def justified(X64: np.ndarray, arch: nk.MLP, get: str, dtype: torch.dtype) -> bo
         theta = arch.kernel_diag(X64, get="ntk") if get == "ntk" else None
     except KernelRangeError:
         return True
+    except ValueError as error:   # a quadrature that cannot resolve these variances: judge by Sigma alone
+        assert "does not resolve" in str(error), str(error)
+        theta = None
     info = torch.finfo(dtype)
     top = info.max / 4
     floor = info.tiny * 2.0**24       # below this, float32 keeps too few digits
@@ -279,6 +286,7 @@ def test_empty_inputs_give_empty_outputs() -> None:
 @example(X=np.array([[10.0], [10.0000001]]), activation="erf", depth=3, W_std=1000.0, b_std=0.0, get="ntk")
 @example(X=np.array([[1e-20, 0.0], [0.0, 1e-20]]), activation="gelu", depth=3, W_std=1.0, b_std=0.0, get="nngp")
 @example(X=np.array([[1e20]]), activation="relu", depth=2, W_std=1e-3, b_std=0.0, get="ntk")  # x.x overflows
+@example(X=np.array([[1e20]]), activation="tanh", depth=2, W_std=1.0, b_std=0.0, get="ntk")   # and unresolved
 @example(X=np.array([[0.22824727, 0.91869853, 0.32232933], [0.22824727, 0.91869853, 0.32232933],
                     [-0.24542543, 0.95868613, -0.14383068]]), activation="sign", depth=3, W_std=1.0, b_std=0.0,
          get="ntk").xfail(reason=SIGN_CONE)
@@ -334,7 +342,10 @@ def test_cross_kernel_is_finite_or_raises(X, data, activation, depth, W_std, b_s
         assert activation in QUADRATURE and "does not resolve" in str(error), str(error)
         return
     assert K.shape == (len(X), len(Y)) and np.isfinite(K).all()
-    tol = tolerance(dtype, activation, depth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KernelUnderflowWarning)
+        variance = max(largest_variance(X, arch), largest_variance(Y, arch))
+    tol = tolerance(dtype, activation, depth, variance)
     if run.underflowed:   # diagonals below the normal range came back with few digits
         floor = underflow_slack(dtype)
         dx, dy = np.maximum(np.abs(dx), floor), np.maximum(np.abs(dy), floor)
@@ -345,6 +356,8 @@ def test_cross_kernel_is_finite_or_raises(X, data, activation, depth, W_std, b_s
        W_std=w_stds)
 @example(X=np.array([[10.0]]), activation="relu", depth=39, W_std=0.01)   # K(x, x)^2 underflows: compare roots
 @example(X=np.array([[1.0], [1.0]]), activation="relu", depth=29, W_std=1000.0)   # sqrt(q1 q2) overflowed: NaN
+@example(X=np.array([[6.89413798, -7.24367735], [-6.89413798, 7.24367735]]), activation="abs", depth=16,
+         W_std=1.0)   # antipodal inputs of abs: correlation 1 from layer 2, the cone at every layer
 @example(X=np.array([[1.0, 0.0], [1.0, 1e-4]]), activation="relu", depth=29, W_std=1000.0).xfail(
     reason=COINCIDENT_OVERFLOW)
 def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) -> None:
@@ -381,6 +394,8 @@ def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) 
 @example(X=np.array([[1.0], [-1.0]]), activation="abs", depth=20, W_std=1.0, b_std=0.0, dtype=torch.float32)  # cone
 @example(X=np.array([[1e-19], [-1e-19]]), activation="relu", depth=2, W_std=1.0, b_std=0.0,
          dtype=torch.float32)   # `angle` scaled a subnormal variance by 2^149 = inf
+@example(X=np.array([[1.0], [-1e-19]]), activation="relu", depth=2, W_std=1.0, b_std=0.0,
+         dtype=torch.float32)   # a subnormal diagonal next to a normal one: few digits in their kernel
 @example(X=np.array([[1.0, 0.0], [1.0, 1e-2]]), activation="relu", depth=5, W_std=1000.0, b_std=0.0,
          dtype=torch.float32).xfail(reason=COINCIDENT_OVERFLOW)
 def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std, dtype) -> None:
@@ -396,9 +411,11 @@ def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std,
         return
     assert torch.isfinite(fused).all() and torch.isfinite(generic).all()
     d = run(lambda: arch.kernel_diag(Xt)).double().numpy()
+    if run.underflowed:   # diagonals below the normal range came back with few digits
+        d = np.maximum(np.abs(d), underflow_slack(dtype))
     scale = cs_scale(None, d, d)
     tol = tolerance(dtype, activation, depth)
-    slack = underflow_slack(dtype) if run.underflowed else 1e-300
+    slack = 1e-300
     diff = np.abs(fused.double().numpy() - generic.double().numpy())
     assert np.all(diff <= tol * scale + slack), np.max(diff / (scale + 1e-300))
 

@@ -108,7 +108,8 @@ class RangeTracker:
                 warned = True
                 warnings.warn(
                     f"{what} underflows the {name} range at layer {layer}: values below {smallest} are returned "
-                    f"as 0 or with few digits (the nearest {name} values). For their digits: {fix_underflow}",
+                    f"as 0 or with few digits (the nearest {name} values), and so is the kernel between those inputs "
+                    f"and the others. For their digits: {fix_underflow}",
                     KernelUnderflowWarning, stacklevel=5)
 
 
