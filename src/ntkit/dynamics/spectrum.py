@@ -87,7 +87,10 @@ def _eigh_descending(A: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch
         import scipy.linalg
 
         # negated.T is the same symmetric matrix in LAPACK's column-major layout: no conversion copy
-        values, vectors = scipy.linalg.eigh(negated.numpy().T, driver="evd", check_finite=False, overwrite_a=True)
+        try:
+            values, vectors = scipy.linalg.eigh(negated.numpy().T, driver="evd", check_finite=False, overwrite_a=True)
+        except np.linalg.LinAlgError:   # divide and conquer did not converge (rare: Grams spanning many decades)
+            values, vectors = scipy.linalg.eigh((A * -scale).numpy(), driver="ev", check_finite=False)
         return -torch.from_numpy(values), torch.from_numpy(vectors)
     values, vectors = torch.linalg.eigh(negated)
     return -values, vectors
