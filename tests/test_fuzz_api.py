@@ -288,7 +288,7 @@ def test_sklearn_estimators_are_the_infinite_width_gp(train, depth, t, ridge) ->
 
 
 def test_classifier_refuses_a_single_class() -> None:
-    """The third call of the reliability checks: one class is an error, as in scikit-learn's classifiers."""
+    """One class is an error, as in scikit-learn's classifiers."""
     from ntkit.sklearn import NTKClassifier
 
     X = np.random.default_rng(0).standard_normal((20, 5))

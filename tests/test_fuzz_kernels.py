@@ -179,7 +179,7 @@ def below_normal(values: list[np.ndarray], dtype: torch.dtype) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ the three calls
-def test_issue_calls_overflow_in_float32_is_an_error_naming_layer_and_fix() -> None:
+def test_deep_wide_float32_overflow_is_an_error_naming_layer_and_fix() -> None:
     X = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
     with pytest.raises(KernelOverflowError, match=r"NTK exceeds the float32 range .* at layer 10.*use float64"):
         nk.MLP(depth=10, W_std=100).kernel(X)
