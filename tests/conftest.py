@@ -66,7 +66,7 @@ else:
     _CI = bool(os.environ.get("CI"))
     _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.data_too_large])
-    settings.register_profile("fast", max_examples=30, derandomize=True, database=None, **_COMMON)
+    settings.register_profile("fast", max_examples=50, derandomize=True, database=None, **_COMMON)
     settings.register_profile("slow", max_examples=1000, derandomize=_CI,
                               database=None if _CI else settings.default.database, **_COMMON)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
