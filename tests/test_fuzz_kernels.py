@@ -32,8 +32,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import ntkit as nk
-from ntkit._range import KernelOverflowError, KernelRangeError, KernelUnderflowError, KernelUnderflowWarning
-from ntkit.kernels import RESOLUTION_TOL, sigma_diagonals
+from ntkit._range import (
+    RESOLUTION_TOL,
+    KernelOverflowError,
+    KernelRangeError,
+    KernelUnderflowError,
+    KernelUnderflowWarning,
+)
+from ntkit.kernels import sigma_diagonals
 
 CLOSED = ["relu", "leaky_relu", "abs", "identity", "erf", "sign", "step", "sin", "cos", "gelu"]
 QUADRATURE = ["tanh", "sigmoid", "softplus", "elu", "selu", "silu", "mish", "softsign"]

@@ -9,7 +9,10 @@ and a Gram built from checked diagonals stays in range. What it calls:
     tracker.check(advice)                         # once, at the end: raises KernelRangeError (a ValueError)
 
 `check` takes two reductions per layer and synchronizes once; only when something is out of range does
-it look closer (which entries, which layer) and build the message.
+it look closer (which entries, which layer) and build the message. Below the tracker: what the checks of a
+fully-connected recursion (`ntkit.kernels.sigma_diagonals`) need to judge an underflow, to advise, and to refuse
+a quadrature that cannot resolve the variances it is given (any architecture whose layers apply an activation to
+a Gaussian of known variance can call the same functions).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -117,3 +121,103 @@ def advice(dtype: torch.dtype, against_overflow: str, against_underflow: str) ->
     """The fixes both errors name: a wider dtype first when there is one, then the settings to change."""
     wider = "use float64, or " if dtype != torch.float64 else ""
     return f"{wider}{against_overflow}", f"{wider}{against_underflow}"
+
+
+# ---------------------------------------------------------------- the checks of a fully-connected recursion
+# `rec` has activation, depth, W_std, b_std (`ntkit.kernels.Recursion`); the diagonals are its Sigma^(l)(x, x).
+RESOLVED_VARIANCE = 2.0      # quadrature is accurate to about 1e-8 up to here (`activations.quadrature`)
+RESOLUTION_TOL = 1e-2        # relative error of a quadrature map above which the kernel is refused
+
+
+def check_resolution(rec: Any, diagonals: list[torch.Tensor], want_ntk: bool) -> None:
+    """For activations by quadrature: the largest and smallest variance above RESOLVED_VARIANCE fed to the maps of
+    each layer, checked against a 1-D rule that resolves any scale (`Quadrature.resolution_error`); a map off by
+    more than RESOLUTION_TOL raises a ValueError naming the layer, the variance and the fixes. The SigmaDot map
+    enters only the NTK, so it is checked only when the NTK is wanted."""
+    error_of = getattr(rec.activation, "resolution_error", None)
+    if error_of is None:
+        return
+    for layer, q in enumerate(diagonals[:-1], start=2):
+        large = q.detach()[q.detach() > RESOLVED_VARIANCE]
+        if not large.numel():
+            continue
+        probe = torch.stack([large.max(), large.min()])
+        errors = error_of(probe)[:, : 2 if want_ntk else 1]
+        worst = float(errors.max())
+        if worst > RESOLUTION_TOL:
+            index = int(errors.max(1).values.argmax())
+            which = "E[sigma'(u)^2] (SigmaDot)" if int(errors[index].argmax()) == 1 else "E[sigma(u)^2] (Sigma)"
+            raise ValueError(
+                f"the quadrature of activation {rec.activation.name!r} does not resolve {which} at variance "
+                f"{float(probe[index]):.2g} (the input of layer {layer}): relative error {worst:.1g}, above "
+                f"{RESOLUTION_TOL:g}. Its derivative varies on a scale far below the spread sqrt(q). Use a closed-form "
+                f"activation (erf has the shape of tanh and sigmoid), inputs of smaller norm or a smaller W_std "
+                f"(variances up to about 20 keep 1e-4), or a higher quadrature_degree")
+
+
+def advice_for(X: torch.Tensor, rec: Any) -> tuple[str, str]:
+    """The advice of the range errors, with the settings that set the scale."""
+    norms = log10_norms(X)
+    finite = norms[torch.isfinite(norms)]
+    largest = f"1e{float(finite.max()):.0f}" if finite.numel() else "-"
+    smallest = f"1e{float(finite.min()):.0f}" if finite.numel() else "-"
+    w, b = number(rec.W_std), number(rec.b_std)
+    return advice(X.dtype,
+                  f"a smaller W_std (now {w:g}) or b_std (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                  f"of smaller norm (the largest row norm is about {largest})",
+                  f"a larger W_std (now {w:g}), b_std > 0 (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                  f"of larger norm (the smallest nonzero row norm is about {smallest})")
+
+
+def log10_norms(X: torch.Tensor) -> torch.Tensor:
+    """log10 |x| of each row without overflow or underflow (-inf for a zero row)."""
+    X = X.detach()
+    top = X.abs().amax(1) if X.shape[1] else X.new_zeros(X.shape[0])
+    scaled = X / torch.where(top > 0, top, 1.0)[:, None]
+    return torch.log10(top) + 0.5 * torch.log10((scaled * scaled).sum(1).clamp(min=1.0))
+
+
+def underflow_verdict(X: torch.Tensor, rec: Any, diagonals: list[torch.Tensor], layer: int,
+               small: torch.Tensor) -> str | None:
+    """What the Sigma^(layer) diagonal entries below the smallest normal number (`small`) mean (slow path only):
+    None where the exact value is 0 (a zero input without bias) or where later layers do not need its digits (a
+    bias, or sigma(0) != 0, dominates them); "warn" where the final diagonal is below the normal range anyway
+    (0 is the nearest value the dtype holds); "error" where the exact final value is in range but is returned as
+    0 or with lost digits. The exact final value is estimated in log10 from the inputs' norms and each layer's
+    small-variance gain E[sigma(u)^2] / q (exactly W_std^2 (1 + a^2) / 2 per layer for the ReLU family)."""
+    info = torch.finfo(X.dtype)
+    small = small & ~exact_zeros(X, rec, layer)
+    if not bool(small.any()):
+        return None
+    w2, b2 = number(rec.W_std) ** 2, number(rec.b_std) ** 2
+    at_zero = float(rec.activation.sigma_diag(X.new_zeros(1))[0])
+    final_small = diagonals[-1] < info.tiny
+    if bool((small & ~final_small).any()) and b2 == 0 and at_zero == 0:
+        return "error"                       # a subnormal value scaled back into range: its digits are lost
+    rows = small & final_small
+    if not bool(rows.any()):
+        return None
+    probe = torch.tensor([info.tiny * 2.0**20], dtype=X.dtype, device=X.device)
+    gain = math.log10(max(float(rec.activation.sigma_diag(probe)[0] / probe[0]), 1e-300))
+    estimate = math.log10(w2 / X.shape[1]) + 2 * float(log10_norms(X[rows]).max()) if w2 > 0 else -math.inf
+    estimate += (rec.depth - 1) * (math.log10(w2) + gain) if w2 > 0 else 0.0
+    return "error" if estimate >= math.log10(info.tiny) else "warn"
+
+
+def exact_zeros(X: torch.Tensor, rec: Any, layer: int) -> torch.Tensor:
+    """Which rows have Sigma^(layer)(x, x) = 0 in exact arithmetic: no bias, and a zero input (or zero
+    weights), carried through layers whose activation has sigma(0) = 0 (E[sigma(u)^2] = sigma(0)^2 at
+    u ~ N(0, 0)). Positive variances give positive E[sigma(u)^2] unless sigma vanishes almost everywhere."""
+    zero_w, zero_b = number(rec.W_std) == 0, number(rec.b_std) == 0
+    zeros = (X.detach() == 0).all(1) | zero_w
+    if layer > 1:
+        probe = torch.tensor([0.0, 1.0], dtype=X.dtype, device=X.device)
+        at_zero, at_one = (float(v) for v in rec.activation.sigma_diag(probe))
+        vanishing = at_one == 0                                          # sigma = 0 almost everywhere
+        zeros = zeros if at_zero == 0 else torch.zeros_like(zeros)
+        zeros = zeros | zero_w | vanishing
+    return zeros & zero_b
+
+
+def number(value: float | torch.Tensor) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
