@@ -1,0 +1,220 @@
+"""The Dask backend: a kernel's tiles as `dask.distributed` tasks.
+
+Everything here runs the same tile code as one process (`ntkit.gram.tiles`), only scheduled by Dask:
+
+- the `KernelTiles` (its tile function and inputs, cloudpickled) is scattered to every worker once per
+  client and reused by every later call on the same object (a solver's passes send X once);
+- each task takes (tiles, i, j): a Gram tile is returned to the client for an in-memory output, or written
+  by the worker straight into a zarr store (`ntkit.gram.store`), which then records it as finished;
+- matrix products and row-block passes return their small pieces, which the client adds up or yields in
+  the order one process uses, so the result is bitwise that of one process with the same number of BLAS
+  threads (Dask's workers run one each).
+
+Dask retries the tasks of a worker that dies (up to `distributed.scheduler.allowed-failures` times); a
+task that raises stops the computation with a RuntimeError naming the tile. Nothing here schedules,
+transports or stores data itself: that is Dask's and zarr's job. Dask is imported only here
+(`pip install "ntkit[dask]"`).
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..progress import progress
+from .tiles import KernelTiles, add_products, put, row_block, symmetric_tiles, tile_products
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def require_distributed() -> Any:
+    """The `distributed` module, or an ImportError that says how to install it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError('the Dask backend needs dask.distributed: pip install "ntkit[dask]"') from exc
+    return distributed
+
+
+def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str = DEFAULT_HOST,
+                  **kwargs: Any) -> Any:
+    """A `dask.distributed.LocalCluster` of `n_workers` worker processes with `threads_per_worker` threads each,
+    listening on `host` only (default 127.0.0.1: not reachable from other machines) and without a dashboard
+    unless `dashboard_address` is given. Other keywords go to LocalCluster. Use it as a context manager:
+
+        with local_cluster(2) as cluster, Client(cluster) as client:
+            K = arch.kernel(X, out="K.zarr", client=client)
+    """
+    distributed = require_distributed()
+    from .._checks import check_positive_int
+
+    kwargs.setdefault("dashboard_address", None)
+    return distributed.LocalCluster(n_workers=check_positive_int(n_workers, "n_workers"),
+                                    threads_per_worker=check_positive_int(threads_per_worker, "threads_per_worker"),
+                                    processes=True, host=host, **kwargs)
+
+
+def connect(address: str, *, timeout: float = 10.0, security: Any = None) -> Any:
+    """A `dask.distributed.Client` connected to the scheduler at `address` (e.g. "tcp://10.0.0.5:8786", or
+    "tls://..." with `security`, a `distributed.security.Security`). Raises ConnectionError when no scheduler
+    answers within `timeout` seconds, and ValueError for an address Dask cannot read."""
+    distributed = require_distributed()
+    if not isinstance(address, str) or not address.strip():
+        raise TypeError(f"scheduler address must be a non-empty string like 'tcp://HOST:PORT', got {address!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    try:
+        return distributed.Client(address, timeout=timeout, security=security, set_as_default=False)
+    except ValueError as exc:
+        raise ValueError(f"scheduler address {address!r} is not one Dask can use ({exc}); "
+                         "expected e.g. 'tcp://HOST:PORT'") from exc
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionError(f"no Dask scheduler answered at {address!r} within {timeout:g} s ({exc}); check the "
+                              "address, that `dask scheduler` runs there, and the network and TLS settings") from exc
+
+
+# ------------------------------------------------------------------------ sending the tile function once
+_shared: dict[tuple[int, int], Any] = {}
+
+
+def share(client: Any, tiles: KernelTiles) -> Any:
+    """A future of `tiles` held by every worker: scattered on first use, then reused while `tiles` lives
+    (and its future is intact) for the same client."""
+    key = (id(client), id(tiles))
+    future = _shared.get(key)
+    if future is not None and future.status == "finished" and future.client is client:
+        return future
+    future = client.scatter(tiles, broadcast=True, hash=False)
+    _shared[key] = future
+    weakref.finalize(tiles, _shared.pop, key, None)
+    return future
+
+
+def check_client(client: Any) -> None:
+    distributed = require_distributed()
+    if not isinstance(client, distributed.Client):
+        raise TypeError(f"client must be a dask.distributed.Client, got {type(client).__name__}")
+    if client.status != "running":
+        raise ValueError(f"client is not connected (status {client.status!r})")
+
+
+# ------------------------------------------------------------------------------------ the tasks
+def _tile_task(tiles: KernelTiles, i: int, j: int) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [block.cpu() for block in symmetric_tiles(tiles, i, j)]
+
+
+def _store_task(tiles: KernelTiles, writer: Any, i: int, j: int) -> tuple[int, int]:
+    with torch.no_grad():
+        writer.write(tiles, i, j, symmetric_tiles(tiles, i, j))
+    return i, j
+
+
+def _products_task(tiles: KernelTiles, V: torch.Tensor, i: int, j: int,
+                   name_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with torch.no_grad():
+        return tile_products(tiles, V, i, j, name_index)
+
+
+def _row_task(tiles: KernelTiles, fn: Callable, rows: slice) -> Any:
+    with torch.no_grad():
+        return fn(rows, row_block(tiles, rows))
+
+
+def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[tuple], *, what: Callable[[tuple], str],
+         desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[tuple, Any]]:
+    """Submit task(*shared, *job) for every job; yield (job, result) as they finish. A task that raises cancels
+    the rest and raises a RuntimeError naming its job."""
+    distributed = require_distributed()
+    token = uuid.uuid4().hex[:10]
+    name = getattr(task, "__name__", "task").strip("_")
+    pending = {client.submit(task, *shared, *job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
+               for index, job in enumerate(jobs)}
+    try:
+        finished = distributed.as_completed(list(pending))
+        for future in progress(finished, total=len(pending), desc=desc, enabled=show_progress, minimum=minimum):
+            job = pending.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:
+                raise RuntimeError(f"a Dask worker failed on {what(job)}: {type(exc).__name__}: {exc}") from exc
+            yield job, result
+    finally:
+        if pending:
+            client.cancel(list(pending))
+
+
+def _tile_name(job: tuple) -> str:
+    i, j = job[0], job[1]
+    return f"the kernel tile at rows {i}, columns {j}"
+
+
+def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel",
+         show_progress: bool | None = None) -> None:
+    """`tiles.fill` on Dask: the workers compute the tiles, the client writes them into `outs`."""
+    check_client(client)
+    shared = share(client, tiles)
+    for (i, j), blocks in _run(client, _tile_task, [shared], tiles.pairs(), what=_tile_name, desc=desc,
+                               show_progress=show_progress, minimum=64):
+        put(tiles, outs, i, j, blocks)
+
+
+def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int, int], bool], *,
+               desc: str = "kernel", show_progress: bool | None = None) -> None:
+    """Fill a zarr store on Dask: each worker writes its tiles into the store and records them; the client
+    receives only (i, j)."""
+    check_client(client)
+    store = writer.done.store
+    if type(store).__name__ == "MemoryStore":
+        raise ValueError("out is a zarr group in this process's memory, which Dask workers cannot write: use a store "
+                         "on disk or in object storage that every worker reaches")
+    jobs = [pair for pair in tiles.pairs() if not skip(*pair)]
+    if not jobs:
+        return
+    shared = [share(client, tiles), client.scatter(writer, broadcast=True, hash=False)]
+    for _ in _run(client, _store_task, shared, jobs, what=_tile_name, desc=desc, show_progress=show_progress,
+                  minimum=64):
+        pass
+
+
+def matmul(client: Any, tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, name_index: int, *,
+           desc: str = "kernel matvec", show_progress: bool | None = None) -> None:
+    """out += K V on Dask: the workers compute each tile's products, the client adds them in the order of
+    `tiles.pairs()` (that of one process)."""
+    check_client(client)
+    pairs = tiles.pairs()
+    order = {pair: index for index, pair in enumerate(pairs)}
+    shared = [share(client, tiles), client.scatter(V, broadcast=True, hash=False)]
+    jobs = [(i, j, name_index) for i, j in pairs]
+    waiting: dict[int, Any] = {}
+    next_index = 0
+    for (i, j, _), products in _run(client, _products_task, shared, jobs, what=_tile_name, desc=desc,
+                                    show_progress=show_progress, minimum=64):
+        waiting[order[(i, j)]] = products
+        while next_index in waiting:
+            add_products(tiles, out, *pairs[next_index], waiting.pop(next_index))
+            next_index += 1
+
+
+def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequence[slice], *,
+                   desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
+    """fn(rows, [K[rows, :] for each name]) for each block of rows, as Dask tasks, yielded in block order."""
+    check_client(client)
+    shared = [share(client, tiles), client.scatter(fn, broadcast=True, hash=False)]
+    order = {(rows.start, rows.stop): index for index, rows in enumerate(blocks)}
+    waiting: dict[int, Any] = {}
+    next_index = 0
+
+    def what(job: tuple) -> str:
+        return f"the kernel rows {job[0].start}:{job[0].stop}"
+
+    for (rows,), result in _run(client, _row_task, shared, [(rows,) for rows in blocks], what=what, desc=desc,
+                                show_progress=show_progress, minimum=8):
+        waiting[order[(rows.start, rows.stop)]] = result
+        while next_index in waiting:
+            yield waiting.pop(next_index)
+            next_index += 1
