@@ -18,9 +18,11 @@ transports or stores data itself: that is Dask's and zarr's job. Dask is importe
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -61,20 +63,35 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str 
 def connect(address: str, *, timeout: float = 10.0, security: Any = None) -> Any:
     """A `dask.distributed.Client` connected to the scheduler at `address` (e.g. "tcp://10.0.0.5:8786", or
     "tls://..." with `security`, a `distributed.security.Security`). Raises ConnectionError when no scheduler
-    answers within `timeout` seconds, and ValueError for an address Dask cannot read."""
+    answers within `timeout` seconds, and ValueError for an address Dask cannot read.
+
+    The address is first probed with Dask's own comm under a hard timeout: a Client waits without end on a
+    socket that accepts connections but never answers Dask's handshake.
+    """
     distributed = require_distributed()
     if not isinstance(address, str) or not address.strip():
         raise TypeError(f"scheduler address must be a non-empty string like 'tcp://HOST:PORT', got {address!r}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    try:
-        return distributed.Client(address, timeout=timeout, security=security, set_as_default=False)
-    except ValueError as exc:
-        raise ValueError(f"scheduler address {address!r} is not one Dask can use ({exc}); "
-                         "expected e.g. 'tcp://HOST:PORT'") from exc
-    except (OSError, TimeoutError) as exc:
-        raise ConnectionError(f"no Dask scheduler answered at {address!r} within {timeout:g} s ({exc}); check the "
-                              "address, that `dask scheduler` runs there, and the network and TLS settings") from exc
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    connection_args = security.get_connection_args("client") if security is not None else {}
+
+    async def probe() -> None:
+        connecting = distributed.comm.connect(address, timeout=timeout, **connection_args)
+        comm = await asyncio.wait_for(connecting, timeout + 1.0)  # Dask's own timeout, or ours for the handshake
+        await comm.close()
+
+    with ThreadPoolExecutor(1) as pool:  # its own event loop, also when the caller's thread runs one
+        try:
+            pool.submit(asyncio.run, probe()).result()
+            return distributed.Client(address, timeout=timeout, security=security, set_as_default=False)
+        except ValueError as exc:
+            raise ValueError(f"scheduler address {address!r} is not one Dask can use ({exc}); "
+                             "expected e.g. 'tcp://HOST:PORT'") from exc
+        except (OSError, TimeoutError) as exc:
+            detail = str(exc) or f"{type(exc).__name__}: the handshake got no answer"
+            raise ConnectionError(f"no Dask scheduler answered at {address!r} within {timeout:g} s ({detail}); "
+                                  "check the address, that `dask scheduler` runs there, and the network and TLS "
+                                  "settings") from exc
 
 
 # ------------------------------------------------------------------------ sending the tile function once
@@ -135,7 +152,7 @@ def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[tupl
     pending = {client.submit(task, *shared, *job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
                for index, job in enumerate(jobs)}
     try:
-        finished = distributed.as_completed(list(pending))
+        finished = distributed.as_completed(list(pending), loop=client.loop)
         for future in progress(finished, total=len(pending), desc=desc, enabled=show_progress, minimum=minimum):
             job = pending.pop(future)
             try:
