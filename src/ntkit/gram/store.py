@@ -138,7 +138,7 @@ def _initialize(group: Any, tiles: KernelTiles) -> None:
     dtype = str(tiles.dtype).removeprefix("torch.")
     for name in tiles.names:  # NaN marks entries not yet computed
         group.create_array(name, shape=(tiles.n, tiles.m), chunks=(tiles.tile, tiles.tile), dtype=dtype,
-                           fill_value=np.nan)
+                           fill_value=np.nan, compressors=None)  # kernel values hardly compress
     group.create_array(DONE, shape=(down, across), chunks=(1, 1), dtype="uint8", fill_value=0)
     group.attrs["ntkit"] = record(tiles)
 
