@@ -43,16 +43,18 @@ def workers(client):
 
 
 def recording(tiles: gram.KernelTiles, folder: Path, kill_at: int | None = None) -> gram.KernelTiles:
-    """The same kernel; every tile computed leaves a file in `folder` (on any process). With `kill_at`, the
-    process computing the tile numbered `kill_at` (0-based, over all processes) kills itself with SIGKILL,
-    once, in the middle of its task."""
-    calls, marker = str(folder / "calls"), str(folder / "killed")
+    """The same kernel; every tile a worker computes leaves a file in `folder`. With `kill_at`, the worker
+    computing the tile numbered `kill_at` (0-based, over all workers) kills itself with SIGKILL, once, in the
+    middle of its task."""
+    calls, marker, here = str(folder / "calls"), str(folder / "killed"), os.getpid()
     os.makedirs(calls, exist_ok=True)
 
     def fn(rows, cols):
+        if os.getpid() == here:  # tiles computed in this process (a preconditioner's columns) are not counted
+            return tiles.fn(rows, cols)
         start = rows.start if isinstance(rows, slice) else int(rows[0])
         open(os.path.join(calls, f"{start}-{cols.start}-{uuid.uuid4().hex}"), "w").close()
-        if kill_at is not None and len(os.listdir(calls)) > kill_at:
+        if kill_at is not None and not os.path.exists(marker) and len(os.listdir(calls)) > kill_at:
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
             except FileExistsError:
@@ -66,6 +68,11 @@ def recording(tiles: gram.KernelTiles, folder: Path, kill_at: int | None = None)
 
 def pids(client) -> set[int]:
     return set(client.run(os.getpid).values())
+
+
+def executed(client) -> int:
+    """Tasks the workers have run so far."""
+    return sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -147,6 +154,39 @@ def test_a_worker_killed_mid_matmul_changes_nothing(workers, tmp_path):
     assert torch.equal(KV, gram.matmul(tiles, V))
 
 
+def test_a_cg_solve_with_a_worker_killed_mid_solve_gives_the_same_answer(workers, tmp_path):
+    from ntkit.solvers import KernelOperator, cg
+
+    X = torch.randn(200, 5, dtype=torch.float64)
+    Y = torch.randn(200, 2, dtype=torch.float64)
+    tiles = nk.MLP(3).kernel_tiles(X, tile=40)
+    per_pass = len(tiles.pairs())
+    ridge = 0.1
+    op = KernelOperator(recording(tiles, tmp_path, kill_at=3 * per_pass + 5), client=workers)
+    there = cg.solve(op, Y, ridge, rank=20)
+    assert (tmp_path / "killed").exists() and there.iterations > 4  # killed in the fourth pass over K
+    here = cg.solve(KernelOperator(tiles), Y, ridge, rank=20)
+    assert there.converged and here.converged
+    torch.testing.assert_close(there.solution, here.solution, rtol=1e-9, atol=0)
+    K = gram.evaluate(tiles)[0]
+    exact = torch.linalg.solve(K + ridge * torch.eye(200, dtype=torch.float64), Y)
+    torch.testing.assert_close(there.solution, exact, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["cg", "nystrom"])
+def test_infinite_width_gp_with_a_client_predicts_as_in_one_process(workers, solver):
+    X, X_test = torch.randn(120, 4, dtype=torch.float64), torch.randn(30, 4, dtype=torch.float64)
+    y = torch.sin(X[:, 0]) + X[:, 1]
+    # a budget below the Gram's bytes (cg) and K(X, centres)'s (nystrom): their passes stream tiles on the workers
+    options = {"solver": solver, "ridge": 1e-2, "memory_budget": 60_000,
+               **({"n_centers": 40} if solver == "nystrom" else {})}
+    before = executed(workers)
+    there = nk.InfiniteWidthGP(nk.MLP(3), X, y, client=workers, **options).predict(X_test)
+    assert executed(workers) - before >= 2  # the workers did the passes (the solve's and the prediction's)
+    here = nk.InfiniteWidthGP(nk.MLP(3), X, y, **options).predict(X_test)
+    torch.testing.assert_close(there, here, rtol=1e-8, atol=1e-10)
+
+
 def test_a_worker_that_raises_gives_a_clear_error_and_nothing_is_recorded_for_its_tile(workers, tmp_path):
     X = torch.randn(64, 3, dtype=torch.float64)
     tiles = nk.MLP(2).kernel_tiles(X, tile=16)
@@ -200,11 +240,11 @@ def ntkit(*args: str, cwd) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-def test_cli_writes_a_store_with_local_workers_and_reports_a_bad_scheduler(tmp_path, rng):
+def test_cli_writes_a_store_on_a_scheduler_and_reports_a_bad_one(workers, tmp_path, rng):
     X = rng.standard_normal((60, 4))
     np.save(tmp_path / "x.npy", X)
     done = ntkit("kernel", "--input", "x.npy", "--depth", "3", "--get", "both", "--out", "K.zarr",
-                 "--workers", "2", "--quiet", cwd=tmp_path)
+                 "--scheduler", workers.scheduler.address, "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     group = zarr.open_group(str(tmp_path / "K.zarr"), mode="r")
     S, K = nk.MLP(3).kernel(X, get=("nngp", "ntk"))
@@ -214,3 +254,13 @@ def test_cli_writes_a_store_with_local_workers_and_reports_a_bad_scheduler(tmp_p
                  "--timeout", "1", cwd=tmp_path)
     assert done.returncode == 2 and "no Dask scheduler answered" in done.stderr
     assert not (tmp_path / "K2.zarr").exists()
+
+
+@pytest.mark.slow
+def test_cli_with_local_workers_writes_the_same_store(tmp_path, rng):
+    X = rng.standard_normal((60, 4))
+    np.save(tmp_path / "x.npy", X)
+    done = ntkit("kernel", "--input", "x.npy", "--out", "K.zarr", "--workers", "2", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "K.zarr"), mode="r")["ntk"][...],
+                                  nk.MLP(4).kernel(X))

@@ -41,7 +41,7 @@ def test_a_real_scheduler_and_two_workers_compute_the_same_gram_and_shut_down_cl
     address = f"tcp://127.0.0.1:{free_port()}"
     scheduler = dask("scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard",
                      log=tmp_path / "scheduler.log")
-    workers = [dask("worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
+    workers = [dask("worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard",
                     "--name", f"w{k}", log=tmp_path / f"worker{k}.log") for k in range(2)]
     processes = [scheduler, *workers]
     try:

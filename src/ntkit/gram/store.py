@@ -153,7 +153,7 @@ def open_store(out: Any, tiles: KernelTiles) -> tuple[TileWriter, KernelTiles]:
     zarr = require_zarr()
     where = repr(os.fspath(out)) if isinstance(out, (str, os.PathLike)) else repr(out)
     if isinstance(out, (str, os.PathLike)):
-        group = _open_path(Path(os.fspath(out)).expanduser(), tiles)
+        group = _open_path(Path(os.fspath(out)).expanduser().absolute(), tiles)  # workers may run elsewhere
     else:
         group = out
         if group.read_only:
@@ -209,6 +209,12 @@ def evaluate(tiles: KernelTiles, out: Any, *, client: Any = None, show_progress:
         from . import distributed
 
         distributed.fill_store(client, tiles, writer, skip, desc=desc, show_progress=show_progress)
+        finished = writer.finished()
+        missing = sum(1 for i, j in tiles.pairs() if not finished[i // tile, j // tile])
+        if missing:  # the workers wrote somewhere this process does not see
+            raise RuntimeError(f"the Dask workers wrote every tile, but {missing} of {len(tiles.pairs())} are not in "
+                               f"the store {out!r} as this process sees it: the store must be on storage that every "
+                               "worker and this process share (a shared file system, or object storage)")
     else:
         with torch.no_grad():
             fill(tiles, writer.arrays, desc=desc, show_progress=show_progress, skip=skip, done=writer.mark)
