@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -103,6 +105,48 @@ def test_workers_write_the_store_and_resume_it_computing_only_the_missing_tiles(
     S0, K0 = gram.evaluate(tiles)
     np.testing.assert_array_equal(stored[0][...], S0.numpy())
     np.testing.assert_array_equal(stored[1][...], K0.numpy())
+
+
+KILLED_CLIENT = textwrap.dedent("""
+    import sys, time, dataclasses
+    import numpy as np, torch
+    import ntkit as nk
+    from ntkit.gram.distributed import connect
+    X = torch.from_numpy(np.load(sys.argv[1]))
+    tiles = nk.MLP(3).kernel_tiles(X, get=("nngp", "ntk"), tile=16)
+    def slow(rows, cols):
+        time.sleep(0.02)
+        return tiles.fn(rows, cols)
+    if __name__ == "__main__":
+        with connect(sys.argv[3]) as client:
+            nk.gram.evaluate(dataclasses.replace(tiles, fn=slow), sys.argv[2], client=client)
+""")
+
+
+def test_a_client_killed_mid_store_then_resumed_on_the_workers_is_bitwise_equal(workers, tmp_path):
+    X = torch.randn(200, 5, dtype=torch.float64)
+    np.save(tmp_path / "x.npy", X.numpy())
+    path = tmp_path / "K.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, str(tmp_path / "x.npy"), str(path),
+                                workers.scheduler.address], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    records, deadline = path / "done" / "c", time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if records.exists() and sum(1 for f in records.glob("*/*") if not f.name.endswith(".partial")) >= 20:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, f"the run ended before it was killed: {process.communicate()}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    while workers.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the scheduler drops the dead client's tasks (those running finish and are recorded)
+    tiles = nk.MLP(3).kernel_tiles(X, get=("nngp", "ntk"), tile=16)
+    finished = int(np.asarray(zarr.open_group(str(path), mode="r")["done"][...]).sum())
+    assert 20 <= finished < len(tiles.pairs())
+    resumed = gram.evaluate(recording(tiles, tmp_path), path, client=workers)
+    assert len(os.listdir(tmp_path / "calls")) == len(tiles.pairs()) - finished
+    for array, reference in zip(resumed, gram.evaluate(tiles), strict=True):
+        np.testing.assert_array_equal(array[...], reference.numpy())
 
 
 def test_matmul_and_row_passes_on_workers_are_bitwise_the_in_process_ones(workers):

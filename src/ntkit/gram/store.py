@@ -21,6 +21,8 @@ import dataclasses
 import os
 import sys
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,39 @@ class TileWriter:
 
     def mark(self, i: int, j: int) -> None:
         self.done[i // self.tile, j // self.tile] = 1
+
+
+class Background:
+    """Runs writes in one background thread, in the order given, with at most `depth` waiting: the next tile is
+    computed while the last one is written. A failed write raises in the caller's thread."""
+
+    def __init__(self, depth: int = 4):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ntkit-store")
+        self.pending: deque[Future] = deque()
+        self.depth = depth
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.depth:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for every write (also when the computation failed: the tiles queued are whole and recorded)."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+class Deferred:
+    """An array whose item assignments `Background` carries out (what `tiles.write` needs of an output)."""
+
+    def __init__(self, array: Any, background: Background):
+        self.array, self.background = array, background
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.background.submit(self.array.__setitem__, key, value)
 
 
 def _open_path(path: Path, tiles: KernelTiles) -> Any:
@@ -215,7 +250,12 @@ def evaluate(tiles: KernelTiles, out: Any, *, client: Any = None, show_progress:
             raise RuntimeError(f"the Dask workers wrote every tile, but {missing} of {len(tiles.pairs())} are not in "
                                f"the store {out!r} as this process sees it: the store must be on storage that every "
                                "worker and this process share (a shared file system, or object storage)")
-    else:
-        with torch.no_grad():
-            fill(tiles, writer.arrays, desc=desc, show_progress=show_progress, skip=skip, done=writer.mark)
+    else:  # one FIFO writer thread: a tile's chunks, then its record
+        background = Background()
+        try:
+            with torch.no_grad():
+                fill(tiles, [Deferred(array, background) for array in writer.arrays], desc=desc,
+                     show_progress=show_progress, skip=skip, done=lambda i, j: background.submit(writer.mark, i, j))
+        finally:
+            background.close()
     return writer.arrays
