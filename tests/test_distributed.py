@@ -72,6 +72,12 @@ def pids(client) -> set[int]:
     return set(client.run(os.getpid).values())
 
 
+def busy(client) -> bool:
+    """Whether the scheduler holds tasks or a worker still runs one (a task of a lost client runs to its end)."""
+    running = client.run(lambda dask_worker: len(dask_worker.state.executing))
+    return bool(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) or sum(running.values()))
+
+
 def executed(client) -> int:
     """Tasks the workers have run so far."""
     return sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
@@ -140,8 +146,8 @@ def test_a_client_killed_mid_store_then_resumed_on_the_workers_is_bitwise_equal(
     assert process.poll() is None, f"the run ended before it was killed: {process.communicate()}"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    while workers.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the scheduler drops the dead client's tasks (those running finish and are recorded)
+    while busy(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the scheduler drops the dead client's tasks; those running finish and are recorded
     tiles = nk.MLP(3).kernel_tiles(X, get=("nngp", "ntk"), tile=16)
     finished = int(np.asarray(zarr.open_group(str(path), mode="r")["done"][...]).sum())
     assert 20 <= finished < len(tiles.pairs())
