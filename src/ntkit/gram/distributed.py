@@ -51,7 +51,7 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str 
     """A `dask.distributed.LocalCluster` of `n_workers` worker processes with `threads_per_worker` threads each,
     listening on `host` only (default 127.0.0.1: not reachable from other machines), with its HTTP routes (the
     dashboard, when bokeh is installed) on a free port of `host` unless `dashboard_address` is given. The
-    workers' environment gets `WORKER_ENV` (glibc's malloc keeps freed memory for reuse). Other keywords go to
+    workers start with `WORKER_ENV` (glibc's malloc keeps freed memory for reuse). Other keywords go to
     LocalCluster. Use it as a context manager:
 
         with local_cluster(2) as cluster, Client(cluster) as client:
@@ -61,10 +61,15 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str 
     from .._checks import check_positive_int
 
     kwargs.setdefault("dashboard_address", f"{host}:0")  # Dask's HTTP routes on a free port of `host`
-    kwargs["env"] = {**WORKER_ENV, **kwargs.get("env", {})}
-    return distributed.LocalCluster(n_workers=check_positive_int(n_workers, "n_workers"),
-                                    threads_per_worker=check_positive_int(threads_per_worker, "threads_per_worker"),
-                                    processes=True, host=host, **kwargs)
+    import dask
+
+    # set before each worker process starts (glibc reads them once): Dask's pre-spawn environment, not `env`
+    spawn_env = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_ENV.items()}
+    with dask.config.set(spawn_env):
+        return distributed.LocalCluster(n_workers=check_positive_int(n_workers, "n_workers"),
+                                        threads_per_worker=check_positive_int(threads_per_worker,
+                                                                              "threads_per_worker"),
+                                        processes=True, host=host, **kwargs)
 
 
 def connect(address: str, *, timeout: float = 10.0, security: Any = None) -> Any:
