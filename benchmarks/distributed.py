@@ -50,10 +50,26 @@ nk.gram.evaluate(nk.MLP(int(sys.argv[3])).kernel_tiles(X, tile=int(sys.argv[4]))
 """
 
 
+def cpu_seconds(client=None) -> float:
+    """CPU time (user + system) used so far by this process and, with a client, by its workers."""
+    import psutil
+
+    def used() -> float:
+        times = psutil.Process().cpu_times()
+        return times.user + times.system
+
+    return used() + (sum(client.run(used).values()) if client is not None else 0.0)
+
+
 def timed(fn, *args, **kwargs):
+    """fn's result, and its (wall seconds, CPU seconds of this process and the client's workers): on a shared
+    machine the CPU seconds show the work done, whatever the other jobs took."""
+    client = kwargs.get("client")
+    cpu = cpu_seconds(client)
     start = time.perf_counter()
     result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return result, (seconds, cpu_seconds(client) - cpu)
 
 
 def digest(array) -> str:
@@ -108,60 +124,64 @@ def main() -> None:
     total = len(arch.kernel_tiles(X, tile=args.tile).pairs())
     rows: list[dict] = []
 
-    def record(key: str, what: str, seconds: float, result=None, **extra) -> None:
+    def record(key: str, what: str, seconds: float, cpu: float, result=None, **extra) -> None:
         equal = None if result is None else digest(result) == reference
-        rows.append({"key": key, "what": what, "seconds": seconds, "bitwise_equal": equal, **extra})
+        rows.append({"key": key, "what": what, "seconds": seconds, "cpu_seconds": cpu, "bitwise_equal": equal,
+                     **extra})
         same = "" if equal is None else ("  bitwise equal" if equal else "  DIFFERS")
-        print(f"{what:<52} {seconds:9.2f} s{same}", flush=True)
+        print(f"{what:<62} {seconds:8.2f} s {cpu:8.2f} s{same}", flush=True)
+
+    print(f"{'':<62} {'wall':>10} {'CPU':>10}")
 
     out = torch.empty(args.n, args.n, dtype=torch.float64)  # one in-memory Gram, reused
     torch.set_num_threads(1)
-    _, seconds = timed(arch.kernel, X, tile=args.tile, out=out)
+    _, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=out)
     reference = digest(out)
-    record("memory", "in-process, 1 thread (memory)", seconds)
+    record("memory", "in-process, 1 thread (memory)", seconds, cpu)
     torch.set_num_threads(default_threads)
-    _, seconds = timed(arch.kernel, X, tile=args.tile, out=out)
-    record("memory_threads", f"in-process, {default_threads} threads (memory)", seconds)
+    _, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=out)
+    record("memory_threads", f"in-process, {default_threads} threads (memory)", seconds, cpu)
     torch.set_num_threads(1)
     path = workdir / "inprocess.zarr"
-    K, seconds = timed(arch.kernel, X, tile=args.tile, out=path)
-    record("store", "in-process, 1 thread (zarr store)", seconds, K)
+    K, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=path)
+    record("store", "in-process, 1 thread (zarr store)", seconds, cpu, K)
     shutil.rmtree(path)
 
     path = workdir / "resumed.zarr"
     finished = kill_at_half(X.numpy(), path, args.depth, args.tile, total, workdir)
-    K, seconds = timed(arch.kernel, X, tile=args.tile, out=path)
-    record("resume", f"resume after SIGKILL at {finished}/{total} tiles (store)", seconds, K,
+    K, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=path)
+    record("resume", f"resume after SIGKILL at {finished}/{total} tiles (store)", seconds, cpu, K,
            finished_before=finished, total_tiles=total)
     shutil.rmtree(path)
 
     tiles = arch.kernel_tiles(X, tile=args.tile)
     products = []
     for _ in range(args.passes):
-        KV, seconds = timed(gram.matmul, tiles, V)
-        products.append(seconds)
-    record("matmul", f"in-process, 1 thread: K V ({args.passes} passes, median)", float(np.median(products)))
+        KV, (seconds, cpu) = timed(gram.matmul, tiles, V)
+        products.append((seconds, cpu))
+    record("matmul", f"in-process, 1 thread: K V ({args.passes} passes, median)",
+           *np.median(np.array(products), axis=0).tolist())
 
     for workers in (1, 2):
         with local_cluster(workers) as cluster, distributed.Client(cluster) as client:
             client.run(lambda: __import__("ntkit"))  # workers started and warm, as a long job's would be
-            _, seconds = timed(arch.kernel, X, tile=args.tile, out=out, client=client)
+            _, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=out, client=client)
             record(f"workers{workers}", f"{workers} worker{'s' if workers > 1 else ''} x 1 thread (memory)", seconds,
-                   out)
+                   cpu, out)
             path = workdir / "workers.zarr"
-            K, seconds = timed(arch.kernel, X, tile=args.tile, out=path, client=client)
+            K, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=path, client=client)
             record(f"workers{workers}_store", f"{workers} worker{'s' if workers > 1 else ''} x 1 thread (zarr store, "
-                   "written by the workers)", seconds, K)
+                   "written by the workers)", seconds, cpu, K)
             shutil.rmtree(path)
             if workers == 2:
                 tiles = arch.kernel_tiles(X, tile=args.tile)
                 times, equal = [], True
                 for _ in range(args.passes):
-                    KV2, seconds = timed(gram.matmul, tiles, V, client=client)
-                    times.append(seconds)
+                    KV2, (seconds, cpu) = timed(gram.matmul, tiles, V, client=client)
+                    times.append((seconds, cpu))
                     equal = equal and torch.equal(KV2, KV)
                 record("workers2_matmul", f"2 workers x 1 thread: K V ({args.passes} passes, median; first "
-                       f"{times[0]:.2f} s)", float(np.median(times)))
+                       f"{times[0][0]:.2f} s)", *np.median(np.array(times), axis=0).tolist())
                 rows[-1]["bitwise_equal"] = equal
     torch.set_num_threads(default_threads)
 
@@ -175,13 +195,21 @@ def main() -> None:
         "2 workers (store) vs in-process (memory) (speedup)": find["memory"] / find["workers2_store"],
         "K V on 2 workers vs in-process (speedup)": find["matmul"] / find["workers2_matmul"],
     }
+    cpu = {row["key"]: row["cpu_seconds"] for row in rows}
+    cpu_ratios = {  # the work done, as the machine's other jobs do not change it: overheads of each path
+        "1 worker vs in-process (CPU seconds, all processes)": cpu["workers1"] / cpu["memory"],
+        "2 workers vs in-process (CPU seconds, all processes)": cpu["workers2"] / cpu["memory"],
+        "2 workers, store vs in-process, memory (CPU seconds)": cpu["workers2_store"] / cpu["memory"],
+        "zarr store vs memory, in-process (CPU seconds)": cpu["store"] / cpu["memory"],
+        "resume vs full store run (CPU seconds)": cpu["resume"] / cpu["store"],
+    }
     print()
-    for name, value in ratios.items():
-        print(f"{name:<60} {value:6.2f}")
+    for name, value in [*ratios.items(), *cpu_ratios.items()]:
+        print(f"{name:<66} {value:6.2f}")
     result = {"n": args.n, "d": args.d, "depth": args.depth, "tile": args.tile, "k": args.k, "dtype": "float64",
               "tiles": total, "default_threads": default_threads, "load_average": os.getloadavg(),
               "machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-              "dask": distributed.__version__, "rows": rows, "ratios": ratios}
+              "dask": distributed.__version__, "rows": rows, "ratios": ratios, "cpu_ratios": cpu_ratios}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -171,9 +171,10 @@ def _initialize(group: Any, tiles: KernelTiles) -> None:
     """Create the Gram arrays and the record of finished tiles in an empty group; the ntkit attribute last."""
     down, across = -(-tiles.n // tiles.tile), -(-tiles.m // tiles.tile)
     dtype = str(tiles.dtype).removeprefix("torch.")
-    for name in tiles.names:  # NaN marks entries not yet computed
+    for name in tiles.names:  # NaN marks entries not yet computed; kernel values hardly compress; every chunk is
+        # written as it is (zarr's test for chunks equal to the fill value cost 3x the write itself)
         group.create_array(name, shape=(tiles.n, tiles.m), chunks=(tiles.tile, tiles.tile), dtype=dtype,
-                           fill_value=np.nan, compressors=None)  # kernel values hardly compress
+                           fill_value=np.nan, compressors=None, config={"write_empty_chunks": True})
     group.create_array(DONE, shape=(down, across), chunks=(1, 1), dtype="uint8", fill_value=0)
     group.attrs["ntkit"] = record(tiles)
 
