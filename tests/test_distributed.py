@@ -176,6 +176,16 @@ def test_matmul_and_row_passes_on_workers_are_bitwise_the_in_process_ones(worker
         assert all(torch.equal(a, b) for (_, a), (_, b) in zip(there, here, strict=True))
 
 
+def test_workers_stream_a_stored_gram_into_products(workers, tmp_path):
+    from ntkit.gram.store import stored_tiles
+
+    X = torch.randn(100, 4, dtype=torch.float64)
+    tiles = nk.MLP(2).kernel_tiles(X, tile=32)
+    gram.evaluate(tiles, tmp_path / "K.zarr", client=workers)
+    V = torch.randn(100, 2, dtype=torch.float64)
+    assert torch.equal(gram.matmul(stored_tiles(tmp_path / "K.zarr"), V, client=workers), gram.matmul(tiles, V))
+
+
 def test_a_worker_killed_mid_gram_changes_nothing(workers, tmp_path):
     X = torch.randn(160, 5, dtype=torch.float64)
     tiles = nk.MLP(3).kernel_tiles(X, tile=16)

@@ -247,3 +247,32 @@ def test_ntkit_works_without_dask_and_zarr_and_says_how_to_get_them(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.count('pip install "ntkit[dask]"') == 2
     assert not (tmp_path / "K.zarr").exists()
+
+
+def test_a_finished_store_streams_into_products_and_a_cg_solve(tmp_path):
+    from ntkit.gram.store import stored_tiles
+    from ntkit.solvers import KernelOperator, cg
+
+    X = torch.randn(150, 4, dtype=torch.float64)
+    arch = nk.MLP(3)
+    tiles = arch.kernel_tiles(X, get=("nngp", "ntk"), tile=32)
+    with pytest.raises(RuntimeError, match="stopped"):
+        gram.evaluate(stopping(tiles, after=5), tmp_path / "K.zarr")
+    with pytest.raises(ValueError, match="unfinished"):
+        stored_tiles(tmp_path / "K.zarr")
+    gram.evaluate(tiles, tmp_path / "K.zarr")
+    stored = stored_tiles(tmp_path / "K.zarr", "ntk")
+    assert stored.shape == (150, 150) and stored.symmetric and stored.names == ("ntk",)
+    V = torch.randn(150, 3, dtype=torch.float64)
+    assert torch.equal(gram.matmul(stored, V), gram.matmul(tiles, V, name_index=1))  # the same tiles, read back
+    np.testing.assert_array_equal(stored.diag(slice(0, 150))[0].numpy(), arch.kernel_diag(X.numpy()))
+    Y = torch.randn(150, 2, dtype=torch.float64)
+    from_disk = cg.solve(KernelOperator(stored), Y, 0.1, rank=10)
+    recomputed = cg.solve(KernelOperator(arch.kernel_tiles(X, tile=32)), Y, 0.1, rank=10)
+    assert from_disk.iterations > 3 and from_disk.converged
+    torch.testing.assert_close(from_disk.solution, recomputed.solution, rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="not in the store"):
+        stored_tiles(tmp_path / "K.zarr", "other")
+    (tmp_path / "plain.zarr").mkdir()
+    with pytest.raises(ValueError, match="not an ntkit Gram store"):
+        stored_tiles(tmp_path / "plain.zarr")

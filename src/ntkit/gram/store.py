@@ -12,7 +12,9 @@ A store is a zarr group (a folder "K.zarr", or any zarr group: object storage in
   what they describe (shape, names, dtype, tile edge), so a store made for other inputs is refused.
 
 Running the same computation on the same store again resumes it: only the tiles not recorded are computed.
-zarr is imported only here, when a store is used (`pip install "ntkit[dask]"`).
+`stored_tiles` reads a finished store back as a `KernelTiles`, so `matmul`, `map_row_blocks` and the solvers
+stream a stored Gram from disk as they stream one recomputed from X. zarr is imported only here, when a store
+is used (`pip install "ntkit[dask]"`).
 """
 
 from __future__ import annotations
@@ -260,3 +262,55 @@ def evaluate(tiles: KernelTiles, out: Any, *, client: Any = None, show_progress:
         finally:
             background.close()
     return writer.arrays
+
+
+class StoredTile:
+    """The tile function of a finished store: (rows, cols) -> the stored tiles, read from disk (picklable)."""
+
+    def __init__(self, arrays: list[Any]):
+        self.arrays = arrays
+
+    def __call__(self, rows: Any, cols: Any) -> list[torch.Tensor]:
+        selection = tuple(index if isinstance(index, slice) else index.cpu().numpy() for index in (rows, cols))
+        return [torch.from_numpy(np.ascontiguousarray(array.get_orthogonal_selection(selection)))
+                for array in self.arrays]
+
+    def diag(self, rows: Any) -> list[torch.Tensor]:
+        index = np.arange(self.arrays[0].shape[0])[rows if isinstance(rows, slice) else rows.cpu().numpy()]
+        return [torch.from_numpy(np.asarray(array.vindex[index, index])) for array in self.arrays]
+
+
+def stored_tiles(out: Any, names: str | tuple[str, ...] | None = None) -> KernelTiles:
+    """A finished store (a path ending in ".zarr", or a zarr group) as a `KernelTiles` that reads its tiles
+    from disk: for `matmul`, `map_row_blocks` and the solvers (`solvers.KernelOperator`), in this process or on
+    Dask workers that reach the store. `names`: the kernels to read (default: all the store holds).
+
+    Raises ValueError for what is not an ntkit store and for a store with unfinished tiles."""
+    zarr = require_zarr()
+    if isinstance(out, (str, os.PathLike)):
+        path = Path(os.fspath(out)).expanduser().absolute()
+        try:
+            group = zarr.open_group(str(path), mode="r")
+        except Exception as exc:
+            raise ValueError(f"{os.fspath(out)!r} is not an ntkit Gram store ({exc})") from exc
+    else:
+        group = out
+    info = group.attrs.get("ntkit")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ValueError(f"{out!r} is not an ntkit Gram store (no ntkit attribute)")
+    wanted = tuple(info["names"]) if names is None else ((names,) if isinstance(names, str) else tuple(names))
+    unknown = [name for name in wanted if name not in info["names"]]
+    if unknown:
+        raise ValueError(f"names {unknown} are not in the store {out!r}, which holds {info['names']}")
+    n, m = info["shape"]
+    tile, symmetric = int(info["tile"]), bool(info["symmetric"])
+    finished = np.asarray(group[DONE][...]) == 1
+    pairs = [(i, j) for i in range(0, n, tile) for j in range(i if symmetric else 0, m, tile)]
+    missing = sum(1 for i, j in pairs if not finished[i // tile, j // tile])
+    if missing:
+        raise ValueError(f"the store {out!r} is unfinished ({missing} of {len(pairs)} tiles missing): run the same "
+                         "kernel call with this out= again to finish it")
+    reader = StoredTile([group[name] for name in wanted])
+    return KernelTiles(reader, n, m, wanted, symmetric, getattr(torch, info["dtype"]), torch.device("cpu"), tile,
+                       describe=f"stored: {info['describe']} ({info['fingerprint']})",
+                       diag=reader.diag if symmetric else None)
