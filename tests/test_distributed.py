@@ -259,7 +259,7 @@ def test_a_worker_that_raises_gives_a_clear_error_and_nothing_is_recorded_for_it
         return tiles.fn(rows, cols)
 
     path = tmp_path / "K.zarr"
-    with pytest.raises(RuntimeError, match=r"tile at rows 16, columns 32: MemoryError: simulated"):
+    with pytest.raises(RuntimeError, match=r"tile at rows 16, columns 32 failed: MemoryError: simulated"):
         gram.evaluate(dataclasses.replace(tiles, fn=failing), path, client=workers)
     assert np.asarray(zarr.open_group(str(path))["done"][1, 2]) == 0
     with pytest.raises(RuntimeError, match="MemoryError"):

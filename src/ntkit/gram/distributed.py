@@ -4,8 +4,9 @@ Everything here runs the same tile code as one process (`ntkit.gram.tiles`), onl
 
 - the `KernelTiles` (its tile function and inputs, cloudpickled) is scattered to every worker once per
   client and reused by every later call on the same object (a solver's passes send X once);
-- each task takes (tiles, i, j): a Gram tile is returned to the client for an in-memory output, or written
-  by the worker straight into a zarr store (`ntkit.gram.store`), which then records it as finished;
+- each task takes the tiles and a few tile positions (`BATCH`): its Gram tiles are returned to the client for
+  an in-memory output, or written by the worker straight into a zarr store (`ntkit.gram.store`), which
+  records each tile as finished once it is written;
 - matrix products and row-block passes return their small pieces, which the client adds up or yields in
   the order one process uses, so the result is bitwise that of one process with the same number of BLAS
   threads (Dask's workers run one each).
@@ -132,21 +133,41 @@ def check_client(client: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ the tasks
-def _tile_task(tiles: KernelTiles, i: int, j: int) -> list[torch.Tensor]:
+BATCH = 4  # tiles per task: a quarter of the scheduler's work per tile; a lost worker costs at most 4 tiles
+
+Batch = tuple[tuple[int, int], ...]
+
+
+def batches(pairs: Sequence[tuple[int, int]], size: int = BATCH) -> list[Batch]:
+    """Consecutive runs of at most `size` tile positions."""
+    return [tuple(pairs[start:start + size]) for start in range(0, len(pairs), size)]
+
+
+def each_tile(batch: Batch, compute: Callable[[int, int], Any]) -> list[Any]:
+    """compute(i, j) for the tiles of `batch`, in order; a failure names its tile."""
+    results = []
     with torch.no_grad():
-        return [block.cpu() for block in symmetric_tiles(tiles, i, j)]
+        for i, j in batch:
+            try:
+                results.append(compute(i, j))
+            except Exception as exc:
+                raise RuntimeError(f"the kernel tile at rows {i}, columns {j} failed: {type(exc).__name__}: {exc}"
+                                   ) from exc
+    return results
 
 
-def _store_task(tiles: KernelTiles, writer: Any, i: int, j: int) -> tuple[int, int]:
-    with torch.no_grad():
-        writer.write(tiles, i, j, symmetric_tiles(tiles, i, j))
-    return i, j
+def _tile_task(tiles: KernelTiles, batch: Batch) -> list[list[torch.Tensor]]:
+    return each_tile(batch, lambda i, j: [block.cpu() for block in symmetric_tiles(tiles, i, j)])
 
 
-def _products_task(tiles: KernelTiles, V: torch.Tensor, i: int, j: int,
-                   name_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    with torch.no_grad():
-        return tile_products(tiles, V, i, j, name_index)
+def _store_task(tiles: KernelTiles, writer: Any, batch: Batch) -> int:
+    """Each tile written into the store, then recorded, before the next is computed."""
+    return len(each_tile(batch, lambda i, j: writer.write(tiles, i, j, symmetric_tiles(tiles, i, j))))
+
+
+def _products_task(tiles: KernelTiles, V: torch.Tensor, name_index: int,
+                   batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    return each_tile(batch, lambda i, j: tile_products(tiles, V, i, j, name_index))
 
 
 def _row_task(tiles: KernelTiles, fn: Callable, rows: slice) -> Any:
@@ -154,14 +175,14 @@ def _row_task(tiles: KernelTiles, fn: Callable, rows: slice) -> Any:
         return fn(rows, row_block(tiles, rows))
 
 
-def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[tuple], *, what: Callable[[tuple], str],
-         desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[tuple, Any]]:
-    """Submit task(*shared, *job) for every job; yield (job, result) as they finish. A task that raises cancels
+def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[Any], *, what: Callable[[Any], str],
+         desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[Any, Any]]:
+    """Submit task(*shared, job) for every job; yield (job, result) as they finish. A task that raises cancels
     the rest and raises a RuntimeError naming its job."""
     distributed = require_distributed()
     token = uuid.uuid4().hex[:10]
     name = getattr(task, "__name__", "task").strip("_")
-    pending = {client.submit(task, *shared, *job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
+    pending = {client.submit(task, *shared, job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
                for index, job in enumerate(jobs)}
     try:
         finished = distributed.as_completed(list(pending), loop=client.loop)
@@ -177,9 +198,9 @@ def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[tupl
             client.cancel(list(pending))
 
 
-def _tile_name(job: tuple) -> str:
-    i, j = job[0], job[1]
-    return f"the kernel tile at rows {i}, columns {j}"
+def _batch_name(batch: Batch) -> str:
+    (i, j), count = batch[0], len(batch)
+    return f"the kernel tile{'s' if count > 1 else ''} from rows {i}, columns {j} ({count} tile{'s' * (count > 1)})"
 
 
 def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel",
@@ -187,26 +208,27 @@ def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "k
     """`tiles.fill` on Dask: the workers compute the tiles, the client writes them into `outs`."""
     check_client(client)
     shared = share(client, tiles)
-    for (i, j), blocks in _run(client, _tile_task, [shared], tiles.pairs(), what=_tile_name, desc=desc,
-                               show_progress=show_progress, minimum=64):
-        put(tiles, outs, i, j, blocks)
+    for batch, blocks in _run(client, _tile_task, [shared], batches(tiles.pairs()), what=_batch_name, desc=desc,
+                              show_progress=show_progress, minimum=16):
+        for (i, j), tile_blocks in zip(batch, blocks, strict=True):
+            put(tiles, outs, i, j, tile_blocks)
 
 
 def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int, int], bool], *,
                desc: str = "kernel", show_progress: bool | None = None) -> None:
     """Fill a zarr store on Dask: each worker writes its tiles into the store and records them; the client
-    receives only (i, j)."""
+    receives only their count."""
     check_client(client)
     store = writer.done.store
     if type(store).__name__ == "MemoryStore":
         raise ValueError("out is a zarr group in this process's memory, which Dask workers cannot write: use a store "
                          "on disk or in object storage that every worker reaches")
-    jobs = [pair for pair in tiles.pairs() if not skip(*pair)]
+    jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)])
     if not jobs:
         return
     shared = [share(client, tiles), client.scatter(writer, broadcast=True, hash=False)]
-    for _ in _run(client, _store_task, shared, jobs, what=_tile_name, desc=desc, show_progress=show_progress,
-                  minimum=64):
+    for _ in _run(client, _store_task, shared, jobs, what=_batch_name, desc=desc, show_progress=show_progress,
+                  minimum=16):
         pass
 
 
@@ -217,13 +239,13 @@ def matmul(client: Any, tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, 
     check_client(client)
     pairs = tiles.pairs()
     order = {pair: index for index, pair in enumerate(pairs)}
-    shared = [share(client, tiles), client.scatter(V, broadcast=True, hash=False)]
-    jobs = [(i, j, name_index) for i, j in pairs]
+    shared = [share(client, tiles), client.scatter(V, broadcast=True, hash=False), name_index]
     waiting: dict[int, Any] = {}
     next_index = 0
-    for (i, j, _), products in _run(client, _products_task, shared, jobs, what=_tile_name, desc=desc,
-                                    show_progress=show_progress, minimum=64):
-        waiting[order[(i, j)]] = products
+    for batch, products in _run(client, _products_task, shared, batches(pairs), what=_batch_name, desc=desc,
+                                show_progress=show_progress, minimum=16):
+        for pair, pair_products in zip(batch, products, strict=True):
+            waiting[order[pair]] = pair_products
         while next_index in waiting:
             add_products(tiles, out, *pairs[next_index], waiting.pop(next_index))
             next_index += 1
@@ -238,11 +260,11 @@ def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequen
     waiting: dict[int, Any] = {}
     next_index = 0
 
-    def what(job: tuple) -> str:
-        return f"the kernel rows {job[0].start}:{job[0].stop}"
+    def what(rows: slice) -> str:
+        return f"the kernel rows {rows.start}:{rows.stop}"
 
-    for (rows,), result in _run(client, _row_task, shared, [(rows,) for rows in blocks], what=what, desc=desc,
-                                show_progress=show_progress, minimum=8):
+    for rows, result in _run(client, _row_task, shared, list(blocks), what=what, desc=desc,
+                             show_progress=show_progress, minimum=8):
         waiting[order[(rows.start, rows.stop)]] = result
         while next_index in waiting:
             yield waiting.pop(next_index)
