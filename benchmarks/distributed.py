@@ -8,7 +8,9 @@ The NTK Gram of a depth-3 ReLU MLP on N standard normal points in d = 784, float
 - into a zarr store, in this process (a second thread writes each tile while the next is computed) and on 1 and 2
   workers (each worker writes its tiles straight into the store);
 - resumed from a store whose writer was killed (SIGKILL) at 50% of its tiles, against a full run;
-- matrix-free products K V (V: N x 10, the passes of a CG solve) in this process and on 2 workers.
+- matrix-free products K V (V: N x 10, the passes of a CG solve) in this process and on 2 workers;
+- a matrix-free CG solve of (K + ridge I) A = Y (ntkit.solvers, N = --cg-n, Y: N x 10) in this process and on
+  2 workers (the products on the workers), with a worker count of iterations and the agreement of the two.
 
 Every distributed or stored Gram is checked bitwise against the in-process one. Goals (on an idle 2-core machine,
 N = 20,000): 2 workers at least 1.7x faster than 1; 1 worker at most 15% slower than in-process; the store at most
@@ -109,6 +111,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--k", type=int, default=10, help="columns of V in the products K V")
     parser.add_argument("--passes", type=int, default=3, help="products K V timed (the tiles are sent once)")
+    parser.add_argument("--cg-n", type=int, default=3000, help="points of the CG solve (0: skip it)")
+    parser.add_argument("--ridge", type=float, default=0.1, help="ridge of the CG solve")
     parser.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary folder)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "distributed.json"))
     args = parser.parse_args()
@@ -161,6 +165,14 @@ def main() -> None:
         products.append((seconds, cpu))
     record("matmul", f"in-process, 1 thread: K V ({args.passes} passes, median)",
            *np.median(np.array(products), axis=0).tolist())
+    if args.cg_n:
+        from ntkit.solvers import KernelOperator, cg
+
+        cg_tiles = arch.kernel_tiles(X[:args.cg_n], tile=args.tile)
+        Y = V[:args.cg_n]
+        solved, (seconds, cpu) = timed(cg.solve, KernelOperator(cg_tiles), Y, args.ridge)
+        record("cg", f"in-process, 1 thread: CG solve, N = {args.cg_n} ({solved.iterations} iterations)", seconds, cpu,
+               residual=solved.residual)
 
     for workers in (1, 2):
         with local_cluster(workers) as cluster, distributed.Client(cluster) as client:
@@ -183,6 +195,15 @@ def main() -> None:
                 record("workers2_matmul", f"2 workers x 1 thread: K V ({args.passes} passes, median; first "
                        f"{times[0][0]:.2f} s)", *np.median(np.array(times), axis=0).tolist())
                 rows[-1]["bitwise_equal"] = equal
+                if args.cg_n:
+                    op = KernelOperator(arch.kernel_tiles(X[:args.cg_n], tile=args.tile), client=client)
+                    before, start = cpu_seconds(client), time.perf_counter()
+                    there = cg.solve(op, Y, args.ridge)
+                    seconds, cpu = time.perf_counter() - start, cpu_seconds(client) - before
+                    difference = float((there.solution - solved.solution).norm() / solved.solution.norm())
+                    record("workers2_cg", f"2 workers x 1 thread: CG solve ({there.iterations} iterations, "
+                           f"relative difference {difference:.1e})", seconds, cpu, residual=there.residual,
+                           relative_difference=difference)
     torch.set_num_threads(default_threads)
 
     find = {row["key"]: row["seconds"] for row in rows}
@@ -195,6 +216,8 @@ def main() -> None:
         "2 workers (store) vs in-process (memory) (speedup)": find["memory"] / find["workers2_store"],
         "K V on 2 workers vs in-process (speedup)": find["matmul"] / find["workers2_matmul"],
     }
+    if args.cg_n:
+        ratios["CG solve on 2 workers vs in-process (speedup)"] = find["cg"] / find["workers2_cg"]
     cpu = {row["key"]: row["cpu_seconds"] for row in rows}
     cpu_ratios = {  # the work done, as the machine's other jobs do not change it: overheads of each path
         "1 worker vs in-process (CPU seconds, all processes)": cpu["workers1"] / cpu["memory"],
