@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_positive_int
 from ..progress import progress
 from .tiles import KernelTiles, add_products, put, row_block, symmetric_tiles, tile_products
 
@@ -59,11 +60,9 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str 
             K = arch.kernel(X, out="K.zarr", client=client)
     """
     distributed = require_distributed()
-    from .._checks import check_positive_int
-
-    kwargs.setdefault("dashboard_address", f"{host}:0")  # Dask's HTTP routes on a free port of `host`
     import dask
 
+    kwargs.setdefault("dashboard_address", f"{host}:0")  # Dask's HTTP routes on a free port of `host`
     # set before each worker process starts (glibc reads them once): Dask's pre-spawn environment, not `env`
     spawn_env = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_ENV.items()}
     with dask.config.set(spawn_env):
