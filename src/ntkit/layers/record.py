@@ -1,0 +1,184 @@
+"""The kernel record that flows through the layers, and the spatial operations on it.
+
+A record holds, for a block of example pairs, Sigma (the NNGP covariance of the layer's outputs) and
+Theta (the NTK), both over the spatial positions the architecture needs (Arora et al. 2019, Section 3):
+
+    layout "flat":  (*batch,)              no spatial axes (after Flatten, GlobalAvgPool or for (N, d) inputs)
+    layout "diag":  (*batch, *S)           Sigma(x_p, y_p) at each position p only: what Flatten + Linear needs
+    layout "full":  (*batch, *S, *S)       Sigma(x_p, y_q) for every pair of positions: what pooling needs
+
+`batch` is (rows, cols) for a tile of example pairs, or (B,) for each example paired with itself (the pass
+that computes the per-example variances q(x_p) = Sigma(x_p, x_p) that every nonlinearity needs). S is the
+spatial shape: (H, W) for images, (L,) for sequences. Channel counts are infinite: a channel axis never appears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+LAYOUTS = ("flat", "diag", "full")
+
+
+@dataclass(frozen=True)
+class Record:
+    """Sigma and Theta on a block (theta None when only the NNGP is wanted).
+
+    nbatch: 2 for a tile of pairs (rows, cols), 1 for examples paired with themselves.
+    spatial: the spatial shape S of the layer's output (empty for "flat").
+    """
+
+    sigma: torch.Tensor
+    theta: torch.Tensor | None
+    layout: str
+    nbatch: int
+    spatial: tuple[int, ...]
+
+    def map(self, fn) -> Record:
+        """The same record with fn applied to Sigma and Theta."""
+        return replace(self, sigma=fn(self.sigma), theta=None if self.theta is None else fn(self.theta))
+
+    def x_axis(self, k: int) -> int:
+        """The tensor axis of spatial dimension k of the first example (x)."""
+        return self.nbatch + k
+
+    def y_axis(self, k: int) -> int:
+        """The tensor axis of spatial dimension k of the second example (y); "full" layout only."""
+        return self.nbatch + len(self.spatial) + k
+
+
+def input_record(X: torch.Tensor, Y: torch.Tensor | None, layout: str, want_ntk: bool) -> Record:
+    """The input layer's kernel: Sigma^(0)(x_p, y_q) = sum_c x[c, p] y[c, q] / C, with Theta^(0) = 0.
+
+    X is (r, C, *S) (or (r, d)); Y likewise (c, C, *S), or None for the self pass (each x with itself).
+    The input layer has no parameters, so its Theta is zero (the next weight layer adds its Sigma).
+    """
+    spatial = tuple(X.shape[2:])
+    channels = X.shape[1]
+    r = X.shape[0]
+    Xf = X.reshape(r, channels, -1)                                                  # (r, C, P)
+    if Y is None:
+        if layout == "flat":
+            sigma = (X * X).sum(1) / channels
+        elif layout == "diag":
+            sigma = (Xf * Xf).sum(1).reshape(r, *spatial) / channels
+        else:
+            sigma = torch.einsum("acp,acq->apq", Xf, Xf).reshape(r, *spatial, *spatial) / channels
+        nbatch = 1
+    else:
+        c = Y.shape[0]
+        Yf = Y.reshape(c, channels, -1)
+        if layout == "flat":
+            sigma = X @ Y.T / channels
+        elif layout == "diag":  # one (r, C) @ (C, c) product per position
+            sigma = torch.bmm(Xf.permute(2, 0, 1), Yf.permute(2, 1, 0)).permute(1, 2, 0)
+            sigma = sigma.reshape(r, c, *spatial) / channels
+        else:
+            P = Xf.shape[2]
+            a = Xf.permute(0, 2, 1).reshape(r * P, channels)
+            b = Yf.permute(0, 2, 1).reshape(c * P, channels)
+            sigma = (a @ b.T).reshape(r, P, c, P).permute(0, 2, 1, 3).reshape(r, c, *spatial, *spatial) / channels
+        nbatch = 2
+    theta = torch.zeros_like(sigma) if want_ntk else None
+    return Record(sigma.contiguous(), theta, layout, nbatch, spatial if layout != "flat" else ())
+
+
+# ------------------------------------------------------------------------------------- variances
+def self_variances(record: Record) -> torch.Tensor:
+    """q(x_p) = Sigma(x_p, x_p) of a self record (nbatch 1): (B, *S), or (B,) when flat."""
+    if record.layout in ("flat", "diag"):
+        return record.sigma
+    B, S = record.sigma.shape[0], record.spatial
+    P = _prod(S)
+    return record.sigma.reshape(B, P, P).diagonal(dim1=1, dim2=2).reshape(B, *S)
+
+
+def broadcast_variances(record: Record, qx: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(x_p) and q(y_q) shaped to broadcast against the record's Sigma."""
+    S = record.spatial
+    ones = (1,) * len(S)
+    if record.nbatch == 1:
+        if record.layout == "full":
+            B = qx.shape[0]
+            return qx.reshape(B, *S, *ones), qy.reshape(B, *ones, *S)
+        return qx, qy
+    r, c = qx.shape[0], qy.shape[0]
+    if record.layout == "full":
+        return qx.reshape(r, 1, *S, *ones), qy.reshape(1, c, *ones, *S)
+    return qx.reshape(r, 1, *S), qy.reshape(1, c, *S)
+
+
+# ----------------------------------------------------------------------------- spatial operations
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(low, high) padding of "same" (as in XLA and torch): the output has ceil(size / stride) positions."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def out_size(size: int, kernel: int, stride: int, padding: str) -> int:
+    """Positions along one axis after a window of `kernel` with `stride` and `padding`."""
+    if padding == "valid":
+        return (size - kernel) // stride + 1
+    return -(-size // stride)
+
+
+def _pad_axis(t: torch.Tensor, axis: int, low: int, high: int, mode: str) -> torch.Tensor:
+    """Pad one axis with zeros (mode "same") or periodically (mode "circular")."""
+    if low == 0 and high == 0:
+        return t
+    if mode == "circular":
+        size = t.shape[axis]
+        index = torch.arange(-low, size + high, device=t.device) % size
+        return t.index_select(axis, index)
+    moved = t.movedim(axis, -1)
+    return F.pad(moved, (low, high)).movedim(-1, axis)
+
+
+def _window_slice(t: torch.Tensor, axes: tuple[int, ...], start: int, count: int, stride: int) -> torch.Tensor:
+    """t[..., start : start + stride * (count - 1) + 1 : stride, ...] on each of `axes`."""
+    index = [slice(None)] * t.ndim
+    for axis in axes:
+        index[axis] = slice(start, start + stride * (count - 1) + 1, stride)
+    return t[tuple(index)]
+
+
+def window_mean(t: torch.Tensor, axes: tuple[int, ...], kernel: int, stride: int, padding: str) -> torch.Tensor:
+    """The mean over a window of `kernel` offsets, taken at the same offset on every axis of `axes`.
+
+    For a convolution, axes = (x axis, y axis) of one spatial dimension ("full") or the single shared axis
+    ("diag"): Sigma'(x_i, y_j) = (1 / k) sum_d Sigma(x_{s i + d}, y_{s j + d}) (Arora et al. 2019, eq. 7), with
+    the padded positions zero ("same") or wrapped ("circular"). Pooling calls it once per axis.
+    """
+    size = t.shape[axes[0]]
+    count = out_size(size, kernel, stride, padding)
+    if padding != "valid":
+        low, high = same_pads(size, kernel, stride)
+        for axis in axes:
+            t = _pad_axis(t, axis, low, high, padding)
+    total = _window_slice(t, axes, 0, count, stride).clone()
+    for d in range(1, kernel):
+        total += _window_slice(t, axes, d, count, stride)
+    return total.div_(kernel)
+
+
+def full_to_diag(record: Record) -> Record:
+    """Keep only Sigma(x_p, y_p) and Theta(x_p, y_p): the positions' diagonal of a "full" record."""
+    if record.layout != "full":
+        return record
+    lead, S = record.sigma.shape[:record.nbatch], record.spatial
+    P = _prod(S)
+
+    def diagonal(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(*lead, P, P).diagonal(dim1=-2, dim2=-1).reshape(*lead, *S).contiguous()
+
+    return replace(record.map(diagonal), layout="diag")
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
