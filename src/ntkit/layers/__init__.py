@@ -18,8 +18,8 @@ from .activation import (
     Erf,
     LeakyReLU,
     ReLU,
-    SiLU,
     Sigmoid,
+    SiLU,
     Softplus,
     Tanh,
 )

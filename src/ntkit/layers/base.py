@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .record import Record, self_variances, broadcast_variances
+from .record import Record, broadcast_variances, self_variances
 
 #: the layouts ordered by how much of the spatial covariance they keep
 _ORDER = {"flat": 0, "diag": 1, "full": 2}
@@ -103,6 +103,6 @@ def spatial_only(shape: tuple[int, ...], layer: Layer, where: str, dims: int | N
 def check_channels(layer: Layer, shape: tuple[int, ...], where: str) -> None:
     """A layer translated from torch knows its input channel count: refuse inputs with another."""
     expected = getattr(layer, "in_channels", None)
-    if expected is not None and shape[0] != expected:
+    if expected is not None and shape[0] not in (0, expected):  # 0: a width
         raise LayerError(f"{layer.name} ({where}) expects {expected} input channels, got {shape[0]} "
                          f"(input shape {shape} per example)")

@@ -76,8 +76,8 @@ class _Conv(Layer):
             return t
 
         out = affine(record, self.W_std, self.b_std, mean)
-        return Record(out.sigma, out.theta, record.layout, record.nbatch, tuple(out.sigma.shape[record.nbatch:
-                                                                                              record.nbatch + self.dims]))
+        spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
+        return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return NTKConv(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, float(self.W_std),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .activation import ELU, GELU, Activation, LeakyReLU, ReLU, SiLU, Sigmoid, Softplus, Tanh
+from .activation import ELU, GELU, Activation, LeakyReLU, ReLU, Sigmoid, SiLU, Softplus, Tanh
 from .base import Layer, LayerError
 from .conv import Conv1d, Conv2d
 from .flatten import Flatten

@@ -68,6 +68,8 @@ def build(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str, gaussian
             steps.append(Step(layer, where, shape, shape, sub=sub))
             continue
         out = layer.out_shape(shape, where)
+        if layer.weights:  # its channel count is the width: infinite here (0 stands for it)
+            out = (0, *out[1:])
         gaussian = layer.gaussian(gaussian, where)
         steps.append(Step(layer, where, shape, out))
         shape = out
