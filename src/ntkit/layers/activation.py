@@ -11,11 +11,13 @@ Its kernel map at each pair of positions (Proposition 1, Theorem 1; `ntkit.activ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
-from ..activations import DEFAULT_DEGREE, get_activation
+from ..activations import DEFAULT_DEGREE, PiecewiseLinear, get_activation
 from ..activations import Activation as Nonlinearity
 from ..nets import ActivationLayer
 from .base import Layer, LayerError
@@ -43,16 +45,39 @@ class Activation(Layer):
         q1, q2 = ctx.variances(record)
         if ctx.is_self and record.layout != "full":  # each position with itself: the exact diagonal maps
             sigma = act.sigma_diag(record.sigma)
-            theta = None if record.theta is None else record.theta * act.sigma_dot_diag(record.sigma)
+            theta = None if record.theta is None or record.theta.ndim == 0 else \
+                record.theta * act.sigma_dot_diag(record.sigma)
+        elif isinstance(act, PiecewiseLinear) and not _needs_grad(record, q1, q2):
+            sigma, theta = _piecewise_linear(record.sigma, record.theta, q1, q2, act.a)
         elif record.theta is None:
             sigma, theta = act.sigma(record.sigma, q1, q2), None
         else:
             sigma, dot = act.sigma_both(record.sigma, q1, q2)
-            theta = record.theta * dot
+            theta = record.theta * dot if record.theta.ndim else record.theta
         return Record(sigma, theta, record.layout, record.nbatch, record.spatial)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return ActivationLayer(self.activation)
+
+
+def _needs_grad(record: Record, *more: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (record.sigma, record.theta,
+                                                                                        *more))
+
+
+def _piecewise_linear(c: torch.Tensor, theta: torch.Tensor | None, q1: torch.Tensor, q2: torch.Tensor, a: float
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The maps of sigma(x) = max(x, 0) + a min(x, 0) (`ntkit.activations.PiecewiseLinear`) in a few passes over
+    memory, leaving the inputs untouched. With s = sqrt(max(q1 q2 - c^2, 0)) and ang = atan2(s, c) (exactly 0 for
+    a position paired with itself, as in `ntkit.activations.angle`):
+        k = ((1 + a^2)(pi - ang) + 2 a ang) / (2 pi),   Sigma' = (1 - a)^2 s / (2 pi) + k c,   Theta' = Theta k
+    """
+    s = (q1 * q2).addcmul_(c, c, value=-1.0).clamp_(min=0.0).sqrt_()
+    k = torch.atan2(s, c)
+    k.mul_((2 * a - 1 - a * a) / (2 * math.pi)).add_(0.5 * (1 + a * a))
+    theta = None if theta is None else theta * k if theta.ndim else theta
+    sigma = s.mul_((1 - a) ** 2 / (2 * math.pi)).addcmul_(k, c)
+    return sigma, theta
 
 
 def _short(class_name: str, name: str, doc: str) -> type[Activation]:

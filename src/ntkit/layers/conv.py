@@ -22,7 +22,7 @@ from torch import nn
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, LayerError, check_channels, spatial_only
 from .linear import affine
-from .record import Record, out_size, same_pads, window_mean
+from .record import Record, out_size, same_pads, window_sum
 
 PADDINGS = ("same", "valid", "circular")
 
@@ -68,14 +68,15 @@ class _Conv(Layer):
 
     def apply(self, record: Record, ctx) -> Record:
         full = record.layout == "full"
+        taps = math.prod(self.kernel_size)
 
         def mean(t: torch.Tensor) -> torch.Tensor:
             for k in range(self.dims):
                 axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
-                t = window_mean(t, axes, self.kernel_size[k], self.stride[k], self.padding)
-            return t
+                t = window_sum(t, axes, self.kernel_size[k], self.stride[k], self.padding)
+            return t.div_(taps)
 
-        out = affine(record, self.W_std, self.b_std, mean)
+        out = affine(record, self.W_std, self.b_std, mean, fresh=True)
         spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
         return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 

@@ -11,12 +11,14 @@ O(N^2 (HW)^2) memory and time for the layers before the (last) pooling, instead 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .base import Layer, LayerError, spatial_only
 from .conv import _pair
-from .record import Record, out_size, window_mean
+from .record import Record, out_size, window_sum
 
 
 class _AvgPool(Layer):
@@ -48,9 +50,9 @@ class _AvgPool(Layer):
     def apply(self, record: Record, ctx) -> Record:
         def pool(t: torch.Tensor) -> torch.Tensor:
             for k in range(self.dims):
-                t = window_mean(t, (record.x_axis(k),), self.kernel_size[k], self.stride[k], "valid")
-                t = window_mean(t, (record.y_axis(k),), self.kernel_size[k], self.stride[k], "valid")
-            return t
+                t = window_sum(t, (record.x_axis(k),), self.kernel_size[k], self.stride[k], "valid")
+                t = window_sum(t, (record.y_axis(k),), self.kernel_size[k], self.stride[k], "valid")
+            return t.div_(math.prod(self.kernel_size) ** 2)
 
         out = record.map(pool)
         return Record(out.sigma, out.theta, "full", record.nbatch,

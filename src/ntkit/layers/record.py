@@ -17,14 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 LAYOUTS = ("flat", "diag", "full")
 
 
 @dataclass(frozen=True)
 class Record:
-    """Sigma and Theta on a block (theta None when only the NNGP is wanted).
+    """Sigma and Theta on a block (theta None when only the NNGP is wanted, a 0-d zero before any weight layer).
 
     nbatch: 2 for a tile of pairs (rows, cols), 1 for examples paired with themselves.
     spatial: the spatial shape S of the layer's output (empty for "flat").
@@ -38,7 +37,8 @@ class Record:
 
     def map(self, fn) -> Record:
         """The same record with fn applied to Sigma and Theta."""
-        return replace(self, sigma=fn(self.sigma), theta=None if self.theta is None else fn(self.theta))
+        theta = self.theta if self.theta is None or self.theta.ndim == 0 else fn(self.theta)
+        return replace(self, sigma=fn(self.sigma), theta=theta)
 
     def x_axis(self, k: int) -> int:
         """The tensor axis of spatial dimension k of the first example (x)."""
@@ -72,8 +72,13 @@ def input_record(X: torch.Tensor, Y: torch.Tensor | None, layout: str, want_ntk:
         Yf = Y.reshape(c, channels, -1)
         if layout == "flat":
             sigma = X @ Y.T / channels
+        elif layout == "diag" and channels <= 16:  # few channels: broadcast products
+            sigma = Xf[:, None, 0] * Yf[None, :, 0]
+            for ch in range(1, channels):
+                sigma.addcmul_(Xf[:, None, ch], Yf[None, :, ch])
+            sigma = sigma.reshape(r, c, *spatial) / channels
         elif layout == "diag":  # one (r, C) @ (C, c) product per position
-            sigma = torch.bmm(Xf.permute(2, 0, 1), Yf.permute(2, 1, 0)).permute(1, 2, 0)
+            sigma = torch.bmm(Xf.permute(2, 0, 1).contiguous(), Yf.permute(2, 1, 0).contiguous()).permute(1, 2, 0)
             sigma = sigma.reshape(r, c, *spatial) / channels
         else:
             P = Xf.shape[2]
@@ -81,7 +86,7 @@ def input_record(X: torch.Tensor, Y: torch.Tensor | None, layout: str, want_ntk:
             b = Yf.permute(0, 2, 1).reshape(c * P, channels)
             sigma = (a @ b.T).reshape(r, P, c, P).permute(0, 2, 1, 3).reshape(r, c, *spatial, *spatial) / channels
         nbatch = 2
-    theta = torch.zeros_like(sigma) if want_ntk else None
+    theta = sigma.new_zeros(()) if want_ntk else None  # a 0-d zero: weight layers replace it by their Sigma
     return Record(sigma.contiguous(), theta, layout, nbatch, spatial if layout != "flat" else ())
 
 
@@ -125,16 +130,23 @@ def out_size(size: int, kernel: int, stride: int, padding: str) -> int:
     return -(-size // stride)
 
 
-def _pad_axis(t: torch.Tensor, axis: int, low: int, high: int, mode: str) -> torch.Tensor:
-    """Pad one axis with zeros (mode "same") or periodically (mode "circular")."""
+def _pad(t: torch.Tensor, axes: tuple[int, ...], low: int, high: int, mode: str) -> torch.Tensor:
+    """Pad each of `axes` by (low, high) with zeros (mode "same") or periodically (mode "circular")."""
     if low == 0 and high == 0:
         return t
     if mode == "circular":
-        size = t.shape[axis]
-        index = torch.arange(-low, size + high, device=t.device) % size
-        return t.index_select(axis, index)
-    moved = t.movedim(axis, -1)
-    return F.pad(moved, (low, high)).movedim(-1, axis)
+        for axis in axes:
+            size = t.shape[axis]
+            t = t.index_select(axis, torch.arange(-low, size + high, device=t.device) % size)
+        return t
+    shape = list(t.shape)
+    interior = [slice(None)] * t.ndim
+    for axis in axes:
+        shape[axis] += low + high
+        interior[axis] = slice(low, low + t.shape[axis])
+    padded = t.new_zeros(shape)
+    padded[tuple(interior)] = t
+    return padded
 
 
 def _window_slice(t: torch.Tensor, axes: tuple[int, ...], start: int, count: int, stride: int) -> torch.Tensor:
@@ -145,23 +157,42 @@ def _window_slice(t: torch.Tensor, axes: tuple[int, ...], start: int, count: int
     return t[tuple(index)]
 
 
-def window_mean(t: torch.Tensor, axes: tuple[int, ...], kernel: int, stride: int, padding: str) -> torch.Tensor:
-    """The mean over a window of `kernel` offsets, taken at the same offset on every axis of `axes`.
+def _shifted_sum(t: torch.Tensor, axes: tuple[int, ...], kernel: int) -> torch.Tensor:
+    """sum_d t shifted by d - low on every axis of `axes` (zeros shifted in): "same" padding with stride 1 without
+    a padded copy, one pass over memory per offset."""
+    low = same_pads(t.shape[axes[0]], kernel, 1)[0]
+    size = t.shape[axes[0]]
+    total = t.clone()
+    for d in range(kernel):
+        shift = d - low
+        if shift == 0 or abs(shift) >= size:
+            continue
+        out_index = [slice(None)] * t.ndim
+        in_index = [slice(None)] * t.ndim
+        for axis in axes:
+            out_index[axis] = slice(max(0, -shift), size - max(0, shift))
+            in_index[axis] = slice(max(0, shift), size - max(0, -shift))
+        total[tuple(out_index)] += t[tuple(in_index)]
+    return total
+
+
+def window_sum(t: torch.Tensor, axes: tuple[int, ...], kernel: int, stride: int, padding: str) -> torch.Tensor:
+    """The sum over a window of `kernel` offsets, taken at the same offset on every axis of `axes` (a new tensor).
 
     For a convolution, axes = (x axis, y axis) of one spatial dimension ("full") or the single shared axis
-    ("diag"): Sigma'(x_i, y_j) = (1 / k) sum_d Sigma(x_{s i + d}, y_{s j + d}) (Arora et al. 2019, eq. 7), with
-    the padded positions zero ("same") or wrapped ("circular"). Pooling calls it once per axis.
+    ("diag"): Sigma'(x_i, y_j) = (1 / k) sum_d Sigma(x_{s i + d}, y_{s j + d}) (Arora et al. 2019, eq. 7) is this sum
+    over k; the padded positions are zero ("same") or wrapped ("circular"). Pooling calls it once per axis.
     """
     size = t.shape[axes[0]]
+    if padding == "same" and stride == 1:
+        return _shifted_sum(t, axes, kernel)
     count = out_size(size, kernel, stride, padding)
     if padding != "valid":
-        low, high = same_pads(size, kernel, stride)
-        for axis in axes:
-            t = _pad_axis(t, axis, low, high, padding)
+        t = _pad(t, axes, *same_pads(size, kernel, stride), padding)
     total = _window_slice(t, axes, 0, count, stride).clone()
     for d in range(1, kernel):
         total += _window_slice(t, axes, d, count, stride)
-    return total.div_(kernel)
+    return total
 
 
 def full_to_diag(record: Record) -> Record:

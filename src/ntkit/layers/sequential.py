@@ -117,6 +117,13 @@ def run(steps: list[Step], record: Record, ctx: Pass) -> Record:
     return record
 
 
+def _theta(record: Record) -> torch.Tensor | None:
+    """Theta of a final record, full size (zero when the network has no weight layer)."""
+    if record.theta is None or record.theta.ndim:
+        return record.theta
+    return torch.zeros_like(record.sigma)
+
+
 def _reduce(record: Record, need: str) -> Record:
     return full_to_diag(record) if record.layout == "full" and need == "diag" else record
 
@@ -279,7 +286,7 @@ class Sequential:
         def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
             record = input_record(Xt[rows], Yt[cols], in_need, want_ntk)
             out = run(steps, record, Pass([q[rows] for q in qx], [q[cols] for q in qy]))
-            tiles = {"nngp": out.sigma, "ntk": out.theta}
+            tiles = {"nngp": out.sigma, "ntk": _theta(out)}
             if symmetric and isinstance(rows, slice) and rows == cols:  # the exact diagonal: no rounding noise
                 for name in names:
                     tiles[name].diagonal().copy_(exact[name][rows])
@@ -306,7 +313,7 @@ class Sequential:
             out = run(steps, input_record(X[start:start + chunk], None, in_need, want_ntk), ctx)
             parts.append(ctx.kept)
             sigmas.append(out.sigma)
-            thetas.append(out.theta)
+            thetas.append(_theta(out))
         if not parts:
             empty = X.new_zeros(0)
             return [], empty, empty if want_ntk else None
@@ -322,7 +329,7 @@ class Sequential:
         qx = self._self_pass(X, steps, in_need, False, X.shape[0] or 1)[0]
         qy = qx if Y is X else self._self_pass(Y, steps, in_need, False, Y.shape[0] or 1)[0]
         out = run(steps, input_record(X, Y, in_need, want_ntk), Pass(qx, qy))
-        return out.sigma, out.theta
+        return out.sigma, _theta(out)
 
     def _needs_graph(self, Xt: torch.Tensor, Yt: torch.Tensor | None) -> bool:
         scales = [getattr(layer, name) for layer in _all_layers(self.layers) for name in ("W_std", "b_std")
