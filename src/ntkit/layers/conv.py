@@ -74,9 +74,9 @@ class _Conv(Layer):
             for k in range(self.dims):
                 axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
                 t = window_sum(t, axes, self.kernel_size[k], self.stride[k], self.padding)
-            return t.div_(taps)
+            return t
 
-        out = affine(record, self.W_std, self.b_std, mean, fresh=True)
+        out = affine(record, self.W_std, self.b_std, mean, fresh=True, divisor=taps)
         spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
         return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 

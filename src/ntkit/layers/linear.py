@@ -15,12 +15,13 @@ from .base import Layer, LayerError, check_channels
 from .record import Record
 
 
-def affine(record: Record, W_std, b_std, mean, fresh: bool = False) -> Record:
+def affine(record: Record, W_std, b_std, mean, fresh: bool = False, divisor: int = 1) -> Record:
     """The kernel map of a weight layer whose unscaled map is `mean` (the identity for Linear, a window mean for
     Conv): Sigma' = W_std^2 mean(Sigma) + b_std^2, Theta' = W_std^2 mean(Theta) + Sigma'.
 
-    fresh: `mean` returns new tensors, which are then scaled in place (plain float scales, no autograd)."""
-    w2, b2 = W_std**2, b_std**2
+    fresh: `mean` returns new tensors, which are then scaled in place (plain float scales, no autograd).
+    divisor: `mean` returns sums of this many terms (divided here, in the same pass as the scaling)."""
+    w2, b2 = W_std**2 / divisor, b_std**2
     in_place = fresh and not isinstance(w2, torch.Tensor) and not isinstance(b2, torch.Tensor) \
         and not (torch.is_grad_enabled() and record.sigma.requires_grad)
     if record.theta is not None and record.theta.ndim == 0:  # Theta = 0 before the first weight layer
