@@ -236,3 +236,18 @@ def test_bad_descriptions_are_refused():
         conv_flatten().kernel(torch.randn(2, 1, 6, 6), torch.randn(2, 2, 6, 6))
     with pytest.raises(ValueError, match="width must list 2 hidden widths"):
         conv_flatten().network((1, 6, 6), width=[3])
+
+
+def test_tiles_serve_the_gram_layer():
+    """Index tensors as rows, matrix-free products and the exact diagonal, as the solvers and stores use them."""
+    from ntkit import gram
+
+    arch = conv_pool_residual()
+    X = torch.randn(7, 1, 4, 4, dtype=f64)
+    K = arch.kernel(X)
+    tiles = arch.kernel_tiles(X, tile=3)
+    rows = torch.tensor([5, 0, 5])
+    torch.testing.assert_close(tiles(rows, slice(1, 6))[0], K[rows][:, 1:6], rtol=1e-13, atol=1e-15)
+    V = torch.randn(7, 2, dtype=f64)
+    torch.testing.assert_close(gram.matmul(tiles, V), K @ V, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(tiles.diag(slice(0, 7))[0], K.diagonal(), rtol=0, atol=0)

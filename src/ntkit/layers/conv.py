@@ -129,3 +129,48 @@ class NTKConv(nn.Module):
         return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding!r}, weight_multiplier={self.weight_multiplier:.4g}, "
                 f"bias_multiplier={self.bias_multiplier:.4g}")
+
+
+def first_conv_record(conv: _Conv, X: torch.Tensor, Y: torch.Tensor | None, want_ntk: bool) -> Record:
+    """The "full" record after a first convolution, straight from the inputs' patches (one matrix product):
+
+        Sigma'(x_i, y_j) = W_std^2 / (C k) <patch_i(x), patch_j(y)> + b_std^2,     Theta' = Sigma'
+
+    the same as `input_record` followed by `conv.apply`, in a few passes over memory instead of a dozen.
+    X (r, C, *S) and Y (c, C, *S), or Y None for each example with itself.
+    """
+    def patches(Z: torch.Tensor) -> torch.Tensor:  # (n, P_out, C k)
+        if conv.padding != "valid":
+            pads: list[int] = []
+            for size, k, s in reversed(list(zip(Z.shape[2:], conv.kernel_size, conv.stride, strict=True))):
+                pads += list(same_pads(size, k, s))
+            Z = F.pad(Z, pads, mode="constant" if conv.padding == "same" else "circular")
+        for dim, (k, s) in enumerate(zip(conv.kernel_size, conv.stride, strict=True)):
+            Z = Z.unfold(2 + dim, k, s)                        # (n, C, *S_out, *kernel)
+        n, C = Z.shape[:2]
+        dims = conv.dims
+        order = (0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims))
+        return Z.permute(order).reshape(n, -1, C * math.prod(conv.kernel_size))
+
+    Ux = patches(X)
+    sizes = [out_size(n, k, s, conv.padding) for n, k, s in zip(X.shape[2:], conv.kernel_size, conv.stride,
+                                                                 strict=True)]
+    spatial = tuple(sizes)
+    P, width = Ux.shape[1], Ux.shape[2]
+    scale = conv.W_std**2 / width
+    if Y is None:
+        sigma = torch.bmm(Ux, Ux.transpose(1, 2)).reshape(X.shape[0], *spatial, *spatial)
+        nbatch = 1
+    else:
+        Uy = patches(Y)
+        r, c = X.shape[0], Y.shape[0]
+        sigma = (Ux.reshape(r * P, width) @ Uy.reshape(c * P, width).T).reshape(r, P, c, P)
+        sigma = sigma.permute(0, 2, 1, 3).reshape(r, c, *spatial, *spatial)
+        nbatch = 2
+    sigma = sigma.mul_(scale).add_(conv.b_std**2) if _plain(conv) else sigma * scale + conv.b_std**2
+    theta = sigma.clone() if want_ntk else None
+    return Record(sigma, theta, "full", nbatch, spatial)
+
+
+def _plain(conv: _Conv) -> bool:
+    return not isinstance(conv.W_std, torch.Tensor) and not isinstance(conv.b_std, torch.Tensor)

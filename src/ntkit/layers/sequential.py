@@ -25,9 +25,11 @@ from torch import nn
 
 from .. import gram
 from .._checks import as_tensor, check_choice, check_positive_int, to_output
+from ..activations import Quadrature, get_activation
 from ..kernels import Recursion, kernel_block, kernel_diag, sigma_diagonals
 from .activation import Activation
 from .base import Layer, LayerError, Pass, wider
+from .conv import _Conv, first_conv_record
 from .linear import Linear
 from .record import Record, full_to_diag, input_record
 
@@ -117,6 +119,16 @@ def run(steps: list[Step], record: Record, ctx: Pass) -> Record:
     return record
 
 
+def start(steps: list[Step], X: torch.Tensor, Y: torch.Tensor | None, in_need: str, want_ntk: bool
+          ) -> tuple[Record, list[Step]]:
+    """The record the plan starts from and the steps left: a first convolution whose output keeps every pair of
+    positions is computed from the inputs' patches in one product (`first_conv_record`)."""
+    first = steps[0].layer if steps else None
+    if isinstance(first, _Conv) and in_need == "full" and not (X.requires_grad and torch.is_grad_enabled()):
+        return first_conv_record(first, X, Y, want_ntk), steps[1:]
+    return input_record(X, Y, in_need, want_ntk), steps
+
+
 def _theta(record: Record) -> torch.Tensor | None:
     """Theta of a final record, full size (zero when the network has no weight layer)."""
     if record.theta is None or record.theta.ndim:
@@ -194,14 +206,12 @@ class Sequential:
         if len(layers) % 2 == 0 or not all(isinstance(layer, Linear) for layer in layers[::2]):
             return None
         acts = layers[1::2]
-        if not all(type(a) is Activation or isinstance(a, Activation) for a in acts):
+        if not all(isinstance(a, Activation) for a in acts):
             return None
         first = layers[0]
         same = all(_same(layer.W_std, first.W_std) and _same(layer.b_std, first.b_std) for layer in layers[::2])
-        if not same or any(a.activation is not acts[0].activation and repr(a.activation) != repr(acts[0].activation)
-                           for a in acts):
+        if not same or not all(_same_activation(a.activation, acts[0].activation) for a in acts):
             return None
-        from ..activations import get_activation
         activation = acts[0].activation if acts else get_activation("identity")
         return Recursion(activation, len(layers[::2]), first.W_std, first.b_std)
 
@@ -284,8 +294,8 @@ class Sequential:
             return [exact[name][rows] for name in names]
 
         def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
-            record = input_record(Xt[rows], Yt[cols], in_need, want_ntk)
-            out = run(steps, record, Pass([q[rows] for q in qx], [q[cols] for q in qy]))
+            record, rest = start(steps, Xt[rows], Yt[cols], in_need, want_ntk)
+            out = run(rest, record, Pass([q[rows] for q in qx], [q[cols] for q in qy]))
             tiles = {"nngp": out.sigma, "ntk": _theta(out)}
             if symmetric and isinstance(rows, slice) and rows == cols:  # the exact diagonal: no rounding noise
                 for name in names:
@@ -308,9 +318,10 @@ class Sequential:
         """Each example with itself: the variances q(x_p) every nonlinearity and LayerNorm asks for (in order,
         each (N, *S)), and the exact diagonals Sigma(x, x), Theta(x, x) of the output."""
         parts, sigmas, thetas = [], [], []
-        for start in range(0, X.shape[0], chunk):
+        for first in range(0, X.shape[0], chunk):
             ctx = Pass()
-            out = run(steps, input_record(X[start:start + chunk], None, in_need, want_ntk), ctx)
+            record, rest = start(steps, X[first:first + chunk], None, in_need, want_ntk)
+            out = run(rest, record, ctx)
             parts.append(ctx.kept)
             sigmas.append(out.sigma)
             thetas.append(_theta(out))
@@ -452,6 +463,15 @@ def _all_layers(layers: Sequence[Layer]):
         yield layer
         if isinstance(layer, Residual):
             yield from _all_layers(layer.branch.layers)
+
+
+def _same_activation(a: Any, b: Any) -> bool:
+    """The same nonlinearity: one object, or equal closed forms, or quadratures of one function and degree."""
+    if a is b:
+        return True
+    if isinstance(a, Quadrature) or isinstance(b, Quadrature):
+        return isinstance(a, Quadrature) and isinstance(b, Quadrature) and a.fn is b.fn and a.degree == b.degree
+    return type(a) is type(b) and repr(a) == repr(b)
 
 
 def _same(a: Any, b: Any) -> bool:
