@@ -30,7 +30,10 @@ from ..kernels import Recursion, kernel_block, kernel_diag, sigma_diagonals
 from .activation import Activation
 from .base import Layer, LayerError, Pass, wider
 from .conv import _Conv, first_conv_record
+from .flatten import Flatten
 from .linear import Linear
+from .normalization import LayerNorm
+from .pooling import GlobalAvgPool, _AvgPool
 from .record import Record, full_to_diag, input_record
 
 KERNELS = ("ntk", "nngp")
@@ -57,8 +60,8 @@ def build(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str, gaussian
     steps = []
     for index, layer in enumerate(layers):
         where = f"layer {prefix}{index}"
-        branch = getattr(layer, "branch", None)
-        if branch is not None:  # Residual: x + branch(x)
+        if isinstance(layer, Residual):  # x + branch(x)
+            branch = layer.branch
             sub, branch_shape, _ = build(branch.layers, shape, f"{prefix}{index}.", gaussian)
             if len(branch_shape) != len(shape) or branch_shape[1:] != shape[1:]:
                 raise LayerError(f"Residual ({where}): its branch changes the shape per example from "
@@ -81,10 +84,6 @@ def build(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str, gaussian
 def _ends_with_weights(layers: Sequence[Layer]) -> bool:
     """Whether the last weight layer is followed only by layers linear in its output (pooling, Flatten, LayerNorm):
     then the branch is odd in those weights and independent of the skip connection in the limit."""
-    from .flatten import Flatten
-    from .normalization import LayerNorm
-    from .pooling import GlobalAvgPool, _AvgPool
-
     for layer in reversed(layers):
         if layer.weights:
             return True
