@@ -38,8 +38,9 @@ from .record import Record, full_to_diag, input_record
 
 KERNELS = ("ntk", "nngp")
 Array = torch.Tensor | np.ndarray
-#: bytes of one tile's spatial covariance (Sigma or Theta); a tile's peak is a few of these
-TILE_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
+#: bytes of one tile's spatial covariance (Sigma or Theta); a tile's peak is a few of these. On a CPU small tiles
+#: that stay in cache are several times faster than large ones (measured: 2 MB against 64 MB)
+TILE_BYTES = {"cpu": 2 * 2**20, "cuda": 1024 * 2**20}
 
 
 @dataclass
