@@ -7,7 +7,9 @@ normal (N, 1, 16, 16) (NHWC for neural-tangents), the symmetric Gram Theta(X, X)
     pool CNTK:    conv-relu-conv-relu-avgpool(2)-conv-relu-globalavgpool-dense all pairs of positions, O(N^2 (HW)^2)
 
 neural-tangents runs in its own environment (--nt-python or $NT_PYTHON; its kernel_fn jit-compiled, the compile
-call excluded). ntkit's peak memory is the maximum resident set of a fresh process that computes the kernel.
+call excluded). Both run with --threads threads (default 1: on a shared machine two-thread timings of either
+library vary several-fold from run to run). ntkit's peak memory is the maximum resident set of a fresh process
+that computes the kernel.
 Also: agreement of the two in float64, and CNTK against the fully-connected NTK (`MLP`) as kernel regression on
 MNIST (a train/test split of the 10k test digits from --data-dir or $NTKIT_DATA; nothing is downloaded).
 
@@ -85,8 +87,20 @@ def architecture(name: str) -> nk.Sequential:
                          nk.GlobalAvgPool(), nk.Linear())
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment of a subprocess limited to `threads` threads (torch and XLA alike)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if threads == 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
+    return env
+
+
+THREADS = 1
+
+
 def run_json(cmd: list[str], what: str) -> dict | None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(THREADS))
     if done.returncode != 0:
         print(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
@@ -166,9 +180,14 @@ def main() -> None:
     parser.add_argument("--mnist-train", type=int, default=500)
     parser.add_argument("--mnist-test", type=int, default=500)
     parser.add_argument("--ridge", type=float, default=1e-4, help="ridge, relative to the mean diagonal")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of each library (default 1: steady timings on a shared machine)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     nk.set_progress(False)
+    global THREADS
+    THREADS = args.threads
+    torch.set_num_threads(args.threads)
 
     cases = [("flatten", 128, "float32", "at most 0.5x neural-tangents"),
              ("flatten", 128, "float64", "at most 0.5x neural-tangents"),
@@ -210,7 +229,7 @@ def main() -> None:
               f"{fmt(r['ntkit_peak_gb'], '8.2f'):>8} {fmt(r['neural_tangents_s'], '9.2f'):>9} "
               f"{fmt(r['ntkit_over_nt'], '9.2f'):>9}  {r['goal']}")
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads()}
+               "threads": args.threads}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"benchmark": "architectures", "machine": machine, "rows": rows,
                                           "agreement_float64": agree, "mnist": digits}, indent=2) + "\n")

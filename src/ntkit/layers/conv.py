@@ -68,15 +68,14 @@ class _Conv(Layer):
 
     def apply(self, record: Record, ctx) -> Record:
         full = record.layout == "full"
-        taps = math.prod(self.kernel_size)
 
-        def mean(t: torch.Tensor) -> torch.Tensor:
+        def total(t: torch.Tensor, scale: float) -> torch.Tensor:
             for k in range(self.dims):
                 axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
-                t = window_sum(t, axes, self.kernel_size[k], self.stride[k], self.padding)
+                t = window_sum(t, axes, self.kernel_size[k], self.stride[k], self.padding, scale if k == 0 else 1.0)
             return t
 
-        out = affine(record, self.W_std, self.b_std, mean, fresh=True, divisor=taps)
+        out = affine(record, self.W_std, self.b_std, total, taps=math.prod(self.kernel_size))
         spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
         return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 
@@ -131,13 +130,14 @@ class NTKConv(nn.Module):
                 f"bias_multiplier={self.bias_multiplier:.4g}")
 
 
-def first_conv_record(conv: _Conv, X: torch.Tensor, Y: torch.Tensor | None, want_ntk: bool) -> Record:
+def first_conv_record(conv: _Conv, X: torch.Tensor, Y: torch.Tensor | None, want_ntk: bool,
+                      paired: bool = False) -> Record:
     """The "full" record after a first convolution, straight from the inputs' patches (one matrix product):
 
         Sigma'(x_i, y_j) = W_std^2 / (C k) <patch_i(x), patch_j(y)> + b_std^2,     Theta' = Sigma'
 
     the same as `input_record` followed by `conv.apply`, in a few passes over memory instead of a dozen.
-    X (r, C, *S) and Y (c, C, *S), or Y None for each example with itself.
+    X (r, C, *S) and Y (c, C, *S), or Y None for each example with itself, or `paired`: the pairs (X[b], Y[b]).
     """
     def patches(Z: torch.Tensor) -> torch.Tensor:  # (n, P_out, C k)
         if conv.padding != "valid":
@@ -158,8 +158,9 @@ def first_conv_record(conv: _Conv, X: torch.Tensor, Y: torch.Tensor | None, want
     spatial = tuple(sizes)
     P, width = Ux.shape[1], Ux.shape[2]
     scale = conv.W_std**2 / width
-    if Y is None:
-        sigma = torch.bmm(Ux, Ux.transpose(1, 2)).reshape(X.shape[0], *spatial, *spatial)
+    if Y is None or paired:
+        other = Ux if Y is None else patches(Y)
+        sigma = torch.bmm(Ux, other.transpose(1, 2)).reshape(X.shape[0], *spatial, *spatial)
         nbatch = 1
     else:
         Uy = patches(Y)

@@ -15,24 +15,24 @@ from .base import Layer, LayerError, check_channels
 from .record import Record
 
 
-def affine(record: Record, W_std, b_std, mean, fresh: bool = False, divisor: int = 1) -> Record:
-    """The kernel map of a weight layer whose unscaled map is `mean` (the identity for Linear, a window mean for
-    Conv): Sigma' = W_std^2 mean(Sigma) + b_std^2, Theta' = W_std^2 mean(Theta) + Sigma'.
+def affine(record: Record, W_std, b_std, total=None, taps: int = 1) -> Record:
+    """The kernel map of a weight layer: Sigma' = W_std^2 mean(Sigma) + b_std^2, Theta' = W_std^2 mean(Theta) + Sigma',
+    where mean is the identity (Linear) or the mean over `taps` window positions (Conv).
 
-    fresh: `mean` returns new tensors, which are then scaled in place (plain float scales, no autograd).
-    divisor: `mean` returns sums of this many terms (divided here, in the same pass as the scaling)."""
-    w2, b2 = W_std**2 / divisor, b_std**2
-    in_place = fresh and not isinstance(w2, torch.Tensor) and not isinstance(b2, torch.Tensor) \
+    total(t, scale): the window sum of t times the float `scale`, a new tensor (None: the identity); with plain float
+    scales and no autograd the scaling is folded into it and the rest done in place."""
+    w2, b2 = W_std**2 / taps, b_std**2
+    zero_theta = record.theta is not None and record.theta.ndim == 0   # Theta = 0 before the first weight layer
+    plain = not isinstance(w2, torch.Tensor) and not isinstance(b2, torch.Tensor) \
         and not (torch.is_grad_enabled() and record.sigma.requires_grad)
-    if record.theta is not None and record.theta.ndim == 0:  # Theta = 0 before the first weight layer
-        sigma = mean(record.sigma) * w2 + b2
-        theta = sigma.clone()
-    elif in_place:
-        sigma = mean(record.sigma).mul_(w2).add_(b2)
-        theta = None if record.theta is None else mean(record.theta).mul_(w2).add_(sigma)
+    if total is not None and plain:
+        sigma = total(record.sigma, float(w2)).add_(b2)
+        theta = None if record.theta is None else sigma.clone() if zero_theta else \
+            total(record.theta, float(w2)).add_(sigma)
     else:
+        mean = (lambda t: t) if total is None else (lambda t: total(t, 1.0))
         sigma = mean(record.sigma) * w2 + b2
-        theta = None if record.theta is None else mean(record.theta) * w2 + sigma
+        theta = None if record.theta is None else sigma.clone() if zero_theta else mean(record.theta) * w2 + sigma
     return Record(sigma, theta, record.layout, record.nbatch, record.spatial)
 
 
@@ -66,7 +66,7 @@ class Linear(Layer):
         return True
 
     def apply(self, record, ctx):
-        return affine(record, self.W_std, self.b_std, lambda t: t)
+        return affine(record, self.W_std, self.b_std)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return NTKLinear(in_shape[0], out_channels, float(self.W_std), float(self.b_std), "ntk", generator, dtype)

@@ -48,11 +48,14 @@ class _AvgPool(Layer):
         return "full"
 
     def apply(self, record: Record, ctx) -> Record:
+        scale = 1.0 / math.prod(self.kernel_size) ** 2
+
         def pool(t: torch.Tensor) -> torch.Tensor:
             for k in range(self.dims):
-                t = window_sum(t, (record.x_axis(k),), self.kernel_size[k], self.stride[k], "valid")
+                t = window_sum(t, (record.x_axis(k),), self.kernel_size[k], self.stride[k], "valid",
+                               scale if k == 0 else 1.0)
                 t = window_sum(t, (record.y_axis(k),), self.kernel_size[k], self.stride[k], "valid")
-            return t.div_(math.prod(self.kernel_size) ** 2)
+            return t
 
         out = record.map(pool)
         return Record(out.sigma, out.theta, "full", record.nbatch,

@@ -49,6 +49,19 @@ class Record:
         return self.nbatch + len(self.spatial) + k
 
 
+def paired_input_record(X: torch.Tensor, Y: torch.Tensor, layout: str, want_ntk: bool) -> Record:
+    """The input layer's kernel for the pairs (X[b], Y[b]), b < B: a record with one batch axis, like the self pass
+    (used for the upper triangle of a symmetric tile)."""
+    B, channels, spatial = X.shape[0], X.shape[1], tuple(X.shape[2:])
+    if layout == "full":
+        Xf, Yf = X.reshape(B, channels, -1), Y.reshape(B, channels, -1)
+        sigma = torch.bmm(Xf.transpose(1, 2), Yf).reshape(B, *spatial, *spatial) / channels
+    else:
+        sigma = (X * Y).sum(1) / channels
+    theta = sigma.new_zeros(()) if want_ntk else None
+    return Record(sigma.contiguous(), theta, layout, 1, spatial if layout != "flat" else ())
+
+
 def input_record(X: torch.Tensor, Y: torch.Tensor | None, layout: str, want_ntk: bool) -> Record:
     """The input layer's kernel: Sigma^(0)(x_p, y_q) = sum_c x[c, p] y[c, q] / C, with Theta^(0) = 0.
 
@@ -157,12 +170,12 @@ def _window_slice(t: torch.Tensor, axes: tuple[int, ...], start: int, count: int
     return t[tuple(index)]
 
 
-def _shifted_sum(t: torch.Tensor, axes: tuple[int, ...], kernel: int) -> torch.Tensor:
+def _shifted_sum(t: torch.Tensor, axes: tuple[int, ...], kernel: int, scale: float) -> torch.Tensor:
     """sum_d t shifted by d - low on every axis of `axes` (zeros shifted in): "same" padding with stride 1 without
     a padded copy, one pass over memory per offset."""
     low = same_pads(t.shape[axes[0]], kernel, 1)[0]
     size = t.shape[axes[0]]
-    total = t.clone()
+    total = t * scale if scale != 1.0 else t.clone()
     for d in range(kernel):
         shift = d - low
         if shift == 0 or abs(shift) >= size:
@@ -172,26 +185,28 @@ def _shifted_sum(t: torch.Tensor, axes: tuple[int, ...], kernel: int) -> torch.T
         for axis in axes:
             out_index[axis] = slice(max(0, -shift), size - max(0, shift))
             in_index[axis] = slice(max(0, shift), size - max(0, -shift))
-        total[tuple(out_index)] += t[tuple(in_index)]
+        total[tuple(out_index)].add_(t[tuple(in_index)], alpha=scale)
     return total
 
 
-def window_sum(t: torch.Tensor, axes: tuple[int, ...], kernel: int, stride: int, padding: str) -> torch.Tensor:
+def window_sum(t: torch.Tensor, axes: tuple[int, ...], kernel: int, stride: int, padding: str,
+               scale: float = 1.0) -> torch.Tensor:
     """The sum over a window of `kernel` offsets, taken at the same offset on every axis of `axes` (a new tensor).
 
     For a convolution, axes = (x axis, y axis) of one spatial dimension ("full") or the single shared axis
     ("diag"): Sigma'(x_i, y_j) = (1 / k) sum_d Sigma(x_{s i + d}, y_{s j + d}) (Arora et al. 2019, eq. 7) is this sum
     over k; the padded positions are zero ("same") or wrapped ("circular"). Pooling calls it once per axis.
+    Every term is multiplied by `scale` (a float) in the same pass.
     """
     size = t.shape[axes[0]]
     if padding == "same" and stride == 1:
-        return _shifted_sum(t, axes, kernel)
+        return _shifted_sum(t, axes, kernel, scale)
     count = out_size(size, kernel, stride, padding)
     if padding != "valid":
         t = _pad(t, axes, *same_pads(size, kernel, stride), padding)
-    total = _window_slice(t, axes, 0, count, stride).clone()
+    total = _window_slice(t, axes, 0, count, stride) * scale
     for d in range(1, kernel):
-        total += _window_slice(t, axes, d, count, stride)
+        total.add_(_window_slice(t, axes, d, count, stride), alpha=scale)
     return total
 
 

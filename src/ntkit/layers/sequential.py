@@ -34,7 +34,7 @@ from .flatten import Flatten
 from .linear import Linear
 from .normalization import LayerNorm
 from .pooling import GlobalAvgPool, _AvgPool
-from .record import Record, full_to_diag, input_record
+from .record import Record, full_to_diag, input_record, paired_input_record
 
 KERNELS = ("ntk", "nngp")
 Array = torch.Tensor | np.ndarray
@@ -119,13 +119,16 @@ def run(steps: list[Step], record: Record, ctx: Pass) -> Record:
     return record
 
 
-def start(steps: list[Step], X: torch.Tensor, Y: torch.Tensor | None, in_need: str, want_ntk: bool
-          ) -> tuple[Record, list[Step]]:
+def start(steps: list[Step], X: torch.Tensor, Y: torch.Tensor | None, in_need: str, want_ntk: bool,
+          paired: bool = False) -> tuple[Record, list[Step]]:
     """The record the plan starts from and the steps left: a first convolution whose output keeps every pair of
-    positions is computed from the inputs' patches in one product (`first_conv_record`)."""
+    positions is computed from the inputs' patches in one product (`first_conv_record`). `paired`: the pairs
+    (X[b], Y[b]) only, in a record with one batch axis."""
     first = steps[0].layer if steps else None
     if isinstance(first, _Conv) and in_need == "full" and not (X.requires_grad and torch.is_grad_enabled()):
-        return first_conv_record(first, X, Y, want_ntk), steps[1:]
+        return first_conv_record(first, X, Y, want_ntk, paired), steps[1:]
+    if paired:
+        return paired_input_record(X, Y, in_need, want_ntk), steps
     return input_record(X, Y, in_need, want_ntk), steps
 
 
@@ -294,13 +297,30 @@ class Sequential:
             return [exact[name][rows] for name in names]
 
         def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
+            if symmetric and isinstance(rows, slice) and rows == cols:
+                return triangle(rows)
             record, rest = start(steps, Xt[rows], Yt[cols], in_need, want_ntk)
             out = run(rest, record, Pass([q[rows] for q in qx], [q[cols] for q in qy]))
             tiles = {"nngp": out.sigma, "ntk": _theta(out)}
-            if symmetric and isinstance(rows, slice) and rows == cols:  # the exact diagonal: no rounding noise
-                for name in names:
-                    tiles[name].diagonal().copy_(exact[name][rows])
             return [tiles[name] for name in names]
+
+        def triangle(rows: slice) -> list[torch.Tensor]:
+            """A tile on the diagonal of a symmetric kernel: the pairs above the diagonal once, mirrored, and the
+            exact diagonal."""
+            Xr = Xt[rows]
+            n = Xr.shape[0]
+            i, j = torch.triu_indices(n, n, offset=1, device=Xr.device)
+            blocks = [torch.empty(n, n, dtype=Xr.dtype, device=Xr.device) for _ in names]
+            if len(i):
+                record, rest = start(steps, Xr[i], Xr[j], in_need, want_ntk, paired=True)
+                out = run(rest, record, Pass([q[rows][i] for q in qx], [q[rows][j] for q in qx]))
+                values = {"nngp": out.sigma, "ntk": _theta(out)}
+                for block, name in zip(blocks, names, strict=True):
+                    block[i, j] = values[name]
+                    block[j, i] = values[name]
+            for block, name in zip(blocks, names, strict=True):
+                block.diagonal().copy_(exact[name][rows])
+            return blocks
 
         return gram.KernelTiles(tile_fn, Xt.shape[0], Yt.shape[0], names, symmetric, Xt.dtype, Xt.device, edge,
                                 describe=describe, inputs=(Xt,) if symmetric else (Xt, Yt),
