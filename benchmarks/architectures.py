@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import ntkit as nk
+from ntkit.data import load_mnist
 
 OUT = Path(__file__).resolve().parent / "results" / "architectures.json"
 
@@ -141,7 +142,7 @@ def mnist(data_dir: str | None, n_train: int, n_test: int, ridge: float) -> dict
     """Kernel regression (one-hot targets, small ridge) with the flatten CNTK and with the MLP NTK on the same split
     of the 10k MNIST test digits, pixels in [0, 1]; test accuracy and kernel time of each."""
     try:
-        images, labels, _ = nk.data.load_mnist("test", data_dir=data_dir, download=False)
+        images, labels, _ = load_mnist("test", data_dir=data_dir, download=False)
     except FileNotFoundError as exc:
         print(f"MNIST skipped: {exc}", file=sys.stderr)
         return None
@@ -177,9 +178,11 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--agreement-n", type=int, default=8)
     parser.add_argument("--data-dir", default=os.environ.get("NTKIT_DATA"))
-    parser.add_argument("--mnist-train", type=int, default=500)
-    parser.add_argument("--mnist-test", type=int, default=500)
+    parser.add_argument("--mnist-train", type=int, default=1000)
+    parser.add_argument("--mnist-test", type=int, default=1000)
     parser.add_argument("--ridge", type=float, default=1e-4, help="ridge, relative to the mean diagonal")
+    parser.add_argument("--parts", nargs="+", default=["speed", "agreement", "mnist"],
+                        choices=["speed", "agreement", "mnist"])
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of each library (default 1: steady timings on a shared machine)")
     parser.add_argument("--out", default=str(OUT))
@@ -195,7 +198,7 @@ def main() -> None:
     if not args.skip_large:
         cases.append(("pool", args.large_n, "float64", "completes within 4 GB peak"))
     rows = []
-    for arch, n, dtype, goal in cases:
+    for arch, n, dtype, goal in cases if "speed" in args.parts else []:
         large = n == args.large_n and arch == "pool"
         mine = ours(arch, n, dtype, 1 if large else args.repeat)
         nt = None
@@ -213,13 +216,13 @@ def main() -> None:
 
     import tempfile
     agree = {}
-    if args.nt_python:
+    if args.nt_python and "agreement" in args.parts:
         with tempfile.TemporaryDirectory() as tmp:
             agree = agreement(args.nt_python, args.agreement_n, Path(tmp))
         for arch, a in agree.items():
             print(f"float64 agreement {arch} N={a['n']}: off-diagonal {a['max_rel_offdiagonal']:.1e}, diagonal "
                   f"{a['max_rel_diagonal']:.1e}")
-    digits = mnist(args.data_dir, args.mnist_train, args.mnist_test, args.ridge)
+    digits = mnist(args.data_dir, args.mnist_train, args.mnist_test, args.ridge) if "mnist" in args.parts else None
 
     print()
     print(f"{'case':10} {'N':>5} {'dtype':>8} {'ntkit s':>9} {'peak GB':>8} {'NT s':>9} {'ntkit/NT':>9}  goal")
