@@ -10,8 +10,9 @@ neural-tangents runs in its own environment (--nt-python or $NT_PYTHON; its kern
 call excluded). Both run with --threads threads (default 1: on a shared machine two-thread timings of either
 library vary several-fold from run to run). ntkit's peak memory is the maximum resident set of a fresh process
 that computes the kernel.
-Also: agreement of the two in float64, and CNTK against the fully-connected NTK (`MLP`) as kernel regression on
-MNIST (a train/test split of the 10k test digits from --data-dir or $NTKIT_DATA; nothing is downloaded).
+Also: agreement of the two in float64, and CNTKs against the fully-connected NTK (`MLP`) as kernel regression on
+MNIST (train/test splits of the 10k test digits from --data-dir or $NTKIT_DATA; nothing is downloaded): the flatten
+CNTK on 28x28 digits, the pooling CNTK on digits averaged to 14x14 (a smaller split: it costs O(N^2 (HW)^2)).
 
     python benchmarks/architectures.py --nt-python PATH/TO/venv/bin/python --data-dir PATH/TO/MNIST
 """
@@ -138,20 +139,10 @@ def agreement(nt_python: str, n: int, tmp: Path) -> dict:
     return out
 
 
-def mnist(data_dir: str | None, n_train: int, n_test: int, ridge: float) -> dict | None:
-    """Kernel regression (one-hot targets, small ridge) with the flatten CNTK and with the MLP NTK on the same split
-    of the 10k MNIST test digits, pixels in [0, 1]; test accuracy and kernel time of each."""
-    try:
-        images, labels, _ = load_mnist("test", data_dir=data_dir, download=False)
-    except FileNotFoundError as exc:
-        print(f"MNIST skipped: {exc}", file=sys.stderr)
-        return None
-    order = np.random.default_rng(0).permutation(len(images))[:n_train + n_test]
-    x = torch.as_tensor(images[order], dtype=torch.float64)[:, None] / 255.0
-    y = torch.nn.functional.one_hot(torch.as_tensor(labels[order]), 10).to(torch.float64)
-    train, test = slice(0, n_train), slice(n_train, n_train + n_test)
-    kernels = {"CNTK (flatten, 2 conv)": (architecture("flatten"), x),
-               "MLP NTK (depth 3)": (nk.MLP(depth=3, activation="relu", beta=0.1), x.flatten(1))}
+def regression(kernels: dict, y: torch.Tensor, n_train: int, ridge: float, label: str) -> dict:
+    """Kernel regression (one-hot targets, ridge relative to the mean diagonal) of each (arch, inputs): the test
+    accuracy on the examples after the first n_train, and the time of the kernels."""
+    train, test = slice(0, n_train), slice(n_train, None)
     results = {}
     for name, (arch, inputs) in kernels.items():
         start = time.perf_counter()
@@ -162,9 +153,35 @@ def mnist(data_dir: str | None, n_train: int, n_test: int, ridge: float) -> dict
         alpha = torch.linalg.solve(k_train + ridge * scale * torch.eye(n_train, dtype=k_train.dtype), y[train])
         accuracy = float(((k_test @ alpha).argmax(1) == y[test].argmax(1)).double().mean())
         results[name] = {"accuracy": accuracy, "kernel_s": seconds}
-        print(f"MNIST {name:24s} train {n_train}, test {n_test}: accuracy {accuracy:.4f}  (kernels {seconds:.1f} s)",
-              flush=True)
-    return {"n_train": n_train, "n_test": n_test, "ridge": ridge, "results": results}
+        print(f"MNIST {label}: {name:26s} accuracy {accuracy:.4f}  (kernels {seconds:.1f} s)", flush=True)
+    return results
+
+
+def mnist(data_dir: str | None, n_train: int, n_test: int, pool_train: int, pool_test: int, ridge: float
+          ) -> dict | None:
+    """CNTKs against the MLP NTK on splits of the 10k MNIST test digits (pixels in [0, 1]): the flatten CNTK on
+    28x28 digits, and (the pooling CNTK costs O(N^2 (HW)^2)) the pooling CNTK on digits averaged to 14x14 with a
+    smaller split."""
+    try:
+        images, labels, _ = load_mnist("test", data_dir=data_dir, download=False)
+    except FileNotFoundError as exc:
+        print(f"MNIST skipped: {exc}", file=sys.stderr)
+        return None
+    order = np.random.default_rng(0).permutation(len(images))
+    x = torch.as_tensor(images[order], dtype=torch.float64)[:, None] / 255.0
+    y = torch.nn.functional.one_hot(torch.as_tensor(labels[order]), 10).to(torch.float64)
+    mlp = nk.MLP(depth=3, activation="relu", beta=0.1)
+    n = n_train + n_test
+    full = regression({"flatten CNTK": (architecture("flatten"), x[:n]), "MLP NTK (depth 3)": (mlp, x[:n].flatten(1))},
+                      y[:n], n_train, ridge, f"28x28, train {n_train}, test {n_test}")
+    n = pool_train + pool_test
+    x14 = torch.nn.functional.avg_pool2d(x[:n], 2)
+    small = regression({"pool CNTK": (architecture("pool"), x14), "flatten CNTK": (architecture("flatten"), x14),
+                        "MLP NTK (depth 3)": (mlp, x14.flatten(1))},
+                       y[:n], pool_train, ridge, f"14x14, train {pool_train}, test {pool_test}")
+    return {"ridge": ridge,
+            "digits_28x28": {"n_train": n_train, "n_test": n_test, "results": full},
+            "digits_14x14": {"n_train": pool_train, "n_test": pool_test, "results": small}}
 
 
 def main() -> None:
@@ -180,6 +197,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("NTKIT_DATA"))
     parser.add_argument("--mnist-train", type=int, default=1000)
     parser.add_argument("--mnist-test", type=int, default=1000)
+    parser.add_argument("--mnist-pool-train", type=int, default=200)
+    parser.add_argument("--mnist-pool-test", type=int, default=200)
     parser.add_argument("--ridge", type=float, default=1e-4, help="ridge, relative to the mean diagonal")
     parser.add_argument("--parts", nargs="+", default=["speed", "agreement", "mnist"],
                         choices=["speed", "agreement", "mnist"])
@@ -222,7 +241,8 @@ def main() -> None:
         for arch, a in agree.items():
             print(f"float64 agreement {arch} N={a['n']}: off-diagonal {a['max_rel_offdiagonal']:.1e}, diagonal "
                   f"{a['max_rel_diagonal']:.1e}")
-    digits = mnist(args.data_dir, args.mnist_train, args.mnist_test, args.ridge) if "mnist" in args.parts else None
+    digits = mnist(args.data_dir, args.mnist_train, args.mnist_test, args.mnist_pool_train, args.mnist_pool_test,
+                   args.ridge) if "mnist" in args.parts else None
 
     print()
     print(f"{'case':10} {'N':>5} {'dtype':>8} {'ntkit s':>9} {'peak GB':>8} {'NT s':>9} {'ntkit/NT':>9}  goal")

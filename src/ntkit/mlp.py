@@ -4,6 +4,9 @@
     net  = arch.network(in_features=2, width=10_000, seed=0)   # finite network (Section 2)
     K    = arch.kernel(X, get="ntk")                           # Theta^(L), Theorem 1
     S, K = arch.kernel(X, get=("nngp", "ntk"))                 # Sigma^(L) (Proposition 1) and Theta^(L)
+
+Its kernels are those of `arch.layers`, the same network as `ntkit.layers.Sequential` (Linear, Activation, ...,
+Linear), which runs the fused recursion of `ntkit.kernels` for such chains.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class MLP:
 
     Args:
         depth: number of weight layers L >= 1.
-        activation: a name ("relu", "erf", "tanh", ...), a torch callable, or an `Activation`.
+        activation: a name ("relu", "erf", "tanh", ...), a torch callable, or an `ntkit.activations.Activation`.
         beta: the paper's bias scale (>= 0); the bias standard deviation when `b_std` is None.
         W_std: weight scale (the paper: 1.0). A float, or a 0-d tensor to differentiate through.
         b_std: bias scale; overrides `beta` when given.
