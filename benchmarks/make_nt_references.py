@@ -44,6 +44,14 @@ CASES = {
                    ["conv", {"k": [3, 2], "s": [1, 1], "padding": "same", "W": 1.2, "b": 0.0}], ["gelu"],
                    ["gap"], ["dense", {"W": 1.0, "b": 0.1}]],
     },
+    # strided "same" and "valid" convolutions where every pair of positions is kept (pooling follows)
+    "strided_pool": {
+        "shape": [1, 7, 8],
+        "layers": [["conv", {"k": [3, 3], "s": [2, 2], "padding": "same", "W": 1.0, "b": 0.1}], ["relu"],
+                   ["conv", {"k": [2, 2], "s": [2, 1], "padding": "valid", "W": 1.1, "b": 0.2}], ["relu"],
+                   ["conv", {"k": [3, 3], "s": [1, 2], "padding": "same", "W": 1.0, "b": 0.1}], ["erf"],
+                   ["avgpool", {"k": [1, 2], "s": [1, 1]}], ["gap"], ["dense", {"W": 1.0, "b": 0.1}]],
+    },
     # LayerNorm over channels, a residual block (pre-activation: the skip is Gaussian), pooling after it
     "residual_layernorm": {
         "shape": [3, 5, 6],
