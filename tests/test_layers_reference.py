@@ -67,15 +67,15 @@ def test_matches_neural_tangents(name):
     X, Y = DATA[f"{name}/X"], DATA[f"{name}/Y"]
     nngp_xy, ntk_xy = arch.kernel(X, Y, get=("nngp", "ntk"))
     nngp_xx, ntk_xx = arch.kernel(X, get=("nngp", "ntk"))
-    # tanh: stax's Gauss-Hermite rule of degree 200 against our quadrature; both near 1e-11 here
-    rtol = 1e-9 if "tanh" in name else 1e-10
+    # tanh: stax's Gauss-Hermite rule of degree 200 against our quadrature of degree 40 (measured: 2e-13 here)
+    rtol = 1e-10
     for ours, key in ((nngp_xy, "nngp_xy"), (ntk_xy, "ntk_xy")):
         assert_close(ours, DATA[f"{name}/{key}"], rtol)
     # off the diagonal to rtol; on it neural-tangents takes arccos of a correlation of 1 - 1e-16, whose rounding
     # moves the ReLU maps by about sqrt(1e-16): compare the diagonal more loosely
     for ours, key in ((nngp_xx, "nngp_xx"), (ntk_xx, "ntk_xx")):
         assert_close(ours, DATA[f"{name}/{key}"], rtol, diagonal=False)
-        assert_close(np.diag(ours), np.diag(DATA[f"{name}/{key}"]), 1e-6)
+        assert_close(np.diag(ours), np.diag(DATA[f"{name}/{key}"]), 1e-7)  # measured: up to 7e-9
     # the exact diagonal and the Gram's diagonal agree
     np.testing.assert_allclose(arch.kernel_diag(X), np.diag(ntk_xx), rtol=1e-12)
 
