@@ -31,7 +31,8 @@ from .linear import Linear
 from .normalization import LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
 from .record import Record
-from .sequential import Residual, Sequential
+from .residual import Residual
+from .sequential import Sequential
 
 __all__ = ["ELU", "GELU", "Abs", "Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Erf", "Flatten",
            "GlobalAvgPool", "Layer", "LayerError", "LayerNorm", "LeakyReLU", "Linear", "NTKConv", "ReLU", "Record",

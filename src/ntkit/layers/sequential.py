@@ -35,6 +35,7 @@ from .linear import Linear
 from .normalization import LayerNorm
 from .pooling import GlobalAvgPool, _AvgPool
 from .record import Record, full_to_diag, input_record, paired_input_record
+from .residual import Residual, ResidualModule
 
 KERNELS = ("ntk", "nngp")
 Array = torch.Tensor | np.ndarray
@@ -62,12 +63,11 @@ def build(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str, gaussian
     for index, layer in enumerate(layers):
         where = f"layer {prefix}{index}"
         if isinstance(layer, Residual):  # x + branch(x)
-            branch = layer.branch
-            sub, branch_shape, _ = build(branch.layers, shape, f"{prefix}{index}.", gaussian)
+            sub, branch_shape, _ = build(layer.layers, shape, f"{prefix}{index}.", gaussian)
             if len(branch_shape) != len(shape) or branch_shape[1:] != shape[1:]:
                 raise LayerError(f"Residual ({where}): its branch changes the shape per example from "
                                  f"{_positions(shape)} to {_positions(branch_shape)}; x + branch(x) needs the same")
-            if not _ends_with_weights(branch.layers):
+            if not _ends_with_weights(layer.layers):
                 raise LayerError(f"Residual ({where}): its branch must end with a Linear or Conv layer (pooling, "
                                  f"Flatten or LayerNorm may follow it), so that it is independent of the skip "
                                  f"connection in the limit")
@@ -423,31 +423,6 @@ class Sequential:
         return net.to(device) if device is not None else net
 
 
-class Residual(Layer):
-    """x + branch(x). The branch must keep the shape and end with a weight layer (Linear or Conv), so that in the
-    limit it is independent of x: Sigma' = Sigma + Sigma_branch and Theta' = Theta + Theta_branch
-    (neural-tangents' FanOut, parallel(branch, Identity), FanInSum)."""
-
-    def __init__(self, *branch: Layer):
-        if not branch:
-            raise LayerError("Residual needs a branch of at least one layer, got none")
-        self.branch = Sequential(*branch)
-
-    def describe(self) -> str:
-        return f"Residual({', '.join(layer.describe() for layer in self.branch.layers)})"
-
-
-class ResidualModule(nn.Module):
-    """x + branch(x)."""
-
-    def __init__(self, branch: nn.Module):
-        super().__init__()
-        self.branch = branch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.branch(x)
-
-
 def _modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, widths, generator, dtype, prefix: str
              ) -> tuple[list[nn.Module], tuple[int, ...]]:
     """The finite modules of `layers` on inputs of `shape` (real channel counts); the last weight layer has
@@ -457,7 +432,7 @@ def _modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, wid
     for index, layer in enumerate(layers):
         where = f"layer {prefix}{index}"
         if isinstance(layer, Residual):
-            inner, _ = _modules(layer.branch.layers, shape, shape[0], widths, generator, dtype, f"{prefix}{index}.")
+            inner, _ = _modules(layer.layers, shape, shape[0], widths, generator, dtype, f"{prefix}{index}.")
             modules.append(ResidualModule(nn.Sequential(*inner)))
             continue
         out = layer.out_shape(shape, where)
@@ -474,7 +449,7 @@ def _modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, wid
 def _count_hidden(layers: Sequence[Layer], top: bool) -> int:
     """The weight layers that take a width: all but the last one at each level."""
     weights = sum(1 for layer in layers if layer.weights)
-    inner = sum(_count_hidden(layer.branch.layers, False) for layer in layers if isinstance(layer, Residual))
+    inner = sum(_count_hidden(layer.layers, False) for layer in layers if isinstance(layer, Residual))
     return max(weights - 1, 0) + inner
 
 
@@ -482,7 +457,7 @@ def _all_layers(layers: Sequence[Layer]):
     for layer in layers:
         yield layer
         if isinstance(layer, Residual):
-            yield from _all_layers(layer.branch.layers)
+            yield from _all_layers(layer.layers)
 
 
 def _same_activation(a: Any, b: Any) -> bool:
