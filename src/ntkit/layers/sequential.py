@@ -8,7 +8,9 @@ The kernel is computed in tiles of example pairs (`ntkit.gram.KernelTiles`), so 
 plus a few tiles. Each layer's kernel map acts on a `Record` of the spatial covariance the rest of the network
 needs: only Sigma(x_p, y_p) at each position (O(N^2 HW) time, O(HW) per pair) when no pooling follows, every
 pair Sigma(x_p, y_q) (O(N^2 (HW)^2), O((HW)^2) per pair) up to the last pooling layer. Tiles are sized so that
-one tile's covariance stays within `TILE_BYTES`. A pure fully-connected chain (Linear, Activation, Linear, ...
+one tile's covariance stays within `TILE_BYTES`; a tile on the diagonal of a symmetric Gram computes each pair
+once, and a first convolution that keeps every pair of positions is one product of the inputs' patches. A pure
+fully-connected chain (Linear, Activation, Linear, ...
 with one activation and one W_std, b_std) runs the fused recursion of `ntkit.kernels`, as `MLP` does.
 """
 
