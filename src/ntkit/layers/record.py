@@ -214,11 +214,11 @@ def full_to_diag(record: Record) -> Record:
     """Keep only Sigma(x_p, y_p) and Theta(x_p, y_p): the positions' diagonal of a "full" record."""
     if record.layout != "full":
         return record
-    lead, S = record.sigma.shape[:record.nbatch], record.spatial
+    batch, S = record.sigma.shape[:record.nbatch], record.spatial
     P = _prod(S)
 
     def diagonal(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(*lead, P, P).diagonal(dim1=-2, dim2=-1).reshape(*lead, *S).contiguous()
+        return t.reshape(*batch, P, P).diagonal(dim1=-2, dim2=-1).reshape(*batch, *S).contiguous()
 
     return replace(record.map(diagonal), layout="diag")
 
