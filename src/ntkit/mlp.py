@@ -114,7 +114,11 @@ class MLP:
             of both, returned in that order. Each result has shape (N, M), X's dtype and device;
             NumPy input gives NumPy output.
         out: a preallocated (N, M) array (a tuple of them for a tuple `get`), a NumPy memmap
-            included; it is filled and returned.
+            included; it is filled and returned. Or a path ending in ".zarr": a resumable on-disk store
+            (`ntkit.gram.store`: finished tiles are recorded, a rerun computes only the others), whose arrays
+            are returned.
+        client: a dask.distributed.Client: the tiles run as Dask tasks on its workers
+            (`ntkit.gram.distributed`), bitwise the same result.
         tile: edge of the square tiles the Gram is computed in (default 512 on CPU, 8192 on
             GPU): peak memory is the output plus a few tiles.
         compile: fuse the ReLU-family recursion with torch.compile (one pass over memory per layer

@@ -222,13 +222,15 @@ class Sequential:
 
     # ------------------------------------------------------------------------- the kernels
     def kernel(self, X: Array, Y: Array | None = None, get: str | tuple[str, ...] = "ntk", *,
-               out: Array | tuple[Array, ...] | None = None, tile: int | None = None,
-               progress: bool | None = None) -> Array | tuple[Array, ...]:
+               out: Array | tuple[Array, ...] | str | None = None, tile: int | None = None,
+               progress: bool | None = None, client: Any = None) -> Array | tuple[Array, ...]:
         """The exact infinite-width kernels between the examples of X (N, *shape) and of Y (M, *shape; default X).
 
         get: "ntk" (Theta), "nngp" (Sigma) or a tuple of both, returned in that order; each (N, M) in X's dtype
             and device (float32 or float64; other dtypes become float32). NumPy in gives NumPy out.
-        out: preallocated (N, M) arrays (a NumPy memmap works), filled and returned.
+        out: preallocated (N, M) arrays (a NumPy memmap works), filled and returned; or a path ending in ".zarr":
+            a resumable on-disk store (`ntkit.gram.store`), whose arrays are returned.
+        client: a dask.distributed.Client: the tiles run as Dask tasks on its workers (`ntkit.gram.distributed`).
         tile: edge of the square tiles of example pairs (default: sized so one tile's spatial covariance stays
             within `TILE_BYTES`; see the module docstring for the memory each architecture needs).
         progress: a progress bar over tiles (None: the global setting).
@@ -242,7 +244,7 @@ class Sequential:
             sigma, theta = self._block(Xt, Xt if Yt is None else Yt, "ntk" in names)
             return _return([theta if name == "ntk" else sigma for name in names], get, numpy_in)
         tiles = self.tiles(Xt, Yt, names, tile=tile)
-        outs = gram.evaluate(tiles, out, show_progress=progress)
+        outs = gram.evaluate(tiles, out, show_progress=progress, client=client)
         if out is not None:
             return outs[0] if isinstance(get, str) else tuple(outs)
         return _return(outs, get, numpy_in)
