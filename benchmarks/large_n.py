@@ -199,10 +199,12 @@ def part_exact(args, rows: list) -> None:
 
 def part_scale(args, rows: list) -> None:
     for n in args.sizes:
-        m = args.centers or min(n, max(1000, int(4 * np.sqrt(n))))
+        large = n >= args.float32_at           # float32 and fewer centres, so K(X, centres) is cached within 8 GB
+        m = args.centers_large if large else (args.centers or min(n, max(1000, int(4 * np.sqrt(n)))))
+        dtype = "float32" if large else args.dtype
         spec = {"part": "scale", "method": f"nystrom-{m}", "m": m, "n": n, "ridge": args.ridge * n,
-                "dtype": args.dtype, "tol": args.tol}
-        rows.append({"part": "scale", "method": "nystrom", "n": n, "m": m, "noise_floor_mse": 0.01,
+                "dtype": dtype, "tol": max(args.tol, 1e-5) if dtype == "float32" else args.tol}
+        rows.append({"part": "scale", "method": "nystrom", "n": n, "m": m, "dtype": dtype, "noise_floor_mse": 0.01,
                      **in_subprocess(spec, args.timeout)})
         print_row(rows[-1])
 
@@ -236,6 +238,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=lambda s: [int(float(v)) for v in s.split(",")],
                         default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--centers", type=int, default=None, help="Nystrom centres in the scale part")
+    parser.add_argument("--float32-at", type=int, default=1_000_000,
+                        help="scale sizes from this N on run in float32 with --centers-large centres")
+    parser.add_argument("--centers-large", type=int, default=1500)
     parser.add_argument("--ridge", type=float, default=1e-4, help="ridge per training point in the scale part")
     parser.add_argument("--mnist-sizes", type=lambda s: [int(float(v)) for v in s.split(",")],
                         default=[5_000, 20_000, 50_000, 200_000])
@@ -256,9 +261,10 @@ def main() -> None:
     rows: list = []
     for part in args.part:
         {"exact": part_exact, "scale": part_scale, "mnist": part_mnist}[part](args, rows)
-    payload = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                           "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-               "gpu": "not yet measured on a GPU", "rows": rows}
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+               "load_average": os.getloadavg()}
+    payload = {"machine": machine, "gpu": "not yet measured on a GPU", "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2))
     print(f"wrote {args.out}")

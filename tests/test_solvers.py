@@ -303,3 +303,28 @@ def test_cross_kernel_at_coincident_and_near_points_is_accurate(dtype, before_at
     error_after = float(((after - reference).abs() / reference).max())
     assert error_before >= before_at_least
     assert error_after <= after_at_most, (error_before, error_after)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-12])
+def test_full_rank_preconditioner_with_tiny_ridge_converges(ridge):
+    """A preconditioner that captures all of K (rank = N) with a shift near 0 once made the Woodbury form cancel
+    catastrophically and CG diverge; the shift's floor keeps it accurate."""
+    X, Y = problem(n=200, k=1)
+    K = nk.MLP(depth=4).kernel(X)
+    result = cg.solve(KernelOperator(K), Y, ridge, rank=200)
+    assert result.converged and result.iterations < 10
+    assert relative(result.solution, dense_solution(K, Y, ridge)) < 1e-8
+
+
+@pytest.mark.parametrize("centers", ["uniform", "rpcholesky"])
+def test_nystrom_with_a_rank_deficient_centres_gram_is_exact(centers):
+    """1-D inputs without bias: the ReLU kernel has rank 2, so K(C, C) is singular; Nystrom then works in the range
+    of K(C, C), which loses nothing, and with every point a centre equals exact kernel ridge regression."""
+    X = np.array([[0.12573022], [-0.13210486], [0.64042265], [0.10490012], [-0.53566937], [0.36159505]])
+    y = np.arange(6.0)
+    arch = nk.MLP(depth=2, b_std=0.0)
+    exact = nk.InfiniteWidthGP(arch, X, y, ridge=1.0).predict(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nystrom = nk.InfiniteWidthGP(arch, X, y, ridge=1.0, solver="nystrom", n_centers=6, centers=centers).predict(X)
+    assert np.abs(nystrom - exact).max() < 1e-7 * np.abs(exact).max()

@@ -58,7 +58,8 @@ def conjugate_gradient(matvec, B: torch.Tensor, precondition=None, *, tol: float
                        desc: str = "conjugate gradients", show_progress: bool | None = None) -> CGResult:
     """Solve A X = B for a symmetric positive definite A given by `matvec` (V -> A V), with the preconditioner
     `precondition` (R -> P^-1 R, symmetric positive definite) or none. Columns are independent CG runs sharing
-    each product with A. Raises ValueError when A is found not positive definite (p^T A p <= 0)."""
+    each product with A. Raises ValueError when A is found not positive definite on the first direction
+    (p^T A p <= 0); later, the same (rounding once the residual has stalled) ends the iteration where it is."""
     X = torch.zeros_like(B)
     R = B.clone()
     scale = B.norm(dim=0)
@@ -74,8 +75,11 @@ def conjugate_gradient(matvec, B: torch.Tensor, precondition=None, *, tol: float
         AP = matvec(P)
         curvature = (P * AP).sum(0)
         if bool((curvature[active] <= 0).any()):
-            raise ValueError("K + ridge I is not positive definite (p^T (K + ridge I) p <= 0 in conjugate gradients, "
-                             f"iteration {iterations}): pass ridge > 0")
+            if iterations == 1:      # on the first direction: the operator itself is not positive definite
+                raise ValueError("K + ridge I is not positive definite (p^T (K + ridge I) p <= 0 in conjugate "
+                                 "gradients): pass ridge > 0")
+            iterations -= 1          # later: rounding once the residual has stalled; keep the iterate reached
+            break
         alpha = torch.where(active, rz / torch.where(active, curvature, torch.ones_like(curvature)),
                             torch.zeros_like(rz))
         X += alpha * P
@@ -107,7 +111,8 @@ def warn_not_converged(result: CGResult, tol: float, max_iter: int, what: str = 
 def build_preconditioner(op: KernelOperator, ridge: float, kind: str = "rpcholesky", rank: int = DEFAULT_RANK,
                          seed: int = 0) -> tuple[Woodbury | None, LowRank | None]:
     """P ~ K + ridge I from a rank-`rank` approximation K ~ F F^T (`kind` "rpcholesky" or "nystrom"), shifted by
-    mu = ridge, or by the mean residual diagonal trace(K - F F^T) / N when ridge = 0. Raises ValueError when ridge = 0
+    mu = the larger of the ridge and the mean residual diagonal trace(K - F F^T) / N (what F misses, on average), and
+    at least sqrt(eps) times the mean diagonal. Raises ValueError when ridge = 0
     and the approximation shows K singular (numerical rank below N)."""
     if kind == "none":
         return None, None
@@ -120,7 +125,10 @@ def build_preconditioner(op: KernelOperator, ridge: float, kind: str = "rpcholes
         raise ValueError(f"K is singular: its numerical rank is {low.F.shape[1]} < N = {op.n} (duplicated or "
                          "linearly dependent training points), so (K + ridge I) A = Y has no unique solution with "
                          "ridge = 0. Pass ridge > 0 (e.g. 1e-6 times the mean of diag K)")
-    mu = ridge if ridge > 0 else max(low.residual_trace / op.n, torch.finfo(op.dtype).eps * trace / op.n)
+    # a shift far below the diagonal makes the Woodbury form cancel catastrophically (R - F (...)^-1 F^T R) / mu:
+    # it is kept at least sqrt(eps) times the mean diagonal, where P^-1 stays accurate to about sqrt(eps)
+    floor = torch.finfo(op.dtype).eps ** 0.5 * trace / op.n
+    mu = max(ridge, low.residual_trace / op.n, floor)
     return Woodbury(low.F, mu), low
 
 
