@@ -335,10 +335,8 @@ def test_estimators_refuse_no_rows() -> None:
 CG_BREAKDOWN = ("solvers/cg.py raises 'K + ridge I is not positive definite ... pass ridge > 0' at iteration 370 on a "
                 "positive definite K + I (eigenvalues 1.8e11 to 2.7e18, condition 1.5e7): rounding, once the residual "
                 "has stalled, gives p^T A p <= 0. Needs a stop (or restart) on breakdown after progress, not the error")
-NYSTROM_SINGULAR = ("solvers/nystrom.py factors K_mm by torch.linalg.cholesky: a singular centres' Gram (1-D inputs "
-                    "without bias have a rank-2 ReLU kernel) raises torch's LinAlgError, or CG says 'K + ridge I is "
-                    "not positive definite ... pass ridge > 0' although ridge = 1. Needs a jitter or a pivoted "
-                    "factor of K_mm, or a clear ValueError")
+
+
 def solver_call(fn):
     """Call fn; a ConvergenceWarning or IllConditionedWarning is allowed and reported, any other is an error."""
     from ntkit.solvers import ConvergenceWarning
@@ -411,13 +409,8 @@ def test_infinite_width_gp_solvers_agree_with_cholesky(arch, train, t, ridge, so
     try:
         mean, caught = solver_call(lambda: nk.InfiniteWidthGP(arch, X, y, ridge=ridge, solver=solver, **kwargs)
                                    .predict(Xs, t=t))
-    except torch.linalg.LinAlgError:
-        assert solver in ("nystrom", "auto")
-        return        # the known failure pinned by test_nystrom_with_a_singular_centres_gram
     except ValueError as error:
         if "not positive definite" in str(error):     # ridge > 0 here: K + ridge I is positive definite
-            if solver == "nystrom":
-                return    # the known failure pinned by test_nystrom_with_a_singular_centres_gram
             K = arch.kernel(X)
             eig = np.linalg.eigvalsh(K + ridge * np.eye(len(K)))
             if eig.min() <= 1e-12 * eig.max():
@@ -436,7 +429,6 @@ def test_infinite_width_gp_solvers_agree_with_cholesky(arch, train, t, ridge, so
     assert np.abs(mean - exact).max() <= 1e-8 * cond * scale + 1e-300, np.abs(mean - exact).max() / scale
 
 
-@pytest.mark.xfail(strict=True, reason=NYSTROM_SINGULAR)
 def test_nystrom_with_a_singular_centres_gram() -> None:
     """Six 1-D inputs without bias: the ReLU kernel has rank 2, so the centres' Gram (all six points) is singular;
     with ridge = 1 the regression itself is well posed and Nystrom with every point a centre is exact."""
