@@ -44,10 +44,13 @@ def sigma1(X: torch.Tensor, Y: torch.Tensor, rec: Recursion) -> torch.Tensor:
 def sigma_diagonals(X: torch.Tensor, rec: Recursion, want_ntk: bool = False) -> list[torch.Tensor]:
     """[Sigma^(1)(x, x), ..., Sigma^(L)(x, x)] for each row x of X: L vectors of shape (N,).
 
-    Checks every layer's range (`ntkit._range`): a diagonal past the dtype's largest value, or a positive
-    one that rounds to 0, raises `KernelRangeError` (a ValueError) naming the layer and the fix. With
-    `want_ntk` the Theta^(L) diagonal is checked too. The diagonals bound the Gram (|K(x, y)| <=
-    sqrt(K(x, x) K(y, y))), so a Gram built from checked diagonals stays in range.
+    Checks every layer's range (`ntkit._range`): a diagonal past the dtype's largest value raises
+    `KernelOverflowError`; a positive one that rounds to 0 gives a `KernelUnderflowWarning` where 0 is the
+    nearest value the dtype holds, or raises `KernelUnderflowError` where later layers needed its digits (both
+    errors are ValueErrors naming the layer and the fix). With `want_ntk` the Theta^(L) diagonal is checked too.
+    The diagonals bound the Gram (|K(x, y)| <= sqrt(K(x, x) K(y, y))), so a Gram built from checked diagonals
+    stays in range. Activations by quadrature are refused where the rule cannot resolve the variances
+    (`_range.check_resolution`; the SigmaDot map only with `want_ntk`).
     """
     return _checked_diagonals(X, rec, want_ntk)[0]
 
