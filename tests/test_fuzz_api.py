@@ -235,6 +235,10 @@ sklearn = pytest.importorskip("sklearn")
          train=(np.array([[12.57302211], [-13.21048632]]), np.array([0.0, 1.0])), get="NTK")   # the cone
 @example(arch=nk.MLP(depth=2, activation="erf", W_std=1.0, b_std=0.001),
          train=(np.array([[34.55841921]]), np.array([0.0])), get="NTK")   # d/dlog b_std of 1e-6 of K
+@example(arch=nk.MLP(depth=6, activation="gelu", W_std=100.0, b_std=1.0),
+         train=(np.array([[0.12573022]]), np.array([0.0])), get="NTK")   # asin(r) with r rounded to 1: NaN gradient
+@example(arch=nk.MLP(depth=4, activation="gelu", W_std=100.0, b_std=0.1),
+         train=(np.array([[1.25730221]]), np.array([0.0])), get="NTK")   # ... or a 15% wrong one
 def test_sklearn_kernels_match_mlp_and_their_gradients(arch, train, get) -> None:
     from ntkit.sklearn import NNGP, NTK
 

@@ -250,13 +250,19 @@ class Gelu(Activation):
         r = (c / (torch.sqrt(p1) * torch.sqrt(p2))).clamp(-1.0, 1.0)
         return p1, p2, root_d, r
 
+    @staticmethod
+    def _asin_r(c, root_d):
+        """asin(r) = atan2(c, sqrt(p1 p2 - c^2)) = atan2(c, sqrt(D)): no rounding of r to 1 at large variances,
+        where d asin(r) / dr = 1 / sqrt(1 - r^2) would be infinite and the gradients NaN."""
+        return torch.atan2(c, root_d)
+
     def sigma(self, c, q1, q2):
         # the tail (q1 q2 p1 p2 + c^2 (1 - q1 q2)) / (2 pi p1 p2 sqrt(D)) = ((q1/p1)(q2/p2) D + r^2) / (2 pi sqrt(D))
         p1, p2, root_d, r = self._parts(c, q1, q2)
         tail = ((q1 / p1) * (q2 / p2) * root_d + r * (r / root_d)) / TWO_PI
-        return c / 4 + c * torch.asin(r) / TWO_PI + tail
+        return c / 4 + c * self._asin_r(c, root_d) / TWO_PI + tail
 
     def sigma_dot(self, c, q1, q2):
         p1, p2, root_d, r = self._parts(c, q1, q2)
-        return (0.25 + torch.asin(r) / TWO_PI + c * (1 / p1 + 1 / p2) / (TWO_PI * root_d)
+        return (0.25 + self._asin_r(c, root_d) / TWO_PI + c * (1 / p1 + 1 / p2) / (TWO_PI * root_d)
                 + c / root_d / root_d / (TWO_PI * root_d))
