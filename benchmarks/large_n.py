@@ -184,6 +184,8 @@ def part_exact(args, rows: list) -> None:
                ("nystrom-4000", {"m": 4000})]
     saved = {}
     for method, extra in methods:
+        if args.methods and method not in args.methods:
+            continue
         path = Path(args.scratch) / f"exact_{method}.npy"
         spec = {"part": "exact", "method": method, "n": n, "ridge": 1e-3, "save": str(path), **extra}
         result = in_subprocess(spec, args.timeout)
@@ -235,6 +237,7 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--part", nargs="+", default=["exact", "scale", "mnist"], choices=["exact", "scale", "mnist"])
     parser.add_argument("--exact-n", type=int, default=20_000)
+    parser.add_argument("--methods", nargs="*", help="the exact part's methods to run (default: all)")
     parser.add_argument("--sizes", type=lambda s: [int(float(v)) for v in s.split(",")],
                         default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--centers", type=int, default=None, help="Nystrom centres in the scale part")

@@ -280,9 +280,6 @@ def test_sklearn_kernels_match_mlp_and_their_gradients(arch, train, get) -> None
         assert np.abs(gradient[:, :, index] - numeric).max() <= 1e-3 * scale
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="sklearn/kernels.py writes the exact diagonal into the "
-                   "gradient tile, which autograd returns as a broadcast (expanded) tensor when K is linear in b_std "
-                   "(depth 1): needs .clone() of the Jacobian columns")
 def test_sklearn_kernel_gradient_at_depth_1() -> None:
     from ntkit.sklearn import NTK
 

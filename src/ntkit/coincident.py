@@ -5,8 +5,9 @@ for nearly coincident points is far smaller than q1 q2: forming it as q1 q2 - c^
 the angle theta = atan2(sqrt(det), c), and the arc-cosine kernels have a cone there (1e-8 relative in float64,
 3e-4 in float32). Here det is carried through the recursion without cancellation:
 
-    layer 1:  det = a^2 |x|^2 |u_perp|^2 + a b^2 |u|^2,   u = y - x,  u_perp = u - x (x.u) / |x|^2,  a = W_std^2 / n0
-              (the Lagrange identity |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2, with y_perp = u_perp)
+    layer 1:  det = a^2 |x|^2 |v_perp|^2 + a b^2 |u|^2,   u = y - x,  a = W_std^2 / n0,  v the shorter of u and y,
+              v_perp = v - x (x.v) / |x|^2  (the Lagrange identity |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2: y and u
+              have the same part normal to x, and the shorter one gives it without cancellation)
     layer l+1, with E = E[sigma(u) sigma(v)], e_i = E[sigma(u_i)^2] and D = e1 e2 - E^2 from the activation
               (`Activation.sigma_both_gap`):
               det' = W^4 D + W^2 b^2 (e1 + e2 - 2E),   e1 + e2 - 2E = (sqrt(e1) - sqrt(e2))^2 + 2 D / (sqrt(e1 e2) + E).
@@ -39,9 +40,10 @@ def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple
     """(c, q1, q2, det) of Sigma^(1) for paired rows x, y (P, n0), det by the Lagrange identity (module docstring)."""
     a = w2 / x.shape[1]
     u = y - x
-    xx = (x * x).sum(1)
-    u_perp = u - x * ((x * u).sum(1) / torch.where(xx > 0, xx, torch.ones_like(xx)))[:, None]
-    det = a * a * xx * (u_perp * u_perp).sum(1) + a * b2 * (u * u).sum(1)
+    xx, uu = (x * x).sum(1), (u * u).sum(1)
+    v = torch.where(((y * y).sum(1) < uu)[:, None], y, u)   # the shorter of y and y - x: the same part normal to x
+    v_perp = v - x * ((x * v).sum(1) / torch.where(xx > 0, xx, torch.ones_like(xx)))[:, None]
+    det = a * a * xx * (v_perp * v_perp).sum(1) + a * b2 * uu
     return a * (x * y).sum(1) + b2, a * xx + b2, a * (y * y).sum(1) + b2, det
 
 
@@ -70,6 +72,10 @@ def refine(X: torch.Tensor, Y: torch.Tensor, rec, rows: torch.Tensor, cols: torc
     for start in range(0, len(rows), CHUNK):
         r, k = rows[start:start + CHUNK], cols[start:start + CHUNK]
         s, t = recursion(X[r], Y[k], rec, theta is not None)
+        # det grows like the variances squared: past sqrt(the dtype's largest value) it overflows, and the pair
+        # keeps the fast formulas' value (finite, sqrt(eps) accurate in the angle)
+        finite = torch.isfinite(s) if t is None else torch.isfinite(s) & torch.isfinite(t)
+        r, k, s = r[finite], k[finite], s[finite]
         sigma[r, k] = s
         if theta is not None:
-            theta[r, k] = t
+            theta[r, k] = t[finite]

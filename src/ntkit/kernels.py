@@ -100,8 +100,8 @@ def kernel_block(
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
     torch.compile (see `MLP.kernel`).
     """
-    qx = sigma_diagonals(X, rec) if qx is None else qx
-    qy = sigma_diagonals(Y, rec) if qy is None else qy
+    qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
+    qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)

@@ -504,8 +504,8 @@ def _fc_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, rec: Recursio
     want_ntk = "ntk" in names
     edge = gram.default_tile(Xt.device) if tile is None else check_positive_int(tile, "tile")
     with torch.no_grad():
-        qx = sigma_diagonals(Xt, rec)
-        qy = qx if symmetric else sigma_diagonals(Yt, rec)
+        qx = sigma_diagonals(Xt, rec, want_ntk)     # range-checked, the Theta diagonal too
+        qy = qx if symmetric else sigma_diagonals(Yt, rec, want_ntk)
 
     def diag(rows: gram.Index) -> list[torch.Tensor]:
         sigma, theta = kernel_diag(Xt[rows], rec, want_ntk)

@@ -130,7 +130,7 @@ class _MLPKernel(Kernel):
             with torch.enable_grad():
                 arch = self._arch(**params)
                 block = arch.kernel(X[rows], X[cols], get=self._get)
-                tiles = [block.detach(), *_jacobian_columns(block, wrt)]
+                tiles = [block.detach(), *(c.clone() for c in _jacobian_columns(block, wrt))]   # writable
                 if rows == cols:  # at x = y the pairwise formula loses sqrt(eps) in the angle: use the
                     diagonal = arch.kernel_diag(X[rows], get=self._get)   # exact diagonal, as MLP.kernel does
                     for tile, exact in zip(tiles, [diagonal.detach(), *_jacobian_columns(diagonal, wrt)],
