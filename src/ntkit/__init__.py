@@ -72,8 +72,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Abs", "Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "ELU", "EarlyStopping", "Erf", "Flatten",
-    "FlowResult", "GELU", "GlobalAvgPool", "IllConditionedWarning", "InfiniteWidthGP", "KernelOverflowError", "KernelPCA",
-    "KernelRangeError", "KernelUnderflowError", "KernelUnderflowWarning", "LayerNorm",
+    "FlowResult", "GELU", "GlobalAvgPool", "IllConditionedWarning", "InfiniteWidthGP", "KernelOverflowError",
+    "KernelPCA", "KernelRangeError", "KernelUnderflowError", "KernelUnderflowWarning", "LayerNorm",
     "LeakyReLU", "LeastSquares", "Linear", "LinearizedModel", "MLP", "NTKLinear", "NTKNetwork", "NTKTracker",
     "ReLU", "Residual", "Sequential", "SiLU", "Sigmoid", "Softplus", "Spectrum", "Tanh", "TrainingHistory",
     "choose_method", "converged_fraction", "decompose", "early_stopping_time", "empirical_ntk", "get_activation",
