@@ -107,6 +107,7 @@ class MLP:
         compile: fuse the ReLU-family recursion with torch.compile (one pass over memory per layer
             instead of about twelve). Worth it for repeated large Grams, on a GPU above all; the
             first call compiles, which takes tens of seconds. Other activations ignore it.
+
         progress: show a progress bar over tiles (None: the global setting, see `set_progress`).
         """
         names = self._check_get(get)

@@ -1,0 +1,194 @@
+"""Sphinx helpers for the ntkit documentation, each read from the project at build time so the pages
+cannot drift from it:
+
+- ``.. ntkit-cli::`` the ``--help`` text of the ``ntkit`` command and of each subcommand, from the
+  command's own argparse parser;
+- ``.. ntkit-benchmarks::`` one table per ``benchmarks/results/*.json`` file, with the machine the
+  numbers were measured on;
+- a check that every public name (``ntkit.__all__``, ``ntkit.sklearn.__all__``) has an API entry:
+  a missing one is a warning, so an error in the CI build (``-W``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+PUBLIC_MODULES = ("ntkit", "ntkit.sklearn")
+
+
+# ---------------------------------------------------------------------------------------- CLI help
+def _help_text(parser: argparse.ArgumentParser) -> str:
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"               # argparse wraps to the terminal width: fix it
+    try:
+        return parser.format_help()
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def cli_sections() -> list[tuple[str, str]]:
+    """[(command line, its --help text)] for ``ntkit`` and each of its subcommands."""
+    from ntkit.cli import build_parser
+
+    parser = build_parser()
+    sections = [("ntkit --help", _help_text(parser))]
+    for action in parser._actions:              # argparse keeps subcommands in a private action
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                sections.append((f"ntkit {name} --help", _help_text(sub)))
+    return sections
+
+
+class CLIHelp(SphinxDirective):
+    """The help of the ``ntkit`` command and its subcommands, one titled block each."""
+
+    def run(self) -> list[nodes.Node]:
+        out: list[nodes.Node] = []
+        for command, text in cli_sections():
+            section = nodes.section(ids=[nodes.make_id(command)], names=[nodes.fully_normalize_name(command)])
+            section += nodes.title(text=command)
+            section += nodes.literal_block(text, text, language="text")
+            self.state.document.note_implicit_target(section, section)
+            out.append(section)
+        return out
+
+
+# ------------------------------------------------------------------------------- benchmark tables
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return f"{value:.2e}"
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return _format(value).replace("|", "/").replace("\n", " ") or " "
+
+
+def machine_of(data: dict[str, Any]) -> str:
+    """A sentence naming the machine a results file was measured on (from whichever fields it has)."""
+    parts: list[str] = []
+    for key in ("machine", "meta"):
+        value = data.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, dict):
+            wanted = ("machine", "platform", "processor", "cpus", "machine_cpus", "threads", "torch_threads",
+                      "torch", "device", "gpu", "date")
+            parts += [f"{k} {_format(value[k])}" for k in wanted if k in value and value[k] not in ("", None)]
+    if "machine_cpus" in data:
+        parts.append(f"cpus {data['machine_cpus']}")
+    if not parts:
+        return "The results file does not name its machine."
+    return "Measured on: " + "; ".join(dict.fromkeys(parts)) + "."
+
+
+def rows_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    for key in ("rows", "results"):
+        if isinstance(data.get(key), list):
+            return [row for row in data[key] if isinstance(row, dict)]
+    return []
+
+
+def table_rst(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(settings shared by every row, the rows as an RST list-table). Columns of scalars only."""
+    columns: list[str] = []
+    for row in rows:
+        for key, value in row.items():
+            if key not in columns and not isinstance(value, (list, dict)):
+                columns.append(key)
+    columns = [c for c in columns if any(row.get(c) is not None for row in rows)]
+    shared = [c for c in columns if len(rows) > 1 and len({json.dumps(row.get(c)) for row in rows}) == 1]
+    varying = [c for c in columns if c not in shared] or columns
+    fixed = [f"``{c}`` = {_cell(rows[0].get(c))}" for c in shared]
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    lines.append("   * - " + "\n     - ".join(f"``{c}``" for c in varying))
+    for row in rows:
+        lines.append("   * - " + "\n     - ".join(_cell(row.get(c, "")) for c in varying))
+    return fixed, lines
+
+
+class Benchmarks(SphinxDirective):
+    """A section per ``benchmarks/results/*.json``: the machine, the shared settings and a table."""
+
+    def run(self) -> list[nodes.Node]:
+        files = sorted(RESULTS.glob("*.json"))
+        if not files:
+            logger.warning("no benchmark results found in benchmarks/results", location=self.get_location())
+        lines: list[str] = []
+        for path in files:
+            self.env.note_dependency(str(path))
+            data = json.loads(path.read_text())
+            title = f"``{path.name}``"
+            lines += [title, "^" * len(title), "", machine_of(data), ""]
+            if data.get("command"):
+                lines += [f"Command: ``{data['command']}``", ""]
+            rows = rows_of(data)
+            if not rows:
+                lines += ["(no rows in this file)", ""]
+                continue
+            fixed, table = table_rst(rows)
+            if fixed:
+                lines += ["Every row: " + "; ".join(fixed) + ".", ""]
+            lines += table + [""]
+        container = nodes.container()
+        nested_parse_with_titles(self.state, StringList(lines, source=str(RESULTS)), container)
+        return container.children
+
+
+# ------------------------------------------------------------------------------- API coverage
+def public_names() -> list[str]:
+    names = []
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        names += [f"{module_name}.{name}" for name in module.__all__]
+    return names
+
+
+def check_api_coverage(app: Sphinx, env: Any) -> None:
+    documented = set(env.get_domain("py").objects)
+    missing = [name for name in public_names() if name not in documented]
+    if missing:
+        logger.warning("public names without an entry in the API reference (add them to docs/api/index.md): "
+                       + ", ".join(missing))
+
+
+def skip_member(app: Sphinx, what: str, name: str, obj: Any, skip: bool, options: Any) -> bool | None:
+    """Leave out what scikit-learn adds to every estimator (metadata-routing request setters)."""
+    if name.startswith("set_") and name.endswith("_request") or name == "get_metadata_routing":
+        return True
+    return None
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("autodoc-skip-member", skip_member)
+    app.add_directive("ntkit-cli", CLIHelp)
+    app.add_directive("ntkit-benchmarks", Benchmarks)
+    app.connect("env-check-consistency", check_api_coverage)
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
