@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
 PAGES = sorted(DOCS.glob("*.md"))
+pytestmark = pytest.mark.usefixtures("one_thread")   # small examples: one thread is as fast, and far faster under load
 
 
 def code_blocks(text: str) -> list[str]:
