@@ -115,10 +115,13 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
     "header_links_before_dropdown": 8,
-    "secondary_sidebar_items": ["page-toc"],
+    "secondary_sidebar_items": {"**": ["page-toc"], "performance": []},   # wide tables need the room
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": [], "getting-started": []}
+html_css_files = ["ntkit.css"]
+# pages without subpages: no empty "Section Navigation" column
+html_sidebars = {page: [] for page in ("index", "getting-started", "paper", "empirical", "dynamics", "sklearn",
+                                       "performance")}
 html_show_sourcelink = False
 html_copy_source = False

@@ -78,3 +78,35 @@ def test_checker_finds_a_broken_link(tmp_path: Path) -> None:
     parse.cache_clear()
     broken = broken_links(tmp_path / "a.html")
     assert len(broken) == 2 and "c.html" in broken[0] and "gone" in broken[1]
+
+
+def test_performance_page_has_the_benchmark_tables() -> None:
+    """One table per benchmarks/results/*.json, each with a row per result (read when the site was built)."""
+    page = SITE / "performance.html"
+    if not page.exists():
+        pytest.skip("the documentation is not built (python -m sphinx -W -b html docs docs/_build/html)")
+    html = page.read_text(encoding="utf-8")
+    results = sorted((SITE.parents[2] / "benchmarks" / "results").glob("*.json"))
+    assert len(results) > 0 and html.count("ntkit-benchmark") == len(results), "one table per results file"
+    for path in results:
+        assert f'id="results-{path.stem.replace("_", "-")}"' in html, f"no section for {path.name}"
+    assert html.count("Measured on:") + html.count("does not name its machine") == len(results)
+
+
+def test_api_reference_has_every_cli_command() -> None:
+    """The API page shows the help of `ntkit` and of each of its subcommands, as the parser defines them."""
+    page = SITE / "api" / "index.html"
+    if not page.exists():
+        pytest.skip("the documentation is not built (python -m sphinx -W -b html docs docs/_build/html)")
+    import argparse
+
+    from ntkit.cli import build_parser
+
+    html = page.read_text(encoding="utf-8")
+    parser = build_parser()
+    subcommands = [name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                   for name in action.choices]
+    assert subcommands
+    for name in ["", *subcommands]:
+        anchor = f'id="ntkit-{name + "-" if name else ""}help"'
+        assert anchor in html, f"no help section for 'ntkit {name} --help'"

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from docutils import nodes
-from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
-from sphinx.util.nodes import nested_parse_with_titles
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +33,7 @@ PUBLIC_MODULES = ("ntkit", "ntkit.sklearn")
 # ---------------------------------------------------------------------------------------- CLI help
 def _help_text(parser: argparse.ArgumentParser) -> str:
     old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"               # argparse wraps to the terminal width: fix it
+    os.environ["COLUMNS"] = "88"               # argparse wraps to the terminal width: fix it
     try:
         return parser.format_help()
     finally:
@@ -65,7 +63,7 @@ class CLIHelp(SphinxDirective):
         out: list[nodes.Node] = []
         for command, text in cli_sections():
             section = nodes.section(ids=[nodes.make_id(command)], names=[nodes.fully_normalize_name(command)])
-            section += nodes.title(text=command)
+            section += nodes.title("", "", nodes.literal(command, command))
             section += nodes.literal_block(text, text, language="text")
             self.state.document.note_implicit_target(section, section)
             out.append(section)
@@ -116,8 +114,8 @@ def rows_of(data: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def table_rst(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """(settings shared by every row, the rows as an RST list-table). Columns of scalars only."""
+def table_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(columns whose value is the same in every row, the other columns); scalar columns only."""
     columns: list[str] = []
     for row in rows:
         for key, value in row.items():
@@ -125,13 +123,32 @@ def table_rst(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
                 columns.append(key)
     columns = [c for c in columns if any(row.get(c) is not None for row in rows)]
     shared = [c for c in columns if len(rows) > 1 and len({json.dumps(row.get(c)) for row in rows}) == 1]
-    varying = [c for c in columns if c not in shared] or columns
-    fixed = [f"``{c}`` = {_cell(rows[0].get(c))}" for c in shared]
-    lines = [".. list-table::", "   :header-rows: 1", ""]
-    lines.append("   * - " + "\n     - ".join(f"``{c}``" for c in varying))
-    for row in rows:
-        lines.append("   * - " + "\n     - ".join(_cell(row.get(c, "")) for c in varying))
-    return fixed, lines
+    return shared, [c for c in columns if c not in shared] or columns
+
+
+def _paragraph(*parts: str | nodes.Node) -> nodes.paragraph:
+    para = nodes.paragraph()
+    for part in parts:
+        para += nodes.Text(part) if isinstance(part, str) else part
+    return para
+
+
+def _table(header: list[str], body: list[list[str]]) -> nodes.table:
+    """A docutils table (built as nodes, so it renders the same from Markdown and reStructuredText pages)."""
+    table = nodes.table(classes=["ntkit-benchmark"])
+    group = nodes.tgroup(cols=len(header))
+    table += group
+    group += [nodes.colspec(colwidth=1) for _ in header]
+
+    def row(cells: list[str], literal: bool) -> nodes.row:
+        out = nodes.row()
+        for cell in cells:
+            out += nodes.entry("", _paragraph(nodes.literal(cell, cell) if literal else cell))
+        return out
+
+    group += nodes.thead("", row(header, True))
+    group += nodes.tbody("", *[row(cells, False) for cells in body])
+    return table
 
 
 class Benchmarks(SphinxDirective):
@@ -141,25 +158,30 @@ class Benchmarks(SphinxDirective):
         files = sorted(RESULTS.glob("*.json"))
         if not files:
             logger.warning("no benchmark results found in benchmarks/results", location=self.get_location())
-        lines: list[str] = []
+        out: list[nodes.Node] = []
         for path in files:
             self.env.note_dependency(str(path))
             data = json.loads(path.read_text())
-            title = f"``{path.name}``"
-            lines += [title, "^" * len(title), "", machine_of(data), ""]
+            section = nodes.section(ids=[nodes.make_id(f"results-{path.stem}")], names=[f"results {path.stem}"])
+            section += nodes.title("", "", nodes.literal(path.name, path.name))
+            section += _paragraph(machine_of(data))
             if data.get("command"):
-                lines += [f"Command: ``{data['command']}``", ""]
+                section += _paragraph("Command: ", nodes.literal(data["command"], data["command"]))
             rows = rows_of(data)
             if not rows:
-                lines += ["(no rows in this file)", ""]
-                continue
-            fixed, table = table_rst(rows)
-            if fixed:
-                lines += ["Every row: " + "; ".join(fixed) + ".", ""]
-            lines += table + [""]
-        container = nodes.container()
-        nested_parse_with_titles(self.state, StringList(lines, source=str(RESULTS)), container)
-        return container.children
+                section += _paragraph("(no rows in this file)")
+            else:
+                shared, varying = table_columns(rows)
+                if shared:
+                    para = _paragraph("Every row: ")
+                    for i, column in enumerate(shared):
+                        para += [nodes.literal(column, column), nodes.Text(f" = {_cell(rows[0].get(column))}")]
+                        para += nodes.Text("; " if i < len(shared) - 1 else ".")
+                    section += para
+                section += _table(varying, [[_cell(row.get(c, "")) for c in varying] for row in rows])
+            self.state.document.note_implicit_target(section, section)
+            out.append(section)
+        return out
 
 
 # ------------------------------------------------------------------------------- API coverage
