@@ -41,7 +41,7 @@ for channels in (8, 64):
     model = cnn(channels)
     print(f"{channels} channels: empirical_ntk takes method={nk.choose_method(model, probe, mode='trace')!r}")
     tracker = nk.NTKTracker(model, probe, every=25, mode="trace")
-    history = nk.train_network(model, X, Y, lr=0.5, steps=150, tracker=tracker)
+    history = nk.train_network(model, X, Y, lr=0.2, steps=200, tracker=tracker)
     results[channels] = (tracker, history)
 
 # %%
