@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import coincident
 from .activations import Activation, PiecewiseLinear
 
 
@@ -101,14 +102,19 @@ def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool
 
 
 def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compiled: bool = False):
-    """`kernel_block` for relu / leaky_relu / abs through `piecewise_linear_layers`."""
+    """`kernel_block` for relu / leaky_relu / abs through `piecewise_linear_layers`; the pairs whose layer-1
+    correlation is within `coincident.NEAR` of 1 are then recomputed without cancellation (`coincident.py`)."""
     tiny = torch.finfo(X.dtype).tiny
     roots = [(torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)), q1.sqrt(), q2.sqrt())
              for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
     sigma = sigma1(X, Y, rec)
+    near = coincident.near_pairs(sigma, qx[0], qy[0]) if rec.depth > 1 else None
     theta = sigma.clone() if want_ntk else None
     layers = _compiled_layers() if compiled else piecewise_linear_layers
-    return layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
+    sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
+    if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
+        coincident.refine(X, Y, rec, *near, sigma, theta)
+    return sigma, theta
 
 
 @torch.no_grad()

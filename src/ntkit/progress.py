@@ -31,3 +31,36 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
         return iter(iterable)
     return iter(tqdm(iterable, total=total, desc=desc, disable=None if choice is None else False,
                      leave=False, dynamic_ncols=True))
+
+
+class _Silent:
+    """The bar when bars are off: every call does nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def meter(total: int | None, desc: str = "", enabled: bool | None = None) -> tqdm | _Silent:
+    """A bar to drive by hand (update, set_postfix_str, close): for loops that end early, such as iterative
+    solvers, which show their residual beside it."""
+    choice = _setting if enabled is None else enabled
+    if choice is False:
+        return _Silent()
+    return tqdm(total=total, desc=desc, disable=None if choice is None else False, leave=False, dynamic_ncols=True)
+
+
+def note(text: str, enabled: bool | None = None) -> None:
+    """One line beside the bars (a choice made, a stage reached), shown when bars are."""
+    choice = _setting if enabled is None else enabled
+    if choice is False:
+        return
+    import sys
+
+    if choice or sys.stderr.isatty():
+        tqdm.write(text, file=sys.stderr)

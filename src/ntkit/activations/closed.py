@@ -56,8 +56,35 @@ class PiecewiseLinear(Activation):
     def sigma_dot_diag(self, q):
         return torch.full_like(q, 0.5 * (1 + self.a**2))
 
+    carries_gap = True
+
+    def sigma_both_gap(self, c, q1, q2, det):
+        """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], D) given det = q1 q2 - c^2 exactly (`ntkit.coincident`),
+        D = E[sigma(u)^2] E[sigma(v)^2] - E[sigma(u) sigma(v)]^2 without cancellation: with m = (1 + a^2) / 2,
+        kappa = (1 - a)^2 / (2 pi), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0,
+            E = m c - kappa r h(theta)  (theta c - s = r h(theta)),   D = m^2 det + kappa r h(theta) (m c + E)."""
+        s = det.clamp(min=0).sqrt()
+        theta = torch.atan2(s, torch.where((s == 0) & (c == 0), torch.ones_like(c), c))
+        m, kappa = 0.5 * (1 + self.a**2), (1 - self.a) ** 2 / TWO_PI
+        dot = self._angular(theta)
+        E = kappa * s + dot * c
+        rh = torch.sqrt(q1 * q2) * theta_cos_minus_sin(theta)
+        return E, dot, m * m * det + kappa * rh * (m * c + E)
+
     def __repr__(self) -> str:
         return f"PiecewiseLinear(negative_slope={self.a:g})"
+
+
+def theta_cos_minus_sin(theta: torch.Tensor) -> torch.Tensor:
+    """h(theta) = theta cos(theta) - sin(theta), by its Taylor series sum_n (-1)^n 2n theta^(2n+1) / (2n+1)! below
+    theta = 0.5 (where the direct form cancels to -theta^3 / 3) and directly above."""
+    t2 = theta * theta
+    series = torch.zeros_like(theta)
+    power = theta * t2                       # theta^(2n+1) for n = 1
+    for n in range(1, 8):
+        series = series + (-1) ** n * (2 * n) / math.factorial(2 * n + 1) * power
+        power = power * t2
+    return torch.where(theta < 0.5, series, theta * torch.cos(theta) - torch.sin(theta))
 
 
 class Identity(Activation):

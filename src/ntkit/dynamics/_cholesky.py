@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from ..solvers.cholesky import solve as cholesky_solve
 from .spectrum import ILL_CONDITIONED
+
+__all__ = ["cholesky", "cholesky_solve", "condition_lower_bound", "limit_factor"]
 
 
 def cholesky(A: torch.Tensor) -> torch.Tensor | None:
@@ -21,12 +24,6 @@ def cholesky(A: torch.Tensor) -> torch.Tensor | None:
         return None
     floor = 10 * A.shape[0] * torch.finfo(A.dtype).eps * float(A.diagonal().max())
     return None if float(L.diagonal().min()) ** 2 <= floor else L
-
-
-def cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """(L L^T)^-1 B for a lower-triangular L (N, N) and B (N, k), by two triangular solves (unlike
-    torch.cholesky_solve, which copies L on every call)."""
-    return torch.linalg.solve_triangular(L.T, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
 
 
 def condition_lower_bound(A: torch.Tensor, L: torch.Tensor, steps: int = 6) -> float:

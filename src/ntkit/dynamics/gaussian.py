@@ -51,11 +51,14 @@ import torch
 
 from .._checks import as_matrix, as_tensor, check_choice, check_real, to_output
 from ..progress import progress as progress_bar
+from ..solvers import cg
+from ..solvers.cholesky import cholesky_in_place, condition_estimate, largest_eigenvalue
+from . import large_n
 from ._blocked import add_gram, congruence, default_block, scaled_upper_product
 from ._cholesky import cholesky, cholesky_solve, limit_factor
 from ._lowrank_time import time_quadratic_forms
 from .least_squares import check_cross_gram, check_targets, shape_output
-from .spectrum import Spectrum, check_gram, check_ridge, gram_spectrum
+from .spectrum import ILL_CONDITIONED, Spectrum, check_gram, check_ridge, gram_spectrum
 from .time import check_times, integrated_decay
 
 TRAINED = ("all", "last")
@@ -75,7 +78,16 @@ class InfiniteWidthGP:
             mean is kernel ridge regression.
         dtype: precision of all the linear algebra (float64 by default).
         progress: show progress bars (None: follow `ntkit.set_progress`).
+        solver: "cholesky" (the default: exact, everything below), "cg", "nystrom" or "auto" (`large_n.py`): the
+            iterative solvers reach N far beyond memory and give the mean; "nystrom" at t = inf only.
+        n_centers, centers: Nystrom's centres (count; "uniform" or "rpcholesky"). tol, max_iter: the iterative
+            solvers' relative residual (None: 1e-10 in float64, 1e-5 in float32) and iteration cap.
+        memory_budget: bytes the solvers may use (None: 80% of the device's free memory); "cholesky" beyond it
+            raises MemoryError at once, "auto" then takes "nystrom", "cg" streams the Gram's tiles.
+        client: a dask.distributed.Client: Grams and solver passes run on its workers.
 
+    With solver="cholesky" construction computes Theta(X, X) only (Sigma(X, X) when a std or covariance first needs
+    it); the first t = inf prediction factors Theta in its own storage (peak: the Gram's bytes plus O(N k)).
     Construction computes the Grams; the factorizations are computed on first use and kept: the Cholesky
     factor of K + ridge I for t = inf, the eigendecomposition `spectrum` for finite times (see the module
     docstring). A Gram that is not positive semi-definite is therefore rejected by the first prediction.
@@ -83,15 +95,33 @@ class InfiniteWidthGP:
     """
 
     def __init__(self, arch: Any, X_train: Array, y_train: Array, *, trained: str = "all", ridge: float = 0.0,
-                 dtype: torch.dtype = torch.float64, progress: bool | None = None):
+                 dtype: torch.dtype = torch.float64, progress: bool | None = None, solver: str = "cholesky",
+                 n_centers: int | None = None, centers: str = "uniform", tol: float | None = None,
+                 max_iter: int = cg.DEFAULT_MAX_ITER, memory_budget: float | None = None, client: Any = None):
         check_choice(trained, "trained", TRAINED)
         Xt, numpy_in = as_matrix(X_train, "X_train", dtype=dtype)
-        if trained == "all":
-            Sigma, Theta = arch.kernel(Xt, get=("nngp", "ntk"), progress=progress)
-        else:
-            Sigma, Theta = arch.kernel(Xt, get="nngp", progress=progress), None
-        self._setup(Theta, Sigma, y_train, trained, ridge, dtype, numpy_in, checked=True)
-        self.arch, self.X_train, self._progress = arch, Xt, progress
+        self.arch, self.X_train, self._progress, self._client = arch, Xt, progress, client
+        budget = large_n.memory_budget(memory_budget, Xt.device)
+        self.solver = large_n.resolve_solver(solver, Xt.shape[0], dtype, Xt.device, budget, progress)
+        get = "ntk" if trained == "all" else "nngp"
+        if self.solver == "cholesky":   # Theta only: Sigma(X, X) is computed when a std or covariance needs it
+            K = self._kernel(Xt, get=get)
+            self._setup(K if trained == "all" else None, None if trained == "all" else K, y_train, trained, ridge,
+                        dtype, numpy_in, checked=True)
+            self._owns_K = trained == "all"          # free to factor in place (recomputed if needed again)
+            self._iterative = None
+            return
+        self._setup(None, None, y_train, trained, ridge, dtype, numpy_in, checked=True, n=Xt.shape[0])
+        self._iterative = large_n.IterativeGP(arch, Xt, self.y_train, get, self.solver, self.ridge, tol=tol,
+                                              max_iter=max_iter, n_centers=n_centers, centers=centers, budget=budget,
+                                              client=client, progress=progress)
+
+    def _kernel(self, X: torch.Tensor, Y: torch.Tensor | None = None, get: Any = "ntk",
+                progress: bool | None = None) -> Any:
+        """arch.kernel, on Dask workers when a client was given."""
+        kwargs = {} if self._client is None else {"client": self._client}
+        show = self._progress if progress is None else progress
+        return self.arch.kernel(X, Y, get=get, progress=show, **kwargs)
 
     @classmethod
     def from_grams(cls, Theta_train: Array | None, Sigma_train: Array, y_train: Array, *, trained: str = "all",
@@ -104,28 +134,30 @@ class InfiniteWidthGP:
             raise ValueError("Theta_train is required for trained='all'")
         self._setup(Theta_train if trained == "all" else None, Sigma_train, y_train, trained, ridge, dtype,
                     not isinstance(Sigma_train, torch.Tensor))
-        self.arch, self.X_train, self._progress = None, None, None
+        self.arch, self.X_train, self._progress, self._client = None, None, None, None
+        self.solver, self._owns_K, self._iterative = "cholesky", False, None
         return self
 
     def _setup(self, Theta: Any, Sigma: Any, y: Any, trained: str, ridge: float, dtype: torch.dtype,
-               numpy_in: bool, checked: bool = False) -> None:
-        """`checked`: the Grams come from the architecture's `kernel` (exactly symmetric and finite)."""
-        self.trained, self.ridge, self._numpy = trained, check_ridge(ridge), numpy_in
+               numpy_in: bool, checked: bool = False, n: int | None = None) -> None:
+        """`checked`: the Grams come from the architecture's `kernel` (exactly symmetric and finite). Sigma may be
+        None (computed from the architecture on first use); both may be None for the iterative solvers (n given)."""
+        self.trained, self.ridge, self._numpy, self._dtype = trained, check_ridge(ridge), numpy_in, dtype
         def gram(G: Any, name: str) -> torch.Tensor:
             return G.detach().to(dtype) if checked else check_gram(G, name, dtype=dtype)[0]
 
-        self.Sigma_train = gram(Sigma, "Sigma_train")
-        n = self.Sigma_train.shape[0]
-        if Theta is not None:
-            Theta_t = gram(Theta, "Theta_train")
-            if Theta_t.shape != self.Sigma_train.shape:
-                raise ValueError(f"Theta_train and Sigma_train must have the same shape, got "
-                                 f"{tuple(Theta_t.shape)} and {tuple(self.Sigma_train.shape)}")
+        self._Sigma = None if Sigma is None else gram(Sigma, "Sigma_train")
+        Theta_t = None if Theta is None else gram(Theta, "Theta_train")
+        if Theta_t is not None and self._Sigma is not None and Theta_t.shape != self._Sigma.shape:
+            raise ValueError(f"Theta_train and Sigma_train must have the same shape, got "
+                             f"{tuple(Theta_t.shape)} and {tuple(self._Sigma.shape)}")
         # the dynamics kernel: Theta^(L) when every layer trains, Sigma^(L) for the last layer alone
-        self._K = Theta_t if trained == "all" else self.Sigma_train
+        self._K = Theta_t if trained == "all" else self._Sigma
         self._K_name = "Theta_train" if trained == "all" else "Sigma_train"
+        n = self._K.shape[0] if self._K is not None else n
+        device = self._K.device if self._K is not None else self.X_train.device
         self._vector = (y.ndim if isinstance(y, torch.Tensor) else np.ndim(y)) == 1
-        self.y_train = check_targets(y, n, "y_train", self._K.dtype, self._K.device)
+        self.y_train = check_targets(y, n, "y_train", dtype, device)
         self._spectrum: Spectrum | None = None
         self._y_hat: torch.Tensor | None = None                  # V^T y*, (N, k), with the spectrum
         self._S: torch.Tensor | None = None                      # V^T Sigma(X, X) V, when needed
@@ -133,11 +165,33 @@ class InfiniteWidthGP:
         self._limit: torch.Tensor | bool | None = None           # t = inf: Cholesky factor of K + ridge I
         self._alpha: torch.Tensor | None = None                  # (K + ridge I)^-1 y*, with it
 
+    @property
+    def Sigma_train(self) -> torch.Tensor:
+        """Sigma^(L)(X, X) (N, N), computed from the architecture on first use (std, covariance, trained="last")."""
+        if self._Sigma is None:
+            self._Sigma = self._kernel(self.X_train, get="nngp").detach().to(self._dtype)
+        return self._Sigma
+
+    def _dynamics_gram(self) -> torch.Tensor:
+        """K(X, X) of the dynamics, recomputed when the lean t = inf path has factored it in place."""
+        if self._K is None:
+            self._K = self._kernel(self.X_train, get="ntk").detach().to(self._dtype)
+        return self._K
+
     def _limit_factor(self) -> torch.Tensor | None:
         """L with L L^T = K + ridge I, computed on the first t = inf prediction and kept; None when K + ridge I
-        is singular or ill-conditioned (then the spectrum's exact checks give the error or the warning)."""
+        is singular or ill-conditioned (then the spectrum's exact checks give the error or the warning). When the
+        model owns its Gram (built from an architecture, trained="all") the factor overwrites the Gram in place
+        (`solvers.cholesky`): no second N x N array; a later finite time recomputes the Gram."""
         if self._limit is None:
-            L = limit_factor(self._K, self.ridge)
+            if self._owns_K and self._K is not None:
+                A = self._K
+                top = largest_eigenvalue(A) + self.ridge
+                self._K = None                                        # A is overwritten by its factor
+                ok = cholesky_in_place(A, self.ridge) and condition_estimate(A, top) <= ILL_CONDITIONED
+                L = A if ok else None
+            else:
+                L = limit_factor(self._dynamics_gram(), self.ridge)
             self._limit = False if L is None else L
             self._alpha = None if L is None else cholesky_solve(L, self.y_train)
         return None if self._limit is False else self._limit
@@ -150,13 +204,19 @@ class InfiniteWidthGP:
 
     def _decompose(self) -> Spectrum:
         if self._spectrum is None:
-            self._spectrum = gram_spectrum(self._K, self._K_name, dtype=self._K.dtype, checked=True)
+            K = self._dynamics_gram()
+            self._spectrum = gram_spectrum(K, self._K_name, dtype=K.dtype, checked=True)
             self._y_hat = self._spectrum.eigenvectors.T @ self.y_train
         return self._spectrum
 
     @property
+    def iterations(self) -> int:
+        """CG iterations of the t = inf solve of solver "cg" (run on first access) or "nystrom"; 1 for "cholesky"."""
+        return 1 if self._iterative is None else self._iterative.iterations
+
+    @property
     def n_train(self) -> int:
-        return self.Sigma_train.shape[0]
+        return self.y_train.shape[0]
 
     def _sigma_in_basis(self) -> torch.Tensor:
         if self._S is None:
@@ -175,17 +235,27 @@ class InfiniteWidthGP:
         """
         if self.arch is None:
             raise ValueError("this model was built from Grams: use predict_from_grams")
-        Xs, numpy_in = as_matrix(X_test, "X_test", dtype=self.Sigma_train.dtype, device=self.Sigma_train.device)
+        Xs, numpy_in = as_matrix(X_test, "X_test", dtype=self.y_train.dtype, device=self.y_train.device)
         if Xs.shape[1] != self.X_train.shape[1]:
             raise ValueError(f"X_test must have {self.X_train.shape[1]} features like X_train, got {Xs.shape[1]}")
         show = self._progress if progress is None else progress
-        if self.trained == "all":
-            Sigma_cross, Theta_cross = self.arch.kernel(Xs, self.X_train, get=("nngp", "ntk"), progress=show)
+        if self._iterative is not None:
+            if return_std or return_cov:
+                raise ValueError(f"return_std and return_cov need the exact solver: solver={self.solver!r} gives "
+                                 "the mean only. Use solver='cholesky' (the Gram in memory) for the spread")
+            times, scalar = check_times(t)
+            mean = self._iterative.mean(Xs, times)
+            return _convert((shape_output(mean, scalar, self._vector),), numpy_in)
+        spread = return_std or return_cov
+        if self.trained == "all" and spread:
+            Sigma_cross, Theta_cross = self._kernel(Xs, self.X_train, get=("nngp", "ntk"), progress=show)
+        elif self.trained == "all":     # the mean needs Theta(X*, X) only
+            Sigma_cross, Theta_cross = None, self._kernel(Xs, self.X_train, get="ntk", progress=show)
         else:
-            Sigma_cross, Theta_cross = self.arch.kernel(Xs, self.X_train, get="nngp", progress=show), None
+            Sigma_cross, Theta_cross = self._kernel(Xs, self.X_train, get="nngp", progress=show), None
         Sigma_test = None
         if return_cov:
-            Sigma_test = self.arch.kernel(Xs, get="nngp", progress=show)
+            Sigma_test = self._kernel(Xs, get="nngp", progress=show)
         elif return_std:
             Sigma_test = self.arch.kernel_diag(Xs, get="nngp")
         result = self._predict(Theta_cross, Sigma_cross, Sigma_test, t, return_std, return_cov, show)
@@ -197,7 +267,7 @@ class InfiniteWidthGP:
         """`predict` over precomputed Grams: Theta(X*, X) and Sigma(X*, X), both (M, N) (Theta may be None
         for trained="last"), and Sigma(X*, X*): the (M, M) matrix, or its diagonal (M,) when only the
         standard deviation is wanted. Returns NumPy when Sigma_test_train is NumPy."""
-        n, dtype, device = self.n_train, self.Sigma_train.dtype, self.Sigma_train.device
+        n, dtype, device = self.n_train, self.y_train.dtype, self.y_train.device
         Sigma_cross = check_cross_gram(Sigma_test_train, n, "Sigma_test_train", dtype, device)
         Theta_cross = None
         if self.trained == "all":
@@ -323,7 +393,7 @@ class InfiniteWidthGP:
         """
         if self.arch is None:
             raise ValueError("this model was built from Grams: use posterior_from_grams")
-        Xs, numpy_in = as_matrix(X_test, "X_test", dtype=self.Sigma_train.dtype, device=self.Sigma_train.device)
+        Xs, numpy_in = as_matrix(X_test, "X_test", dtype=self.y_train.dtype, device=self.y_train.device)
         Sigma_cross = self.arch.kernel(Xs, self.X_train, get="nngp")
         Sigma_test = self.arch.kernel(Xs, get="nngp") if return_cov else \
             (self.arch.kernel_diag(Xs, get="nngp") if return_std else None)
@@ -332,7 +402,7 @@ class InfiniteWidthGP:
     def posterior_from_grams(self, Sigma_test_train: Array, Sigma_test: Array | None = None, *, noise: float = 0.0,
                              return_std: bool = False, return_cov: bool = False) -> Array | tuple[Array, Array]:
         """`posterior` over precomputed Grams Sigma(X*, X) (M, N) and Sigma(X*, X*) ((M, M), or (M,) for std)."""
-        dtype, device = self.Sigma_train.dtype, self.Sigma_train.device
+        dtype, device = self.y_train.dtype, self.y_train.device
         Sigma_cross = check_cross_gram(Sigma_test_train, self.n_train, "Sigma_test_train", dtype, device)
         Sigma_t = None if Sigma_test is None else as_tensor(Sigma_test, "Sigma_test", ndim=(1, 2), dtype=dtype,
                                                             device=device)[0]

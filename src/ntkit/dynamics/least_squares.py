@@ -23,8 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import as_tensor, to_output
+from .. import gram
+from .._checks import as_tensor, check_choice, to_output
+from ..solvers import cg
+from ..solvers.operator import KernelOperator
 from ._cholesky import cholesky_solve, limit_factor
+from .iterative import IterativeLeastSquares
 from .spectrum import Spectrum, check_gram, check_ridge, gram_spectrum
 from .time import integrated_decay, remaining, resolve_schedule
 
@@ -58,19 +62,33 @@ class LeastSquares:
     """The function learned by least-squares kernel gradient descent, at any time.
 
     Args:
-        K_train: (N, N) symmetric PSD Gram K(X, X) (or a `Spectrum` of it, to reuse a decomposition).
+        K_train: (N, N) symmetric PSD Gram K(X, X) (or a `Spectrum` of it, to reuse a decomposition; or, with
+            solver="cg", a symmetric `gram.KernelTiles` such as `arch.kernel_tiles(X)`, for matrix-free products).
         y_train: (N,) or (N, k) targets y* = f*(X).
         f0_train: outputs f_0(X) at initialization, same shape as y_train (default 0).
         ridge: >= 0, see the module docstring (0: the paper's dynamics).
         dtype: precision of the decomposition and of the results (float64 by default).
+        solver: "exact" (Cholesky at t = inf, eigendecomposition at finite t) or "cg": preconditioned conjugate
+            gradients at t = inf and Lanczos at finite t (`iterative.py`), never forming a decomposition; its
+            accuracy is set by tol (relative residual; None: 1e-10 in float64) and max_iter.
 
     NumPy input gives NumPy output, torch input gives torch output (on K_train's device).
     Times: a scalar t gives outputs of y_train's shape, an array of T times adds a leading axis.
     """
 
-    def __init__(self, K_train: Array | Spectrum, y_train: Array, *, f0_train: Array | None = None,
-                 ridge: float = 0.0, dtype: torch.dtype = torch.float64):
+    def __init__(self, K_train: Array | Spectrum | gram.KernelTiles, y_train: Array, *, f0_train: Array | None = None,
+                 ridge: float = 0.0, dtype: torch.dtype = torch.float64, solver: str = "exact",
+                 tol: float | None = None, max_iter: int = cg.DEFAULT_MAX_ITER):
         self.ridge = check_ridge(ridge)
+        self.solver = check_choice(solver, "solver", ("exact", "cg"))
+        self._iterative: IterativeLeastSquares | None = None
+        if isinstance(K_train, gram.KernelTiles):
+            if solver != "cg":
+                raise ValueError("K_train given as kernel tiles (matrix-free) needs solver='cg'")
+            self._init_targets(K_train, y_train, f0_train, K_train.n, K_train.device, dtype, numpy=False)
+            self._iterative = IterativeLeastSquares(KernelOperator(K_train), self.y_train - self.f0_train,
+                                                    self.ridge, tol=tol, max_iter=max_iter)
+            return
         if isinstance(K_train, Spectrum):
             self._spectrum: Spectrum | None = K_train
             self._K, n, device = None, K_train.n, K_train.eigenvectors.device
@@ -78,7 +96,17 @@ class LeastSquares:
         else:
             self._spectrum, (self._K, _) = None, check_gram(K_train, "K_train", dtype=dtype)
             n, device = self._K.shape[0], self._K.device
-        self._numpy = not isinstance(y_train if isinstance(K_train, Spectrum) else K_train, torch.Tensor)
+        numpy = not isinstance(y_train if isinstance(K_train, Spectrum) else K_train, torch.Tensor)
+        self._init_targets(K_train, y_train, f0_train, n, device, dtype, numpy)
+        self._residual_hat: torch.Tensor | None = None                 # V^T (y* - y_0), with the spectrum
+        self._limit: torch.Tensor | bool | None = None                 # t = inf: (K + ridge I)^-1 (y* - y_0)
+        if solver == "cg":
+            self._iterative = IterativeLeastSquares(KernelOperator(self._K), self.y_train - self.f0_train,
+                                                    self.ridge, tol=tol, max_iter=max_iter)
+
+    def _init_targets(self, K_train: Any, y_train: Array, f0_train: Array | None, n: int, device: torch.device,
+                      dtype: torch.dtype, numpy: bool) -> None:
+        self._numpy = numpy
         self._vector = np.ndim(y_train) == 1 if not isinstance(y_train, torch.Tensor) else y_train.ndim == 1
         self.y_train = check_targets(y_train, n, "y_train", dtype, device)
         self.f0_train = torch.zeros_like(self.y_train) if f0_train is None else \
@@ -86,8 +114,6 @@ class LeastSquares:
         if self.f0_train.shape != self.y_train.shape:
             raise ValueError(f"f0_train must have the shape of y_train {tuple(self.y_train.shape)}, "
                              f"got {tuple(self.f0_train.shape)}")
-        self._residual_hat: torch.Tensor | None = None                 # V^T (y* - y_0), with the spectrum
-        self._limit: torch.Tensor | bool | None = None                 # t = inf: (K + ridge I)^-1 (y* - y_0)
 
     @property
     def spectrum(self) -> Spectrum:
@@ -124,6 +150,9 @@ class LeastSquares:
         Pass t (continuous time, np.inf allowed) or steps= and lr= (gradient descent, t = lr * steps).
         """
         times, s, lr_value, scalar = resolve_schedule(t, steps, lr)
+        if self._iterative is not None:
+            out = self.f0_train[None] + self._iterative.solve(times, s, lr_value)[1]
+            return to_output(shape_output(out, scalar, self._vector), self._numpy)
         alpha = self._limit_weights(times, s)
         if alpha is not None:                  # f_inf(X) = y_0 + K (K + ridge I)^-1 (y* - y_0), at each time
             out = (self.f0_train + self._K @ alpha)[None].repeat(len(times), 1, 1)
@@ -144,15 +173,30 @@ class LeastSquares:
         """f_t(x) on new points from their cross Gram K(X*, X) (M, N): (M[, k]) or (T, M[, k]).
 
         f0_test: f_0(X*) (M[, k]), default 0 (the mean of a network at initialization).
+        With solver="cg", K_test_train may also be a `gram.KernelTiles` of K(X*, X) (streamed, never stored).
         """
         times, s, lr_value, scalar = resolve_schedule(t, steps, lr)
         n, dtype, device = self.y_train.shape[0], self.y_train.dtype, self.y_train.device
-        Ks = check_cross_gram(K_test_train, n, "K_test_train", dtype, device)
-        m, k = Ks.shape[0], self.y_train.shape[1]
+        if isinstance(K_test_train, gram.KernelTiles):
+            if self._iterative is None:
+                raise ValueError("K_test_train given as kernel tiles needs solver='cg'")
+            if K_test_train.m != n:
+                raise ValueError(f"K_test_train must have {n} columns (training points), got {K_test_train.m}")
+            Ks, m = K_test_train, K_test_train.n
+        else:
+            Ks = check_cross_gram(K_test_train, n, "K_test_train", dtype, device)
+            m = Ks.shape[0]
+        k = self.y_train.shape[1]
         f0 = torch.zeros(m, k, dtype=dtype, device=device) if f0_test is None else \
             check_targets(f0_test, m, "f0_test", dtype, device)
         if f0.shape[1] != k:
             raise ValueError(f"f0_test must have {k} output columns like y_train, got shape {tuple(f0.shape)}")
+        if self._iterative is not None:            # K(X*, X) W_t, W_t from CG (t = inf) and Lanczos (finite t)
+            W = self._iterative.solve(times, s, lr_value)[0]                               # (T, N, k)
+            flat = W.permute(1, 0, 2).reshape(n, -1)
+            KW = gram.matmul(Ks, flat) if isinstance(Ks, gram.KernelTiles) else Ks @ flat
+            out = f0[None] + KW.reshape(m, len(times), k).transpose(0, 1)
+            return to_output(shape_output(out, scalar, self._vector), self._numpy)
         alpha = self._limit_weights(times, s)
         if alpha is not None:                  # kernel (ridge) regression, at each time
             out = (f0 + Ks @ alpha)[None].repeat(len(times), 1, 1)

@@ -35,7 +35,8 @@ class _InfiniteWidthNetwork(BaseEstimator):
     """What the two estimators share: the architecture, the training time t and the ridge."""
 
     def __init__(self, depth: int = 2, activation: str | Callable | Activation = "relu", beta: float = 0.1,
-                 W_std: float = 1.0, t: float = np.inf, ridge: float = 0.0):
+                 W_std: float = 1.0, t: float = np.inf, ridge: float = 0.0, solver: str = "auto",
+                 n_centers: int | None = None, tol: float | None = None, max_iter: int = 500):
         # scikit-learn convention: store the arguments untouched, validate in fit.
         self.depth = depth
         self.activation = activation
@@ -43,6 +44,10 @@ class _InfiniteWidthNetwork(BaseEstimator):
         self.W_std = W_std
         self.t = t
         self.ridge = ridge
+        self.solver = solver
+        self.n_centers = n_centers
+        self.tol = tol
+        self.max_iter = max_iter
 
     def _check_time(self) -> float:
         times, scalar = check_times(self.t)
@@ -55,7 +60,16 @@ class _InfiniteWidthNetwork(BaseEstimator):
         self._check_time()
         ridge = check_ridge(self.ridge)
         arch = MLP(self.depth, self.activation, beta=self.beta, W_std=self.W_std)
-        self.network_ = InfiniteWidthGP(arch, X, Y, ridge=ridge)
+        self.network_ = InfiniteWidthGP(arch, X, Y, ridge=ridge, solver=self.solver, n_centers=self.n_centers,
+                                        tol=self.tol, max_iter=self.max_iter)
+        self.solver_ = self.network_.solver
+
+    @property
+    def n_iter_(self) -> int:
+        """Iterations of the t = inf solve: CG (solver "cg", run on first access) or Falkon's CG ("nystrom");
+        1 for the direct "cholesky" solver."""
+        check_is_fitted(self, "network_")
+        return self.network_.iterations
 
     def _predict_network(self, X: Any, return_std: bool = False, return_cov: bool = False) -> Any:
         check_is_fitted(self)
@@ -81,8 +95,15 @@ class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
             cost (see `ntkit.dynamics.LeastSquares`): at t = inf the mean is kernel ridge regression
             Theta(x, X) (Theta(X, X) + ridge I)^-1 y. 0 (the default) is the paper's plain least squares,
             which needs Theta(X, X) invertible at t = inf (no duplicated training points).
+        solver: "auto" (the default: exact while the Gram fits in memory, else Nystrom), "cholesky" (exact; the
+            Gram in memory, factored in place; std and covariance), "cg" (preconditioned conjugate gradients at
+            t = inf, Lanczos at finite t; matrix-free when the Gram does not fit) or "nystrom" (Falkon-style
+            Nystrom regression on `n_centers` centres, t = inf). See `ntkit.dynamics.InfiniteWidthGP`.
+        n_centers: Nystrom centres (default min(N, max(1000, 4 sqrt(N)))). tol, max_iter: the iterative
+            solvers' relative residual (default 1e-10 in float64) and iteration cap.
 
-    Attributes after `fit`: `network_` (the `ntkit.dynamics.InfiniteWidthGP`), `n_features_in_`.
+    Attributes after `fit`: `network_` (the `ntkit.dynamics.InfiniteWidthGP`), `solver_` (the solver used),
+    `n_iter_`, `n_features_in_`.
 
     `predict(X)` returns the mean over initializations of the trained network, shape (M,) for a
     1-D y and (M, k) for k targets; each output of the network is trained independently with the same
