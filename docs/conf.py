@@ -122,6 +122,6 @@ html_theme_options = {
 html_css_files = ["ntkit.css"]
 # pages without subpages: no empty "Section Navigation" column
 html_sidebars = {page: [] for page in ("index", "getting-started", "paper", "empirical", "dynamics", "sklearn",
-                                       "performance")}
+                                       "large-n", "performance")}
 html_show_sourcelink = False
 html_copy_source = False
