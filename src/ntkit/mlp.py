@@ -119,8 +119,13 @@ class MLP:
         if needs_graph:  # differentiable: one block, the autograd graph needs every tile anyway
             if out is not None:
                 raise ValueError("out cannot be used while differentiating through the kernel")
+            symmetric = Yt is None
             Xt, Yt = _same_features(Xt, Xt if Yt is None else Yt)
             sigma, theta = kernel_block(Xt, Yt, rec, "ntk" in names)
+            if symmetric:   # the exact diagonal (no sqrt(eps) of the angle), as the tiled path has it
+                exact = kernel_diag(Xt, rec, "ntk" in names)
+                sigma = sigma.diagonal_scatter(exact[0])
+                theta = None if theta is None else theta.diagonal_scatter(exact[1])
             results = [theta if name == "ntk" else sigma for name in names]
             return self._return(results, get, numpy_in)
 

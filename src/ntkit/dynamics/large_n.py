@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import gram
+from .. import gram, memory
 from .._checks import check_choice, check_positive_int, check_real
 from ..progress import note
-from ..solvers import cg, memory
+from ..solvers import cg
 from ..solvers.cholesky import gram_bytes
 from ..solvers.nystrom import CrossOperator, falkon
 from ..solvers.operator import KernelOperator

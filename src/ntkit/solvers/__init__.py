@@ -5,13 +5,12 @@
   (`preconditioners`).
 - `nystrom`: Falkon-style Nystrom kernel ridge regression.
 - `lanczos`: functions of the kernel (the decays of the training dynamics at any time t) applied to vectors.
-- `memory`: estimates before large allocations, and the MemoryError that names the solver that would fit.
 
 A solver never knows which architecture made its kernel: it sees a `KernelOperator` or a `gram.KernelTiles`.
 """
 
+from ..memory import available_bytes
 from .cg import CGResult, ConvergenceWarning, conjugate_gradient
-from .memory import available_bytes
 from .operator import KernelOperator
 
 __all__ = ["CGResult", "ConvergenceWarning", "KernelOperator", "available_bytes", "conjugate_gradient"]

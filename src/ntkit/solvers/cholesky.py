@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .memory import format_bytes
+from ..memory import format_bytes
 
 
 def cholesky_in_place(A: torch.Tensor, ridge: float = 0.0) -> bool:

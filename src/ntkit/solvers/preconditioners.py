@@ -41,10 +41,12 @@ def _factor_block(G: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     return G @ (vectors[:, keep] / values[keep].sqrt())
 
 
-def rp_cholesky(op: KernelOperator, rank: int, *, block: int = 64, generator: torch.Generator | None = None,
+def rp_cholesky(op: KernelOperator, rank: int, *, block: int | None = None, generator: torch.Generator | None = None,
                 tol: float = 0.0) -> LowRank:
     """Blocked randomly pivoted Cholesky of K: rank <= `rank`, stopping early once the residual trace falls
-    below tol * trace(K) (or to rounding level: K then has numerical rank below `rank`)."""
+    below tol * trace(K) (or to rounding level: K then has numerical rank below `rank`). Each step draws `block`
+    pivots from the current residual (default rank / 20, between 1 and 64: small enough to stay adaptive)."""
+    block = min(64, max(1, rank // 20)) if block is None else block
     d = op.diag().clone()
     total = float(d.sum())
     F = torch.zeros(op.n, 0, dtype=op.dtype, device=op.device)

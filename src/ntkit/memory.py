@@ -60,28 +60,3 @@ def require(nbytes: float, *, what: str, n: int, device: torch.device | str, alt
     if nbytes > free:
         raise MemoryError(f"{what} for N = {n:,} needs about {format_bytes(nbytes)} but {format_bytes(free)} is "
                           f"available on {torch.device(device)}; use {alternative}")
-
-
-def allocation_guard(what: str, n: int, alternative: str):
-    """A context manager turning an allocator failure inside it into a MemoryError that says what to do."""
-    return _Guard(what, n, alternative)
-
-
-class _Guard:
-    def __init__(self, what: str, n: int, alternative: str):
-        self.what, self.n, self.alternative = what, n, alternative
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, traceback) -> bool:
-        if kind is not None and issubclass(kind, (RuntimeError, MemoryError)) and not isinstance(error, _Raised) and (
-                isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower()
-                or isinstance(error, MemoryError)):
-            raise _Raised(f"{self.what} for N = {self.n:,} ran out of memory ({error}); use "
-                          f"{self.alternative}") from error
-        return False
-
-
-class _Raised(MemoryError):
-    """A MemoryError already explained by ntkit."""
