@@ -1,4 +1,4 @@
-"""Sphinx helpers for the ntkit documentation, each read from the project at build time so the pages
+"""Sphinx extensions for the ntkit documentation, each read from the project at build time so the pages
 cannot drift from it:
 
 - ``.. ntkit-cli::`` the ``--help`` text of the ``ntkit`` command and of each subcommand, from the
