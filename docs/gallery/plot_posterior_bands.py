@@ -22,7 +22,7 @@ x_test = np.linspace(-4, 4, 200)
 
 arch = nk.MLP(depth=3, activation="erf", beta=0.5, W_std=1.5)
 gp = nk.InfiniteWidthGP(arch, x_train[:, None], y_train)
-times = [1.0, 10.0, 100.0, np.inf]
+times = [0.1, 1.0, 10.0, np.inf]
 mean, std = gp.predict(x_test[:, None], t=times, return_std=True)    # (4, 200) each
 
 # %%
