@@ -35,16 +35,23 @@ class FalkonPreconditioner:
         inner.diagonal().add_(ridge / n + jitter / m)
         self.A = torch.linalg.cholesky(inner, upper=True)                   # A^T A = T T^T / M + ridge / N
         self.scale = 1.0 / math.sqrt(n)
+        # column-major copies: LAPACK's triangular solves run on them without a conversion copy per call
+        self._T, self._Tt, self._A, self._At = (_column_major(X) for X in (self.T, self.T.T, self.A, self.A.T))
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """B v."""
-        u = torch.linalg.solve_triangular(self.A, v, upper=True)
-        return torch.linalg.solve_triangular(self.T, u, upper=True) * self.scale
+        u = torch.linalg.solve_triangular(self._A, v, upper=True)
+        return torch.linalg.solve_triangular(self._T, u, upper=True) * self.scale
 
     def apply_transpose(self, v: torch.Tensor) -> torch.Tensor:
         """B^T v."""
-        u = torch.linalg.solve_triangular(self.T.T, v, upper=False)
-        return torch.linalg.solve_triangular(self.A.T, u, upper=False) * self.scale
+        u = torch.linalg.solve_triangular(self._Tt, v, upper=False)
+        return torch.linalg.solve_triangular(self._At, u, upper=False) * self.scale
+
+
+def _column_major(X: torch.Tensor) -> torch.Tensor:
+    """X with column-major (Fortran) strides."""
+    return X.T.contiguous().T
 
 
 class CrossOperator:
