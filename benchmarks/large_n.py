@@ -256,9 +256,10 @@ def main() -> None:
     rows: list = []
     for part in args.part:
         {"exact": part_exact, "scale": part_scale, "mnist": part_mnist}[part](args, rows)
-    payload = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                           "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-               "gpu": "not yet measured on a GPU", "rows": rows}
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+               "load_average": os.getloadavg()}
+    payload = {"machine": machine, "gpu": "not yet measured on a GPU", "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2))
     print(f"wrote {args.out}")

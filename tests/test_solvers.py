@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -303,3 +302,14 @@ def test_cross_kernel_at_coincident_and_near_points_is_accurate(dtype, before_at
     error_after = float(((after - reference).abs() / reference).max())
     assert error_before >= before_at_least
     assert error_after <= after_at_most, (error_before, error_after)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-12])
+def test_full_rank_preconditioner_with_tiny_ridge_converges(ridge):
+    """A preconditioner that captures all of K (rank = N) with a shift near 0 once made the Woodbury form cancel
+    catastrophically and CG diverge; the shift's floor keeps it accurate."""
+    X, Y = problem(n=200, k=1)
+    K = nk.MLP(depth=4).kernel(X)
+    result = cg.solve(KernelOperator(K), Y, ridge, rank=200)
+    assert result.converged and result.iterations < 10
+    assert relative(result.solution, dense_solution(K, Y, ridge)) < 1e-8

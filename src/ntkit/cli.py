@@ -1,13 +1,15 @@
 """The `ntkit` command.
 
     ntkit kernel [--input X.npy|X.csv | --example circle] [--y Y.npy] --depth 4 --activation relu
-                 --beta 0.1 --get ntk --out K.npy [--plot K.png]
+                 --beta 0.1 --get ntk --out K.npy|K.zarr [--plot K.png]
+                 [--scheduler tcp://HOST:PORT | --workers N]
     ntkit reproduce [fig1|fig2|fig3|all] --out DIR [--full] ...
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,16 @@ def _kernel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--out", default="kernel.npy", metavar="FILE",
-                        help="output .npy (with --get both, FILE gets _nngp and _ntk suffixes)")
+                        help="output .npy (with --get both, FILE gets _nngp and _ntk suffixes), or a zarr store "
+                             "K.zarr (one array per kernel; resumable: run the same command again to finish it)")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="compute the tiles on the Dask cluster of this scheduler, tcp://HOST:PORT "
+                              "(needs ntkit[dask])")
+    cluster.add_argument("--workers", type=int, metavar="N",
+                         help="compute the tiles on N local Dask worker processes, one thread each (needs ntkit[dask])")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for the --scheduler to answer (default 10)")
     parser.add_argument("--plot", metavar="PNG", help="also plot the kernel against the first point (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -70,10 +81,19 @@ def run_kernel(args: argparse.Namespace) -> int:
         Xt = torch.as_tensor(X, dtype=dtype, device=args.device)
         Yt = None if Y is None else torch.as_tensor(Y, dtype=dtype, device=args.device)
         names = ("nngp", "ntk") if args.get == "both" else (args.get,)
-        results = arch.kernel(Xt, Yt, get=names)
-    except (ValueError, TypeError, RuntimeError) as exc:
+        store = args.out.rstrip("/").endswith(".zarr")
+        with _dask_client(args) as client:
+            results = arch.kernel(Xt, Yt, get=names, out=args.out if store else None, client=client)
+    except (ValueError, TypeError, RuntimeError, ConnectionError, ImportError) as exc:
         print(f"ntkit kernel: error: {exc}", file=sys.stderr)
         return 2
+    if store:
+        shape = tuple(results[0].shape)
+        print(f"{arch}: wrote {args.out} (arrays {', '.join(names)}; {shape[0]} x {shape[1]}, {args.dtype})")
+        if args.plot:
+            _plot(args.plot, arch, names, [K[...] for K in results], angles, X)
+            print(f"wrote {args.plot}")
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -87,6 +107,24 @@ def run_kernel(args: argparse.Namespace) -> int:
         _plot(args.plot, arch, names, [K.cpu().numpy() for K in results], angles, X)
         print(f"wrote {args.plot}")
     return 0
+
+
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace) -> Any:
+    """None (one process), a client of the --scheduler, or of a local cluster of --workers processes."""
+    if args.scheduler is None and args.workers is None:
+        yield None
+        return
+    from .gram import distributed
+
+    if args.scheduler is not None:
+        client = distributed.connect(args.scheduler, timeout=args.timeout)
+        with client:
+            yield client
+        return
+    dask = distributed.require_distributed()
+    with distributed.local_cluster(args.workers) as cluster, dask.Client(cluster) as client:
+        yield client
 
 
 def _plot(path: str, arch: MLP, names: tuple[str, ...], kernels: list[np.ndarray], angles: Any,

@@ -94,7 +94,7 @@ class MLP:
     # ------------------------------------------------------------ the infinite-width kernels
     def kernel(self, X: Array, Y: Array | None = None, get: str | tuple[str, ...] = "ntk", *,
                out: Array | tuple[Array, ...] | None = None, tile: int | None = None,
-               progress: bool | None = None, compile: bool = False) -> Array | tuple[Array, ...]:
+               progress: bool | None = None, compile: bool = False, client: Any = None) -> Array | tuple[Array, ...]:
         """The analytic kernels between the rows of X (N, n0) and of Y (M, n0; default X).
 
         get: "ntk" for Theta^(L) (Theorem 1), "nngp" for Sigma^(L) (Proposition 1), or a tuple
@@ -130,7 +130,7 @@ class MLP:
             return self._return(results, get, numpy_in)
 
         tiles = self.kernel_tiles(Xt, Yt, get=names, tile=tile, compile=compile)
-        outs = gram.evaluate(tiles, out, show_progress=progress)
+        outs = gram.evaluate(tiles, out, show_progress=progress, client=client)
         if out is not None:  # the caller's own arrays, filled in place
             return outs[0] if isinstance(get, str) else tuple(outs)
         return self._return(outs, get, numpy_in)

@@ -90,7 +90,7 @@ class IterativeGP:
         if solver == "cg":
             tiles = arch.kernel_tiles(X_train, get=get)
             self.matrix_free = gram_bytes(n, dtype) > budget
-            source = tiles if self.matrix_free else gram.evaluate(tiles, show_progress=progress)[0]
+            source = tiles if self.matrix_free else gram.evaluate(tiles, show_progress=progress, client=client)[0]
             self.dynamics = IterativeLeastSquares(KernelOperator(source, client=client, progress=progress), y_train,
                                                   ridge, tol=tol, max_iter=max_iter, progress=progress)
             self.centers = X_train
@@ -114,7 +114,7 @@ class IterativeGP:
         cache = n * m * X_train.element_size() <= budget / 2
         self.K_nm = CrossOperator(arch.kernel_tiles(X_train, self.centers, get=get), cache, client=client,
                                   progress=progress)
-        K_mm = arch.kernel(self.centers, get=get, progress=progress)
+        K_mm = gram.evaluate(arch.kernel_tiles(self.centers, get=get), show_progress=progress, client=client)[0]
         self.result = falkon(self.K_nm, K_mm, y_train, ridge, tol=self.tol, max_iter=self.max_iter,
                              show_progress=progress)
 

@@ -3,9 +3,11 @@
 An architecture describes its kernel on inputs (X, Y) as a `KernelTiles`: a tile function
 (rows, cols) -> tiles plus the shape, names, dtype and device. This layer evaluates it into memory
 (`fill`), applies it to vectors without storing it (`matmul`, `map_row_blocks`), and never imports
-the architectures. The solvers (`ntkit.solvers`) work on the same record.
+the architectures. The solvers (`ntkit.solvers`) work on the same record. `store` keeps a Gram in a
+resumable zarr store and `distributed` runs the tiles on Dask; both import zarr and Dask only when used.
 """
 
+from . import distributed, store
 from .tiles import (
     Index,
     KernelTiles,
@@ -21,5 +23,5 @@ from .tiles import (
     row_blocks,
 )
 
-__all__ = ["Index", "KernelTiles", "Output", "TileFn", "allocate", "check_out", "default_tile", "evaluate", "fill",
-           "map_row_blocks", "matmul", "row_blocks"]
+__all__ = ["Index", "KernelTiles", "Output", "TileFn", "allocate", "check_out", "default_tile", "distributed",
+           "evaluate", "fill", "map_row_blocks", "matmul", "row_blocks", "store"]

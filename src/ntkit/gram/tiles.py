@@ -9,6 +9,10 @@ requested kernel ("ntk", "nngp", ...). Everything that evaluates kernels at scal
   only the tiles on and above the diagonal are computed and each is mirrored into place.
 - `matmul` computes K V without storing K (matrix-free solvers); `map_row_blocks` runs any
   function over blocks of full rows K[rows, :] (the passes of Nystrom solvers).
+- `evaluate` fills a Gram into memory, into the caller's arrays, or into a resumable zarr store
+  (`ntkit.gram.store`). With `client=` (a `dask.distributed.Client`), `evaluate`, `matmul` and
+  `map_row_blocks` run their tiles as Dask tasks (`ntkit.gram.distributed`); Dask and zarr are
+  imported only then.
 
 The tile function is all a caller needs from an architecture; this module never imports one.
 """
@@ -134,6 +138,16 @@ def symmetric_tiles(tiles: KernelTiles, i: int, j: int) -> list[torch.Tensor]:
     return blocks
 
 
+def put(tiles: KernelTiles, outs: Sequence[Any], i: int, j: int, blocks: Sequence[torch.Tensor]) -> None:
+    """Write the tiles `blocks` computed at (i, j) into `outs` (one per name), and their mirror at (j, i)
+    for a symmetric kernel."""
+    rows, cols = tiles.slices(i, j)
+    for out, block in zip(outs, blocks, strict=True):
+        write(out, rows, cols, block)
+        if tiles.symmetric and i != j:
+            write(out, cols, rows, block.T)
+
+
 def fill(tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel", show_progress: bool | None = None,
          skip: Callable[[int, int], bool] | None = None, done: Callable[[int, int], None] | None = None) -> None:
     """Evaluate `tiles` over its whole (n, m) grid into `outs` (one output per name).
@@ -143,11 +157,7 @@ def fill(tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel", show_
     """
     pairs = [pair for pair in tiles.pairs() if skip is None or not skip(*pair)]
     for i, j in progress(pairs, total=len(pairs), desc=desc, enabled=show_progress, minimum=64):
-        rows, cols = tiles.slices(i, j)
-        for out, block in zip(outs, symmetric_tiles(tiles, i, j), strict=True):
-            write(out, rows, cols, block)
-            if tiles.symmetric and i != j:
-                write(out, cols, rows, block.T)
+        put(tiles, outs, i, j, symmetric_tiles(tiles, i, j))
         if done is not None:
             done(i, j)
 
@@ -165,12 +175,29 @@ def outputs(out: Any, tiles: KernelTiles) -> list[Any]:
     return list(outs)
 
 
-def evaluate(tiles: KernelTiles, out: Any = None, *, show_progress: bool | None = None) -> list[Any]:
-    """Evaluate the whole Gram of `tiles`: into new tensors (out=None) or the caller's arrays (one per name,
-    a memmap included). Returns the filled outputs, one per name. What every architecture's `kernel` calls."""
+def evaluate(tiles: KernelTiles, out: Any = None, *, show_progress: bool | None = None,
+             client: Any = None) -> list[Any]:
+    """Evaluate the whole Gram of `tiles`: into new tensors (out=None), the caller's arrays (one per name,
+    a memmap included), or a resumable zarr store (out: a path ending in ".zarr", or a zarr group; see
+    `ntkit.gram.store`). Returns the filled outputs, one per name (zarr arrays for a store). What every
+    architecture's `kernel` calls.
+
+    client: a `dask.distributed.Client`: the tiles become Dask tasks (`ntkit.gram.distributed`); the result
+        is bitwise the same as in one process with the workers' number of BLAS threads.
+    """
+    from . import store
+
+    desc = f"{'+'.join(tiles.names)} kernel"
+    if store.is_store(out):
+        return store.evaluate(tiles, out, client=client, show_progress=show_progress, desc=desc)
     outs = outputs(out, tiles)
+    if client is not None:
+        from . import distributed
+
+        distributed.fill(client, tiles, outs, desc=desc, show_progress=show_progress)
+        return outs
     with torch.no_grad():
-        fill(tiles, outs, desc=f"{'+'.join(tiles.names)} kernel", show_progress=show_progress)
+        fill(tiles, outs, desc=desc, show_progress=show_progress)
     return outs
 
 
@@ -179,36 +206,70 @@ def row_blocks(n: int, block: int) -> list[slice]:
     return [slice(i, min(i + block, n)) for i in range(0, n, block)]
 
 
+def row_block(tiles: KernelTiles, rows: slice) -> list[torch.Tensor]:
+    """The full rows K[rows, :] of each name, built from tiles of at most `tiles.tile` columns."""
+    parts = [tiles(rows, cols) for cols in row_blocks(tiles.m, tiles.tile)]
+    return [torch.cat([part[k] for part in parts], dim=1) for k in range(len(tiles.names))]
+
+
 def map_row_blocks(tiles: KernelTiles, fn: Callable[[slice, list[torch.Tensor]], Any], *, block: int | None = None,
-                   desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
+                   desc: str = "kernel pass", show_progress: bool | None = None, client: Any = None) -> Iterator[Any]:
     """fn(rows, [K[rows, :] for each name]) for consecutive blocks of rows, yielded in order.
 
     Each block of full rows is built from tiles of at most `tiles.tile` columns; only one block is in
     memory at a time (block x m entries per name). The building block of streamed solver passes.
+    client: a `dask.distributed.Client`: each block and fn on it run as a Dask task (fn is cloudpickled and
+        sent once); the results still come in order.
     """
     edge = tiles.tile if block is None else block
     blocks = row_blocks(tiles.n, edge)
+    if client is not None:
+        from . import distributed
+
+        yield from distributed.map_row_blocks(client, tiles, fn, blocks, desc=desc, show_progress=show_progress)
+        return
     for rows in progress(blocks, total=len(blocks), desc=desc, enabled=show_progress, minimum=8):
-        parts = [tiles(rows, cols) for cols in row_blocks(tiles.m, tiles.tile)]
-        yield fn(rows, [torch.cat([part[k] for part in parts], dim=1) for k in range(len(tiles.names))])
+        yield fn(rows, row_block(tiles, rows))
+
+
+def tile_products(tiles: KernelTiles, V: torch.Tensor, i: int, j: int,
+                  name_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The two products of the tile at (i, j) in K V: K_ij V_j (into rows i) and, for a symmetric kernel off
+    the diagonal, K_ij^T V_i (into rows j; else None)."""
+    rows, cols = tiles.slices(i, j)
+    block = symmetric_tiles(tiles, i, j)[name_index]
+    mirror = block.T @ V[rows] if tiles.symmetric and i != j else None
+    return block @ V[cols], mirror
+
+
+def add_products(tiles: KernelTiles, out: torch.Tensor, i: int, j: int,
+                 products: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    """Add the products of the tile at (i, j) into K V (`out`), in the one order every path uses."""
+    rows, cols = tiles.slices(i, j)
+    out[rows] += products[0]
+    if products[1] is not None:
+        out[cols] += products[1]
 
 
 def matmul(tiles: KernelTiles, V: torch.Tensor, *, name_index: int = 0, desc: str = "kernel matvec",
-           show_progress: bool | None = None) -> torch.Tensor:
+           show_progress: bool | None = None, client: Any = None) -> torch.Tensor:
     """K V for the kernel `tiles.names[name_index]` and V (m, k), without storing K: (n, k).
 
     A symmetric kernel computes only the tiles on and above the diagonal and uses each twice
     (K_ij V_j into rows i, K_ij^T V_i into rows j): half the kernel evaluations.
+    client: a `dask.distributed.Client`: the tile products run as Dask tasks and are added up in the same
+        order as in one process (the same result, bitwise, with the same number of BLAS threads).
     """
     if V.shape[0] != tiles.m:
         raise ValueError(f"V must have {tiles.m} rows, got shape {tuple(V.shape)}")
     V = V.to(dtype=tiles.dtype, device=tiles.device)
     out = torch.zeros(tiles.n, V.shape[1], dtype=tiles.dtype, device=tiles.device)
     pairs = tiles.pairs()
+    if client is not None:
+        from . import distributed
+
+        distributed.matmul(client, tiles, V, out, name_index, desc=desc, show_progress=show_progress)
+        return out
     for i, j in progress(pairs, total=len(pairs), desc=desc, enabled=show_progress, minimum=64):
-        rows, cols = tiles.slices(i, j)
-        block = symmetric_tiles(tiles, i, j)[name_index]
-        out[rows] += block @ V[cols]
-        if tiles.symmetric and i != j:
-            out[cols] += block.T @ V[rows]
+        add_products(tiles, out, i, j, tile_products(tiles, V, i, j, name_index))
     return out

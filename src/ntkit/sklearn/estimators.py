@@ -36,7 +36,7 @@ class _InfiniteWidthNetwork(BaseEstimator):
 
     def __init__(self, depth: int = 2, activation: str | Callable | Activation = "relu", beta: float = 0.1,
                  W_std: float = 1.0, t: float = np.inf, ridge: float = 0.0, solver: str = "auto",
-                 n_centers: int | None = None, tol: float | None = None, max_iter: int = 500):
+                 n_centers: int | None = None, tol: float | None = None, max_iter: int = 500, client: Any = None):
         # scikit-learn convention: store the arguments untouched, validate in fit.
         self.depth = depth
         self.activation = activation
@@ -48,6 +48,7 @@ class _InfiniteWidthNetwork(BaseEstimator):
         self.n_centers = n_centers
         self.tol = tol
         self.max_iter = max_iter
+        self.client = client
 
     def _check_time(self) -> float:
         times, scalar = check_times(self.t)
@@ -61,7 +62,7 @@ class _InfiniteWidthNetwork(BaseEstimator):
         ridge = check_ridge(self.ridge)
         arch = MLP(self.depth, self.activation, beta=self.beta, W_std=self.W_std)
         self.network_ = InfiniteWidthGP(arch, X, Y, ridge=ridge, solver=self.solver, n_centers=self.n_centers,
-                                        tol=self.tol, max_iter=self.max_iter)
+                                        tol=self.tol, max_iter=self.max_iter, client=self.client)
         self.solver_ = self.network_.solver
 
     @property
@@ -101,6 +102,8 @@ class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
             Nystrom regression on `n_centers` centres, t = inf). See `ntkit.dynamics.InfiniteWidthGP`.
         n_centers: Nystrom centres (default min(N, max(1000, 4 sqrt(N)))). tol, max_iter: the iterative
             solvers' relative residual (default 1e-10 in float64) and iteration cap.
+        client: a `dask.distributed.Client`: the Grams and the solvers' passes run on its workers
+            (`ntkit.gram.distributed`); None computes in this process.
 
     Attributes after `fit`: `network_` (the `ntkit.dynamics.InfiniteWidthGP`), `solver_` (the solver used),
     `n_iter_`, `n_features_in_`.

@@ -107,7 +107,8 @@ def warn_not_converged(result: CGResult, tol: float, max_iter: int, what: str = 
 def build_preconditioner(op: KernelOperator, ridge: float, kind: str = "rpcholesky", rank: int = DEFAULT_RANK,
                          seed: int = 0) -> tuple[Woodbury | None, LowRank | None]:
     """P ~ K + ridge I from a rank-`rank` approximation K ~ F F^T (`kind` "rpcholesky" or "nystrom"), shifted by
-    mu = ridge, or by the mean residual diagonal trace(K - F F^T) / N when ridge = 0. Raises ValueError when ridge = 0
+    mu = the larger of the ridge and the mean residual diagonal trace(K - F F^T) / N (what F misses, on average), and
+    at least sqrt(eps) times the mean diagonal. Raises ValueError when ridge = 0
     and the approximation shows K singular (numerical rank below N)."""
     if kind == "none":
         return None, None
@@ -120,7 +121,10 @@ def build_preconditioner(op: KernelOperator, ridge: float, kind: str = "rpcholes
         raise ValueError(f"K is singular: its numerical rank is {low.F.shape[1]} < N = {op.n} (duplicated or "
                          "linearly dependent training points), so (K + ridge I) A = Y has no unique solution with "
                          "ridge = 0. Pass ridge > 0 (e.g. 1e-6 times the mean of diag K)")
-    mu = ridge if ridge > 0 else max(low.residual_trace / op.n, torch.finfo(op.dtype).eps * trace / op.n)
+    # a shift far below the diagonal makes the Woodbury form cancel catastrophically (R - F (...)^-1 F^T R) / mu:
+    # it is kept at least sqrt(eps) times the mean diagonal, where P^-1 stays accurate to about sqrt(eps)
+    floor = torch.finfo(op.dtype).eps ** 0.5 * trace / op.n
+    mu = max(ridge, low.residual_trace / op.n, floor)
     return Woodbury(low.F, mu), low
 
 

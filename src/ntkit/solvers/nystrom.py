@@ -59,7 +59,7 @@ class CrossOperator:
 
     def __init__(self, tiles: gram.KernelTiles, cache: bool, *, client: Any = None, progress: bool | None = None):
         self.tiles, self.client, self.progress = tiles, client, progress
-        self.matrix = gram.evaluate(tiles, show_progress=progress)[0] if cache else None
+        self.matrix = gram.evaluate(tiles, show_progress=progress, **self._client())[0] if cache else None
 
     def normal(self, V: torch.Tensor) -> torch.Tensor:
         """K_nm^T K_nm V, (M, k)."""

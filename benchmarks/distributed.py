@@ -1,0 +1,244 @@
+"""Beyond one process: Dask workers and resumable zarr stores against the in-process Gram, side by side.
+
+The NTK Gram of a depth-3 ReLU MLP on N standard normal points in d = 784, float64, tiles of 512:
+
+- in this process with one BLAS thread (the in-process baseline; each Dask worker has one thread too), and with
+  the default threads;
+- on a local Dask cluster (127.0.0.1) of 1 and of 2 single-threaded worker processes, into memory;
+- into a zarr store, in this process (a second thread writes each tile while the next is computed) and on 1 and 2
+  workers (each worker writes its tiles straight into the store);
+- resumed from a store whose writer was killed (SIGKILL) at 50% of its tiles, against a full run;
+- matrix-free products K V (V: N x 10, the passes of a CG solve) in this process and on 2 workers;
+- a matrix-free CG solve of (K + ridge I) A = Y (ntkit.solvers, N = --cg-n, Y: N x 10) in this process and on
+  2 workers (the products on the workers), with a worker count of iterations and the agreement of the two.
+
+Every distributed or stored Gram is checked bitwise against the in-process one. Goals (on an idle 2-core machine,
+N = 20,000): 2 workers at least 1.7x faster than 1; 1 worker at most 15% slower than in-process; the store at most
+15% slower than memory; the resume at most 55% of a full run.
+
+    python benchmarks/distributed.py                 # N = 20,000: 3.2 GB per Gram in memory and on disk
+    python benchmarks/distributed.py --n 6000        # a smaller run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# this script's folder comes first on sys.path, and this file's name would hide Dask's `distributed` package
+sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import ntkit as nk  # noqa: E402
+from ntkit import gram  # noqa: E402
+from ntkit.gram.distributed import local_cluster  # noqa: E402
+
+KILLED_RUN = """
+import sys, numpy as np, torch, ntkit as nk
+torch.set_num_threads(1)
+X = torch.from_numpy(np.load(sys.argv[1]))
+nk.gram.evaluate(nk.MLP(int(sys.argv[3])).kernel_tiles(X, tile=int(sys.argv[4])), sys.argv[2], show_progress=False)
+"""
+
+
+def cpu_seconds(client=None) -> float:
+    """CPU time (user + system) used so far by this process and, with a client, by its workers."""
+    import psutil
+
+    def used() -> float:
+        times = psutil.Process().cpu_times()
+        return times.user + times.system
+
+    return used() + (sum(client.run(used).values()) if client is not None else 0.0)
+
+
+def timed(fn, *args, **kwargs):
+    """fn's result, and its (wall seconds, CPU seconds of this process and the client's workers): on a shared
+    machine the CPU seconds show the work done, whatever the other jobs took."""
+    client = kwargs.get("client")
+    cpu = cpu_seconds(client)
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    seconds = time.perf_counter() - start
+    return result, (seconds, cpu_seconds(client) - cpu)
+
+
+def digest(array) -> str:
+    """SHA-256 of a Gram's bytes, read in blocks of rows (a tensor, a NumPy array or a zarr array)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    for start in range(0, array.shape[0], 2048):
+        block = array[start:start + 2048]
+        sha.update(np.ascontiguousarray(block.numpy() if isinstance(block, torch.Tensor) else block).tobytes())
+    return sha.hexdigest()
+
+
+def kill_at_half(X: np.ndarray, path: Path, depth: int, tile: int, total: int, workdir: Path) -> int:
+    """Run the store in a subprocess and SIGKILL it once half of its tiles are recorded; the tiles recorded."""
+    np.save(workdir / "x.npy", X)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NTKIT_PROGRESS": "0"}
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(workdir / "x.npy"), str(path), str(depth),
+                                str(tile)], env=env)
+    records = path / "done" / "c"
+    while process.poll() is None:
+        if records.exists() and sum(1 for f in records.glob("*/*") if not f.name.endswith(".partial")) >= total / 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    import zarr
+
+    return int(np.asarray(zarr.open_group(str(path), mode="r")["done"][...]).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--d", type=int, default=784)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--k", type=int, default=10, help="columns of V in the products K V")
+    parser.add_argument("--passes", type=int, default=3, help="products K V timed (the tiles are sent once)")
+    parser.add_argument("--cg-n", type=int, default=3000, help="points of the CG solve (0: skip it)")
+    parser.add_argument("--ridge", type=float, default=0.1, help="ridge of the CG solve")
+    parser.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary folder)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "distributed.json"))
+    args = parser.parse_args()
+    import distributed
+
+    nk.set_progress(False)
+    default_threads = torch.get_num_threads()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ntkit-distributed-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    arch = nk.MLP(args.depth)
+    X = torch.randn(args.n, args.d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    V = torch.randn(args.n, args.k, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    total = len(arch.kernel_tiles(X, tile=args.tile).pairs())
+    rows: list[dict] = []
+
+    def record(key: str, what: str, seconds: float, cpu: float, result=None, **extra) -> None:
+        equal = None if result is None else digest(result) == reference
+        rows.append({"key": key, "what": what, "seconds": seconds, "cpu_seconds": cpu, "bitwise_equal": equal,
+                     **extra})
+        same = "" if equal is None else ("  bitwise equal" if equal else "  DIFFERS")
+        print(f"{what:<62} {seconds:8.2f} s {cpu:8.2f} s{same}", flush=True)
+
+    print(f"{'':<62} {'wall':>10} {'CPU':>10}")
+
+    out = torch.empty(args.n, args.n, dtype=torch.float64)  # one in-memory Gram, reused
+    torch.set_num_threads(1)
+    _, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=out)
+    reference = digest(out)
+    record("memory", "in-process, 1 thread (memory)", seconds, cpu)
+    torch.set_num_threads(default_threads)
+    _, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=out)
+    record("memory_threads", f"in-process, {default_threads} threads (memory)", seconds, cpu)
+    torch.set_num_threads(1)
+    path = workdir / "inprocess.zarr"
+    K, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=path)
+    record("store", "in-process, 1 thread (zarr store)", seconds, cpu, K)
+    shutil.rmtree(path)
+
+    path = workdir / "resumed.zarr"
+    finished = kill_at_half(X.numpy(), path, args.depth, args.tile, total, workdir)
+    K, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=path)
+    record("resume", f"resume after SIGKILL at {finished}/{total} tiles (store)", seconds, cpu, K,
+           finished_before=finished, total_tiles=total)
+    shutil.rmtree(path)
+
+    tiles = arch.kernel_tiles(X, tile=args.tile)
+    products = []
+    for _ in range(args.passes):
+        KV, (seconds, cpu) = timed(gram.matmul, tiles, V)
+        products.append((seconds, cpu))
+    record("matmul", f"in-process, 1 thread: K V ({args.passes} passes, median)",
+           *np.median(np.array(products), axis=0).tolist())
+    if args.cg_n:
+        from ntkit.solvers import KernelOperator, cg
+
+        cg_tiles = arch.kernel_tiles(X[:args.cg_n], tile=args.tile)
+        Y = V[:args.cg_n]
+        solved, (seconds, cpu) = timed(cg.solve, KernelOperator(cg_tiles), Y, args.ridge)
+        record("cg", f"in-process, 1 thread: CG solve, N = {args.cg_n} ({solved.iterations} iterations)", seconds, cpu,
+               residual=solved.residual)
+
+    for workers in (1, 2):
+        with local_cluster(workers) as cluster, distributed.Client(cluster) as client:
+            client.run(lambda: __import__("ntkit"))  # workers started and warm, as a long job's would be
+            _, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=out, client=client)
+            record(f"workers{workers}", f"{workers} worker{'s' if workers > 1 else ''} x 1 thread (memory)", seconds,
+                   cpu, out)
+            path = workdir / "workers.zarr"
+            K, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=path, client=client)
+            record(f"workers{workers}_store", f"{workers} worker{'s' if workers > 1 else ''} x 1 thread (zarr store, "
+                   "written by the workers)", seconds, cpu, K)
+            shutil.rmtree(path)
+            if workers == 2:
+                tiles = arch.kernel_tiles(X, tile=args.tile)
+                times, equal = [], True
+                for _ in range(args.passes):
+                    KV2, (seconds, cpu) = timed(gram.matmul, tiles, V, client=client)
+                    times.append((seconds, cpu))
+                    equal = equal and torch.equal(KV2, KV)
+                record("workers2_matmul", f"2 workers x 1 thread: K V ({args.passes} passes, median; first "
+                       f"{times[0][0]:.2f} s)", *np.median(np.array(times), axis=0).tolist())
+                rows[-1]["bitwise_equal"] = equal
+                if args.cg_n:
+                    op = KernelOperator(arch.kernel_tiles(X[:args.cg_n], tile=args.tile), client=client)
+                    before, start = cpu_seconds(client), time.perf_counter()
+                    there = cg.solve(op, Y, args.ridge)
+                    seconds, cpu = time.perf_counter() - start, cpu_seconds(client) - before
+                    difference = float((there.solution - solved.solution).norm() / solved.solution.norm())
+                    record("workers2_cg", f"2 workers x 1 thread: CG solve ({there.iterations} iterations, "
+                           f"relative difference {difference:.1e})", seconds, cpu, residual=there.residual,
+                           relative_difference=difference)
+    torch.set_num_threads(default_threads)
+
+    find = {row["key"]: row["seconds"] for row in rows}
+    ratios = {
+        "2 workers vs 1 worker, memory (speedup; goal >= 1.7)": find["workers1"] / find["workers2"],
+        "2 workers vs 1 worker, store (speedup; goal >= 1.7)": find["workers1_store"] / find["workers2_store"],
+        "1 worker vs in-process (time ratio; goal <= 1.15)": find["workers1"] / find["memory"],
+        "zarr store vs memory (time ratio; goal <= 1.15)": find["store"] / find["memory"],
+        "resume after kill at 50% vs full run (time ratio; goal <= 0.55)": find["resume"] / find["store"],
+        "2 workers (store) vs in-process (memory) (speedup)": find["memory"] / find["workers2_store"],
+        "K V on 2 workers vs in-process (speedup)": find["matmul"] / find["workers2_matmul"],
+    }
+    if args.cg_n:
+        ratios["CG solve on 2 workers vs in-process (speedup)"] = find["cg"] / find["workers2_cg"]
+    cpu = {row["key"]: row["cpu_seconds"] for row in rows}
+    cpu_ratios = {  # the work done, as the machine's other jobs do not change it: overheads of each path
+        "1 worker vs in-process (CPU seconds, all processes)": cpu["workers1"] / cpu["memory"],
+        "2 workers vs in-process (CPU seconds, all processes)": cpu["workers2"] / cpu["memory"],
+        "2 workers, store vs in-process, memory (CPU seconds)": cpu["workers2_store"] / cpu["memory"],
+        "zarr store vs memory, in-process (CPU seconds)": cpu["store"] / cpu["memory"],
+        "resume vs full store run (CPU seconds)": cpu["resume"] / cpu["store"],
+    }
+    print()
+    for name, value in [*ratios.items(), *cpu_ratios.items()]:
+        print(f"{name:<66} {value:6.2f}")
+    result = {"n": args.n, "d": args.d, "depth": args.depth, "tile": args.tile, "k": args.k, "dtype": "float64",
+              "tiles": total, "default_threads": default_threads, "load_average": os.getloadavg(),
+              "machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "dask": distributed.__version__, "rows": rows, "ratios": ratios, "cpu_ratios": cpu_ratios}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

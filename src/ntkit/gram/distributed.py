@@ -1,0 +1,270 @@
+"""The Dask backend: a kernel's tiles as `dask.distributed` tasks.
+
+Everything here runs the same tile code as one process (`ntkit.gram.tiles`), only scheduled by Dask:
+
+- the `KernelTiles` (its tile function and inputs, cloudpickled) is scattered to every worker once per
+  client and reused by every later call on the same object (a solver's passes send X once);
+- each task takes the tiles and a few tile positions (`BATCH`): its Gram tiles are returned to the client for
+  an in-memory output, or written by the worker straight into a zarr store (`ntkit.gram.store`), which
+  records each tile as finished once it is written;
+- matrix products and row-block passes return their small pieces, which the client adds up or yields in
+  the order one process uses, so the result is bitwise that of one process with the same number of BLAS
+  threads (Dask's workers run one each).
+
+Dask retries the tasks of a worker that dies (up to `distributed.scheduler.allowed-failures` times); a
+task that raises stops the computation with a RuntimeError naming the tile. Nothing here schedules,
+transports or stores data itself: that is Dask's and zarr's job. Dask is imported only here
+(`pip install "ntkit[dask]"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from .._checks import check_positive_int
+from ..progress import progress
+from .tiles import KernelTiles, add_products, put, row_block, symmetric_tiles, tile_products
+
+DEFAULT_HOST = "127.0.0.1"
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap threshold:
+# every temporary of a tile (2 MB at 512 x 512 float64) is then mapped and page-faulted anew, and a tile took
+# about 1.6x as long as in a plain process (measured here). These settings let freed memory be reused.
+WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def require_distributed() -> Any:
+    """The `distributed` module, or an ImportError that says how to install it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError('the Dask backend needs dask.distributed: pip install "ntkit[dask]"') from exc
+    return distributed
+
+
+def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str = DEFAULT_HOST,
+                  **kwargs: Any) -> Any:
+    """A `dask.distributed.LocalCluster` of `n_workers` worker processes with `threads_per_worker` threads each,
+    listening on `host` only (default 127.0.0.1: not reachable from other machines), with its HTTP routes (the
+    dashboard, when bokeh is installed) on a free port of `host` unless `dashboard_address` is given. The
+    workers start with `WORKER_ENV` (glibc's malloc keeps freed memory for reuse). Other keywords go to
+    LocalCluster. Use it as a context manager:
+
+        with local_cluster(2) as cluster, Client(cluster) as client:
+            K = arch.kernel(X, out="K.zarr", client=client)
+    """
+    distributed = require_distributed()
+    import dask
+
+    kwargs.setdefault("dashboard_address", f"{host}:0")  # Dask's HTTP routes on a free port of `host`
+    # set before each worker process starts (glibc reads them once): Dask's pre-spawn environment, not `env`
+    spawn_env = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_ENV.items()}
+    with dask.config.set(spawn_env):
+        return distributed.LocalCluster(n_workers=check_positive_int(n_workers, "n_workers"),
+                                        threads_per_worker=check_positive_int(threads_per_worker,
+                                                                              "threads_per_worker"),
+                                        processes=True, host=host, **kwargs)
+
+
+def connect(address: str, *, timeout: float = 10.0, security: Any = None) -> Any:
+    """A `dask.distributed.Client` connected to the scheduler at `address` (e.g. "tcp://10.0.0.5:8786", or
+    "tls://..." with `security`, a `distributed.security.Security`). Raises ConnectionError when no scheduler
+    answers within `timeout` seconds, and ValueError for an address Dask cannot read.
+
+    The address is first probed with Dask's own comm under a hard timeout: a Client waits without end on a
+    socket that accepts connections but never answers Dask's handshake.
+    """
+    distributed = require_distributed()
+    if not isinstance(address, str) or not address.strip():
+        raise TypeError(f"scheduler address must be a non-empty string like 'tcp://HOST:PORT', got {address!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    connection_args = security.get_connection_args("client") if security is not None else {}
+
+    async def probe() -> None:
+        connecting = distributed.comm.connect(address, timeout=timeout, **connection_args)
+        comm = await asyncio.wait_for(connecting, timeout + 1.0)  # Dask's own timeout, or ours for the handshake
+        await comm.close()
+
+    with ThreadPoolExecutor(1) as pool:  # its own event loop, also when the caller's thread runs one
+        try:
+            pool.submit(asyncio.run, probe()).result()
+            return distributed.Client(address, timeout=timeout, security=security, set_as_default=False)
+        except ValueError as exc:
+            raise ValueError(f"scheduler address {address!r} is not one Dask can use ({exc}); "
+                             "expected e.g. 'tcp://HOST:PORT'") from exc
+        except (OSError, TimeoutError) as exc:
+            detail = str(exc) or f"{type(exc).__name__}: the handshake got no answer"
+            raise ConnectionError(f"no Dask scheduler answered at {address!r} within {timeout:g} s ({detail}); "
+                                  "check the address, that `dask scheduler` runs there, and the network and TLS "
+                                  "settings") from exc
+
+
+# ------------------------------------------------------------------------ sending the tile function once
+_shared: dict[tuple[int, int], Any] = {}
+
+
+def share(client: Any, tiles: KernelTiles) -> Any:
+    """A future of `tiles` held by every worker: scattered on first use, then reused while `tiles` lives
+    (and its future is intact) for the same client."""
+    key = (id(client), id(tiles))
+    future = _shared.get(key)
+    if future is not None and future.status == "finished" and future.client is client:
+        return future
+    future = client.scatter(tiles, broadcast=True, hash=False)
+    _shared[key] = future
+    weakref.finalize(tiles, _shared.pop, key, None)
+    return future
+
+
+def check_client(client: Any) -> None:
+    distributed = require_distributed()
+    if not isinstance(client, distributed.Client):
+        raise TypeError(f"client must be a dask.distributed.Client, got {type(client).__name__}")
+    if client.status != "running":
+        raise ValueError(f"client is not connected (status {client.status!r})")
+
+
+# ------------------------------------------------------------------------------------ the tasks
+BATCH = 4  # tiles per task: a quarter of the scheduler's work per tile; a lost worker costs at most 4 tiles
+
+Batch = tuple[tuple[int, int], ...]
+
+
+def batches(pairs: Sequence[tuple[int, int]], size: int = BATCH) -> list[Batch]:
+    """Consecutive runs of at most `size` tile positions."""
+    return [tuple(pairs[start:start + size]) for start in range(0, len(pairs), size)]
+
+
+def each_tile(batch: Batch, compute: Callable[[int, int], Any]) -> list[Any]:
+    """compute(i, j) for the tiles of `batch`, in order; a failure names its tile."""
+    results = []
+    with torch.no_grad():
+        for i, j in batch:
+            try:
+                results.append(compute(i, j))
+            except Exception as exc:
+                raise RuntimeError(f"the kernel tile at rows {i}, columns {j} failed: {type(exc).__name__}: {exc}"
+                                   ) from exc
+    return results
+
+
+def _tile_task(tiles: KernelTiles, batch: Batch) -> list[list[torch.Tensor]]:
+    return each_tile(batch, lambda i, j: [block.cpu() for block in symmetric_tiles(tiles, i, j)])
+
+
+def _store_task(tiles: KernelTiles, writer: Any, batch: Batch) -> int:
+    """Each tile written into the store, then recorded, before the next is computed."""
+    return len(each_tile(batch, lambda i, j: writer.write(tiles, i, j, symmetric_tiles(tiles, i, j))))
+
+
+def _products_task(tiles: KernelTiles, V: torch.Tensor, name_index: int,
+                   batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    return each_tile(batch, lambda i, j: tile_products(tiles, V, i, j, name_index))
+
+
+def _row_task(tiles: KernelTiles, fn: Callable, rows: slice) -> Any:
+    with torch.no_grad():
+        return fn(rows, row_block(tiles, rows))
+
+
+def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[Any], *, what: Callable[[Any], str],
+         desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[Any, Any]]:
+    """Submit task(*shared, job) for every job; yield (job, result) as they finish. A task that raises cancels
+    the rest and raises a RuntimeError naming its job."""
+    distributed = require_distributed()
+    token = uuid.uuid4().hex[:10]
+    name = getattr(task, "__name__", "task").strip("_")
+    pending = {client.submit(task, *shared, job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
+               for index, job in enumerate(jobs)}
+    try:
+        finished = distributed.as_completed(list(pending), loop=client.loop)
+        for future in progress(finished, total=len(pending), desc=desc, enabled=show_progress, minimum=minimum):
+            job = pending.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:
+                raise RuntimeError(f"a Dask worker failed on {what(job)}: {type(exc).__name__}: {exc}") from exc
+            yield job, result
+    finally:
+        if pending:
+            client.cancel(list(pending))
+
+
+def _batch_name(batch: Batch) -> str:
+    (i, j), count = batch[0], len(batch)
+    return f"the kernel tile{'s' if count > 1 else ''} from rows {i}, columns {j} ({count} tile{'s' * (count > 1)})"
+
+
+def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel",
+         show_progress: bool | None = None) -> None:
+    """`tiles.fill` on Dask: the workers compute the tiles, the client writes them into `outs`."""
+    check_client(client)
+    shared = share(client, tiles)
+    for batch, blocks in _run(client, _tile_task, [shared], batches(tiles.pairs()), what=_batch_name, desc=desc,
+                              show_progress=show_progress, minimum=16):
+        for (i, j), tile_blocks in zip(batch, blocks, strict=True):
+            put(tiles, outs, i, j, tile_blocks)
+
+
+def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int, int], bool], *,
+               desc: str = "kernel", show_progress: bool | None = None) -> None:
+    """Fill a zarr store on Dask: each worker writes its tiles into the store and records them; the client
+    receives only their count."""
+    check_client(client)
+    store = writer.done.store
+    if type(store).__name__ == "MemoryStore":
+        raise ValueError("out is a zarr group in this process's memory, which Dask workers cannot write: use a store "
+                         "on disk or in object storage that every worker reaches")
+    jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)])
+    if not jobs:
+        return
+    shared = [share(client, tiles), client.scatter(writer, broadcast=True, hash=False)]
+    for _ in _run(client, _store_task, shared, jobs, what=_batch_name, desc=desc, show_progress=show_progress,
+                  minimum=16):
+        pass
+
+
+def matmul(client: Any, tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, name_index: int, *,
+           desc: str = "kernel matvec", show_progress: bool | None = None) -> None:
+    """out += K V on Dask: the workers compute each tile's products, the client adds them in the order of
+    `tiles.pairs()` (that of one process)."""
+    check_client(client)
+    pairs = tiles.pairs()
+    order = {pair: index for index, pair in enumerate(pairs)}
+    shared = [share(client, tiles), client.scatter(V, broadcast=True, hash=False), name_index]
+    waiting: dict[int, Any] = {}
+    next_index = 0
+    for batch, products in _run(client, _products_task, shared, batches(pairs), what=_batch_name, desc=desc,
+                                show_progress=show_progress, minimum=16):
+        for pair, pair_products in zip(batch, products, strict=True):
+            waiting[order[pair]] = pair_products
+        while next_index in waiting:
+            add_products(tiles, out, *pairs[next_index], waiting.pop(next_index))
+            next_index += 1
+
+
+def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequence[slice], *,
+                   desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
+    """fn(rows, [K[rows, :] for each name]) for each block of rows, as Dask tasks, yielded in block order."""
+    check_client(client)
+    shared = [share(client, tiles), client.scatter(fn, broadcast=True, hash=False)]
+    order = {(rows.start, rows.stop): index for index, rows in enumerate(blocks)}
+    waiting: dict[int, Any] = {}
+    next_index = 0
+
+    def what(rows: slice) -> str:
+        return f"the kernel rows {rows.start}:{rows.stop}"
+
+    for rows, result in _run(client, _row_task, shared, list(blocks), what=what, desc=desc,
+                             show_progress=show_progress, minimum=8):
+        waiting[order[(rows.start, rows.stop)]] = result
+        while next_index in waiting:
+            yield waiting.pop(next_index)
+            next_index += 1
