@@ -50,6 +50,9 @@ def test_page_code_runs(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = page.read_text()
     if "sklearn" in text:
         pytest.importorskip("sklearn")
+    if "dask" in text:
+        pytest.importorskip("distributed", reason="the dask extra is not installed")
+        pytest.importorskip("zarr", reason="the dask extra is not installed")
     monkeypatch.chdir(DOCS)
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     try:
