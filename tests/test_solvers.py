@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -313,3 +314,17 @@ def test_full_rank_preconditioner_with_tiny_ridge_converges(ridge):
     result = cg.solve(KernelOperator(K), Y, ridge, rank=200)
     assert result.converged and result.iterations < 10
     assert relative(result.solution, dense_solution(K, Y, ridge)) < 1e-8
+
+
+@pytest.mark.parametrize("centers", ["uniform", "rpcholesky"])
+def test_nystrom_with_a_rank_deficient_centres_gram_is_exact(centers):
+    """1-D inputs without bias: the ReLU kernel has rank 2, so K(C, C) is singular; Nystrom then works in the range
+    of K(C, C), which loses nothing, and with every point a centre equals exact kernel ridge regression."""
+    X = np.array([[0.12573022], [-0.13210486], [0.64042265], [0.10490012], [-0.53566937], [0.36159505]])
+    y = np.arange(6.0)
+    arch = nk.MLP(depth=2, b_std=0.0)
+    exact = nk.InfiniteWidthGP(arch, X, y, ridge=1.0).predict(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nystrom = nk.InfiniteWidthGP(arch, X, y, ridge=1.0, solver="nystrom", n_centers=6, centers=centers).predict(X)
+    assert np.abs(nystrom - exact).max() < 1e-7 * np.abs(exact).max()

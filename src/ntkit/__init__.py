@@ -10,7 +10,7 @@
 scikit-learn kernels and estimators live in `ntkit.sklearn` (needs scikit-learn).
 """
 
-from .activations import Activation, get_activation, leaky_relu
+from .activations import get_activation, leaky_relu
 from .dynamics import (
     EarlyStopping,
     FlowResult,
@@ -39,6 +39,30 @@ from .empirical import (
     monte_carlo_nngp,
     monte_carlo_ntk,
 )
+from .layers import (
+    ELU,
+    GELU,
+    Abs,
+    Activation,
+    AvgPool1d,
+    AvgPool2d,
+    Conv1d,
+    Conv2d,
+    Erf,
+    Flatten,
+    GlobalAvgPool,
+    LayerNorm,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Residual,
+    Sequential,
+    Sigmoid,
+    SiLU,
+    Softplus,
+    Tanh,
+    infinite,
+)
 from .mlp import MLP
 from .nets import NTKLinear, NTKNetwork
 from .progress import set_progress
@@ -46,9 +70,11 @@ from .progress import set_progress
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "Activation", "EarlyStopping", "FlowResult", "IllConditionedWarning", "InfiniteWidthGP", "KernelPCA",
-    "LeastSquares", "LinearizedModel", "NTKLinear", "NTKNetwork", "NTKTracker", "Spectrum", "TrainingHistory",
+    "Abs", "Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "ELU", "EarlyStopping", "Erf", "Flatten",
+    "FlowResult", "GELU", "GlobalAvgPool", "IllConditionedWarning", "InfiniteWidthGP", "KernelPCA", "LayerNorm",
+    "LeakyReLU", "LeastSquares", "Linear", "LinearizedModel", "MLP", "NTKLinear", "NTKNetwork", "NTKTracker",
+    "ReLU", "Residual", "Sequential", "SiLU", "Sigmoid", "Softplus", "Spectrum", "Tanh", "TrainingHistory",
     "choose_method", "converged_fraction", "decompose", "early_stopping_time", "empirical_ntk", "get_activation",
-    "gradient_flow", "gram_spectrum", "kernel_pca", "leaky_relu", "linearize", "monte_carlo_nngp",
+    "gradient_flow", "gram_spectrum", "infinite", "kernel_pca", "leaky_relu", "linearize", "monte_carlo_nngp",
     "monte_carlo_ntk", "set_progress", "steps_from_time", "time_from_steps", "train_network",
 ]

@@ -4,6 +4,9 @@
     net  = arch.network(in_features=2, width=10_000, seed=0)   # finite network (Section 2)
     K    = arch.kernel(X, get="ntk")                           # Theta^(L), Theorem 1
     S, K = arch.kernel(X, get=("nngp", "ntk"))                 # Sigma^(L) (Proposition 1) and Theta^(L)
+
+Its kernels are those of `arch.layers`, the same network as `ntkit.layers.Sequential` (Linear, Activation, ...,
+Linear), which runs the fused recursion of `ntkit.kernels` for such chains.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import torch
 
 from . import gram
 from ._checks import as_matrix, check_choice, check_positive_int, check_real, to_output
-from .activations import DEFAULT_DEGREE, Activation, get_activation
-from .kernels import Recursion, kernel_block, kernel_diag, sigma_diagonals
+from .activations import DEFAULT_DEGREE, get_activation
+from .activations import Activation as Nonlinearity
+from .kernels import Recursion, kernel_block, kernel_diag
+from .layers import Activation, Linear, Sequential
 from .nets import NTKNetwork
 
 KERNELS = ("ntk", "nngp")
@@ -30,7 +35,7 @@ class MLP:
 
     Args:
         depth: number of weight layers L >= 1.
-        activation: a name ("relu", "erf", "tanh", ...), a torch callable, or an `Activation`.
+        activation: a name ("relu", "erf", "tanh", ...), a torch callable, or an `ntkit.activations.Activation`.
         beta: the paper's bias scale (>= 0); the bias standard deviation when `b_std` is None.
         W_std: weight scale (the paper: 1.0). A float, or a 0-d tensor to differentiate through.
         b_std: bias scale; overrides `beta` when given.
@@ -39,7 +44,7 @@ class MLP:
             `ntkit.activations.quadrature`: the default 20 gives about 1e-8, 32 about 1e-12).
     """
 
-    def __init__(self, depth: int, activation: str | Callable | Activation = "relu", beta: float = 0.1,
+    def __init__(self, depth: int, activation: str | Callable | Nonlinearity = "relu", beta: float = 0.1,
                  W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor | None = None,
                  parametrization: str = "ntk", quadrature_degree: int = DEFAULT_DEGREE):
         self.depth = check_positive_int(depth, "depth")
@@ -61,6 +66,14 @@ class MLP:
     @property
     def recursion(self) -> Recursion:
         return Recursion(self.activation, self.depth, self.W_std, self.b_std)
+
+    @property
+    def layers(self) -> Sequential:
+        """This architecture as layers: Linear, Activation, Linear, ..., Linear (`depth` Linear layers)."""
+        layers: list = [Linear(self.W_std, self.b_std)]
+        for _ in range(self.depth - 1):
+            layers += [Activation(self.activation), Linear(self.W_std, self.b_std)]
+        return Sequential(*layers)
 
     # ----------------------------------------------------------------- the finite network
     def network(self, in_features: int, width: int | list[int] | None = None, out_features: int = 1,
@@ -101,7 +114,11 @@ class MLP:
             of both, returned in that order. Each result has shape (N, M), X's dtype and device;
             NumPy input gives NumPy output.
         out: a preallocated (N, M) array (a tuple of them for a tuple `get`), a NumPy memmap
-            included; it is filled and returned.
+            included; it is filled and returned. Or a path ending in ".zarr": a resumable on-disk store
+            (`ntkit.gram.store`: finished tiles are recorded, a rerun computes only the others), whose arrays
+            are returned.
+        client: a dask.distributed.Client: the tiles run as Dask tasks on its workers
+            (`ntkit.gram.distributed`), bitwise the same result.
         tile: edge of the square tiles the Gram is computed in (default 512 on CPU, 8192 on
             GPU): peak memory is the output plus a few tiles.
         compile: fuse the ReLU-family recursion with torch.compile (one pass over memory per layer
@@ -143,35 +160,14 @@ class MLP:
         X (N, n0) and Y (M, n0; None: X, symmetric) are tensors (float32 or float64; other dtypes become float32).
         The per-layer diagonals Sigma^(l)(x, x) are computed here once (O(N L)); each tile then costs
         O(rows cols (n0 + L)). On a symmetric kernel the tiles on the diagonal carry the exact diagonal.
+        These are the tiles of `self.layers` (the fused fully-connected path of `Sequential`).
         """
         names = self._check_get(get)
         Xt = as_matrix(X, "X")[0]
         Yt = Xt if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
         Xt, Yt = _same_features(Xt, Yt)
-        if Y is None:
-            Yt = Xt
-        rec, want_ntk, symmetric = self.recursion, "ntk" in names, Y is None
-        edge = gram.default_tile(Xt.device) if tile is None else check_positive_int(tile, "tile")
-        with torch.no_grad():
-            qx = sigma_diagonals(Xt, rec)
-            qy = qx if symmetric else sigma_diagonals(Yt, rec)
-
-        def diag(rows: gram.Index) -> list[torch.Tensor]:
-            sigma, theta = kernel_diag(Xt[rows], rec, want_ntk)
-            return [theta if name == "ntk" else sigma for name in names]
-
-        def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
-            sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk,
-                                        [q[rows] for q in qx], [q[cols] for q in qy], compiled=compile)
-            tiles = {"nngp": sigma, "ntk": theta}
-            if symmetric and isinstance(rows, slice) and rows == cols:  # the exact diagonal: no rounding noise
-                for name, values in zip(names, diag(rows), strict=True):
-                    tiles[name].diagonal().copy_(values)
-            return [tiles[name] for name in names]
-
-        return gram.KernelTiles(tile_fn, Xt.shape[0], Yt.shape[0], names, symmetric, Xt.dtype, Xt.device, edge,
-                                describe=self.describe(), inputs=(Xt,) if symmetric else (Xt, Yt),
-                                diag=diag if symmetric else None)
+        return self.layers.tiles(Xt, None if Y is None else Yt, names, tile=tile, compile=compile,
+                                 describe=self.describe())
 
     def kernel_diag(self, X: Array, get: str | tuple[str, ...] = "ntk") -> Array | tuple[Array, ...]:
         """The diagonal K(x_i, x_i) of the kernels of `kernel`, shape (N,), in O(N) memory."""

@@ -58,7 +58,8 @@ def conjugate_gradient(matvec, B: torch.Tensor, precondition=None, *, tol: float
                        desc: str = "conjugate gradients", show_progress: bool | None = None) -> CGResult:
     """Solve A X = B for a symmetric positive definite A given by `matvec` (V -> A V), with the preconditioner
     `precondition` (R -> P^-1 R, symmetric positive definite) or none. Columns are independent CG runs sharing
-    each product with A. Raises ValueError when A is found not positive definite (p^T A p <= 0)."""
+    each product with A. Raises ValueError when A is found not positive definite on the first direction
+    (p^T A p <= 0); later, the same (rounding once the residual has stalled) ends the iteration where it is."""
     X = torch.zeros_like(B)
     R = B.clone()
     scale = B.norm(dim=0)
@@ -74,8 +75,11 @@ def conjugate_gradient(matvec, B: torch.Tensor, precondition=None, *, tol: float
         AP = matvec(P)
         curvature = (P * AP).sum(0)
         if bool((curvature[active] <= 0).any()):
-            raise ValueError("K + ridge I is not positive definite (p^T (K + ridge I) p <= 0 in conjugate gradients, "
-                             f"iteration {iterations}): pass ridge > 0")
+            if iterations == 1:      # on the first direction: the operator itself is not positive definite
+                raise ValueError("K + ridge I is not positive definite (p^T (K + ridge I) p <= 0 in conjugate "
+                                 "gradients): pass ridge > 0")
+            iterations -= 1          # later: rounding once the residual has stalled; keep the iterate reached
+            break
         alpha = torch.where(active, rz / torch.where(active, curvature, torch.ones_like(curvature)),
                             torch.zeros_like(rz))
         X += alpha * P

@@ -24,27 +24,48 @@ from .cg import CGResult, conjugate_gradient, warn_not_converged
 
 
 class FalkonPreconditioner:
-    """B = T^-1 A^-1 / sqrt(N) for the centres' Gram K_mm (M, M) (see the module docstring)."""
+    """B = T^-1 A^-1 / sqrt(N) for the centres' Gram K_mm (M, M) (see the module docstring).
+
+    When K_mm is numerically singular (centres whose Gram has lower rank, such as 1-D inputs without bias) the
+    Cholesky factor does not exist; then K_mm = U diag(lambda) U^T is restricted to its r eigenvalues above rounding,
+    which loses nothing: K(x, C) v = 0 for every x when K_mm v = 0. There T = diag(lambda)^1/2 U^T (r, M),
+    A = diag(lambda / M + ridge / N)^1/2 and B = U diag(lambda)^-1/2 A^-1 / sqrt(N) maps R^r to R^M.
+    """
 
     def __init__(self, K_mm: torch.Tensor, ridge: float, n: int):
         m = K_mm.shape[0]
-        jitter = m * torch.finfo(K_mm.dtype).eps * float(K_mm.diagonal().mean())
-        K = K_mm + jitter * torch.eye(m, dtype=K_mm.dtype, device=K_mm.device)
-        self.T = torch.linalg.cholesky(K, upper=True)                       # T^T T = K_mm
-        inner = self.T @ self.T.T / m
-        inner.diagonal().add_(ridge / n + jitter / m)
-        self.A = torch.linalg.cholesky(inner, upper=True)                   # A^T A = T T^T / M + ridge / N
         self.scale = 1.0 / math.sqrt(n)
+        scale = float(K_mm.diagonal().mean())
+        if not scale > 0:
+            raise ValueError("the Nystrom centres' Gram K(C, C) is zero: the centres carry no signal (all-zero "
+                             "inputs without bias?)")
+        jitter = m * torch.finfo(K_mm.dtype).eps * scale                    # as Falkon does
+        T, info = torch.linalg.cholesky_ex(K_mm + jitter * torch.eye(m, dtype=K_mm.dtype, device=K_mm.device),
+                                           upper=True)
+        self.basis = None
+        if int(info) != 0 or float(T.diagonal().min()) ** 2 <= m * torch.finfo(K_mm.dtype).eps * scale:
+            values, vectors = torch.linalg.eigh(K_mm)
+            keep = values > m * torch.finfo(K_mm.dtype).eps * float(values.max())
+            a = torch.sqrt(values[keep] / m + ridge / n)
+            self.basis = vectors[:, keep] / (values[keep].sqrt() * a)          # U diag(lambda)^-1/2 A^-1, (M, r)
+            return
+        inner = T @ T.T / m
+        inner.diagonal().add_(ridge / n + jitter / m)
+        A = torch.linalg.cholesky(inner, upper=True)                         # A^T A = T T^T / M + ridge / N
         # column-major copies: LAPACK's triangular solves run on them without a conversion copy per call
-        self._T, self._Tt, self._A, self._At = (_column_major(X) for X in (self.T, self.T.T, self.A, self.A.T))
+        self._T, self._Tt, self._A, self._At = (_column_major(X) for X in (T, T.T, A, A.T))
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """B v."""
+        if self.basis is not None:
+            return self.basis @ v * self.scale
         u = torch.linalg.solve_triangular(self._A, v, upper=True)
         return torch.linalg.solve_triangular(self._T, u, upper=True) * self.scale
 
     def apply_transpose(self, v: torch.Tensor) -> torch.Tensor:
         """B^T v."""
+        if self.basis is not None:
+            return self.basis.T @ v * self.scale
         u = torch.linalg.solve_triangular(self._Tt, v, upper=False)
         return torch.linalg.solve_triangular(self._At, u, upper=False) * self.scale
 

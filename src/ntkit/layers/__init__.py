@@ -1,0 +1,39 @@
+"""Layers: one description of an architecture, its finite torch network and its exact infinite-width kernels.
+
+    arch = nk.Sequential(nk.Conv2d(3), nk.ReLU(), nk.AvgPool2d(2), nk.Conv2d(3), nk.ReLU(),
+                         nk.GlobalAvgPool(), nk.Linear())
+    net = arch.network(in_shape=(1, 16, 16), width=128, seed=0)     # NTK parametrization
+    K = arch.kernel(X, get="ntk")                                     # Theta, channel counts infinite
+
+Each layer has a shape rule, a kernel map on the `Record` (Sigma, Theta and the spatial covariance the rest
+of the network needs) and a finite module; `Sequential` composes them and tiles the Gram through
+`ntkit.gram`; `infinite(module)` translates a torch `nn.Sequential`.
+"""
+
+from .activation import (
+    ELU,
+    GELU,
+    Abs,
+    Activation,
+    Erf,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softplus,
+    Tanh,
+)
+from .base import Layer, LayerError
+from .conv import Conv1d, Conv2d, NTKConv
+from .flatten import Flatten
+from .infinite import infinite
+from .linear import Linear
+from .normalization import LayerNorm
+from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
+from .record import Record
+from .residual import Residual
+from .sequential import Sequential
+
+__all__ = ["ELU", "GELU", "Abs", "Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Erf", "Flatten",
+           "GlobalAvgPool", "Layer", "LayerError", "LayerNorm", "LeakyReLU", "Linear", "NTKConv", "ReLU", "Record",
+           "Residual", "Sequential", "SiLU", "Sigmoid", "Softplus", "Tanh", "infinite"]

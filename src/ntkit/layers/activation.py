@@ -1,0 +1,109 @@
+"""`Activation`: an elementwise nonlinearity, with short forms `ReLU()`, `Erf()`, `Tanh()`, ...
+
+Its kernel map at each pair of positions (Proposition 1, Theorem 1; `ntkit.activations` holds the maps):
+
+    Sigma'(x_p, y_q) = E[sigma(u) sigma(v)],      (u, v) ~ N(0, [[q(x_p), Sigma(x_p, y_q)], [., q(y_q)]])
+    Theta'(x_p, y_q) = Theta(x_p, y_q) E[sigma'(u) sigma'(v)]
+
+(the weight scale W_std^2 of the paper's SigmaDot is applied by the next weight layer). Every activation of
+`MLP` works: closed forms where they exist, quadrature for any other torch callable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..activations import DEFAULT_DEGREE, PiecewiseLinear, get_activation
+from ..activations import Activation as Nonlinearity
+from ..nets import ActivationLayer
+from .base import Layer, LayerError
+from .record import Record
+
+
+class Activation(Layer):
+    """An elementwise nonlinearity: a name ("relu", "erf", "tanh", ...), a torch callable (quadrature), or an
+    `ntkit.activations.Activation`. quadrature_degree: radial nodes of the quadrature (see `MLP`)."""
+
+    def __init__(self, activation: str | Callable | Nonlinearity = "relu", quadrature_degree: int = DEFAULT_DEGREE):
+        self.activation = get_activation(activation, degree=quadrature_degree)
+
+    def describe(self) -> str:
+        return f"Activation({self.activation!r})"
+
+    def gaussian(self, in_gaussian, where):
+        if not in_gaussian:
+            raise LayerError(f"{self.name} ({where}) needs a Gaussian input in the limit: put a Linear or Conv layer "
+                             f"before it (pooling, Flatten, LayerNorm or a Residual may come in between)")
+        return False
+
+    def apply(self, record: Record, ctx) -> Record:
+        act = self.activation
+        q1, q2 = ctx.variances(record)
+        if ctx.is_self and record.layout != "full":  # each position with itself: the exact diagonal maps
+            sigma = act.sigma_diag(record.sigma)
+            theta = None if record.theta is None or record.theta.ndim == 0 else \
+                record.theta * act.sigma_dot_diag(record.sigma)
+        elif isinstance(act, PiecewiseLinear) and not _needs_grad(record, q1, q2):
+            sigma, theta = _piecewise_linear(record.sigma, record.theta, q1, q2, act.a)
+        elif record.theta is None:
+            sigma, theta = act.sigma(record.sigma, q1, q2), None
+        else:
+            sigma, dot = act.sigma_both(record.sigma, q1, q2)
+            theta = record.theta * dot if record.theta.ndim else record.theta
+        return Record(sigma, theta, record.layout, record.nbatch, record.spatial)
+
+    def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
+        return ActivationLayer(self.activation)
+
+
+def _needs_grad(record: Record, *more: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (record.sigma, record.theta,
+                                                                                        *more))
+
+
+def _piecewise_linear(c: torch.Tensor, theta: torch.Tensor | None, q1: torch.Tensor, q2: torch.Tensor, a: float
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The maps of sigma(x) = max(x, 0) + a min(x, 0) (`ntkit.activations.PiecewiseLinear`) in a few passes over
+    memory, leaving the inputs untouched. With s = sqrt(max(q1 q2 - c^2, 0)) and ang = atan2(s, c) (exactly 0 for
+    a position paired with itself, as in `ntkit.activations.angle`):
+        k = ((1 + a^2)(pi - ang) + 2 a ang) / (2 pi),   Sigma' = (1 - a)^2 s / (2 pi) + k c,   Theta' = Theta k
+    """
+    s = (q1 * q2).addcmul_(c, c, value=-1.0).clamp_(min=0.0).sqrt_()
+    k = torch.atan2(s, c)
+    k.mul_((2 * a - 1 - a * a) / (2 * math.pi)).add_(0.5 * (1 + a * a))
+    theta = None if theta is None else theta * k if theta.ndim else theta
+    sigma = s.mul_((1 - a) ** 2 / (2 * math.pi)).addcmul_(k, c)
+    return sigma, theta
+
+
+def _short(class_name: str, name: str, doc: str) -> type[Activation]:
+    """A named subclass of Activation for one nonlinearity (nk.ReLU() is nk.Activation("relu"))."""
+
+    def __init__(self, quadrature_degree: int = DEFAULT_DEGREE):
+        Activation.__init__(self, name, quadrature_degree)
+
+    return type(class_name, (Activation,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+
+
+ReLU = _short("ReLU", "relu", "max(x, 0) (closed form).")
+GELU = _short("GELU", "gelu", "x Phi(x) (closed form).")
+Erf = _short("Erf", "erf", "erf(x) (closed form).")
+Tanh = _short("Tanh", "tanh", "tanh(x) (quadrature).")
+Sigmoid = _short("Sigmoid", "sigmoid", "1 / (1 + exp(-x)) (quadrature).")
+Abs = _short("Abs", "abs", "|x| (closed form).")
+Softplus = _short("Softplus", "softplus", "log(1 + exp(x)) (quadrature).")
+ELU = _short("ELU", "elu", "x for x > 0, exp(x) - 1 otherwise (quadrature).")
+SiLU = _short("SiLU", "silu", "x sigmoid(x) (quadrature).")
+
+
+class LeakyReLU(Activation):
+    """max(x, 0) + negative_slope min(x, 0) (closed form)."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        from ..activations import leaky_relu
+
+        Activation.__init__(self, leaky_relu(negative_slope))

@@ -1,0 +1,108 @@
+"""What every layer provides: its shape rule, its kernel map on a `Record`, and its finite torch module.
+
+Shapes are per example, without the batch axis: (C, H, W) for images, (C, L) for sequences, (d,) for
+vectors. Channel counts are the widths of the finite network and are infinite in the kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .record import Record, broadcast_variances, self_variances
+
+#: the layouts ordered by how much of the spatial covariance they keep
+_ORDER = {"flat": 0, "diag": 1, "full": 2}
+
+
+def wider(a: str, b: str) -> str:
+    """The layout that keeps at least what both keep."""
+    return a if _ORDER[a] >= _ORDER[b] else b
+
+
+class LayerError(ValueError):
+    """Bad input or a bad architecture, naming the layer."""
+
+
+class Pass:
+    """The variances q(x_p) = Sigma(x_p, x_p) the nonlinearities and LayerNorm need, in the order they ask.
+
+    The self pass (each example with itself) computes them from its own record and keeps them; a pass over
+    a tile of pairs reads the ones of its rows and columns back, in the same order.
+    """
+
+    def __init__(self, qx: list[torch.Tensor] | None = None, qy: list[torch.Tensor] | None = None):
+        self.qx, self.qy = qx, qy
+        self.kept: list[torch.Tensor] = []
+        self.index = 0
+
+    @property
+    def is_self(self) -> bool:
+        return self.qx is None
+
+    def variances(self, record: Record) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.is_self:
+            q = self_variances(record)
+            self.kept.append(q)
+            return broadcast_variances(record, q, q)
+        qx, qy = self.qx[self.index], self.qy[self.index]
+        self.index += 1
+        return broadcast_variances(record, qx, qy)
+
+
+class Layer:
+    """Base class of the layers. Subclasses set `weights` (True for Linear and Conv) and implement
+    `out_shape`, `apply`, `module` and `describe`; `need` and `gaussian` have defaults."""
+
+    weights: bool = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def describe(self) -> str:
+        """Every setting, exactly (floats by repr): part of a Gram's fingerprint."""
+        return f"{self.name}()"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def out_shape(self, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+        """The output shape for an input of `shape` (per example); a LayerError naming `where` if not valid."""
+        return shape
+
+    def need(self, out_need: str) -> str:
+        """The layout this layer needs of its input for its output to have `out_need` (spatial inputs)."""
+        return out_need
+
+    def gaussian(self, in_gaussian: bool, where: str) -> bool:
+        """Whether the output is, in the limit, a centred Gaussian odd in the last weights (what LayerNorm and
+        Residual need); elementwise nonlinearities end it, weight layers start it."""
+        return in_gaussian
+
+    def apply(self, record: Record, ctx: Pass) -> Record:
+        """The kernel map: the record of the outputs from the record of the inputs."""
+        raise NotImplementedError
+
+    def module(self, in_shape: tuple[int, ...], out_channels: int | None, generator: torch.Generator | None,
+               dtype: torch.dtype) -> nn.Module:
+        """The finite layer in the NTK parametrization (weight layers get `out_channels`)."""
+        raise NotImplementedError
+
+
+def spatial_only(shape: tuple[int, ...], layer: Layer, where: str, dims: int | None = None) -> None:
+    """Refuse flat (or wrong-rank) inputs for a layer that works on positions."""
+    if dims is None and len(shape) < 2:
+        raise LayerError(f"{layer.name} ({where}) needs inputs with positions, (C, L) or (C, H, W) per example; "
+                         f"got shape {shape}")
+    if dims is not None and len(shape) != dims + 1:
+        want = {1: "(C, L)", 2: "(C, H, W)"}[dims]
+        raise LayerError(f"{layer.name} ({where}) needs inputs of shape {want} per example, got shape {shape}")
+
+
+def check_channels(layer: Layer, shape: tuple[int, ...], where: str) -> None:
+    """A layer translated from torch knows its input channel count: refuse inputs with another."""
+    expected = getattr(layer, "in_channels", None)
+    if expected is not None and shape[0] not in (0, expected):  # 0: a width
+        raise LayerError(f"{layer.name} ({where}) expects {expected} input channels, got {shape[0]} "
+                         f"(input shape {shape} per example)")

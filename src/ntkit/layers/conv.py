@@ -1,0 +1,177 @@
+"""`Conv1d` and `Conv2d`: convolutions over (N, C, L) and (N, C, H, W) inputs, in the NTK parametrization.
+
+The finite layer: y = W_std / sqrt(C k) conv(x, W) + b_std b, all parameters standard normal, k the number of
+taps. With infinitely many channels each output position is a Linear layer over its window of inputs, so
+(Arora et al. 2019, eq. 7; neural-tangents' `stax.Conv` with parameterization="ntk")
+
+    Sigma'(x_i, y_j) = W_std^2 (1 / k) sum_d Sigma(x_{s i + d}, y_{s j + d}) + b_std^2
+    Theta'(x_i, y_j) = W_std^2 (1 / k) sum_d Theta(x_{s i + d}, y_{s j + d}) + Sigma'(x_i, y_j)
+
+with positions outside the image zero ("same", zero padding) or wrapped ("circular"). The window mean needs only
+the positions' diagonal when the output's is all that is wanted: O(HW) per pair, else O((HW)^2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_choice, check_positive_int, check_real
+from .base import Layer, LayerError, check_channels, spatial_only
+from .linear import affine
+from .record import Record, out_size, same_pads, window_sum
+
+PADDINGS = ("same", "valid", "circular")
+
+
+def _pair(value, dims: int, name: str) -> tuple[int, ...]:
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+    if len(values) != dims:
+        raise ValueError(f"{name} must be an integer or {dims} integers, got {value!r}")
+    return tuple(check_positive_int(v, name) for v in values)
+
+
+class _Conv(Layer):
+    dims = 0
+    weights = True
+
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] = 1, padding: str = "same",
+                 W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor = 0.1, in_channels: int | None = None):
+        self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
+        self.kernel_size = _pair(kernel_size, self.dims, "kernel_size")
+        self.stride = _pair(stride, self.dims, "stride")
+        self.padding = check_choice(padding, "padding", PADDINGS)
+        self.W_std = check_real(W_std, "W_std", minimum=0.0)
+        self.b_std = check_real(b_std, "b_std", minimum=0.0)
+
+    def describe(self) -> str:
+        return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
+                f"W_std={float(self.W_std)!r}, b_std={float(self.b_std)!r}"
+                + ("" if self.in_channels is None else f", in_channels={self.in_channels}") + ")")
+
+    def out_shape(self, shape, where):
+        spatial_only(shape, self, where, self.dims)
+        check_channels(self, shape, where)
+        sizes = []
+        for size, k, s in zip(shape[1:], self.kernel_size, self.stride, strict=True):
+            if self.padding == "valid" and k > size:
+                raise LayerError(f"{self.name} ({where}): kernel_size {self.kernel_size} is larger than the input "
+                                 f"{'x'.join(map(str, shape[1:]))} with padding='valid'")
+            sizes.append(out_size(size, k, s, self.padding))
+        return (shape[0], *sizes)
+
+    def gaussian(self, in_gaussian, where):
+        return True
+
+    def apply(self, record: Record, ctx) -> Record:
+        full = record.layout == "full"
+
+        def total(t: torch.Tensor, scale: float) -> torch.Tensor:
+            for k in range(self.dims):
+                axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
+                t = window_sum(t, axes, self.kernel_size[k], self.stride[k], self.padding, scale if k == 0 else 1.0)
+            return t
+
+        out = affine(record, self.W_std, self.b_std, total, taps=math.prod(self.kernel_size))
+        spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
+        return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
+
+    def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
+        return NTKConv(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, float(self.W_std),
+                       float(self.b_std), generator, dtype)
+
+
+class Conv1d(_Conv):
+    """A 1-D convolution over (N, C, L): kernel_size, stride, padding "same" | "valid" | "circular"."""
+
+    dims = 1
+
+
+class Conv2d(_Conv):
+    """A 2-D convolution over (N, C, H, W): kernel_size, stride, padding "same" | "valid" | "circular"."""
+
+    dims = 2
+
+
+class NTKConv(nn.Module):
+    """y = W_std / sqrt(C k) conv(pad(x), weight) + b_std bias, weight (out, C, *kernel) and bias standard normal.
+
+    "same" pads with zeros as XLA does (the extra position at the end when the total is odd), so any stride
+    works; "circular" pads by the same amounts periodically; "valid" does not pad.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
+                 padding: str, W_std: float, b_std: float, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        dtype = dtype or torch.get_default_dtype()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel_size, generator=generator,
+                                               dtype=dtype))
+        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype))
+        self.weight_multiplier = W_std / math.sqrt(in_channels * math.prod(kernel_size))
+        self.bias_multiplier = b_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding != "valid":
+            pads: list[int] = []
+            for size, k, s in reversed(list(zip(x.shape[2:], self.kernel_size, self.stride, strict=True))):
+                pads += list(same_pads(size, k, s))
+            x = F.pad(x, pads, mode="constant" if self.padding == "same" else "circular")
+        conv = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
+        return conv(x, self.weight * self.weight_multiplier, self.bias * self.bias_multiplier, stride=self.stride)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding!r}, weight_multiplier={self.weight_multiplier:.4g}, "
+                f"bias_multiplier={self.bias_multiplier:.4g}")
+
+
+def first_conv_record(conv: _Conv, X: torch.Tensor, Y: torch.Tensor | None, want_ntk: bool,
+                      paired: bool = False) -> Record:
+    """The "full" record after a first convolution, straight from the inputs' patches (one matrix product):
+
+        Sigma'(x_i, y_j) = W_std^2 / (C k) <patch_i(x), patch_j(y)> + b_std^2,     Theta' = Sigma'
+
+    the same as `input_record` followed by `conv.apply`, in a few passes over memory instead of a dozen.
+    X (r, C, *S) and Y (c, C, *S), or Y None for each example with itself, or `paired`: the pairs (X[b], Y[b]).
+    """
+    def patches(Z: torch.Tensor) -> torch.Tensor:  # (n, P_out, C k)
+        if conv.padding != "valid":
+            pads: list[int] = []
+            for size, k, s in reversed(list(zip(Z.shape[2:], conv.kernel_size, conv.stride, strict=True))):
+                pads += list(same_pads(size, k, s))
+            Z = F.pad(Z, pads, mode="constant" if conv.padding == "same" else "circular")
+        for dim, (k, s) in enumerate(zip(conv.kernel_size, conv.stride, strict=True)):
+            Z = Z.unfold(2 + dim, k, s)                        # (n, C, *S_out, *kernel)
+        n, C = Z.shape[:2]
+        dims = conv.dims
+        order = (0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims))
+        return Z.permute(order).reshape(n, -1, C * math.prod(conv.kernel_size))
+
+    Ux = patches(X)
+    sizes = [out_size(n, k, s, conv.padding) for n, k, s in zip(X.shape[2:], conv.kernel_size, conv.stride,
+                                                                 strict=True)]
+    spatial = tuple(sizes)
+    P, width = Ux.shape[1], Ux.shape[2]
+    scale = conv.W_std**2 / width
+    if Y is None or paired:
+        other = Ux if Y is None else patches(Y)
+        sigma = torch.bmm(Ux, other.transpose(1, 2)).reshape(X.shape[0], *spatial, *spatial)
+        nbatch = 1
+    else:
+        Uy = patches(Y)
+        r, c = X.shape[0], Y.shape[0]
+        sigma = (Ux.reshape(r * P, width) @ Uy.reshape(c * P, width).T).reshape(r, P, c, P)
+        sigma = sigma.permute(0, 2, 1, 3).reshape(r, c, *spatial, *spatial)
+        nbatch = 2
+    sigma = sigma.mul_(scale).add_(conv.b_std**2) if _plain(conv) else sigma * scale + conv.b_std**2
+    theta = sigma.clone() if want_ntk else None
+    return Record(sigma, theta, "full", nbatch, spatial)
+
+
+def _plain(conv: _Conv) -> bool:
+    return not isinstance(conv.W_std, torch.Tensor) and not isinstance(conv.b_std, torch.Tensor)

@@ -1,0 +1,124 @@
+"""`infinite(module)`: the infinite-width description of a torch `nn.Sequential`.
+
+    net  = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    arch = nk.infinite(net)          # nk.Sequential(Conv2d(3, padding="same"), ReLU(), AvgPool2d(2), ...)
+    K    = arch.kernel(X)
+
+Kernel sizes, strides, paddings, input channel counts and activations come from the modules; the widths become
+infinite. The result is the limit of the architecture in the NTK parametrization with W_std and b_std (torch's
+own default initialization is a standard parametrization whose bias variance vanishes with the width).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .activation import ELU, GELU, Activation, LeakyReLU, ReLU, Sigmoid, SiLU, Softplus, Tanh
+from .base import Layer, LayerError
+from .conv import Conv1d, Conv2d
+from .flatten import Flatten
+from .linear import Linear
+from .normalization import LayerNorm
+from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
+from .sequential import Sequential
+
+_ELEMENTWISE = {nn.ReLU: ReLU, nn.Tanh: Tanh, nn.Sigmoid: Sigmoid, nn.SiLU: SiLU}
+
+
+def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Sequential:
+    """Translate `module` (an nn.Sequential, nested ones included) into an `ntkit.Sequential`.
+
+    Supported: nn.Linear, nn.Conv1d / nn.Conv2d (padding 0, "valid", "same", or (k - 1) / 2 with an odd kernel and
+    stride 1, zeros or circular; no dilation or groups), nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU,
+    nn.SiLU, nn.ELU, nn.Softplus, nn.Identity, nn.AvgPool1d / nn.AvgPool2d (no padding), nn.AdaptiveAvgPool1d(1) /
+    nn.AdaptiveAvgPool2d(1), nn.Flatten and nn.LayerNorm over the features of flat inputs without affine
+    parameters. Anything else raises a LayerError naming the module and its position.
+    """
+    if not isinstance(module, nn.Sequential):
+        raise TypeError(f"infinite needs a torch.nn.Sequential, got {type(module).__name__}")
+    layers: list[Layer] = []
+    _translate(module, "", layers, W_std, b_std)
+    if not layers:
+        raise LayerError("infinite: the nn.Sequential has no layers to translate")
+    return Sequential(*layers)
+
+
+def _translate(seq: nn.Sequential, prefix: str, layers: list[Layer], W_std: float, b_std: float) -> None:
+    for name, child in seq.named_children():
+        where = f"module {prefix}{name} ({type(child).__name__})"
+        if isinstance(child, nn.Sequential):
+            _translate(child, f"{prefix}{name}.", layers, W_std, b_std)
+            continue
+        layer = _one(child, where, W_std, b_std)
+        if layer is not None:
+            layers.append(layer)
+
+
+def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
+    if isinstance(m, nn.Identity):
+        return None
+    if isinstance(m, nn.Linear):
+        return Linear(W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_features)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return _conv(m, where, W_std, b_std)
+    if type(m) in _ELEMENTWISE:
+        return _ELEMENTWISE[type(m)]()
+    if isinstance(m, nn.LeakyReLU):
+        return LeakyReLU(m.negative_slope)
+    if isinstance(m, nn.GELU):
+        if m.approximate != "none":
+            raise LayerError(f"infinite: {where} uses approximate={m.approximate!r}; only the exact GELU maps")
+        return GELU()
+    if isinstance(m, nn.ELU):
+        if m.alpha != 1.0:
+            return Activation(m)
+        return ELU()
+    if isinstance(m, nn.Softplus):
+        return Softplus() if (m.beta, m.threshold) == (1.0, 20.0) else Activation(m)
+    if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
+        padding = m.padding if isinstance(m.padding, tuple) else (m.padding,)
+        if any(p != 0 for p in padding) or m.ceil_mode:
+            raise LayerError(f"infinite: {where} has padding={m.padding} or ceil_mode=True; only unpadded pooling "
+                             f"maps")
+        pool = AvgPool1d if isinstance(m, nn.AvgPool1d) else AvgPool2d
+        return pool(m.kernel_size, m.stride)
+    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
+        if any(s != 1 for s in size):
+            raise LayerError(f"infinite: {where} has output_size={m.output_size}; only 1 (global pooling) maps")
+        return GlobalAvgPool()
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise LayerError(f"infinite: {where} flattens dims {m.start_dim}..{m.end_dim}; only start_dim=1, "
+                             f"end_dim=-1 maps")
+        return Flatten()
+    if isinstance(m, nn.LayerNorm):
+        if m.elementwise_affine:
+            raise LayerError(f"infinite: {where} has trainable scale and shift (elementwise_affine=True), which "
+                             f"the infinite-width kernel here leaves out; use elementwise_affine=False")
+        if len(m.normalized_shape) != 1:
+            raise LayerError(f"infinite: {where} normalizes over {m.normalized_shape}; only the features of flat "
+                             f"(N, d) inputs map (nk.LayerNorm() normalizes channels at each position)")
+        return LayerNorm(m.eps, flat_only=True)
+    raise LayerError(f"infinite: cannot translate {where}: no infinite-width counterpart (supported: Linear, "
+                     f"Conv1d, Conv2d, elementwise activations, AvgPool, AdaptiveAvgPool(1), Flatten, LayerNorm)")
+
+
+def _conv(m: nn.Conv1d | nn.Conv2d, where: str, W_std: float, b_std: float) -> Layer:
+    dims = 1 if isinstance(m, nn.Conv1d) else 2
+    if any(d != 1 for d in m.dilation) or m.groups != 1:
+        raise LayerError(f"infinite: {where} has dilation={m.dilation}, groups={m.groups}; only 1 and 1 map")
+    if m.padding_mode not in ("zeros", "circular"):
+        raise LayerError(f"infinite: {where} has padding_mode={m.padding_mode!r}; only 'zeros' and 'circular' map")
+    k, s = tuple(m.kernel_size), tuple(m.stride)
+    if m.padding == "valid" or all(p == 0 for p in m.padding):
+        padding = "valid"
+    elif m.padding == "same" or (all(p == (kk - 1) // 2 for p, kk in zip(m.padding, k, strict=True))
+                                 and all(kk % 2 == 1 for kk in k) and all(ss == 1 for ss in s)):
+        padding = "same" if m.padding_mode == "zeros" else "circular"
+    else:
+        raise LayerError(f"infinite: {where} has padding={m.padding} with kernel_size={k}, stride={s}; only 0 and "
+                         f"'same' padding ((k - 1) / 2 for odd k, stride 1) map")
+    conv = Conv1d if dims == 1 else Conv2d
+    return conv(k, s, padding, W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_channels)

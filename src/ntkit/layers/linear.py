@@ -1,0 +1,72 @@
+"""`Linear`: a fully-connected layer on flat inputs (N, d), in the NTK parametrization.
+
+    Sigma'(x, y) = W_std^2 Sigma(x, y) + b_std^2                 (Proposition 1)
+    Theta'(x, y) = W_std^2 Theta(x, y) + Sigma'(x, y)            (Theorem 1)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_positive_int, check_real
+from ..nets import NTKLinear
+from .base import Layer, LayerError, check_channels
+from .record import Record
+
+
+def affine(record: Record, W_std, b_std, total=None, taps: int = 1) -> Record:
+    """The kernel map of a weight layer: Sigma' = W_std^2 mean(Sigma) + b_std^2, Theta' = W_std^2 mean(Theta) + Sigma',
+    where mean is the identity (Linear) or the mean over `taps` window positions (Conv).
+
+    total(t, scale): the window sum of t times the float `scale`, a new tensor (None: the identity); with plain float
+    scales and no autograd the scaling is folded into it and the rest done in place."""
+    w2, b2 = W_std**2 / taps, b_std**2
+    zero_theta = record.theta is not None and record.theta.ndim == 0   # Theta = 0 before the first weight layer
+    plain = not isinstance(w2, torch.Tensor) and not isinstance(b2, torch.Tensor) \
+        and not (torch.is_grad_enabled() and record.sigma.requires_grad)
+    if total is not None and plain:
+        sigma = total(record.sigma, float(w2)).add_(b2)
+        theta = None if record.theta is None else sigma.clone() if zero_theta else \
+            total(record.theta, float(w2)).add_(sigma)
+    else:
+        mean = (lambda t: t) if total is None else (lambda t: total(t, 1.0))
+        sigma = mean(record.sigma) * w2 + b2
+        theta = None if record.theta is None else sigma.clone() if zero_theta else mean(record.theta) * w2 + sigma
+    return Record(sigma, theta, record.layout, record.nbatch, record.spatial)
+
+
+class Linear(Layer):
+    """y = W_std / sqrt(d) W x + b_std b, with W and b standard normal; the input must be flat (N, d)
+    (use Flatten or GlobalAvgPool after convolutions)."""
+
+    weights = True
+
+    def __init__(self, W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor = 0.1,
+                 in_channels: int | None = None):
+        self.W_std = check_real(W_std, "W_std", minimum=0.0)
+        self.b_std = check_real(b_std, "b_std", minimum=0.0)
+        self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
+
+    def describe(self) -> str:
+        known = "" if self.in_channels is None else f", in_channels={self.in_channels}"
+        return f"Linear(W_std={float(self.W_std)!r}, b_std={float(self.b_std)!r}{known})"
+
+    def out_shape(self, shape, where):
+        if len(shape) != 1:
+            raise LayerError(f"Linear ({where}) needs flat inputs (d,) per example, got shape {shape}; "
+                             f"put Flatten() or GlobalAvgPool() before it")
+        check_channels(self, shape, where)
+        return shape  # the channel count is the (infinite) width
+
+    def need(self, out_need):
+        return "flat"
+
+    def gaussian(self, in_gaussian, where):
+        return True
+
+    def apply(self, record, ctx):
+        return affine(record, self.W_std, self.b_std)
+
+    def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
+        return NTKLinear(in_shape[0], out_channels, float(self.W_std), float(self.b_std), "ntk", generator, dtype)
