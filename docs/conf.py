@@ -66,6 +66,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(torch|np|numpy|nn|scipy|sklearn|matplotlib|collections|typing|pathlib|os|argparse)(\..*)?"),
     (r"py:.*", r"(Array|Bounds|Index|Hyperparameter|Kernel|BaseEstimator|Callable|Mapping|Any|Path|optional)"),
     (r"py:.*", r"(int|float|str|bool|tuple|list|dict|None|object|callable)"),
+    # internal records in signatures of public methods (the recursion of a fully-connected chain, a plan step)
+    (r"py:class", r"ntkit\.kernels\.Recursion|ntkit\.layers\.sequential\.Step|ntkit\.layers\.base\.Pass"),
 ]
 suppress_warnings: list[str] = []
 
@@ -122,6 +124,6 @@ html_theme_options = {
 html_css_files = ["ntkit.css"]
 # pages without subpages: no empty "Section Navigation" column
 html_sidebars = {page: [] for page in ("index", "getting-started", "paper", "empirical", "dynamics", "sklearn",
-                                       "large-n", "performance")}
+                                       "large-n", "architectures", "performance")}
 html_show_sourcelink = False
 html_copy_source = False

@@ -201,6 +201,25 @@ def check_api_coverage(app: Sphinx, env: Any) -> None:
                        + ", ".join(missing))
 
 
+def resolve_reexported(app: Sphinx, env: Any, node: Any, contnode: nodes.Node) -> nodes.Node | None:
+    """A type hint names a class by its defining module (ntkit.layers.sequential.Sequential); the reference
+    documents it where users import it (ntkit.Sequential). Link to that entry when it is the same object."""
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target.startswith("ntkit.") or target.count(".") < 2:
+        return None
+    module_name, _, name = target.rpartition(".")
+    try:
+        wanted = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return None
+    domain = env.get_domain("py")
+    for public in PUBLIC_MODULES + ("ntkit.gram", "ntkit.solvers", "ntkit.activations", "ntkit.layers"):
+        candidate = f"{public}.{name}"
+        if candidate in domain.objects and getattr(importlib.import_module(public), name, None) is wanted:
+            return domain.resolve_xref(env, node.get("refdoc"), app.builder, "class", candidate, node, contnode)
+    return None
+
+
 def skip_member(app: Sphinx, what: str, name: str, obj: Any, skip: bool, options: Any) -> bool | None:
     """Leave out what scikit-learn adds to every estimator (metadata-routing request setters)."""
     if name.startswith("set_") and name.endswith("_request") or name == "get_metadata_routing":
@@ -210,6 +229,7 @@ def skip_member(app: Sphinx, what: str, name: str, obj: Any, skip: bool, options
 
 def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("autodoc-skip-member", skip_member)
+    app.connect("missing-reference", resolve_reexported)
     app.add_directive("ntkit-cli", CLIHelp)
     app.add_directive("ntkit-benchmarks", Benchmarks)
     app.connect("env-check-consistency", check_api_coverage)

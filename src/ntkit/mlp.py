@@ -69,7 +69,7 @@ class MLP:
 
     @property
     def layers(self) -> Sequential:
-        """This architecture as layers: Linear, Activation, Linear, ..., Linear (`depth` Linear layers)."""
+        """This architecture as layers (Linear, Activation, Linear, ..., Linear; `depth` Linear layers)."""
         layers: list = [Linear(self.W_std, self.b_std)]
         for _ in range(self.depth - 1):
             layers += [Activation(self.activation), Linear(self.W_std, self.b_std)]
