@@ -116,7 +116,7 @@ html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
     "navigation_with_keys": False,
-    "header_links_before_dropdown": 8,
+    "header_links_before_dropdown": 10,
     "secondary_sidebar_items": {"**": ["page-toc"], "performance": []},   # wide tables need the room
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],

@@ -127,7 +127,7 @@ def test_home_page(browser: object, site_url: str) -> None:
     visit = Visit(browser, site_url, "index.html")
     assert "ntkit" in visit.page.title()
     links = visit.navigation_links()
-    for wanted in ("Getting started", "The paper", "Gallery", "API reference"):
+    for wanted in ("Getting started", "The paper", "Gallery", "API"):
         assert wanted in links, f"{wanted!r} missing from the navigation bar {links}"
     visit.screenshot("home")
     visit.check_clean()
@@ -169,7 +169,7 @@ def test_api_page(browser: object, site_url: str) -> None:
     assert "empirical_ntk" in entry.inner_text()
     body = visit.page.inner_text("article")
     assert "mode" in body and "Returns" in body, "the docstring's arguments did not render"
-    assert "API reference" in visit.navigation_links()
+    assert "API" in visit.navigation_links()
     visit.screenshot("api-empirical_ntk")
     visit.check_clean()
 
