@@ -12,6 +12,7 @@ cannot drift from it:
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import math
@@ -184,6 +185,37 @@ class Benchmarks(SphinxDirective):
         return out
 
 
+def _inline(text: str) -> nodes.paragraph:
+    """A paragraph of plain text whose `backticked` parts are code."""
+    para = nodes.paragraph()
+    for index, part in enumerate(text.split("`")):
+        if part:
+            para += nodes.literal(part, part) if index % 2 else nodes.Text(part)
+    return para
+
+
+class BenchmarkScripts(SphinxDirective):
+    """A table of ``benchmarks/*.py``: each script with the first paragraph of its docstring."""
+
+    def run(self) -> list[nodes.Node]:
+        table = nodes.table()
+        group = nodes.tgroup(cols=2)
+        table += group
+        group += [nodes.colspec(colwidth=1), nodes.colspec(colwidth=4)]
+        head = nodes.row("", nodes.entry("", _paragraph("script")),
+                         nodes.entry("", _paragraph("what it measures, and against what")))
+        group += nodes.thead("", head)
+        body = nodes.tbody()
+        for path in sorted(RESULTS.parent.glob("*.py")):
+            self.env.note_dependency(str(path))
+            doc = ast.get_docstring(ast.parse(path.read_text())) or "(no description)"
+            first = " ".join(doc.split("\n\n")[0].split())
+            body += nodes.row("", nodes.entry("", _paragraph(nodes.literal(path.name, path.name))),
+                              nodes.entry("", _inline(first)))
+        group += body
+        return [table]
+
+
 # ------------------------------------------------------------------------------- API coverage
 def public_names() -> list[str]:
     names = []
@@ -232,5 +264,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("missing-reference", resolve_reexported)
     app.add_directive("ntkit-cli", CLIHelp)
     app.add_directive("ntkit-benchmarks", Benchmarks)
+    app.add_directive("ntkit-benchmark-scripts", BenchmarkScripts)
     app.connect("env-check-consistency", check_api_coverage)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
