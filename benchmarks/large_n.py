@@ -199,10 +199,12 @@ def part_exact(args, rows: list) -> None:
 
 def part_scale(args, rows: list) -> None:
     for n in args.sizes:
-        m = args.centers or min(n, max(1000, int(4 * np.sqrt(n))))
+        large = n >= args.float32_at           # float32 and fewer centres, so K(X, centres) is cached within 8 GB
+        m = args.centers_large if large else (args.centers or min(n, max(1000, int(4 * np.sqrt(n)))))
+        dtype = "float32" if large else args.dtype
         spec = {"part": "scale", "method": f"nystrom-{m}", "m": m, "n": n, "ridge": args.ridge * n,
-                "dtype": args.dtype, "tol": args.tol}
-        rows.append({"part": "scale", "method": "nystrom", "n": n, "m": m, "noise_floor_mse": 0.01,
+                "dtype": dtype, "tol": max(args.tol, 1e-5) if dtype == "float32" else args.tol}
+        rows.append({"part": "scale", "method": "nystrom", "n": n, "m": m, "dtype": dtype, "noise_floor_mse": 0.01,
                      **in_subprocess(spec, args.timeout)})
         print_row(rows[-1])
 
@@ -236,6 +238,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=lambda s: [int(float(v)) for v in s.split(",")],
                         default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--centers", type=int, default=None, help="Nystrom centres in the scale part")
+    parser.add_argument("--float32-at", type=int, default=1_000_000,
+                        help="scale sizes from this N on run in float32 with --centers-large centres")
+    parser.add_argument("--centers-large", type=int, default=1500)
     parser.add_argument("--ridge", type=float, default=1e-4, help="ridge per training point in the scale part")
     parser.add_argument("--mnist-sizes", type=lambda s: [int(float(v)) for v in s.split(",")],
                         default=[5_000, 20_000, 50_000, 200_000])

@@ -28,11 +28,11 @@ def supports(activation) -> bool:
     return getattr(activation, "carries_gap", False)
 
 
-def near_pairs(sigma1: torch.Tensor, q1x: torch.Tensor, q1y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices of the pairs with Sigma^(1) correlation above 1 - NEAR (1-D int64 tensors)."""
+def near_pairs(sigma1: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the pairs whose Sigma^(1) correlation sigma1 rx ry exceeds 1 - NEAR (1-D int64
+    tensors); rx, ry are 1 / sqrt(Sigma^(1)(x, x)) of the rows and columns."""
     tau = NEAR.get(sigma1.dtype, 1e-2)
-    bound = (1 - tau) * torch.sqrt(q1x[:, None] * q1y[None, :])
-    return torch.nonzero(sigma1 > bound, as_tuple=True)
+    return torch.nonzero(torch.mul(sigma1, rx[:, None]).mul_(ry[None, :]) > 1 - tau, as_tuple=True)
 
 
 def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple[torch.Tensor, ...]:

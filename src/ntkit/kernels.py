@@ -108,7 +108,7 @@ def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compil
     roots = [(torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)), q1.sqrt(), q2.sqrt())
              for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
     sigma = sigma1(X, Y, rec)
-    near = coincident.near_pairs(sigma, qx[0], qy[0]) if rec.depth > 1 else None
+    near = coincident.near_pairs(sigma, roots[0][0], roots[0][1]) if rec.depth > 1 else None
     theta = sigma.clone() if want_ntk else None
     layers = _compiled_layers() if compiled else piecewise_linear_layers
     sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)

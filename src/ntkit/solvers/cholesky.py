@@ -1,40 +1,44 @@
 """The lean exact path: (K + ridge I)^-1 by a Cholesky factorization in the Gram's own storage.
 
-The Gram is computed straight into one (N, N) buffer, the ridge is added to its diagonal in place and LAPACK's
-potrf overwrites its lower triangle with the factor L (L L^T = K + ridge I): no second N x N array, so the peak
-memory is the Gram's bytes plus O(N k). On a GPU torch's factorization needs one copy (2x the Gram).
+The Gram is computed straight into one (N, N) buffer, the ridge is added to its diagonal in place and a blocked
+Cholesky factorization overwrites its lower triangle with the factor L (L L^T = K + ridge I): no second N x N
+array, so the peak memory is the Gram's bytes plus one N x 1024 panel, on a CPU or a GPU.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..memory import format_bytes
 
 
-def cholesky_in_place(A: torch.Tensor, ridge: float = 0.0) -> bool:
+def cholesky_in_place(A: torch.Tensor, ridge: float = 0.0, block: int = 1024) -> bool:
     """Overwrite the lower triangle of the symmetric A (N, N) with L, L L^T = A + ridge I. Returns False when
     A + ridge I is not positive definite to working precision (a failed factorization, or a pivot L_ii^2 below
-    10 N eps max(diag A)); A is then destroyed. The upper triangle of A is left as it was (not referenced)."""
+    10 N eps max(diag A)); A is then destroyed. The strict upper triangle is left as it was.
+
+    Right-looking blocked Cholesky over `block` columns at a time: factor the diagonal block, solve the panel below
+    it, update the lower triangle of the trailing matrix block column by block column (matrix products written
+    straight into A). Working memory is one panel (N x block), on CPU and GPU alike; the flops are LAPACK's N^3 / 3.
+    """
     n = A.shape[0]
     A.diagonal().add_(ridge)
     top = float(A.diagonal().max()) if n else 0.0
-    if A.device.type == "cpu" and A.is_contiguous():
-        from scipy.linalg import lapack
-
-        array = A.numpy().T   # Fortran order view of the same memory; its upper triangle is A's lower triangle
-        potrf = lapack.dpotrf if A.dtype == torch.float64 else lapack.spotrf
-        factor, info = potrf(array, lower=0, clean=0, overwrite_a=1)
-        if info != 0:
-            return False
-        if not np.shares_memory(factor, array):   # the wrapper copied (not expected for Fortran-order input)
-            array[...] = factor
-    else:
-        L, info = torch.linalg.cholesky_ex(A)
+    for k in range(0, n, block):
+        e = min(k + block, n)
+        diagonal_block = A[k:e, k:e]
+        L11, info = torch.linalg.cholesky_ex(diagonal_block)
         if int(info) != 0:
             return False
-        A.copy_(L)
+        diagonal_block.copy_(L11 + torch.triu(diagonal_block, 1))      # the upper triangle stays as it was
+        if e == n:
+            break
+        panel = A[e:, k:e]
+        panel.copy_(torch.linalg.solve_triangular(L11.mT, panel, upper=True, left=False))    # P L11^-T
+        for j in range(e, n, block):                                   # A22 -= P P^T, lower block columns
+            j2 = min(j + block, n)
+            target = A[j:, j:j2]
+            torch.addmm(target, panel[j - e:], panel[j - e:j2 - e].mT, beta=1.0, alpha=-1.0, out=target)
     floor = 10 * n * torch.finfo(A.dtype).eps * top
     return float(A.diagonal().min()) ** 2 > floor
 
