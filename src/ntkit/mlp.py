@@ -69,7 +69,7 @@ class MLP:
 
     @property
     def layers(self) -> Sequential:
-        """This architecture as layers: Linear, Activation, Linear, ..., Linear (`depth` Linear layers)."""
+        """This architecture as layers (Linear, Activation, Linear, ..., Linear; `depth` Linear layers)."""
         layers: list = [Linear(self.W_std, self.b_std)]
         for _ in range(self.depth - 1):
             layers += [Activation(self.activation), Linear(self.W_std, self.b_std)]
@@ -124,6 +124,7 @@ class MLP:
         compile: fuse the ReLU-family recursion with torch.compile (one pass over memory per layer
             instead of about twelve). Worth it for repeated large Grams, on a GPU above all; the
             first call compiles, which takes tens of seconds. Other activations ignore it.
+
         progress: show a progress bar over tiles (None: the global setting, see `set_progress`).
         """
         names = self._check_get(get)

@@ -95,7 +95,7 @@ def gradient_flow(K_train: Array, y_train: Array, t: Any, *, loss: str | Callabl
         K_train: (N, N) symmetric Gram K(X, X). y_train: targets, (N,) or (N, k) (for "cross_entropy"
             also integer class labels (N,)).
         t: a time >= 0 or a 1-D array of finite times (any order).
-        loss: "mse" (l = |f - y|^2 / 2), "cross_entropy" (softmax, k >= 2 outputs), "logistic" (one logit,
+        loss: "mse" (`l = |f - y|^2 / 2`), "cross_entropy" (softmax, k >= 2 outputs), "logistic" (one logit,
             y in [0, 1]), or a callable l(f, y) on torch tensors f (N, k) returning per-point losses
             (or their sum), differentiated by autograd.
         f0_train, f0_test: outputs at t = 0 (default 0). K_test_train: (M, N) cross Gram for new points.

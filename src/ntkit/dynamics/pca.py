@@ -79,7 +79,7 @@ def decompose(f_t: Array, f_star: Array, component: Array) -> tuple[Array, Array
         component: (N,) a component's values f^(i)(X) (unit p_in norm, e.g. a column of `KernelPCA.components`).
 
     Returns (g_norm, h_norm), each a float or (T,): ||g_t||_{p_in} with g_t = <f_t - f*, f^(i)>_{p_in} f^(i),
-    and ||h_t||_{p_in} with h_t = f_t - f* - g_t. For the kernel dynamics g_norm = |g_0| exp(-lambda_i t).
+    and ||h_t||_{p_in} with h_t = f_t - f* - g_t. For the kernel dynamics g_norm = `|g_0| exp(-lambda_i t)`.
     """
     F, numpy_in = as_tensor(f_t, "f_t", ndim=(1, 2))
     target = as_tensor(f_star, "f_star", ndim=1, dtype=torch.float64)[0]

@@ -24,6 +24,8 @@ from .common import as_inputs, model_values
 class NTKTracker:
     """Records `empirical_ntk(model, X_probe, mode=mode)` whenever `maybe_record(step)` sees step % every == 0.
 
+    For example::
+
         tracker = NTKTracker(net, X_probe, every=10)
         for step in range(steps):
             tracker.maybe_record(step)

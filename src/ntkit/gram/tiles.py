@@ -218,6 +218,7 @@ def map_row_blocks(tiles: KernelTiles, fn: Callable[[slice, list[torch.Tensor]],
 
     Each block of full rows is built from tiles of at most `tiles.tile` columns; only one block is in
     memory at a time (block x m entries per name). The building block of streamed solver passes.
+
     client: a `dask.distributed.Client`: each block and fn on it run as a Dask task (fn is cloudpickled and
         sent once); the results still come in order.
     """
@@ -257,6 +258,7 @@ def matmul(tiles: KernelTiles, V: torch.Tensor, *, name_index: int = 0, desc: st
 
     A symmetric kernel computes only the tiles on and above the diagonal and uses each twice
     (K_ij V_j into rows i, K_ij^T V_i into rows j): half the kernel evaluations.
+
     client: a `dask.distributed.Client`: the tile products run as Dask tasks and are added up in the same
         order as in one process (the same result, bitwise, with the same number of BLAS threads).
     """

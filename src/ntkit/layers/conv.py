@@ -97,7 +97,7 @@ class Conv2d(_Conv):
 
 
 class NTKConv(nn.Module):
-    """y = W_std / sqrt(C k) conv(pad(x), weight) + b_std bias, weight (out, C, *kernel) and bias standard normal.
+    """y = W_std / sqrt(C k) conv(pad(x), weight) + b_std bias, weight `(out, C, *kernel)` and bias standard normal.
 
     "same" pads with zeros as XLA does (the extra position at the end when the total is odd), so any stride
     works; "circular" pads by the same amounts periodically; "valid" does not pad.

@@ -18,7 +18,7 @@ from .record import Record
 
 
 class LayerNorm(Layer):
-    """Normalizes each position of (N, C, *S) (or each row of (N, d)) over its channels; eps as in torch."""
+    """Normalizes each position of `(N, C, *S)` (or each row of (N, d)) over its channels; eps as in torch."""
 
     def __init__(self, eps: float = 1e-5, flat_only: bool = False):
         self.eps = float(check_real(eps, "eps", minimum=0.0))

@@ -79,7 +79,7 @@ class AvgPool2d(_AvgPool):
 
 
 class GlobalAvgPool(Layer):
-    """The mean over all positions: (N, C, *S) -> (N, C)."""
+    """The mean over all positions: `(N, C, *S) -> (N, C)`."""
 
     def out_shape(self, shape, where):
         spatial_only(shape, self, where)

@@ -224,16 +224,18 @@ class Sequential:
     def kernel(self, X: Array, Y: Array | None = None, get: str | tuple[str, ...] = "ntk", *,
                out: Array | tuple[Array, ...] | str | None = None, tile: int | None = None,
                progress: bool | None = None, client: Any = None) -> Array | tuple[Array, ...]:
-        """The exact infinite-width kernels between the examples of X (N, *shape) and of Y (M, *shape; default X).
+        """The exact infinite-width kernels between the examples of X `(N, *shape)` and of Y `(M, *shape)` (default X).
 
-        get: "ntk" (Theta), "nngp" (Sigma) or a tuple of both, returned in that order; each (N, M) in X's dtype
-            and device (float32 or float64; other dtypes become float32). NumPy in gives NumPy out.
-        out: preallocated (N, M) arrays (a NumPy memmap works), filled and returned; or a path ending in ".zarr":
-            a resumable on-disk store (`ntkit.gram.store`), whose arrays are returned.
-        client: a dask.distributed.Client: the tiles run as Dask tasks on its workers (`ntkit.gram.distributed`).
-        tile: edge of the square tiles of example pairs (default: sized so one tile's spatial covariance stays
-            within `TILE_BYTES`; see the module docstring for the memory each architecture needs).
-        progress: a progress bar over tiles (None: the global setting).
+        Args:
+            get: "ntk" (Theta), "nngp" (Sigma) or a tuple of both, returned in that order; each (N, M) in X's dtype
+                and device (float32 or float64; other dtypes become float32). NumPy in gives NumPy out.
+            out: preallocated (N, M) arrays (a NumPy memmap works), filled and returned; or a path ending in
+                ".zarr": a resumable on-disk store (`ntkit.gram.store`), whose arrays are returned.
+            client: a dask.distributed.Client: the tiles run as Dask tasks on its workers (`ntkit.gram.distributed`).
+            tile: edge of the square tiles of example pairs (default: sized so one tile's spatial covariance stays
+                within `TILE_BYTES`; see the module docstring for the memory each architecture needs).
+            progress: a progress bar over tiles (None: the global setting).
+
         Differentiable in X (and Y, W_std, b_std given as tensors): then computed as one block.
         """
         names = check_get(get)
@@ -252,7 +254,7 @@ class Sequential:
     def kernel_tiles(self, X: torch.Tensor, Y: torch.Tensor | None = None, get: str | tuple[str, ...] = "ntk", *,
                      tile: int | None = None) -> gram.KernelTiles:
         """The kernels of `kernel` as a tile function (`ntkit.gram.KernelTiles`) for `gram.fill`, the on-disk
-        store and the solvers. X (N, *shape), Y (M, *shape) or None (symmetric). The per-example variances each
+        store and the solvers. X `(N, *shape)`, Y `(M, *shape)` or None (symmetric). The per-example variances each
         nonlinearity needs are computed here once, in chunks (O(N) memory per layer); each tile then costs
         O(rows cols HW) or O(rows cols (HW)^2) (see the module docstring)."""
         names = check_get(get)

@@ -124,7 +124,9 @@ class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
 
         return_std: also the standard deviation of f_t(x) over the random initialization
             f_0 ~ GP(0, Sigma^(L)), shape (M,) or (M, k).
+
         return_cov: also the covariance over the M points, shape (M, M) or (M, M, k).
+
         (The same shapes as `GaussianProcessRegressor.predict`.)
         """
         if return_std and return_cov:
