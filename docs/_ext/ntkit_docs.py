@@ -229,7 +229,7 @@ def check_api_coverage(app: Sphinx, env: Any) -> None:
     documented = set(env.get_domain("py").objects)
     missing = [name for name in public_names() if name not in documented]
     if missing:
-        logger.warning("public names without an entry in the API reference (add them to docs/api/index.md): "
+        logger.warning("public names without an entry in the API reference (add them to docs/api/index.rst): "
                        + ", ".join(missing))
 
 
