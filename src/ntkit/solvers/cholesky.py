@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from ..memory import format_bytes
-
 
 def cholesky_in_place(A: torch.Tensor, ridge: float = 0.0, block: int = 1024) -> bool:
     """Overwrite the lower triangle of the symmetric A (N, N) with L, L L^T = A + ridge I. Returns False when
@@ -75,7 +73,3 @@ def largest_eigenvalue(A: torch.Tensor, steps: int = 6) -> float:
 def gram_bytes(n: int, dtype: torch.dtype) -> int:
     """Bytes of an (n, n) array of `dtype`."""
     return n * n * torch.empty((), dtype=dtype).element_size()
-
-
-def describe_need(n: int, dtype: torch.dtype) -> str:
-    return f"one {n:,} x {n:,} {str(dtype).removeprefix('torch.')} Gram ({format_bytes(gram_bytes(n, dtype))})"
