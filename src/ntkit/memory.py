@@ -21,6 +21,14 @@ def format_bytes(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
+def array_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a dense array of `shape` and `dtype`."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count * torch.empty((), dtype=dtype).element_size()
+
+
 def _cgroup_free() -> int | None:
     """Bytes left under this process's cgroup (v2) memory limit, when there is one."""
     try:

@@ -22,7 +22,6 @@ from .. import gram, memory
 from .._checks import check_choice, check_positive_int, check_real
 from ..progress import note
 from ..solvers import cg
-from ..solvers.cholesky import gram_bytes
 from ..solvers.nystrom import CrossOperator, falkon
 from ..solvers.operator import KernelOperator
 from ..solvers.preconditioners import rp_cholesky
@@ -48,7 +47,7 @@ def memory_budget(budget: float | None, device: torch.device) -> float:
 
 def exact_bytes(n: int, dtype: torch.dtype) -> float:
     """Peak of the exact t = inf path: the Gram, factored in place, plus working memory."""
-    return 1.25 * gram_bytes(n, dtype) + OVERHEAD
+    return 1.25 * memory.array_bytes((n, n), dtype) + OVERHEAD
 
 
 def resolve_solver(solver: str, n: int, dtype: torch.dtype, device: torch.device, budget: float,
@@ -89,7 +88,7 @@ class IterativeGP:
         self.matrix_free = False
         if solver == "cg":
             tiles = arch.kernel_tiles(X_train, get=get)
-            self.matrix_free = gram_bytes(n, dtype) > budget
+            self.matrix_free = memory.array_bytes((n, n), dtype) > budget
             source = tiles if self.matrix_free else gram.evaluate(tiles, show_progress=progress, client=client)[0]
             self.dynamics = IterativeLeastSquares(KernelOperator(source, client=client, progress=progress), y_train,
                                                   ridge, tol=tol, max_iter=max_iter, progress=progress)

@@ -100,7 +100,7 @@ class KernelTiles:
 
 def allocate(shape: tuple[int, int], count: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """`count` empty outputs of `shape`; a MemoryError naming the alternatives when they do not fit."""
-    nbytes = count * shape[0] * shape[1] * torch.empty((), dtype=dtype).element_size()
+    nbytes = count * memory.array_bytes(shape, dtype)
     memory.require(nbytes, what=f"{count} Gram matri{'x' if count == 1 else 'ces'} of shape {shape}", n=shape[0],
                    device=device, alternative="out= (a NumPy memmap on disk), or the large-N solvers "
                                               "(InfiniteWidthGP(solver='nystrom' or 'cg'))")

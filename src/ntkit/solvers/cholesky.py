@@ -68,8 +68,3 @@ def largest_eigenvalue(A: torch.Tensor, steps: int = 6) -> float:
         u = A @ (u / u.norm())
         top = float(u.norm())
     return top
-
-
-def gram_bytes(n: int, dtype: torch.dtype) -> int:
-    """Bytes of an (n, n) array of `dtype`."""
-    return n * n * torch.empty((), dtype=dtype).element_size()
