@@ -24,6 +24,7 @@ from ntkit import gram
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 cloudpickle = pytest.importorskip("cloudpickle")
+from ntkit.gram import shared  # noqa: E402
 from ntkit.gram.distributed import connect, local_cluster  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
@@ -326,3 +327,44 @@ def test_cli_with_local_workers_writes_the_same_store(tmp_path, rng):
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "K.zarr"), mode="r")["ntk"][...],
                                   nk.MLP(4).kernel(X))
+
+
+# ------------------------------------------------------------------------------ shared-memory Grams
+needs_shm = pytest.mark.skipif(not shared.SHARED_DIR.is_dir(), reason="no shared-memory folder on this system")
+
+
+def gram_files() -> set[str]:
+    return {name for name in os.listdir(shared.SHARED_DIR) if name.startswith("ntkit-gram-")}
+
+
+@needs_shm
+def test_workers_on_this_machine_write_a_new_gram_into_shared_memory(workers):
+    X = torch.randn(120, 7, dtype=torch.float64)
+    tiles = nk.MLP(3, activation="erf").kernel_tiles(X, get=("nngp", "ntk"), tile=16)
+    expected = gram.evaluate(tiles)
+    before = gram_files()
+    paths, outs = shared.create(tiles.shape, 2, tiles.dtype)
+    token = shared.new_token()
+    assert all(workers.run(shared.attach, token, paths, tiles.shape, tiles.dtype).values())
+    shared.unlink(paths)
+    written = gram.distributed.fill(workers, tiles, outs, token=token)
+    workers.run(shared.detach, token)
+    assert written == len(tiles.pairs())     # every tile written by a worker, none sent back
+    assert all(torch.equal(out, ref) for out, ref in zip(outs, expected, strict=True))
+    # what a user calls: the same Gram, bitwise, and nothing left in the folder or mapped by the workers
+    S, K = nk.MLP(3, activation="erf").kernel(X, get=("nngp", "ntk"), tile=16, client=workers)
+    assert torch.equal(S, expected[0]) and torch.equal(K, expected[1])
+    assert gram_files() <= before
+    assert not any(workers.run(lambda: len(shared._attached)).values())
+
+
+@needs_shm
+def test_a_worker_that_cannot_see_the_shared_gram_returns_its_tiles(workers, tmp_path):
+    missing = str(shared.SHARED_DIR / f"ntkit-gram-{uuid.uuid4().hex}")
+    assert not shared.attach("absent", [missing], (4, 4), torch.float64)   # on another machine: no such file
+    assert not os.path.exists(missing)                                      # and none was created
+    X = torch.randn(70, 4, dtype=torch.float64)
+    tiles = nk.MLP(2).kernel_tiles(X, tile=16)
+    out = torch.empty(70, 70, dtype=torch.float64)
+    assert gram.distributed.fill(workers, tiles, [out], token="absent") == 0   # every tile returned
+    assert torch.equal(out, gram.evaluate(tiles)[0])

@@ -4,16 +4,18 @@ Everything here runs the same tile code as one process (`ntkit.gram.tiles`), onl
 
 - the `KernelTiles` (its tile function and inputs, cloudpickled) is scattered to every worker once per
   client and reused by every later call on the same object (a solver's passes send X once);
-- each task takes the tiles and a few tile positions (`BATCH`): its Gram tiles are returned to the client for
-  an in-memory output, or written by the worker straight into a zarr store (`ntkit.gram.store`), which
-  records each tile as finished once it is written;
+- each task takes the tiles and a few tile positions (`BATCH`): its Gram tiles are written by the worker
+  straight into a new in-memory Gram that the client made in shared memory (`ntkit.gram.shared`: workers on
+  the client's machine), or into a zarr store (`ntkit.gram.store`), which records each tile as finished once
+  it is written; or else returned to the client, which writes them into place;
 - matrix products and row-block passes return their small pieces, which the client adds up or yields in
   the order one process uses, so the result is bitwise that of one process with the same number of BLAS
   threads (Dask's workers run one each).
 
 Dask retries the tasks of a worker that dies (up to `distributed.scheduler.allowed-failures` times); a
-task that raises stops the computation with a RuntimeError naming the tile. Nothing here schedules,
-transports or stores data itself: that is Dask's and zarr's job. Dask is imported only here
+task that raises stops the computation with a RuntimeError naming the tile. Nothing here schedules tasks or
+defines a format: Dask schedules and transports, zarr stores, and shared memory is a file the operating
+system maps into several processes. Dask is imported only here
 (`pip install "ntkit[dask]"`).
 """
 
@@ -30,7 +32,8 @@ import torch
 
 from .._checks import check_positive_int
 from ..progress import progress
-from .tiles import KernelTiles, add_products, put, row_block, symmetric_tiles, tile_products
+from . import shared
+from .tiles import KernelTiles, add_products, outputs, put, require_room, row_block, symmetric_tiles, tile_products
 
 DEFAULT_HOST = "127.0.0.1"
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap threshold:
@@ -155,8 +158,14 @@ def each_tile(batch: Batch, compute: Callable[[int, int], Any]) -> list[Any]:
     return results
 
 
-def _tile_task(tiles: KernelTiles, batch: Batch) -> list[list[torch.Tensor]]:
-    return each_tile(batch, lambda i, j: [block.cpu() for block in symmetric_tiles(tiles, i, j)])
+def _tile_task(tiles: KernelTiles, token: str | None, batch: Batch) -> list[list[torch.Tensor]] | None:
+    """The tiles of `batch`: written into the client's shared-memory Gram when this worker mapped it
+    (`ntkit.gram.shared`; then None is returned), else returned."""
+    outs = shared.attached(token) if token is not None else None
+    if outs is None:
+        return each_tile(batch, lambda i, j: [block.cpu() for block in symmetric_tiles(tiles, i, j)])
+    each_tile(batch, lambda i, j: put(tiles, outs, i, j, symmetric_tiles(tiles, i, j)))
+    return None
 
 
 def _store_task(tiles: KernelTiles, writer: Any, batch: Batch) -> int:
@@ -202,15 +211,48 @@ def _batch_name(batch: Batch) -> str:
     return f"the kernel tile{'s' if count > 1 else ''} from rows {i}, columns {j} ({count} tile{'s' * (count > 1)})"
 
 
-def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel",
-         show_progress: bool | None = None) -> None:
-    """`tiles.fill` on Dask: the workers compute the tiles, the client writes them into `outs`."""
+def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, token: str | None = None, desc: str = "kernel",
+         show_progress: bool | None = None) -> int:
+    """`tiles.fill` on Dask: the workers compute the tiles, the client writes them into `outs`; workers that
+    mapped the shared-memory Gram `token` (`outs` itself) write their tiles there. Returns the number of
+    tiles the workers wrote themselves."""
     check_client(client)
-    shared = share(client, tiles)
-    for batch, blocks in _run(client, _tile_task, [shared], batches(tiles.pairs()), what=_batch_name, desc=desc,
-                              show_progress=show_progress, minimum=16):
+    written = 0
+    for batch, blocks in _run(client, _tile_task, [share(client, tiles), token], batches(tiles.pairs()),
+                              what=_batch_name, desc=desc, show_progress=show_progress, minimum=16):
+        if blocks is None:  # written by the worker
+            written += len(batch)
+            continue
         for (i, j), tile_blocks in zip(batch, blocks, strict=True):
             put(tiles, outs, i, j, tile_blocks)
+    return written
+
+
+def evaluate(client: Any, tiles: KernelTiles, out: Any, *, desc: str = "kernel",
+             show_progress: bool | None = None) -> list[Any]:
+    """`tiles.evaluate` into memory on Dask: into the caller's arrays (out), or new tensors (out=None). A new
+    Gram on the CPU is made in shared memory when there is room (`ntkit.gram.shared`): the workers on this
+    machine write their tiles into it, the others return theirs."""
+    check_client(client)
+    made = None
+    if out is None and tiles.device.type == "cpu":
+        require_room(tiles.shape, len(tiles.names), tiles.dtype, tiles.device)
+        made = shared.create(tiles.shape, len(tiles.names), tiles.dtype)
+    if made is None:
+        outs = outputs(out, tiles)
+        fill(client, tiles, outs, desc=desc, show_progress=show_progress)
+        return outs
+    paths, outs = made
+    token = shared.new_token()
+    try:
+        client.run(shared.attach, token, paths, tiles.shape, tiles.dtype)
+    finally:
+        shared.unlink(paths)  # mapped by every worker that could: nothing is left behind
+    try:
+        fill(client, tiles, outs, token=token, desc=desc, show_progress=show_progress)
+    finally:
+        client.run(shared.detach, token)
+    return outs
 
 
 def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int, int], bool], *,

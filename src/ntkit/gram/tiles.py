@@ -98,12 +98,17 @@ class KernelTiles:
         return digest.hexdigest()
 
 
-def allocate(shape: tuple[int, int], count: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """`count` empty outputs of `shape`; a MemoryError naming the alternatives when they do not fit."""
+def require_room(shape: tuple[int, int], count: int, dtype: torch.dtype, device: torch.device) -> None:
+    """A MemoryError naming the alternatives when `count` Grams of `shape` do not fit in memory."""
     nbytes = count * memory.array_bytes(shape, dtype)
     memory.require(nbytes, what=f"{count} Gram matri{'x' if count == 1 else 'ces'} of shape {shape}", n=shape[0],
                    device=device, alternative="out= (a NumPy memmap on disk), or the large-N solvers "
                                               "(InfiniteWidthGP(solver='nystrom' or 'cg'))")
+
+
+def allocate(shape: tuple[int, int], count: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """`count` empty outputs of `shape`; a MemoryError naming the alternatives when they do not fit."""
+    require_room(shape, count, dtype, device)
     return [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)]
 
 
@@ -190,12 +195,11 @@ def evaluate(tiles: KernelTiles, out: Any = None, *, show_progress: bool | None 
     desc = f"{'+'.join(tiles.names)} kernel"
     if store.is_store(out):
         return store.evaluate(tiles, out, client=client, show_progress=show_progress, desc=desc)
-    outs = outputs(out, tiles)
     if client is not None:
         from . import distributed
 
-        distributed.fill(client, tiles, outs, desc=desc, show_progress=show_progress)
-        return outs
+        return distributed.evaluate(client, tiles, out, desc=desc, show_progress=show_progress)
+    outs = outputs(out, tiles)
     with torch.no_grad():
         fill(tiles, outs, desc=desc, show_progress=show_progress)
     return outs
