@@ -1,19 +1,29 @@
 """Accurate kernels at coincident and nearly coincident pairs of inputs.
 
-For a pair (x, y) the layer-l covariance [[q1, c], [c, q2]] of (f(x), f(y)) has determinant det = q1 q2 - c^2, which
-for nearly coincident points is far smaller than q1 q2: forming it as q1 q2 - c^2 loses everything but sqrt(eps) of
-the angle theta = atan2(sqrt(det), c), and the arc-cosine kernels have a cone there (1e-8 relative in float64,
-3e-4 in float32). Here det is carried through the recursion without cancellation:
+For a pair (x, y) the layer-l covariance [[q1, c], [c, q2]] of (f(x), f(y)) has the angle theta = arccos(rho),
+rho = c / sqrt(q1 q2). Near rho = 1 the plain formulas get theta from 1 - rho or q1 q2 - c^2, which keep only
+sqrt(eps) of it; the arc-cosine kernels have a cone there (1e-8 relative in float64, 3e-4 in float32), and those of
+sign and step, whose cone feeds on itself (theta -> sqrt(theta) per layer), keep only eps^(2^-(L-1)). Here the sine
+of the angle, S = sin(theta) = sqrt((q1 q2 - c^2) / (q1 q2)) in [0, 1], is carried through the recursion without
+cancellation, with theta = atan2(S, rho). Every step below works on ratios in [0, 1] (no product q1 q2, which leaves
+the dtype's range past sqrt(finfo.max), 1.8e19 in float32, and no square of a difference of inputs, which underflows
+where the difference is below sqrt(finfo.tiny)), so nothing overflows or underflows where the kernel itself fits:
 
-    layer 1:  det = a^2 |x|^2 |v_perp|^2 + a b^2 |u|^2,   u = y - x,  a = W_std^2 / n0,  v the shorter of u and y,
-              v_perp = v - x (x.v) / |x|^2  (the Lagrange identity |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2: y and u
-              have the same part normal to x, and the shorter one gives it without cancellation)
-    layer l+1, with E = E[sigma(u) sigma(v)], e_i = E[sigma(u_i)^2] and D = e1 e2 - E^2 from the activation
-              (`Activation.sigma_both_gap`):
-              det' = W^4 D + W^2 b^2 (e1 + e2 - 2E),   e1 + e2 - 2E = (sqrt(e1) - sqrt(e2))^2 + 2 D / (sqrt(e1 e2) + E).
+    layer 1:  S^2 = (a |x|^2 / q1)(a |v_perp|^2 / q2) + (b^2 / q_min)(a |u|^2 / q_max),
+              u = y - x, a = W_std^2 / n0, v the shorter of u and y, v_perp = v - xhat (xhat.v), xhat = x / |x|
+              (q1 q2 - c^2 = a^2 (|x|^2 |y|^2 - (x.y)^2) + a b^2 |u|^2, and the Lagrange identity
+              |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2: y and u have the same part normal to x, and the shorter one
+              gives it without cancellation); norms by `norm`, which neither overflows nor underflows;
+    layer l+1, with E = E[sigma(u) sigma(v)], e_i = E[sigma(u_i)^2] and the sine G = sqrt(1 - E^2 / (e1 e2)) of the
+              next angle before the bias, from the activation (`Activation.sigma_both_gap`), q_i' = W^2 e_i + b^2,
+              t_i = W^2 e_i / q_i', T_i = W^2 e_i / q_max', P = W^2 E / q_max':
+              S'^2 = t1 t2 G^2 + (b^2 / q_min') W^2 (e1 + e2 - 2E) / q_max'                  (Proposition 1)
+              W^2 (e1 + e2 - 2E) / q_max' = (sqrt(T1) - sqrt(T2))^2 + 2 sqrt(T1 T2) G^2 / (1 + E / sqrt(e1 e2))
+                                            (for E >= 0; T1 + T2 - 2P, without cancellation, for E < 0).
 
 `kernel_block` computes every tile by the fast formulas, then recomputes here the pairs whose layer-1 correlation
-is within `NEAR` of 1 (a few per tile: the duplicates, the training points among Nystrom centres), O(d + L) each.
+is within `NEAR` of 1 (a few per tile: the duplicates, the training points among Nystrom centres), O(d + L) each,
+for every activation that `supports` says carries the sine.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ CHUNK = 4096                                        # pairs per batch (CHUNK x n
 
 
 def supports(activation) -> bool:
-    """Whether `activation` carries the determinant (only then are near pairs recomputed)."""
+    """Whether `activation` carries the sine of the angle (`sigma_both_gap`): only then are near pairs recomputed."""
     return getattr(activation, "carries_gap", False)
 
 
@@ -36,32 +46,67 @@ def near_pairs(sigma1: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> tupl
     return torch.nonzero(torch.mul(sigma1, rx[:, None]).mul_(ry[None, :]) > 1 - tau, as_tuple=True)
 
 
+def norm(v: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm of each row of v (P, n): (P,), without the overflow or underflow of sum(v^2) (each row is
+    divided by its largest entry first, which costs a relative rounding error of eps in the norm, nothing more)."""
+    top = v.abs().amax(1) if v.shape[1] else v.new_zeros(v.shape[0])
+    safe = torch.where(top > 0, top, torch.ones_like(top))
+    return top * torch.linalg.vector_norm(v / safe[:, None], dim=1)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den where den > 0, else 0 (a variance that is exactly zero carries no angle)."""
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
+
+
 def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple[torch.Tensor, ...]:
-    """(c, q1, q2, det) of Sigma^(1) for paired rows x, y (P, n0), det by the Lagrange identity (module docstring)."""
+    """(c, q1, q2, S) of Sigma^(1) for paired rows x, y (P, n0), S = sin(theta) by the Lagrange identity (module
+    docstring)."""
     a = w2 / x.shape[1]
     u = y - x
-    xx, uu = (x * x).sum(1), (u * u).sum(1)
-    v = torch.where(((y * y).sum(1) < uu)[:, None], y, u)   # the shorter of y and y - x: the same part normal to x
-    v_perp = v - x * ((x * v).sum(1) / torch.where(xx > 0, xx, torch.ones_like(xx)))[:, None]
-    det = a * a * xx * (v_perp * v_perp).sum(1) + a * b2 * uu
-    return a * (x * y).sum(1) + b2, a * xx + b2, a * (y * y).sum(1) + b2, det
+    nx, ny, nu = norm(x), norm(y), norm(u)
+    v = torch.where((ny < nu)[:, None], y, u)               # the shorter of y and y - x: the same part normal to x
+    xhat = x / torch.where(nx > 0, nx, torch.ones_like(nx))[:, None]
+    v_perp = v - xhat * (xhat * v).sum(1)[:, None]
+    q1, q2 = a * nx * nx + b2, a * ny * ny + b2             # as `kernels.sigma1` on the diagonal
+    c = a * (x * y).sum(1) + b2
+    ra = a**0.5
+    along = _ratio(ra * nx, q1.sqrt()) * _ratio(ra * norm(v_perp), q2.sqrt())
+    sine = along
+    if b2 > 0:
+        low, high = torch.minimum(q1, q2), torch.maximum(q1, q2)
+        sine = torch.hypot(along, _ratio(b2, low).sqrt() * _ratio(ra * nu, high.sqrt()))
+    return c, q1, q2, sine.clamp_(max=1.0)
+
+
+def next_sine(E: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, G: torch.Tensor, w2: float, b2: float,
+              q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """S' of the covariance [[q1, c], [c, q2]] = W^2 [[e1, E], [E, e2]] + b^2 from the sine G of [[e1, E], [E, e2]]
+    (module docstring, layer l+1)."""
+    t1, t2 = _ratio(w2 * e1, q1), _ratio(w2 * e2, q2)
+    sine = (t1.sqrt() * t2.sqrt()) * G
+    if b2 > 0:
+        low, high = torch.minimum(q1, q2), torch.maximum(q1, q2)
+        r1, r2 = _ratio(w2 * e1, high).sqrt(), _ratio(w2 * e2, high).sqrt()
+        cos = _ratio(_ratio(E, e1.sqrt()), e2.sqrt())       # E / sqrt(e1 e2)
+        near = torch.hypot(r1 - r2, G * (2 * r1 * r2 / (1 + cos.clamp(min=0))).sqrt())
+        far = (r1 * r1 + r2 * r2 - 2 * _ratio(w2 * E, high)).clamp(min=0).sqrt()
+        sine = torch.hypot(sine, _ratio(b2, low).sqrt() * torch.where(E >= 0, near, far))
+    return sine.clamp_(max=1.0)
 
 
 def recursion(x: torch.Tensor, y: torch.Tensor, rec, want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(Sigma^(L), Theta^(L)) for paired rows x, y (P, n0), with det carried exactly (module docstring)."""
+    """(Sigma^(L), Theta^(L)) for paired rows x, y (P, n0), with the angle carried exactly (module docstring)."""
     w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
-    c, q1, q2, det = first_layer(x, y, w2, b2)
+    c, q1, q2, sine = first_layer(x, y, w2, b2)
     theta = c.clone() if want_ntk else None
     for _ in range(rec.depth - 1):
-        E, dot, D = rec.activation.sigma_both_gap(c, q1, q2, det)
+        E, dot, G = rec.activation.sigma_both_gap(c, q1, q2, sine)
         e1, e2 = rec.activation.sigma_diag(q1), rec.activation.sigma_diag(q2)
-        root = torch.sqrt(e1 * e2)
-        gap = torch.where(root + E > 0, (e1.sqrt() - e2.sqrt()) ** 2 + 2 * D / torch.where(root + E > 0, root + E, 1.0),
-                          e1 + e2 - 2 * E)
-        det = (w2 * w2 * D + w2 * b2 * gap).clamp_(min=0)
         c, q1, q2 = w2 * E + b2, w2 * e1 + b2, w2 * e2 + b2
+        sine = next_sine(E, e1, e2, G, w2, b2, q1, q2)
         if want_ntk:
-            theta = theta * (w2 * dot) + c
+            theta = theta * (w2 * dot) + c                 # Theta^(l+1), Theorem 1
     return c, theta
 
 
@@ -72,10 +117,6 @@ def refine(X: torch.Tensor, Y: torch.Tensor, rec, rows: torch.Tensor, cols: torc
     for start in range(0, len(rows), CHUNK):
         r, k = rows[start:start + CHUNK], cols[start:start + CHUNK]
         s, t = recursion(X[r], Y[k], rec, theta is not None)
-        # det grows like the variances squared: past sqrt(the dtype's largest value) it overflows, and the pair
-        # keeps the fast formulas' value (finite, sqrt(eps) accurate in the angle)
-        finite = torch.isfinite(s) if t is None else torch.isfinite(s) & torch.isfinite(t)
-        r, k, s = r[finite], k[finite], s[finite]
         sigma[r, k] = s
         if theta is not None:
-            theta[r, k] = t[finite]
+            theta[r, k] = t

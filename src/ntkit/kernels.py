@@ -105,6 +105,7 @@ def kernel_block(
     if _fast_path_applies(rec, X, Y):
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
+    near = _near_pairs(sigma, qx[0], qy[0], rec) if _refinable(rec, X, Y) else None
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
@@ -114,7 +115,25 @@ def kernel_block(
             theta = theta * (rec.W_std**2 * e_dphi) + sigma
         else:
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
+    if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
+        coincident.refine(X, Y, rec, *near, sigma, theta)
     return sigma, theta
+
+
+def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
+    """Whether `coincident.refine` applies on the generic path: an activation that carries the angle's sine
+    (sign, step; the ReLU family when autograd keeps it off the fused path), depth > 1, and no autograd (the
+    recomputation overwrites entries in place, outside the graph)."""
+    if rec.depth < 2 or not coincident.supports(rec.activation):
+        return False
+    tensors = [t for t in (X, Y, rec.W_std, rec.b_std) if isinstance(t, torch.Tensor)]
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _near_pairs(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, rec: Recursion):
+    """`coincident.near_pairs` of a Sigma^(1) block from its diagonals q1 (rows) and q2 (columns)."""
+    tiny = torch.finfo(sigma.dtype).tiny
+    return coincident.near_pairs(sigma, torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)))
 
 
 def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:

@@ -71,6 +71,19 @@ def angle(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Te
     return theta, s
 
 
+def angle_from_sine(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
+                    sine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(theta, rho, positive) from the sine of the angle given accurately (`ntkit.coincident`): theta =
+    atan2(sine, rho) in [0, pi], rho = c / sqrt(q1 q2) (formed without the product q1 q2), and the mask
+    q1 > 0 and q2 > 0; theta = 0 and rho = 0 where a variance is 0."""
+    positive = (q1 > 0) & (q2 > 0)
+    one = torch.ones_like(c)
+    rho = torch.where(positive, c / torch.where(positive, q1, one).sqrt() / torch.where(positive, q2, one).sqrt(),
+                      0.0)
+    theta = torch.atan2(torch.where(positive, sine, 0.0), torch.where(positive, rho, one))
+    return theta, rho, positive
+
+
 def _power_of_two_scale(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor | None:
     """None when q1 q2 and c^2 are safely inside the dtype's range (the usual case, decided from the extremes
     of the variances, which are vectors in a Gram block); else 2^-k per entry, with 2^k the binary order of
@@ -123,6 +136,20 @@ class Activation:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(Sigma map, SigmaDot map) together; closed forms share their intermediates."""
         return self.sigma(c, q1, q2), self.sigma_dot(c, q1, q2)
+
+    #: True for the activations that implement `sigma_both_gap` (then `ntkit.coincident` recomputes the
+    #: kernels of nearly coincident inputs without cancellation).
+    carries_gap: bool = False
+
+    def sigma_both_gap(
+        self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], G) given sine = sin(theta) = sqrt(1 - c^2 / (q1 q2))
+        accurately (not from c, q1, q2, which keep only sqrt(eps) of a small angle), where G is the same for the
+        pair (sigma(u), sigma(v)): G = sqrt(1 - E^2 / (e1 e2)), e_i = `sigma_diag`(q_i), computed without
+        cancellation (G = 1 where e1 e2 = 0). Both sines lie in [0, 1]; only activations with `carries_gap`
+        implement it."""
+        raise NotImplementedError
 
     def sigma_diag(self, q: torch.Tensor) -> torch.Tensor:
         """E[sigma(u)^2] for u ~ N(0, q)."""
