@@ -1,19 +1,21 @@
 """Accurate kernels at coincident and nearly coincident pairs of inputs.
 
 For a pair (x, y) the layer-l covariance [[q1, c], [c, q2]] of (f(x), f(y)) has the angle theta = arccos(rho),
-rho = c / sqrt(q1 q2). Near rho = 1 the plain formulas get theta from 1 - rho or q1 q2 - c^2, which keep only
-sqrt(eps) of it; the arc-cosine kernels have a cone there (1e-8 relative in float64, 3e-4 in float32), and those of
-sign and step, whose cone feeds on itself (theta -> sqrt(theta) per layer), keep only eps^(2^-(L-1)). Here the sine
+rho = c / sqrt(q1 q2). Near rho = +-1 the plain formulas get theta (or pi - theta) from 1 -+ rho or q1 q2 - c^2,
+which keep only sqrt(eps) of it; the arc-cosine kernels have a cone there (1e-8 relative in float64, 3e-4 in
+float32), and that of sign, which feeds on itself (theta -> sqrt(theta) per layer; step's too at rho = 1), keeps
+only eps^(2^-(L-1)). Here the sine
 of the angle, S = sin(theta) = sqrt((q1 q2 - c^2) / (q1 q2)) in [0, 1], is carried through the recursion without
 cancellation, with theta = atan2(S, rho). Every step below works on ratios in [0, 1] (no product q1 q2, which leaves
 the dtype's range past sqrt(finfo.max), 1.8e19 in float32, and no square of a difference of inputs, which underflows
 where the difference is below sqrt(finfo.tiny)), so nothing overflows or underflows where the kernel itself fits:
 
     layer 1:  S^2 = (a |x|^2 / q1)(a |v_perp|^2 / q2) + (b^2 / q_min)(a |u|^2 / q_max),
-              u = y - x, a = W_std^2 / n0, v the shorter of u and y, v_perp = v - xhat (xhat.v), xhat = x / |x|
-              (q1 q2 - c^2 = a^2 (|x|^2 |y|^2 - (x.y)^2) + a b^2 |u|^2, and the Lagrange identity
-              |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2: y and u have the same part normal to x, and the shorter one
-              gives it without cancellation); norms by `norm`, which neither overflows nor underflows;
+              u = y - x, a = W_std^2 / n0, v the shortest of y, y - x and y + x, v_perp = v - xhat (xhat.v),
+              xhat = x / |x| (q1 q2 - c^2 = a^2 (|x|^2 |y|^2 - (x.y)^2) + a b^2 |u|^2, and the Lagrange identity
+              |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2: the three have the same part normal to x, and the shortest
+              gives it without cancellation, at nearly coincident and nearly opposite inputs alike); norms by `norm`,
+              which neither overflows nor underflows;
     layer l+1, with E = E[sigma(u) sigma(v)], e_i = E[sigma(u_i)^2] and the sine G = sqrt(1 - E^2 / (e1 e2)) of the
               next angle before the bias, from the activation (`Activation.sigma_both_gap`), q_i' = W^2 e_i + b^2,
               t_i = W^2 e_i / q_i', T_i = W^2 e_i / q_max', P = W^2 E / q_max':
@@ -22,15 +24,15 @@ where the difference is below sqrt(finfo.tiny)), so nothing overflows or underfl
                                             (for E >= 0; T1 + T2 - 2P, without cancellation, for E < 0).
 
 `kernel_block` computes every tile by the fast formulas, then recomputes here the pairs whose layer-1 correlation
-is within `NEAR` of 1 (a few per tile: the duplicates, the training points among Nystrom centres), O(d + L) each,
-for every activation that `supports` says carries the sine.
+is within `NEAR` of 1 or -1 (a few per tile: the duplicates, the training points among Nystrom centres, opposite
+inputs), O(d + L) each, for every activation that `supports` says carries the sine.
 """
 
 from __future__ import annotations
 
 import torch
 
-NEAR = {torch.float64: 1e-4, torch.float32: 1e-2}   # 1 - rho below which a pair is recomputed (error <= eps / NEAR^0.5)
+NEAR = {torch.float64: 1e-4, torch.float32: 1e-2}   # 1 - |rho| below which a pair is recomputed (eps / NEAR^0.5)
 CHUNK = 4096                                        # pairs per batch (CHUNK x n0 numbers in memory)
 
 
@@ -40,10 +42,10 @@ def supports(activation) -> bool:
 
 
 def near_pairs(sigma1: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices of the pairs whose Sigma^(1) correlation sigma1 rx ry exceeds 1 - NEAR (1-D int64
-    tensors); rx, ry are 1 / sqrt(Sigma^(1)(x, x)) of the rows and columns."""
+    """Row and column indices of the pairs whose Sigma^(1) correlation sigma1 rx ry exceeds 1 - NEAR in absolute
+    value (1-D int64 tensors); rx, ry are 1 / sqrt(Sigma^(1)(x, x)) of the rows and columns."""
     tau = NEAR.get(sigma1.dtype, 1e-2)
-    return torch.nonzero(torch.mul(sigma1, rx[:, None]).mul_(ry[None, :]) > 1 - tau, as_tuple=True)
+    return torch.nonzero(torch.mul(sigma1, rx[:, None]).mul_(ry[None, :]).abs_() > 1 - tau, as_tuple=True)
 
 
 def norm(v: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,10 @@ def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple
     a = w2 / x.shape[1]
     u = y - x
     nx, ny, nu = norm(x), norm(y), norm(u)
-    v = torch.where((ny < nu)[:, None], y, u)               # the shorter of y and y - x: the same part normal to x
+    w = y + x
+    nw = norm(w)
+    v = torch.where((ny < nu)[:, None], y, u)               # the shortest of y, y - x and y + x: the same part
+    v = torch.where((nw < torch.minimum(ny, nu))[:, None], w, v)   # normal to x, without cancellation
     xhat = x / torch.where(nx > 0, nx, torch.ones_like(nx))[:, None]
     v_perp = v - xhat * (xhat * v).sum(1)[:, None]
     q1, q2 = a * nx * nx + b2, a * ny * ny + b2             # as `kernels.sigma1` on the diagonal

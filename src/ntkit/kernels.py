@@ -147,7 +147,7 @@ def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool
 
 def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compiled: bool = False):
     """`kernel_block` for relu / leaky_relu / abs through `piecewise_linear_layers`; the pairs whose layer-1
-    correlation is within `coincident.NEAR` of 1 are then recomputed without cancellation (`coincident.py`)."""
+    correlation is within `coincident.NEAR` of +-1 are then recomputed without cancellation (`coincident.py`)."""
     tiny = torch.finfo(X.dtype).tiny
     roots = [(torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)), q1.sqrt(), q2.sqrt())
              for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]

@@ -72,16 +72,18 @@ def angle(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Te
 
 
 def angle_from_sine(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
-                    sine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(theta, rho, positive) from the sine of the angle given accurately (`ntkit.coincident`): theta =
-    atan2(sine, rho) in [0, pi], rho = c / sqrt(q1 q2) (formed without the product q1 q2), and the mask
-    q1 > 0 and q2 > 0; theta = 0 and rho = 0 where a variance is 0."""
+                    sine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(theta, pi - theta, rho, positive) from the sine of the angle given accurately (`ntkit.coincident`):
+    theta = atan2(sine, rho) and pi - theta = atan2(sine, -rho), both accurate to rounding (the second where theta
+    is near pi), rho = c / sqrt(q1 q2) formed without the product q1 q2, and the mask q1 > 0 and q2 > 0;
+    theta = 0, pi - theta = pi and rho = 0 where a variance is 0."""
     positive = (q1 > 0) & (q2 > 0)
     one = torch.ones_like(c)
     rho = torch.where(positive, c / torch.where(positive, q1, one).sqrt() / torch.where(positive, q2, one).sqrt(),
                       0.0)
-    theta = torch.atan2(torch.where(positive, sine, 0.0), torch.where(positive, rho, one))
-    return theta, rho, positive
+    sine = torch.where(positive, sine, 0.0)
+    return (torch.atan2(sine, torch.where(positive, rho, one)), torch.atan2(sine, torch.where(positive, -rho, -one)),
+            rho, positive)
 
 
 def _power_of_two_scale(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor | None:

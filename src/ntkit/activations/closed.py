@@ -66,8 +66,13 @@ class PiecewiseLinear(Activation):
             G^2 = 1 - eps^2 = sine^2 + (kappa / m) h(theta) (rho + eps)
         (from e1 e2 - E^2 = m^2 (q1 q2 - c^2) + kappa r h(theta) (m c + E), as theta c - s = r h(theta)); below
         theta = 1/2, where h(theta) = -theta^3 / 3 + ..., as G = sine sqrt(1 + (kappa / m) (h / theta^2)
-        (theta / sine)^2 (rho + eps)), with h / theta^2 by its series: no cancellation, no underflow of sine^2."""
-        theta, rho, positive = angle_from_sine(c, q1, q2, sine)
+        (theta / sine)^2 (rho + eps)), with h / theta^2 by its series: no cancellation, no underflow of sine^2.
+        abs (a = -1) is even, E(c) = E(-c) and dot(-c) = -dot(c): it is evaluated at |c|, so that G, which
+        vanishes at theta = pi too, is as accurate there."""
+        flip = (c < 0) if self.a == -1.0 else None
+        if flip is not None:
+            c = c.abs()
+        theta, _, rho, positive = angle_from_sine(c, q1, q2, sine)
         m, kappa = 0.5 * (1 + self.a**2), (1 - self.a) ** 2 / TWO_PI
         dot = self._angular(theta)
         E = kappa * (sine * torch.sqrt(q1) * torch.sqrt(q2)) + dot * c   # no q1 q2 product: no overflow
@@ -75,8 +80,8 @@ class PiecewiseLinear(Activation):
         stretch = torch.where(sine > 0, theta / torch.where(sine > 0, sine, 1.0), 1.0)   # theta / sin(theta)
         small = sine * (1 + slope * theta_cos_minus_sin_over_square(theta) * stretch**2).clamp(min=0).sqrt()
         large = (sine * sine + slope * (theta * torch.cos(theta) - torch.sin(theta))).clamp(min=0).sqrt()
-        G = torch.where(theta < 0.5, small, large)
-        return E, dot, torch.where(positive, G, 1.0).clamp(max=1.0)
+        G = torch.where(positive, torch.where(theta < 0.5, small, large), 1.0).clamp(max=1.0)
+        return E, (dot if flip is None else torch.where(flip, -dot, dot)), G
 
     def __repr__(self) -> str:
         return f"PiecewiseLinear(negative_slope={self.a:g})"
@@ -210,11 +215,12 @@ class Sign(Activation):
 
     def sigma_both_gap(self, c, q1, q2, sine):
         """(E[sign(u) sign(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
-        e_i = 1 and w = 2 theta / pi, E = 1 - w and G^2 = 1 - E^2 = (1 - E)(1 + E) = w (2 - w)."""
-        theta, _, positive = angle_from_sine(c, q1, q2, sine)
-        w = 2 * theta / math.pi
-        E = torch.where(positive, 1 - w, 0.0)
-        return E, torch.zeros_like(E), torch.where(positive, (w * (2 - w)).sqrt(), 1.0)
+        e_i = 1, E = 1 - 2 theta / pi = ((pi - theta) - theta) / pi and G^2 = (1 - E)(1 + E) =
+        4 theta (pi - theta) / pi^2, both angles accurate (`angle_from_sine`): G vanishes at theta = 0 and pi."""
+        theta, away, _, positive = angle_from_sine(c, q1, q2, sine)
+        E = torch.where(positive, (away - theta) / math.pi, 0.0)
+        G = torch.where(positive, 2 / math.pi * (theta * away).sqrt(), 1.0).clamp(max=1.0)
+        return E, torch.zeros_like(E), G
 
 
 class Step(Activation):
@@ -241,11 +247,11 @@ class Step(Activation):
 
     def sigma_both_gap(self, c, q1, q2, sine):
         """(E[step(u) step(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
-        e_i = 1/2 and w = theta / pi, E = (1 - w) / 2 and G^2 = 1 - 4 E^2 = (1 - 2E)(1 + 2E) = w (2 - w)."""
-        theta, _, positive = angle_from_sine(c, q1, q2, sine)
+        e_i = 1/2 and w = theta / pi, E = (pi - theta) / (2 pi) and G^2 = 1 - 4 E^2 = (1 - 2E)(1 + 2E) = w (2 - w)."""
+        theta, away, _, positive = angle_from_sine(c, q1, q2, sine)
         w = theta / math.pi
-        E = torch.where(positive, 0.5 * (1 - w), 0.0)
-        return E, torch.zeros_like(E), torch.where(positive, (w * (2 - w)).sqrt(), 1.0)
+        E = torch.where(positive, away / TWO_PI, 0.0)
+        return E, torch.zeros_like(E), torch.where(positive, (w * (2 - w)).sqrt(), 1.0).clamp(max=1.0)
 
 
 class Gelu(Activation):
