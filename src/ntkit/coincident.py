@@ -30,6 +30,8 @@ inputs), O(d + L) each, for every activation that `supports` says carries the si
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 NEAR = {torch.float64: 1e-4, torch.float32: 1e-2}   # 1 - |rho| below which a pair is recomputed (eps / NEAR^0.5)
@@ -63,25 +65,80 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple[torch.Tensor, ...]:
     """(c, q1, q2, S) of Sigma^(1) for paired rows x, y (P, n0), S = sin(theta) by the Lagrange identity (module
-    docstring)."""
-    a = w2 / x.shape[1]
-    u = y - x
-    nx, ny, nu = norm(x), norm(y), norm(u)
-    w = y + x
-    nw = norm(w)
-    v = torch.where((ny < nu)[:, None], y, u)               # the shortest of y, y - x and y + x: the same part
-    v = torch.where((nw < torch.minimum(ny, nu))[:, None], w, v)   # normal to x, without cancellation
-    xhat = x / torch.where(nx > 0, nx, torch.ones_like(nx))[:, None]
-    v_perp = v - xhat * (xhat * v).sum(1)[:, None]
-    q1, q2 = a * nx * nx + b2, a * ny * ny + b2             # as `kernels.sigma1` on the diagonal
-    c = a * (x * y).sum(1) + b2
-    ra = a**0.5
-    along = _ratio(ra * nx, q1.sqrt()) * _ratio(ra * norm(v_perp), q2.sqrt())
-    sine = along
+    docstring), all formed in float64 (from float32 inputs too: products of their entries are exact there) and
+    returned in x's dtype."""
+    dtype = x.dtype
+    x, y = x.to(_wide(x)), y.to(_wide(x))
+    ra = (w2 / x.shape[1]) ** 0.5
+    sx, sy = ra * norm(x), ra * norm(y)                     # sqrt(a) |x|: its square is at most q1
+    q1, q2 = sx * sx + b2, sy * sy + b2
+    c = ra * ra * (x * y).sum(1) + b2
+    sine = _ratio(sx, q1.sqrt()) * _ratio(ra * normal_part(x, y), q2.sqrt())
     if b2 > 0:
         low, high = torch.minimum(q1, q2), torch.maximum(q1, q2)
-        sine = torch.hypot(along, _ratio(b2, low).sqrt() * _ratio(ra * nu, high.sqrt()))
-    return c, q1, q2, sine.clamp_(max=1.0)
+        sine = torch.hypot(sine, _ratio(b2, low).sqrt() * _ratio(ra * norm(y - x), high.sqrt()))
+    return tuple(t.to(dtype) for t in (c, q1, q2, sine.clamp_(max=1.0)))
+
+
+def normal_part(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """|y_perp| = |y - xhat (xhat.y)| for paired rows x, y (P, n0): the part of y normal to x, to a few roundings
+    relative even where y is nearly parallel (or opposite) to x, where the projection itself keeps only eps |y|.
+
+    Through w = x_k y - y_k x, k the largest entry of x: w differs from x_k y by a multiple of x, so its part normal
+    to x is x_k y_perp; each entry x_k y_i - y_k x_i is formed from exact products (`product_difference`), so
+    w keeps its digits however much they cancel; and as w_k = 0, its normal part is at least |w| |x_k| / |x|
+    >= |w| / sqrt(n0): projecting w loses no more than that. Rows are scaled by powers of two first (exact)."""
+    xs, ex = _unit_scale(x)
+    ys, ey = _unit_scale(y)
+    k = xs.abs().argmax(1, keepdim=True) if x.shape[1] else x.new_zeros((x.shape[0], 1), dtype=torch.long)
+    xk, yk = xs.gather(1, k), ys.gather(1, k)
+    w = product_difference(xk, ys, yk, xs)
+    nxs = norm(xs)
+    xhat = xs / torch.where(nxs > 0, nxs, torch.ones_like(nxs))[:, None]
+    w_perp = w - xhat * (xhat * w).sum(1)[:, None]
+    return _ldexp(_ratio(norm(w_perp), xk[:, 0].abs()), ey)
+
+
+def product_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """a b - c d to a few roundings relative to the result, however much the two products cancel: each product
+    is split into its rounded value and its exact rounding error (Dekker 1971), the rounded values cancel
+    exactly (Sterbenz) where they are close, and the errors are added back. Entries at most 1 in size."""
+    p, q = a * b, c * d
+    return (p - q) + (_product_error(a, b, p) - _product_error(c, d, q))
+
+
+def _product_error(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """a b - fl(a b), exactly (Dekker's TwoProduct, with Veltkamp's split of each factor into two halves)."""
+    a_hi, a_lo = _split(a)
+    b_hi, b_lo = _split(b)
+    return ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+def _split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = hi + lo exactly, each with half the significand's bits (Veltkamp)."""
+    bits = round(-math.log2(torch.finfo(a.dtype).eps)) + 1          # 53 in float64
+    t = a * float(2 ** ((bits + 1) // 2) + 1)
+    hi = t - (t - a)
+    return hi, a - hi
+
+
+def _unit_scale(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v 2^-e, e) per row, e the binary exponent of the row's largest entry (exact; entries then at most 1)."""
+    top = v.abs().amax(1) if v.shape[1] else v.new_zeros(v.shape[0])
+    exponent = torch.frexp(top).exponent
+    return _ldexp(v, -exponent[:, None]), exponent
+
+
+def _ldexp(v: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """v 2^exponent in two halves (torch.ldexp forms 2^exponent itself, which overflows past 2^1023 where the
+    result need not: subnormal rows)."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    return torch.ldexp(torch.ldexp(v, half), exponent - half)
+
+
+def _wide(x: torch.Tensor) -> torch.dtype:
+    """float64 where the device has it (products of float32 entries are exact there), else x's dtype."""
+    return x.dtype if x.device.type == "mps" else torch.float64
 
 
 def next_sine(E: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, G: torch.Tensor, w2: float, b2: float,
