@@ -4,18 +4,17 @@ For a pair (x, y) the layer-l covariance [[q1, c], [c, q2]] of (f(x), f(y)) has 
 rho = c / sqrt(q1 q2). Near rho = +-1 the plain formulas get theta (or pi - theta) from 1 -+ rho or q1 q2 - c^2,
 which keep only sqrt(eps) of it; the arc-cosine kernels have a cone there (1e-8 relative in float64, 3e-4 in
 float32), and that of sign, which feeds on itself (theta -> sqrt(theta) per layer; step's too at rho = 1), keeps
-only eps^(2^-(L-1)). Here the sine
-of the angle, S = sin(theta) = sqrt((q1 q2 - c^2) / (q1 q2)) in [0, 1], is carried through the recursion without
-cancellation, with theta = atan2(S, rho). Every step below works on ratios in [0, 1] (no product q1 q2, which leaves
-the dtype's range past sqrt(finfo.max), 1.8e19 in float32, and no square of a difference of inputs, which underflows
-where the difference is below sqrt(finfo.tiny)), so nothing overflows or underflows where the kernel itself fits:
+only eps^(2^-(L-1)). Here the sine of the angle, S = sin(theta) = sqrt((q1 q2 - c^2) / (q1 q2)) in [0, 1], is
+carried through the recursion without cancellation, with theta = atan2(S, rho). Every step below works on ratios
+in [0, 1] (no product q1 q2, which leaves the dtype's range past sqrt(finfo.max), 1.8e19 in float32, and no square
+of a difference of inputs, which underflows below sqrt(finfo.tiny)), so nothing overflows or underflows where the
+kernel itself fits:
 
-    layer 1:  S^2 = (a |x|^2 / q1)(a |v_perp|^2 / q2) + (b^2 / q_min)(a |u|^2 / q_max),
-              u = y - x, a = W_std^2 / n0, v the shortest of y, y - x and y + x, v_perp = v - xhat (xhat.v),
-              xhat = x / |x| (q1 q2 - c^2 = a^2 (|x|^2 |y|^2 - (x.y)^2) + a b^2 |u|^2, and the Lagrange identity
-              |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2: the three have the same part normal to x, and the shortest
-              gives it without cancellation, at nearly coincident and nearly opposite inputs alike); norms by `norm`,
-              which neither overflows nor underflows;
+    layer 1:  S^2 = (a |x|^2 / q1)(a |y_perp|^2 / q2) + (b^2 / q_min)(a |y - x|^2 / q_max),   a = W_std^2 / n0
+              (q1 q2 - c^2 = a^2 (|x|^2 |y|^2 - (x.y)^2) + a b^2 |y - x|^2 and the Lagrange identity
+              |x|^2 |y|^2 - (x.y)^2 = |x|^2 |y_perp|^2, y_perp the part of y normal to x), with |y_perp| from exact
+              products (`normal_part`: to rounding also where y is parallel to x but for the last bits) and norms by
+              `norm` (no overflow or underflow), in float64;
     layer l+1, with E = E[sigma(u) sigma(v)], e_i = E[sigma(u_i)^2] and the sine G = sqrt(1 - E^2 / (e1 e2)) of the
               next angle before the bias, from the activation (`Activation.sigma_both_gap`), q_i' = W^2 e_i + b^2,
               t_i = W^2 e_i / q_i', T_i = W^2 e_i / q_max', P = W^2 E / q_max':
@@ -35,7 +34,7 @@ import math
 import torch
 
 NEAR = {torch.float64: 1e-4, torch.float32: 1e-2}   # 1 - |rho| below which a pair is recomputed (eps / NEAR^0.5)
-CHUNK = 4096                                        # pairs per batch (CHUNK x n0 numbers in memory)
+CHUNK = 1024                                        # pairs per batch (a dozen CHUNK x n0 float64 temporaries)
 
 
 def supports(activation) -> bool:
@@ -88,7 +87,7 @@ def normal_part(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     to x is x_k y_perp; each entry x_k y_i - y_k x_i is formed from exact products (`product_difference`), so
     w keeps its digits however much they cancel; and as w_k = 0, its normal part is at least |w| |x_k| / |x|
     >= |w| / sqrt(n0): projecting w loses no more than that. Rows are scaled by powers of two first (exact)."""
-    xs, ex = _unit_scale(x)
+    xs, _ = _unit_scale(x)
     ys, ey = _unit_scale(y)
     k = xs.abs().argmax(1, keepdim=True) if x.shape[1] else x.new_zeros((x.shape[0], 1), dtype=torch.long)
     xk, yk = xs.gather(1, k), ys.gather(1, k)

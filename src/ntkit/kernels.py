@@ -98,14 +98,16 @@ def kernel_block(
 
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
-    torch.compile (see `MLP.kernel`).
+    torch.compile (see `MLP.kernel`). For the activations that carry the angle's sine (the ReLU
+    family, sign, step) the pairs whose layer-1 correlation is within `coincident.NEAR` of +-1 are
+    recomputed without cancellation (`coincident.py`), except under autograd.
     """
     qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
     qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
-    near = _near_pairs(sigma, qx[0], qy[0], rec) if _refinable(rec, X, Y) else None
+    near = _near_pairs(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
@@ -130,7 +132,7 @@ def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _near_pairs(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, rec: Recursion):
+def _near_pairs(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`coincident.near_pairs` of a Sigma^(1) block from its diagonals q1 (rows) and q2 (columns)."""
     tiny = torch.finfo(sigma.dtype).tiny
     return coincident.near_pairs(sigma, torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)))
