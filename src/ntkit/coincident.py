@@ -34,7 +34,7 @@ import math
 import torch
 
 NEAR = {torch.float64: 1e-4, torch.float32: 1e-2}   # 1 - |rho| below which a pair is recomputed (eps / NEAR^0.5)
-CHUNK = 1024                                        # pairs per batch (a dozen CHUNK x n0 float64 temporaries)
+CHUNK = 2048                                        # pairs per batch (a dozen CHUNK x n0 float64 temporaries)
 
 
 def supports(activation) -> bool:
@@ -62,10 +62,24 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
 
 
-def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple[torch.Tensor, ...]:
-    """(c, q1, q2, S) of Sigma^(1) for paired rows x, y (P, n0), S = sin(theta) by the Lagrange identity (module
-    docstring), all formed in float64 (from float32 inputs too: products of their entries are exact there) and
-    returned in x's dtype."""
+def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float, q1: torch.Tensor,
+                q2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(c, q1, q2, S) of Sigma^(1) for paired rows x, y (P, n0), all in x's dtype. q1, q2 are Sigma^(1)(x, x) and
+    Sigma^(1)(y, y) as the caller has them; identical rows keep them, with c = q1 and S = 0 (no work on their
+    entries: the duplicates, the diagonal of a symmetric Gram, are most near pairs); the others get all four
+    from their entries (`_first_layer`)."""
+    c, q1, q2, sine = q1.clone(), q1.clone(), q2.clone(), torch.zeros_like(q1)
+    other = torch.nonzero((x != y).any(1))[:, 0]
+    if len(other):
+        for value, exact in zip((c, q1, q2, sine), _first_layer(x[other], y[other], w2, b2), strict=True):
+            value[other] = exact
+    return c, q1, q2, sine
+
+
+def _first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple[torch.Tensor, ...]:
+    """(c, q1, q2, S) for paired rows x, y (P, n0), S = sin(theta) by the Lagrange identity (module docstring), all
+    formed in float64 (from float32 inputs too: products of their entries are exact there), returned in x's
+    dtype."""
     dtype = x.dtype
     x, y = x.to(_wide(x)), y.to(_wide(x))
     ra = (w2 / x.shape[1]) ** 0.5
@@ -156,10 +170,11 @@ def next_sine(E: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, G: torch.Tens
     return sine.clamp_(max=1.0)
 
 
-def recursion(x: torch.Tensor, y: torch.Tensor, rec, want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(Sigma^(L), Theta^(L)) for paired rows x, y (P, n0), with the angle carried exactly (module docstring)."""
+def recursion(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.Tensor, rec,
+              want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Sigma^(L), Theta^(L)) of pairs from their layer-1 (c, q1, q2, S) (`first_layer`), with the angle carried
+    exactly (module docstring); shapes (P,)."""
     w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
-    c, q1, q2, sine = first_layer(x, y, w2, b2)
     theta = c.clone() if want_ntk else None
     for _ in range(rec.depth - 1):
         E, dot, G = rec.activation.sigma_both_gap(c, q1, q2, sine)
@@ -173,11 +188,14 @@ def recursion(x: torch.Tensor, y: torch.Tensor, rec, want_ntk: bool) -> tuple[to
 
 @torch.no_grad()
 def refine(X: torch.Tensor, Y: torch.Tensor, rec, rows: torch.Tensor, cols: torch.Tensor, sigma: torch.Tensor,
-           theta: torch.Tensor | None) -> None:
-    """Overwrite sigma[rows, cols] (and theta) with the accurate values of the pairs (X[rows], Y[cols])."""
+           theta: torch.Tensor | None, qx: torch.Tensor, qy: torch.Tensor) -> None:
+    """Overwrite sigma[rows, cols] (and theta) with the accurate values of the pairs (X[rows], Y[cols]); qx, qy
+    are Sigma^(1) on the diagonals of X and Y."""
+    w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
     for start in range(0, len(rows), CHUNK):
         r, k = rows[start:start + CHUNK], cols[start:start + CHUNK]
-        s, t = recursion(X[r], Y[k], rec, theta is not None)
+        layer1 = first_layer(X[r], Y[k], w2, b2, qx[r], qy[k])
+        s, t = recursion(*layer1, rec, theta is not None)
         sigma[r, k] = s
         if theta is not None:
             theta[r, k] = t

@@ -118,7 +118,7 @@ def kernel_block(
         else:
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
     if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
-        coincident.refine(X, Y, rec, *near, sigma, theta)
+        coincident.refine(X, Y, rec, *near, sigma, theta, qx[0], qy[0])
     return sigma, theta
 
 
@@ -159,7 +159,7 @@ def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compil
     layers = _compiled_layers() if compiled else piecewise_linear_layers
     sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
     if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
-        coincident.refine(X, Y, rec, *near, sigma, theta)
+        coincident.refine(X, Y, rec, *near, sigma, theta, qx[0], qy[0])
     return sigma, theta
 
 
