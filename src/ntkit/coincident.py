@@ -34,7 +34,8 @@ import math
 import torch
 
 NEAR = {torch.float64: 1e-4, torch.float32: 1e-2}   # 1 - |rho| below which a pair is recomputed (eps / NEAR^0.5)
-CHUNK = 2048                                        # pairs per batch (a dozen CHUNK x n0 float64 temporaries)
+CHUNK = 2**16                                       # numbers per temporary of the first layer (512 kB in float64)
+PAIRS = 2**16                                       # pairs per batch of the recursion (vectors of PAIRS numbers)
 
 
 def supports(activation) -> bool:
@@ -62,54 +63,71 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
 
 
-def first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float, q1: torch.Tensor,
-                q2: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(c, q1, q2, S) of Sigma^(1) for paired rows x, y (P, n0), all in x's dtype. q1, q2 are Sigma^(1)(x, x) and
-    Sigma^(1)(y, y) as the caller has them; identical rows keep them, with c = q1 and S = 0 (no work on their
+def first_layer(X: torch.Tensor, Y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, w2: float, b2: float,
+                qx: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(c, q1, q2, S) of Sigma^(1) for the pairs (X[rows], Y[cols]), vectors of shape (P,) in X's dtype. qx, qy are
+    Sigma^(1) on the diagonals of X and Y; identical rows keep them, with c = q1 and S = 0 (no work on their
     entries: the duplicates, the diagonal of a symmetric Gram, are most near pairs); the others get all four
-    from their entries (`_first_layer`)."""
-    c, q1, q2, sine = q1.clone(), q1.clone(), q2.clone(), torch.zeros_like(q1)
-    other = torch.nonzero((x != y).any(1))[:, 0]
-    if len(other):
-        for value, exact in zip((c, q1, q2, sine), _first_layer(x[other], y[other], w2, b2), strict=True):
-            value[other] = exact
+    from their entries (`_first_layer`), CHUNK numbers of each temporary at a time."""
+    q1, q2 = qx[rows], qy[cols]
+    c, sine = q1.clone(), torch.zeros_like(q1)
+    step = max(1, CHUNK // max(X.shape[1], 1))
+    for start in range(0, len(rows), step):
+        x, y = X[rows[start:start + step]], Y[cols[start:start + step]]
+        other = torch.nonzero((x != y).any(1))[:, 0]
+        if len(other):
+            exact = _first_layer(x[other], y[other], w2, b2)
+            for value, part in zip((c, q1, q2, sine), exact, strict=True):
+                value[start + other] = part
     return c, q1, q2, sine
 
 
 def _first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple[torch.Tensor, ...]:
     """(c, q1, q2, S) for paired rows x, y (P, n0), S = sin(theta) by the Lagrange identity (module docstring), all
-    formed in float64 (from float32 inputs too: products of their entries are exact there), returned in x's
-    dtype."""
+    formed in float64 and returned in x's dtype. From float32 (or narrower) inputs products and squares of entries
+    are exact there and cannot overflow or underflow, so the plain forms serve; float64 inputs take `norm` and
+    Dekker's exact products."""
     dtype = x.dtype
+    exact = _wide(x) != dtype
     x, y = x.to(_wide(x)), y.to(_wide(x))
+    length = (lambda v: torch.linalg.vector_norm(v, dim=1)) if exact else norm
     ra = (w2 / x.shape[1]) ** 0.5
-    sx, sy = ra * norm(x), ra * norm(y)                     # sqrt(a) |x|: its square is at most q1
+    sx, sy = ra * length(x), ra * length(y)                 # sqrt(a) |x|: its square is at most q1
     q1, q2 = sx * sx + b2, sy * sy + b2
     c = ra * ra * (x * y).sum(1) + b2
-    sine = _ratio(sx, q1.sqrt()) * _ratio(ra * normal_part(x, y), q2.sqrt())
+    sine = _ratio(sx, q1.sqrt()) * _ratio(ra * normal_part(x, y, exact), q2.sqrt())
     if b2 > 0:
         low, high = torch.minimum(q1, q2), torch.maximum(q1, q2)
-        sine = torch.hypot(sine, _ratio(b2, low).sqrt() * _ratio(ra * norm(y - x), high.sqrt()))
+        sine = torch.hypot(sine, _ratio(b2, low).sqrt() * _ratio(ra * length(y - x), high.sqrt()))
     return tuple(t.to(dtype) for t in (c, q1, q2, sine.clamp_(max=1.0)))
 
 
-def normal_part(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def normal_part(x: torch.Tensor, y: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """|y_perp| = |y - xhat (xhat.y)| for paired rows x, y (P, n0): the part of y normal to x, to a few roundings
     relative even where y is nearly parallel (or opposite) to x, where the projection itself keeps only eps |y|.
 
     Through w = x_k y - y_k x, k the largest entry of x: w differs from x_k y by a multiple of x, so its part normal
-    to x is x_k y_perp; each entry x_k y_i - y_k x_i is formed from exact products (`product_difference`), so
-    w keeps its digits however much they cancel; and as w_k = 0, its normal part is at least |w| |x_k| / |x|
-    >= |w| / sqrt(n0): projecting w loses no more than that. Rows are scaled by powers of two first (exact)."""
-    xs, _ = _unit_scale(x)
-    ys, ey = _unit_scale(y)
-    k = xs.abs().argmax(1, keepdim=True) if x.shape[1] else x.new_zeros((x.shape[0], 1), dtype=torch.long)
-    xk, yk = xs.gather(1, k), ys.gather(1, k)
-    w = product_difference(xk, ys, yk, xs)
-    nxs = norm(xs)
+    to x is x_k y_perp; each entry x_k y_i - y_k x_i is formed from exact products, so w keeps its digits however
+    much they cancel; and as w_k = 0, its normal part is at least |w| |x_k| / |x| >= |w| / sqrt(n0): projecting w
+    loses no more than that. With `exact` the products of entries are exact as they are (float32 entries in
+    float64); otherwise rows are scaled by powers of two (exact) and the products split (`product_difference`)."""
+    if exact:
+        k = x.abs().argmax(1, keepdim=True)
+        xk, yk = x.gather(1, k), y.gather(1, k)
+        w = xk * y - yk * x
+        scale = torch.zeros_like(xk[:, 0], dtype=torch.int32)
+        xs, length = x, (lambda v: torch.linalg.vector_norm(v, dim=1))
+    else:
+        xs, _ = _unit_scale(x)
+        ys, scale = _unit_scale(y)
+        k = xs.abs().argmax(1, keepdim=True)
+        xk, yk = xs.gather(1, k), ys.gather(1, k)
+        w = product_difference(xk, ys, yk, xs)
+        length = norm
+    nxs = length(xs)
     xhat = xs / torch.where(nxs > 0, nxs, torch.ones_like(nxs))[:, None]
     w_perp = w - xhat * (xhat * w).sum(1)[:, None]
-    return _ldexp(_ratio(norm(w_perp), xk[:, 0].abs()), ey)
+    return _ldexp(_ratio(length(w_perp), xk[:, 0].abs()), scale)
 
 
 def product_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -121,10 +139,11 @@ def product_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: tor
 
 
 def _product_error(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """a b - fl(a b), exactly (Dekker's TwoProduct, with Veltkamp's split of each factor into two halves)."""
+    """a b - fl(a b), exactly (Dekker's TwoProduct, with Veltkamp's split of each factor into two halves, whose
+    products are exact: ((a_hi b_hi - p) + a_hi b_lo + a_lo b_hi) + a_lo b_lo, each step exact)."""
     a_hi, a_lo = _split(a)
     b_hi, b_lo = _split(b)
-    return ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return torch.addcmul(-p, a_hi, b_hi).addcmul_(a_hi, b_lo).addcmul_(a_lo, b_hi).addcmul_(a_lo, b_lo)
 
 
 def _split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +158,9 @@ def _unit_scale(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(v 2^-e, e) per row, e the binary exponent of the row's largest entry (exact; entries then at most 1)."""
     top = v.abs().amax(1) if v.shape[1] else v.new_zeros(v.shape[0])
     exponent = torch.frexp(top).exponent
-    return _ldexp(v, -exponent[:, None]), exponent
+    half = torch.div(-exponent, 2, rounding_mode="floor")
+    ones = torch.ones_like(top)                  # two factors 2^half, 2^(-e - half), each representable
+    return v * torch.ldexp(ones, half)[:, None] * torch.ldexp(ones, -exponent - half)[:, None], exponent
 
 
 def _ldexp(v: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
@@ -191,11 +212,10 @@ def refine(X: torch.Tensor, Y: torch.Tensor, rec, rows: torch.Tensor, cols: torc
            theta: torch.Tensor | None, qx: torch.Tensor, qy: torch.Tensor) -> None:
     """Overwrite sigma[rows, cols] (and theta) with the accurate values of the pairs (X[rows], Y[cols]); qx, qy
     are Sigma^(1) on the diagonals of X and Y."""
-    w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
-    for start in range(0, len(rows), CHUNK):
-        r, k = rows[start:start + CHUNK], cols[start:start + CHUNK]
-        layer1 = first_layer(X[r], Y[k], w2, b2, qx[r], qy[k])
-        s, t = recursion(*layer1, rec, theta is not None)
+    for start in range(0, len(rows), PAIRS):
+        r, k = rows[start:start + PAIRS], cols[start:start + PAIRS]
+        s, t = recursion(*first_layer(X, Y, r, k, float(rec.W_std) ** 2, float(rec.b_std) ** 2, qx, qy), rec,
+                         theta is not None)
         sigma[r, k] = s
         if theta is not None:
             theta[r, k] = t
