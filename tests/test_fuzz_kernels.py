@@ -292,7 +292,16 @@ def test_empty_inputs_give_empty_outputs() -> None:
          depth=2, W_std=1.0, b_std=0.0, get="ntk")
 @example(X=np.array([[0.22824727, 0.91869853, 0.32232933], [0.22824727, 0.91869853, 0.32232933],
                     [-0.24542543, 0.95868613, -0.14383068]]), activation="sign", depth=3, W_std=1.0, b_std=0.0,
-         get="ntk")   # duplicated rows of sign: the rounding of their correlation grows to 1e-2 by layer 3
+         get="ntk")   # duplicated rows of sign: the rounding of their correlation grew to 1e-2 by layer 3
+@example(X=np.array([[0.6894138, -0.72436774], [6.89413798, -7.24367735]]), activation="sign", depth=4, W_std=1.0,
+         b_std=0.0, get="ntk")   # collinear but for rounding: the projection lost the angle (1e-8), sign grows it
+@example(X=np.array([[6.89413798e-01, -7.24367735e-01], [9.86849108e-01, 1.61644169e-01],
+                    [-8.28835595e09, 5.59492231e09], [8.09114508e-13, 5.87651013e-13]]), activation="sign", depth=2,
+         W_std=1.0, b_std=0.0, get="ntk")   # variances 1e20 and 1e-24 scaled together in `angle`: 1e-45, few digits
+@example(X=np.array([[3e14, -7e14, 5e14], [3.00000003e14, -7.0000014e14, 5e14]]), activation="sign", depth=6,
+         W_std=1.0, b_std=0.1, get="ntk")   # a near pair at variance 3e29: q1 q2 overflows float32
+@example(X=np.array([[1e15, 0.0], [1e15, 1e10]]), activation="relu", depth=4, W_std=1.0, b_std=0.0,
+         get="ntk")   # the determinant overflowed float32 (variance 5e29): the fast values were kept
 @example(X=np.array([[1.0], [-1e-19]]), activation="relu", depth=2, W_std=1.0, b_std=0.0, get="ntk")  # few digits
 @example(X=np.array([[2.26937877e08, -9.73909236e08], [9.72575344e08, 2.32588048e08],
                     [2.26937877e08, -9.73909236e08]]), activation="sin", depth=2, W_std=1.0, b_std=0.0,
@@ -372,7 +381,8 @@ def test_cross_kernel_is_finite_or_raises(X, data, activation, depth, W_std, b_s
          W_std=1.0)   # antipodal inputs of abs: correlation 1 from layer 2, the cone at every layer
 @example(X=np.array([[6.89413798, -7.24367735], [-6.89413798, 7.24367735]]), activation="abs", depth=32,
          W_std=1.0)   # ... adding up over 32 layers (1.1e-6)
-@example(X=np.array([[1.0, 0.0], [1.0, 1e-4]]), activation="relu", depth=29, W_std=1000.0)
+@example(X=np.array([[1.0, 0.0], [1.0, 1e-4]]), activation="relu", depth=29, W_std=1000.0)   # variances past 1e154
+@example(X=np.array([[1e100, 0.0], [1e100, 1e95]]), activation="abs", depth=3, W_std=1.0)   # variance 5e199
 @example(X=np.array([[1e10], [-1.0], [1.0], [1.0]]), activation="relu", depth=2,
          W_std=1.0)   # collinear rows of norms 1e10 and 1: 3e-7 in float64 before the shorter vector was projected
 def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) -> None:
