@@ -10,7 +10,8 @@ References and tolerances (errors are measured against the Cauchy-Schwarz scale 
 each entry, the natural unit of a kernel value; `tolerance` below):
 - float32 against the same kernel in float64: 1e-3 (1e-2 for quadrature) plus 3.5e-4 depth (1 + depth / 8) (the
   arc-cosine cone turns a rounding error eps in a correlation into sqrt(eps), 3e-4 in float32, at each layer),
-  plus eps q for the non-homogeneous activations at variance q, plus 3e-3 per layer for quadrature past q = 20;
+  plus eps q for the non-homogeneous activations at variance q (not sign and step: they depend on the angle
+  alone), plus 3e-3 per layer for quadrature past q = 20;
 - float64, homogeneous activations without bias: K(a x, b y) = a b K(x, y) exactly, so the kernel of the
   inputs as given against the kernel of the unit-norm inputs, rescaled: 1e-7 plus 3e-8 depth (1 + depth / 8);
 - the fused ReLU-family path against the activation's generic closed forms: the same tolerances;
@@ -43,6 +44,7 @@ from ntkit.kernels import sigma_diagonals
 
 CLOSED = ["relu", "leaky_relu", "abs", "identity", "erf", "sign", "step", "sin", "cos", "gelu"]
 QUADRATURE = ["tanh", "sigmoid", "softplus", "elu", "selu", "silu", "mish", "softsign"]
+ANGULAR = ("sign", "step")   # maps that depend on the angle alone
 F32 = torch.finfo(torch.float32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,9 +92,11 @@ def tolerance(dtype: torch.dtype, activation: str, depth: int, variance: float =
       (measured for antipodal inputs of abs in float64: 3.6e-7 at depth 16, 1.1e-6 at depth 32);
     - the maps of non-homogeneous activations (erf, gelu, sin, quadrature) depend on q1 q2 - c^2, which
       rounding gets only to eps q1 q2: a relative error up to about eps q for the largest variance q fed to
-      them (`variance`), which leaves float32 without accuracy at variances past 1e7;
-    - sign and step have a cone that feeds on itself (theta -> sqrt(theta) per layer near correlation 1), so
-      inputs that differ below the dtype's resolution keep only eps^(2^-(L-1));
+      them (`variance`), which leaves float32 without accuracy at variances past 1e7; sign and step depend on
+      the angle alone (scale-free), which has no such error;
+    - sign and step have a cone that feeds on itself (theta -> sqrt(theta) per layer near correlation 1, and
+      for sign near -1), which would leave inputs that differ below the dtype's resolution only eps^(2^-(L-1));
+      `ntkit.coincident` recomputes those pairs with the angle carried exactly, so they need nothing more;
     - quadrature adds its own error (about 1e-8 at variances up to 2, 1e-4 up to 20); past variance 20 the maps
       the kernels still admit (`kernels.RESOLUTION_TOL`) keep about 3e-3 per layer."""
     eps = float(torch.finfo(dtype).eps)
@@ -102,10 +106,8 @@ def tolerance(dtype: torch.dtype, activation: str, depth: int, variance: float =
         base *= 10
         if variance > 20:     # past the variances of the accuracy table: the admitted maps keep about 3e-3
             cone += 3e-3
-    if not nk.get_activation(activation).homogeneous:
+    if not nk.get_activation(activation).homogeneous and activation not in ANGULAR:
         base += eps * variance
-    if activation in ("sign", "step"):   # theta -> sqrt(theta) per layer near correlation 1: eps^(2^-(L-1))
-        base += eps ** (0.5 ** max(depth - 1, 0))
     return base + cone * depth * (1 + depth / 8)
 
 
@@ -145,48 +147,6 @@ def justified(X64: np.ndarray, arch: nk.MLP, get: str, dtype: torch.dtype) -> bo
         return True
     return any(np.any((v > 0) & (v < floor)) for v in values) or bool(
         np.any((norms > 0) & (norms < floor)) and arch.b_std == 0)
-
-
-def known_failure(X: np.ndarray, arch: nk.MLP, dtype: torch.dtype) -> str | None:
-    """Which open failure of the recomputation of nearly coincident pairs (`ntkit.coincident`, ReLU family) these
-    inputs can meet, if any: a pair whose layer-1 correlation is within `coincident.NEAR` of 1 at variances past
-    sqrt(finfo.max) (COINCIDENT_OVERFLOW). Only an assertion that fails on such inputs is xfailed."""
-    from ntkit import coincident
-
-    if not isinstance(arch.activation, nk.activations.PiecewiseLinear) or arch.depth < 2 or len(X) < 2:
-        return None
-    w2, b2 = float(arch.W_std) ** 2, float(arch.b_std) ** 2
-    with np.errstate(all="ignore"):
-        c = w2 / X.shape[1] * (X @ X.T) + b2
-        q = np.diag(c).copy()
-        root = np.sqrt(q)
-        tau = coincident.NEAR.get(dtype, 1e-2)
-        near = (c > (1 - tau) * root[:, None] * root[None, :]) & ~np.eye(len(X), dtype=bool)
-        if not near.any():
-            return None
-    info = torch.finfo(dtype)
-    try:
-        variance = largest_variance(X, arch) if len(X) else 0.0
-    except KernelRangeError:
-        variance = math.inf
-    if variance * 4 > math.sqrt(info.max):
-        return COINCIDENT_OVERFLOW
-    return None
-
-
-def check_known(assertion, X: np.ndarray, arch: nk.MLP, dtype: torch.dtype) -> None:
-    """Run `assertion`; if it fails on inputs that meet an open failure (`known_failure`), xfail with its reason."""
-    try:
-        assertion()
-    except AssertionError:
-        reason = known_failure(X, arch, dtype)
-        if reason is None:
-            raise
-        pytest.xfail(reason)
-
-
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 def check_message(error: Exception, dtype: torch.dtype) -> None:
@@ -243,11 +203,6 @@ def test_deep_wide_float32_overflow_is_an_error_naming_layer_and_fix() -> None:
     assert torch.isfinite(S).all()
     torch.testing.assert_close(S.double(), nk.MLP(depth=10, W_std=100).kernel(X.double(), get="nngp"), rtol=1e-3,
                                atol=0)
-
-
-COINCIDENT_OVERFLOW = ("ntkit.coincident carries det = q1 q2 - c^2, which overflows at variances past "
-                       "sqrt(finfo.max) (1.8e19 in float32): such nearly coincident pairs keep the fast formulas' "
-                       "values (finite, but only sqrt(eps) accurate in the angle). Carrying det / (q1 q2) would fix it")
 
 
 def test_cross_kernel_overflow_is_an_error() -> None:
@@ -337,7 +292,16 @@ def test_empty_inputs_give_empty_outputs() -> None:
          depth=2, W_std=1.0, b_std=0.0, get="ntk")
 @example(X=np.array([[0.22824727, 0.91869853, 0.32232933], [0.22824727, 0.91869853, 0.32232933],
                     [-0.24542543, 0.95868613, -0.14383068]]), activation="sign", depth=3, W_std=1.0, b_std=0.0,
-         get="ntk")   # duplicated rows of sign: the rounding of their correlation grows to 1e-2 by layer 3
+         get="ntk")   # duplicated rows of sign: the rounding of their correlation grew to 1e-2 by layer 3
+@example(X=np.array([[0.6894138, -0.72436774], [6.89413798, -7.24367735]]), activation="sign", depth=4, W_std=1.0,
+         b_std=0.0, get="ntk")   # collinear but for rounding: the projection lost the angle (1e-8), sign grows it
+@example(X=np.array([[6.89413798e-01, -7.24367735e-01], [9.86849108e-01, 1.61644169e-01],
+                    [-8.28835595e09, 5.59492231e09], [8.09114508e-13, 5.87651013e-13]]), activation="sign", depth=2,
+         W_std=1.0, b_std=0.0, get="ntk")   # variances 1e20 and 1e-24 scaled together in `angle`: 1e-45, few digits
+@example(X=np.array([[3e14, -7e14, 5e14], [3.00000003e14, -7.0000014e14, 5e14]]), activation="sign", depth=6,
+         W_std=1.0, b_std=0.1, get="ntk")   # a near pair at variance 3e29: q1 q2 overflows float32
+@example(X=np.array([[1e15, 0.0], [1e15, 1e10]]), activation="relu", depth=4, W_std=1.0, b_std=0.0,
+         get="ntk")   # the determinant overflowed float32 (variance 5e29): the fast values were kept
 @example(X=np.array([[1.0], [-1e-19]]), activation="relu", depth=2, W_std=1.0, b_std=0.0, get="ntk")  # few digits
 @example(X=np.array([[2.26937877e08, -9.73909236e08], [9.72575344e08, 2.32588048e08],
                     [2.26937877e08, -9.73909236e08]]), activation="sin", depth=2, W_std=1.0, b_std=0.0,
@@ -375,11 +339,8 @@ def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_st
     scale = cs_scale(K64, floor, floor)
     tol = tolerance(torch.float32, activation, depth, largest_variance(X64, arch))
 
-    def agree() -> None:
-        assert np.all(np.abs(K - K64) <= tol * scale + slack), np.max(np.abs(K - K64) / (scale + 1e-300))
-        assert np.all(np.abs(d - d64) <= tol * np.abs(d64) + slack)
-
-    check_known(agree, X64, arch, torch.float32)
+    assert np.all(np.abs(K - K64) <= tol * scale + slack), np.max(np.abs(K - K64) / (scale + 1e-300))
+    assert np.all(np.abs(d - d64) <= tol * np.abs(d64) + slack)
 
 
 @given(X=inputs(), data=st.data(), activation=activation_names(), depth=depths, W_std=w_stds, b_std=b_stds,
@@ -420,7 +381,8 @@ def test_cross_kernel_is_finite_or_raises(X, data, activation, depth, W_std, b_s
          W_std=1.0)   # antipodal inputs of abs: correlation 1 from layer 2, the cone at every layer
 @example(X=np.array([[6.89413798, -7.24367735], [-6.89413798, 7.24367735]]), activation="abs", depth=32,
          W_std=1.0)   # ... adding up over 32 layers (1.1e-6)
-@example(X=np.array([[1.0, 0.0], [1.0, 1e-4]]), activation="relu", depth=29, W_std=1000.0)
+@example(X=np.array([[1.0, 0.0], [1.0, 1e-4]]), activation="relu", depth=29, W_std=1000.0)   # variances past 1e154
+@example(X=np.array([[1e100, 0.0], [1e100, 1e95]]), activation="abs", depth=3, W_std=1.0)   # variance 5e199
 @example(X=np.array([[1e10], [-1.0], [1.0], [1.0]]), activation="relu", depth=2,
          W_std=1.0)   # collinear rows of norms 1e10 and 1: 3e-7 in float64 before the shorter vector was projected
 def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) -> None:
@@ -448,13 +410,10 @@ def test_float64_homogeneous_kernels_scale_exactly(X, activation, depth, W_std) 
             "needless underflow warning"
         return
     outer = norms[:, None] * norms[None, :]
-    def scales_exactly() -> None:
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            unit_scale = cs_scale(reference, np.diag(reference), np.diag(reference))
-            assert np.all(np.abs(K / np.where(outer > 0, outer, 1.0) - np.where(outer > 0, reference, 0.0))
-                          <= tolerance(torch.float64, activation, depth) * unit_scale + 1e-300)
-
-    check_known(scales_exactly, X, arch, torch.float64)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        unit_scale = cs_scale(reference, np.diag(reference), np.diag(reference))
+        assert np.all(np.abs(K / np.where(outer > 0, outer, 1.0) - np.where(outer > 0, reference, 0.0))
+                      <= tolerance(torch.float64, activation, depth) * unit_scale + 1e-300)
     np.testing.assert_allclose(d, np.diag(K), rtol=1e-12, atol=0)
 
 
@@ -480,7 +439,7 @@ def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std,
     except KernelRangeError as error:
         check_message(error, dtype)
         return
-    check_known(lambda: _assert(bool(torch.isfinite(fused).all() and torch.isfinite(generic).all())), X, arch, dtype)
+    assert torch.isfinite(fused).all() and torch.isfinite(generic).all()
     d = run(lambda: arch.kernel_diag(Xt)).double().numpy()
     if run.underflowed:   # diagonals below the normal range came back with few digits
         d = np.maximum(np.abs(d), underflow_slack(dtype))
@@ -489,10 +448,7 @@ def test_fused_path_matches_generic_formulas(X, activation, depth, W_std, b_std,
     slack = 1e-300
     diff = np.abs(fused.double().numpy() - generic.double().numpy())
 
-    def agree() -> None:
-        assert np.all(diff <= tol * scale + slack), np.max(diff / (scale + 1e-300))
-
-    check_known(agree, X, arch, dtype)
+    assert np.all(diff <= tol * scale + slack), np.max(diff / (scale + 1e-300))
 
 
 @given(activation=activation_names(), exponent=st.floats(-1, 1), dtype=st.sampled_from([torch.float32, torch.float64]))

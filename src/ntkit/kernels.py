@@ -98,13 +98,16 @@ def kernel_block(
 
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
-    torch.compile (see `MLP.kernel`).
+    torch.compile (see `MLP.kernel`). For the activations that carry the angle's sine (the ReLU
+    family, sign, step) the pairs whose layer-1 correlation is within `coincident.NEAR` of +-1 are
+    recomputed without cancellation (`coincident.py`), except under autograd.
     """
     qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
     qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
+    near = _near_pairs(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
@@ -114,7 +117,25 @@ def kernel_block(
             theta = theta * (rec.W_std**2 * e_dphi) + sigma
         else:
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
+    if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
+        coincident.refine(X, Y, rec, *near, sigma, theta, qx[0], qy[0])
     return sigma, theta
+
+
+def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
+    """Whether `coincident.refine` applies on the generic path: an activation that carries the angle's sine
+    (sign, step; the ReLU family when autograd keeps it off the fused path), depth > 1, and no autograd (the
+    recomputation overwrites entries in place, outside the graph)."""
+    if rec.depth < 2 or not coincident.supports(rec.activation):
+        return False
+    tensors = [t for t in (X, Y, rec.W_std, rec.b_std) if isinstance(t, torch.Tensor)]
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _near_pairs(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`coincident.near_pairs` of a Sigma^(1) block from its diagonals q1 (rows) and q2 (columns)."""
+    tiny = torch.finfo(sigma.dtype).tiny
+    return coincident.near_pairs(sigma, torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)))
 
 
 def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
@@ -128,7 +149,7 @@ def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool
 
 def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compiled: bool = False):
     """`kernel_block` for relu / leaky_relu / abs through `piecewise_linear_layers`; the pairs whose layer-1
-    correlation is within `coincident.NEAR` of 1 are then recomputed without cancellation (`coincident.py`)."""
+    correlation is within `coincident.NEAR` of +-1 are then recomputed without cancellation (`coincident.py`)."""
     tiny = torch.finfo(X.dtype).tiny
     roots = [(torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)), q1.sqrt(), q2.sqrt())
              for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
@@ -138,7 +159,7 @@ def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compil
     layers = _compiled_layers() if compiled else piecewise_linear_layers
     sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
     if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
-        coincident.refine(X, Y, rec, *near, sigma, theta)
+        coincident.refine(X, Y, rec, *near, sigma, theta, qx[0], qy[0])
     return sigma, theta
 
 

@@ -61,29 +61,51 @@ def angle(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Te
     Computed as atan2(s, c) with a clamped square root (NOTES.md): no arccos of a value that
     rounding pushed past 1, and theta = 0 (not NaN) when q1 = q2 = c = 0.
     """
-    scale = _power_of_two_scale(c, q1, q2)
-    if scale is None:
+    scales = _power_of_two_scales(c, q1, q2)
+    if scales is None:
         s = safe_sqrt(q1 * q2 - c * c)
-    else:  # q1 q2 would overflow or underflow: the same formula on values scaled by 2^-k (exact)
-        s = safe_sqrt((q1 * scale) * (q2 * scale) - (c * scale) ** 2) / scale
+    else:  # q1 q2 would overflow or underflow: the same formula on values scaled by 2^-k1, 2^-k2 (exact)
+        (s1, r1), (s2, r2) = scales
+        s = safe_sqrt((q1 * s1) * (q2 * s2) - ((c * r1) * r2) ** 2) / r1 / r2
     both_zero = (s == 0) & (c == 0)
     theta = torch.atan2(s, torch.where(both_zero, torch.ones_like(c), c))
     return theta, s
 
 
-def _power_of_two_scale(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor | None:
+def angle_from_sine(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
+                    sine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(theta, pi - theta, rho, positive) from the sine of the angle given accurately (`ntkit.coincident`):
+    theta = atan2(sine, rho) and pi - theta = atan2(sine, -rho), both accurate to rounding (the second where theta
+    is near pi), rho = c / sqrt(q1 q2) formed without the product q1 q2, and the mask q1 > 0 and q2 > 0;
+    theta = 0, pi - theta = pi and rho = 0 where a variance is 0."""
+    positive = (q1 > 0) & (q2 > 0)
+    one = torch.ones_like(c)
+    rho = torch.where(positive, c / torch.where(positive, q1, one).sqrt() / torch.where(positive, q2, one).sqrt(),
+                      0.0)
+    sine = torch.where(positive, sine, 0.0)
+    return (torch.atan2(sine, torch.where(positive, rho, one)), torch.atan2(sine, torch.where(positive, -rho, -one)),
+            rho, positive)
+
+
+def _power_of_two_scales(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor):
     """None when q1 q2 and c^2 are safely inside the dtype's range (the usual case, decided from the extremes
-    of the variances, which are vectors in a Gram block); else 2^-k per entry, with 2^k the binary order of
-    max(q1, q2), so that the scaled variances lie in [0, 1) and rescaling is exact."""
+    of the variances, which are vectors in a Gram block); else ((2^-k1, 2^-k1/2), (2^-k2, 2^-k2/2)), with 2^k_i
+    (k_i even) the binary order of each variance on its own, so that both scaled variances lie in [1/4, 2) however
+    far apart they are (where 2^-k_i is representable) and rescaling is exact."""
     info = torch.finfo(c.dtype)
     high = float(torch.maximum(q1.detach().amax(), q2.detach().amax())) if q1.numel() and q2.numel() else 0.0
     low = min(_smallest_positive(q1), _smallest_positive(q2))
     if high < math.sqrt(info.max) / 4 and low > math.sqrt(info.tiny) * 4:
         return None
-    largest = torch.maximum(q1, q2).detach()
-    top = int(torch.frexp(torch.tensor(info.max, dtype=c.dtype)).exponent)       # 128 in float32
-    exponent = torch.frexp(largest).exponent.clamp(min=3 - top, max=top - 1)      # 2^-k itself representable
-    return torch.ldexp(torch.ones_like(largest), -exponent)
+    top = int(torch.frexp(torch.tensor(info.max, dtype=c.dtype)).exponent) - 2   # 126 in float32
+
+    def scale(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        exponent = torch.frexp(q.detach()).exponent                                # q = m 2^e, m in [1/2, 1)
+        half = torch.div(exponent, 2, rounding_mode="floor").clamp(min=-top // 2, max=top // 2)
+        root = torch.ldexp(torch.ones_like(q.detach()), -half)                     # 2^-k/2 with k = 2 half
+        return root * root, root
+
+    return scale(q1), scale(q2)
 
 
 def _smallest_positive(q: torch.Tensor) -> float:
@@ -123,6 +145,20 @@ class Activation:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(Sigma map, SigmaDot map) together; closed forms share their intermediates."""
         return self.sigma(c, q1, q2), self.sigma_dot(c, q1, q2)
+
+    #: True for the activations that implement `sigma_both_gap` (then `ntkit.coincident` recomputes the
+    #: kernels of nearly coincident inputs without cancellation).
+    carries_gap: bool = False
+
+    def sigma_both_gap(
+        self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], G) given sine = sin(theta) = sqrt(1 - c^2 / (q1 q2))
+        accurately (not from c, q1, q2, which keep only sqrt(eps) of a small angle), where G is the same for the
+        pair (sigma(u), sigma(v)): G = sqrt(1 - E^2 / (e1 e2)), e_i = `sigma_diag`(q_i), computed without
+        cancellation (G = 1 where e1 e2 = 0). Both sines lie in [0, 1]; only activations with `carries_gap`
+        implement it."""
+        raise NotImplementedError
 
     def sigma_diag(self, q: torch.Tensor) -> torch.Tensor:
         """E[sigma(u)^2] for u ~ N(0, q)."""

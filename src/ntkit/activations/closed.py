@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import TWO_PI, Activation, angle
+from .base import TWO_PI, Activation, angle, angle_from_sine
 
 
 class PiecewiseLinear(Activation):
@@ -58,33 +58,46 @@ class PiecewiseLinear(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, det):
-        """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], D) given det = q1 q2 - c^2 exactly (`ntkit.coincident`),
-        D = E[sigma(u)^2] E[sigma(v)^2] - E[sigma(u) sigma(v)]^2 without cancellation: with m = (1 + a^2) / 2,
-        kappa = (1 - a)^2 / (2 pi), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0,
-            E = m c - kappa r h(theta)  (theta c - s = r h(theta)),   D = m^2 det + kappa r h(theta) (m c + E)."""
-        s = det.clamp(min=0).sqrt()
-        theta = torch.atan2(s, torch.where((s == 0) & (c == 0), torch.ones_like(c), c))
+    def sigma_both_gap(self, c, q1, q2, sine):
+        """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], G) given sine = sin(theta) accurately (the contract of
+        `Activation.sigma_both_gap`). With m = (1 + a^2) / 2 (e_i = m q_i), kappa = (1 - a)^2 / (2 pi),
+        rho = cos(theta), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0:
+            E = kappa r sine + dot c,   eps = E / (m r) = (kappa sine + dot rho) / m,
+            G^2 = 1 - eps^2 = sine^2 + (kappa / m) h(theta) (rho + eps)
+        (from e1 e2 - E^2 = m^2 (q1 q2 - c^2) + kappa r h(theta) (m c + E), as theta c - s = r h(theta)); below
+        theta = 1/2, where h(theta) = -theta^3 / 3 + ..., as G = sine sqrt(1 + (kappa / m) (h / theta^2)
+        (theta / sine)^2 (rho + eps)), with h / theta^2 by its series: no cancellation, no underflow of sine^2.
+        abs (a = -1) is even, E(c) = E(-c) and dot(-c) = -dot(c): it is evaluated at |c|, so that G, which
+        vanishes at theta = pi too, is as accurate there."""
+        flip = (c < 0) if self.a == -1.0 else None
+        if flip is not None:
+            c = c.abs()
+        theta, _, rho, positive = angle_from_sine(c, q1, q2, sine)
         m, kappa = 0.5 * (1 + self.a**2), (1 - self.a) ** 2 / TWO_PI
         dot = self._angular(theta)
-        E = kappa * s + dot * c
-        rh = torch.sqrt(q1) * torch.sqrt(q2) * theta_cos_minus_sin(theta)   # no q1 q2 product: no overflow
-        return E, dot, m * m * det + kappa * rh * (m * c + E)
+        E = kappa * (sine * torch.sqrt(q1) * torch.sqrt(q2)) + dot * c   # no q1 q2 product: no overflow
+        slope = (kappa / m) * (rho + (kappa * sine + dot * rho) / m)
+        stretch = torch.where(sine > 0, theta / torch.where(sine > 0, sine, 1.0), 1.0)   # theta / sin(theta)
+        small = sine * (1 + slope * theta_cos_minus_sin_over_square(theta) * stretch**2).clamp(min=0).sqrt()
+        large = (sine * sine + slope * (theta * torch.cos(theta) - torch.sin(theta))).clamp(min=0).sqrt()
+        G = torch.where(positive, torch.where(theta < 0.5, small, large), 1.0).clamp(max=1.0)
+        return E, (dot if flip is None else torch.where(flip, -dot, dot)), G
 
     def __repr__(self) -> str:
         return f"PiecewiseLinear(negative_slope={self.a:g})"
 
 
-def theta_cos_minus_sin(theta: torch.Tensor) -> torch.Tensor:
-    """h(theta) = theta cos(theta) - sin(theta), by its Taylor series sum_n (-1)^n 2n theta^(2n+1) / (2n+1)! below
-    theta = 0.5 (where the direct form cancels to -theta^3 / 3) and directly above."""
+def theta_cos_minus_sin_over_square(theta: torch.Tensor) -> torch.Tensor:
+    """h(theta) / theta^2 = (theta cos(theta) - sin(theta)) / theta^2 by its Taylor series
+    sum_n (-1)^n 2n theta^(2n-1) / (2n+1)! (accurate to rounding below theta = 1/2, where h itself cancels to
+    -theta^3 / 3 and its square underflows)."""
     t2 = theta * theta
     series = torch.zeros_like(theta)
-    power = theta * t2                       # theta^(2n+1) for n = 1
+    power = theta                            # theta^(2n-1) for n = 1
     for n in range(1, 8):
         series = series + (-1) ** n * (2 * n) / math.factorial(2 * n + 1) * power
         power = power * t2
-    return torch.where(theta < 0.5, series, theta * torch.cos(theta) - torch.sin(theta))
+    return series
 
 
 class Identity(Activation):
@@ -198,6 +211,17 @@ class Sign(Activation):
     def sigma_dot(self, c, q1, q2):
         return torch.zeros_like(c + q1 + q2)
 
+    carries_gap = True
+
+    def sigma_both_gap(self, c, q1, q2, sine):
+        """(E[sign(u) sign(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
+        e_i = 1, E = 1 - 2 theta / pi = ((pi - theta) - theta) / pi and G^2 = (1 - E)(1 + E) =
+        4 theta (pi - theta) / pi^2, both angles accurate (`angle_from_sine`): G vanishes at theta = 0 and pi."""
+        theta, away, _, positive = angle_from_sine(c, q1, q2, sine)
+        E = torch.where(positive, (away - theta) / math.pi, 0.0)
+        G = torch.where(positive, 2 / math.pi * (theta * away).sqrt(), 1.0).clamp(max=1.0)
+        return E, torch.zeros_like(E), G
+
 
 class Step(Activation):
     """sigma = Heaviside step 1{x > 0}, derivative 0 almost everywhere:
@@ -218,6 +242,16 @@ class Step(Activation):
 
     def sigma_dot(self, c, q1, q2):
         return torch.zeros_like(c + q1 + q2)
+
+    carries_gap = True
+
+    def sigma_both_gap(self, c, q1, q2, sine):
+        """(E[step(u) step(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
+        e_i = 1/2 and w = theta / pi, E = (pi - theta) / (2 pi) and G^2 = 1 - 4 E^2 = (1 - 2E)(1 + 2E) = w (2 - w)."""
+        theta, away, _, positive = angle_from_sine(c, q1, q2, sine)
+        w = theta / math.pi
+        E = torch.where(positive, away / TWO_PI, 0.0)
+        return E, torch.zeros_like(E), torch.where(positive, (w * (2 - w)).sqrt(), 1.0).clamp(max=1.0)
 
 
 class Gelu(Activation):
