@@ -62,7 +62,7 @@ class RangeTracker:
     """Collects each layer's diagonal and checks them all at once.
 
     `add(values, what, layer, low=True)`: `values` are diagonal values ("the NTK", "the NNGP", ...: `what`)
-    at `layer` (1-based). Values above finfo.max / HEADROOM, inf or NaN are an overflow (an error). With `low`,
+    at `layer` (1-based; or a text naming the place, "layer 2 (Conv2d)", "the input"). Values above finfo.max / HEADROOM, inf or NaN are an overflow (an error). With `low`,
     values below the smallest normal number are handed to `underflow(layer, small)` (given to `check`), which
     says what they mean: None (exact zeros, or harmless), "warn" (the result is the nearest value the dtype
     holds) or "error" (digits that later layers needed were lost). Nothing is synchronized until `check`.
@@ -73,14 +73,14 @@ class RangeTracker:
         self.dtype = dtype
         self.limit = info.max / HEADROOM
         self.tiny = info.tiny
-        self.entries: list[tuple[torch.Tensor, str, int, bool]] = []
+        self.entries: list[tuple[torch.Tensor, str, int | str, bool]] = []
 
-    def add(self, values: torch.Tensor, what: str, layer: int, low: bool = True) -> None:
+    def add(self, values: torch.Tensor, what: str, layer: int | str, low: bool = True) -> None:
         if values.numel():
             self.entries.append((values.detach(), what, layer, low))
 
     def check(self, advice: Callable[[], tuple[str, str]],
-              underflow: Callable[[int, torch.Tensor], str | None] | None = None) -> None:
+              underflow: Callable[[int | str, torch.Tensor], str | None] | None = None) -> None:
         """Raise `KernelOverflowError` / `KernelUnderflowError` (or warn `KernelUnderflowWarning`) naming the first
         layer out of range, with the fixes `advice()` gives (against overflow, against underflow): called only then."""
         if not self.entries:
@@ -100,21 +100,25 @@ class RangeTracker:
                 value = float(highs[index])
                 shown = "inf or NaN" if not math.isfinite(value) else f"{value:.2g}"
                 raise KernelOverflowError(
-                    f"{what} exceeds the {name} range ({RANGES.get(self.dtype, 'its largest value')}) at layer "
-                    f"{layer} (the diagonal reaches {shown}): {fix_overflow}")
+                    f"{what} exceeds the {name} range ({RANGES.get(self.dtype, 'its largest value')}) at "
+                    f"{_place(layer)} (the diagonal reaches {shown}): {fix_overflow}")
             verdict = "error" if underflow is None else underflow(layer, values < self.tiny)
             smallest = SMALLEST.get(self.dtype, "its smallest normal value")
             if verdict == "error":
                 raise KernelUnderflowError(
-                    f"{what} underflows the {name} range (positive values below {smallest} round to 0) at layer "
-                    f"{layer}, and later layers needed those digits: {fix_underflow}")
+                    f"{what} underflows the {name} range (positive values below {smallest} round to 0) at "
+                    f"{_place(layer)}, and later layers needed those digits: {fix_underflow}")
             if verdict == "warn" and not warned:
                 warned = True
                 warnings.warn(
-                    f"{what} underflows the {name} range at layer {layer}: values below {smallest} are returned "
+                    f"{what} underflows the {name} range at {_place(layer)}: values below {smallest} are returned "
                     f"as 0 or with few digits (the nearest {name} values), and so is the kernel between those inputs "
                     f"and the others. For their digits: {fix_underflow}",
                     KernelUnderflowWarning, stacklevel=5)
+
+
+def _place(layer: int | str) -> str:
+    return f"layer {layer}" if isinstance(layer, int) else layer
 
 
 def advice(dtype: torch.dtype, against_overflow: str, against_underflow: str) -> tuple[str, str]:

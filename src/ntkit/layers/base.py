@@ -27,27 +27,42 @@ class LayerError(ValueError):
 class Pass:
     """The variances q(x_p) = Sigma(x_p, x_p) the nonlinearities and LayerNorm need, in the order they ask.
 
-    The self pass (each example with itself) computes them from its own record and keeps them; a pass over
-    a tile of pairs reads the ones of its rows and columns back, in the same order.
+    The self pass (each example with itself) computes them from its own record and keeps them, and keeps each
+    layer's diagonal for the range checks (`ntkit.layers.ranges`); a pass over a tile of pairs reads the variances
+    of its rows and columns back, in the same order. `moderate[i]`: whether the i-th variances of the rows and
+    the columns are all 0 or well inside the dtype's range, so that products q(x_p) q(y_q) are too (when not
+    known, as in the self pass, the maps use their overflow-safe forms).
     """
 
-    def __init__(self, qx: list[torch.Tensor] | None = None, qy: list[torch.Tensor] | None = None):
-        self.qx, self.qy = qx, qy
+    def __init__(self, qx: list[torch.Tensor] | None = None, qy: list[torch.Tensor] | None = None,
+                 moderate: list[bool] | None = None):
+        self.qx, self.qy, self.moderate = qx, qy, moderate
         self.kept: list[torch.Tensor] = []
+        #: the self pass: (where, Sigma(x_p, x_p), Theta(x_p, x_p) or None, low) after each layer
+        self.diagonals: list[tuple[str, torch.Tensor, torch.Tensor | None, bool]] = []
         self.index = 0
 
     @property
     def is_self(self) -> bool:
         return self.qx is None
 
-    def variances(self, record: Record) -> tuple[torch.Tensor, torch.Tensor]:
+    def variances(self, record: Record) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """q(x_p) and q(y_q) shaped to broadcast against the record's Sigma, and whether they are moderate."""
         if self.is_self:
             q = self_variances(record)
             self.kept.append(q)
-            return broadcast_variances(record, q, q)
+            return (*broadcast_variances(record, q, q), False)
         qx, qy = self.qx[self.index], self.qy[self.index]
+        moderate = self.moderate is not None and self.moderate[self.index]
         self.index += 1
-        return broadcast_variances(record, qx, qy)
+        return (*broadcast_variances(record, qx, qy), moderate)
+
+    def keep(self, where: str, record: Record, low: bool) -> None:
+        """After each layer of the self pass: the diagonals of its record, (B, *S) or (B,), for the range checks
+        (`low`: whether values below the normal range are to be judged, see `ntkit.layers.ranges`)."""
+        if self.is_self:
+            theta = None if record.theta is None or record.theta.ndim == 0 else self_variances(record, record.theta)
+            self.diagonals.append((where, self_variances(record), theta, low))
 
 
 class Layer:

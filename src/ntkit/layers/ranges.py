@@ -1,0 +1,153 @@
+"""Range checks of the layer kernels: each layer's diagonal, checked once at the end (`ntkit._range`).
+
+A kernel is positive semi-definite at every layer, so |K(x_p, y_q)| <= sqrt(K(x_p, x_p) K(y_q, y_q)): the self pass
+(each example with itself) already has, after every layer, the variances Sigma(x_p, x_p) and Theta(x_p, x_p) at
+each position, and they bound the Gram of every tile. `check` hands them to one `RangeTracker` (O(N P) per layer,
+one synchronization): a diagonal past the dtype's largest value raises `KernelOverflowError`; a positive one that
+falls below its smallest normal value raises `KernelUnderflowError` where later layers needed its digits, or warns
+`KernelUnderflowWarning` where the result is the nearest value the dtype holds. Both errors name the layer, the dtype's
+range and the settings to change.
+
+Underflow is judged on Sigma only, and only before the first pooling layer: a pooled diagonal averages a kernel
+over pairs of positions, whose exact value can be anything down to 0 (terms of both signs), so below the normal range
+it is cancellation, not lost digits. On the slow path only (something below the normal range), a float32 kernel's
+self pass is recomputed in float64 for the rows concerned, which tells an exact zero from an underflow and whether the
+final values needed the lost digits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .._range import RangeTracker, advice, log10_norms, number
+from .base import Layer
+
+#: below this, a float32 value keeps fewer than about 7 significant digits relative to its dtype (2^24 ulps)
+DIGITS = 2.0**24
+#: relative agreement with the float64 recomputation under which an underflow is harmless
+AGREE = 1e-3
+
+
+@dataclass
+class Diagonal:
+    """One layer's diagonals in the self pass: Sigma(x_p, x_p) (and Theta(x_p, x_p) or None), (N, *S) or (N,)."""
+
+    where: str
+    sigma: torch.Tensor
+    theta: torch.Tensor | None
+    low: bool
+
+
+def input_diagonal(X: torch.Tensor) -> torch.Tensor:
+    """x.x / C at each position of each example (N, *S), or (N,) for flat inputs: what every first layer scales."""
+    return (X * X).sum(1) / X.shape[1]
+
+
+def moderate(qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
+    """For each layer's variances of the rows (qx[i]) and columns (qy[i]): whether all are 0 or within
+    [4 sqrt(tiny), sqrt(max) / 4], so that q(x_p) q(y_q) and Sigma(x_p, y_q)^2 lie inside the dtype's normal
+    range (the maps may form them). One synchronization for all layers."""
+    if not qx:
+        return []
+    info = torch.finfo(qx[0].dtype)
+    low, high = 4 * math.sqrt(info.tiny), math.sqrt(info.max) / 4
+    flags = []
+    for a, b in zip(qx, qy, strict=True):
+        q = torch.cat([a.reshape(-1), b.reshape(-1)])
+        flags.append(((q == 0) | ((q >= low) & (q <= high))).all() if q.numel() else q.new_ones((), dtype=torch.bool))
+    return torch.stack(flags).tolist()
+
+
+def check(X: torch.Tensor, diagonals: list[Diagonal], layers: Sequence[Layer],
+          recompute: Callable[[torch.Tensor], list[Diagonal]]) -> None:
+    """Range-check the self pass of X (its `diagonals`, the input's first); `recompute(X64)` is the same self pass
+    in float64 on some rows, asked for only when a value is below the normal range."""
+    tracker = RangeTracker(X.dtype)
+    for d in diagonals:
+        what = "x.x / C (the mean square of an input position over its channels)" if d.where == "the input" \
+            else "the NNGP"
+        tracker.add(d.sigma, what, d.where, low=d.low)
+        if d.theta is not None:      # Theta >= Sigma on the diagonal until pooling: no underflow of its own
+            tracker.add(d.theta, "the NTK", d.where, low=False)
+    by_place = {d.where: d for d in diagonals}
+    tracker.check(lambda: advice_for(X, layers),
+                  lambda where, small: underflow_verdict(X, diagonals, by_place[where], small, recompute))
+
+
+def underflow_verdict(X: torch.Tensor, diagonals: list[Diagonal], entry: Diagonal, small: torch.Tensor,
+                      recompute: Callable[[torch.Tensor], list[Diagonal]]) -> str | None:
+    """What the entries of `entry.sigma` below the smallest normal number (`small`) mean (slow path only): None
+    where they are exact zeros (a zero input without bias, zero padding) or later layers did not need their digits
+    (the final diagonals agree with float64 to `AGREE`); "warn" where the final values are below the normal range
+    anyway; "error" where the final values are in range but came out wrong. The reference is the self pass in
+    float64 for a narrower dtype; in float64 itself, positive subnormal values are the underflows."""
+    info = torch.finfo(X.dtype)
+    floor = info.tiny * DIGITS
+    rows = small.reshape(small.shape[0], -1).any(1)
+    index = [i for i, d in enumerate(diagonals) if d is entry][0]
+    final = diagonals[-1]
+    if X.dtype == torch.float64:
+        real = small & (entry.sigma > 0)
+        exact = [final.sigma, final.theta]
+    else:
+        reference = recompute(X[rows].double())
+        r = reference[index].sigma
+        real = small[rows] & (r > 0) & (r < info.tiny)
+        exact = [reference[-1].sigma, reference[-1].theta]
+    if entry.where == "the input":   # x.x / C is 0 exactly where the position is 0 in every channel
+        nonzero = (X != 0).any(1)
+        real = small & nonzero if X.dtype == torch.float64 else small[rows] & nonzero[rows]
+    hit = real.reshape(real.shape[0], -1).any(1)
+    if not bool(hit.any()):
+        return None
+    computed = [final.sigma, final.theta] if X.dtype == torch.float64 else \
+        [None if t is None else t[rows] for t in (final.sigma, final.theta)]
+    tiny_final = False
+    for got, want in zip(computed, exact, strict=True):
+        if got is None:
+            continue
+        got, want = got[hit].double(), want[hit].double()
+        if X.dtype != torch.float64 and bool(((got - want).abs() > AGREE * want.abs() + floor).any()):
+            return "error"
+        tiny_final |= bool((want.abs() < floor).any())
+    if X.dtype == torch.float64 and not tiny_final:
+        return "error"              # no wider reference: lost digits in a final value inside the range
+    return "warn" if tiny_final else None
+
+
+def advice_for(X: torch.Tensor, layers: Sequence[Layer]) -> tuple[str, str]:
+    """The fixes the range errors name: the weight layers' largest (smallest) W_std and b_std, their number, and the
+    inputs' largest (smallest nonzero) norm."""
+    weights = list(_weight_layers(layers, ""))
+    norms = log10_norms(X.reshape(X.shape[0], -1))
+    finite = norms[torch.isfinite(norms)]
+    largest = f"1e{float(finite.max()):.0f}" if finite.numel() else "-"
+    smallest = f"1e{float(finite.min()):.0f}" if finite.numel() else "-"
+    inputs_over = f"inputs of smaller norm (the largest norm of an example is about {largest})"
+    inputs_under = f"inputs of larger norm (the smallest nonzero norm of an example is about {smallest})"
+    if not weights:
+        return advice(X.dtype, inputs_over, inputs_under)
+    w_hi = max(weights, key=lambda t: t[1])
+    w_lo = min(weights, key=lambda t: t[1])
+    b_hi = max(b for _, _, b in weights)
+    b_lo = min(b for _, _, b in weights)
+    count = len(weights)
+    return advice(X.dtype,
+                  f"a smaller W_std (the largest is {w_hi[1]:g}, at {w_hi[0]}) or b_std (the largest is {b_hi:g}), "
+                  f"fewer weight layers (now {count}), or {inputs_over}",
+                  f"a larger W_std (the smallest is {w_lo[1]:g}, at {w_lo[0]}), b_std > 0 (the smallest is "
+                  f"{b_lo:g}), fewer weight layers (now {count}), or {inputs_under}")
+
+
+def _weight_layers(layers: Sequence[Layer], prefix: str):
+    """(where, W_std, b_std) of every weight layer, those of Residual branches included."""
+    for index, layer in enumerate(layers):
+        branch = getattr(layer, "layers", None)
+        if branch is not None:
+            yield from _weight_layers(branch, f"{prefix}{index}.")
+        elif layer.weights:
+            yield f"layer {prefix}{index} ({layer.name})", number(layer.W_std), number(layer.b_std)
