@@ -62,10 +62,11 @@ class RangeTracker:
     """Collects each layer's diagonal and checks them all at once.
 
     `add(values, what, layer, low=True)`: `values` are diagonal values ("the NTK", "the NNGP", ...: `what`)
-    at `layer` (1-based; or a text naming the place, "layer 2 (Conv2d)", "the input"). Values above finfo.max / HEADROOM, inf or NaN are an overflow (an error). With `low`,
-    values below the smallest normal number are handed to `underflow(layer, small)` (given to `check`), which
-    says what they mean: None (exact zeros, or harmless), "warn" (the result is the nearest value the dtype
-    holds) or "error" (digits that later layers needed were lost). Nothing is synchronized until `check`.
+    at `layer` (1-based; or a text naming the place: "layer 2 (Conv2d)", "the input"). Values above
+    finfo.max / HEADROOM, inf or NaN are an overflow (an error). With `low`, values below the smallest normal
+    number are handed to `underflow(layer, small)` (given to `check`), which says what they mean: None (exact
+    zeros, or harmless), "warn" (the result is the nearest value the dtype holds) or "error" (digits that later
+    layers needed were lost). Nothing is synchronized until `check`.
     """
 
     def __init__(self, dtype: torch.dtype):

@@ -21,6 +21,7 @@ from ..activations import DEFAULT_DEGREE, PiecewiseLinear, get_activation
 from ..activations import Activation as Nonlinearity
 from ..nets import ActivationLayer
 from .base import Layer, LayerError
+from .base import moderate as variances_moderate
 from .record import Record
 
 
@@ -48,6 +49,8 @@ class Activation(Layer):
             theta = None if record.theta is None or record.theta.ndim == 0 else \
                 record.theta * act.sigma_dot_diag(record.sigma)
         elif isinstance(act, PiecewiseLinear) and not _needs_grad(record, q1, q2):
+            if ctx.is_self and q1.device.type == "cpu":   # a synchronization costs nothing on a CPU
+                moderate = bool(variances_moderate(q1))
             sigma, theta = _piecewise_linear(record.sigma, record.theta, q1, q2, act.a, moderate)
         elif record.theta is None:
             sigma, theta = act.sigma(record.sigma, q1, q2), None

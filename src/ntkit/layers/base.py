@@ -6,6 +6,8 @@ vectors. Channel counts are the widths of the finite network and are infinite in
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -53,9 +55,9 @@ class Pass:
             self.kept.append(q)
             return (*broadcast_variances(record, q, q), False)
         qx, qy = self.qx[self.index], self.qy[self.index]
-        moderate = self.moderate is not None and self.moderate[self.index]
+        known = self.moderate is not None and self.moderate[self.index]
         self.index += 1
-        return (*broadcast_variances(record, qx, qy), moderate)
+        return (*broadcast_variances(record, qx, qy), known)
 
     def keep(self, where: str, record: Record, low: bool) -> None:
         """After each layer of the self pass: the diagonals of its record, (B, *S) or (B,), for the range checks
@@ -63,6 +65,16 @@ class Pass:
         if self.is_self:
             theta = None if record.theta is None or record.theta.ndim == 0 else self_variances(record, record.theta)
             self.diagonals.append((where, self_variances(record), theta, low))
+
+
+def moderate(q: torch.Tensor) -> torch.Tensor:
+    """Whether all variances in q are 0 or within [4 sqrt(tiny), sqrt(max) / 4] of their dtype (a 0-d bool tensor,
+    no synchronization): then products of two of them, and of two covariances they bound, stay normal numbers."""
+    if not q.numel():
+        return torch.ones((), dtype=torch.bool, device=q.device)
+    info = torch.finfo(q.dtype)
+    smallest = torch.where(q > 0, q, math.inf).amin()
+    return (smallest >= 4 * math.sqrt(info.tiny)) & (q.amax() <= math.sqrt(info.max) / 4)
 
 
 class Layer:

@@ -17,17 +17,15 @@ final values needed the lost digits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .._range import RangeTracker, advice, log10_norms, number
+from . import base
 from .base import Layer
 
-#: below this, a float32 value keeps fewer than about 7 significant digits relative to its dtype (2^24 ulps)
-DIGITS = 2.0**24
 #: relative agreement with the float64 recomputation under which an underflow is harmless
 AGREE = 1e-3
 
@@ -48,17 +46,11 @@ def input_diagonal(X: torch.Tensor) -> torch.Tensor:
 
 
 def moderate(qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
-    """For each layer's variances of the rows (qx[i]) and columns (qy[i]): whether all are 0 or within
-    [4 sqrt(tiny), sqrt(max) / 4], so that q(x_p) q(y_q) and Sigma(x_p, y_q)^2 lie inside the dtype's normal
-    range (the maps may form them). One synchronization for all layers."""
+    """For each layer's variances of the rows (qx[i]) and columns (qy[i]): whether all are 0 or well inside the
+    dtype's range (`base.moderate`), so that the maps may form q(x_p) q(y_q). One synchronization for all layers."""
     if not qx:
         return []
-    info = torch.finfo(qx[0].dtype)
-    low, high = 4 * math.sqrt(info.tiny), math.sqrt(info.max) / 4
-    flags = []
-    for a, b in zip(qx, qy, strict=True):
-        q = torch.cat([a.reshape(-1), b.reshape(-1)])
-        flags.append(((q == 0) | ((q >= low) & (q <= high))).all() if q.numel() else q.new_ones((), dtype=torch.bool))
+    flags = [base.moderate(a) if a is b else base.moderate(a) & base.moderate(b) for a, b in zip(qx, qy, strict=True)]
     return torch.stack(flags).tolist()
 
 
@@ -82,11 +74,11 @@ def underflow_verdict(X: torch.Tensor, diagonals: list[Diagonal], entry: Diagona
                       recompute: Callable[[torch.Tensor], list[Diagonal]]) -> str | None:
     """What the entries of `entry.sigma` below the smallest normal number (`small`) mean (slow path only): None
     where they are exact zeros (a zero input without bias, zero padding) or later layers did not need their digits
-    (the final diagonals agree with float64 to `AGREE`); "warn" where the final values are below the normal range
-    anyway; "error" where the final values are in range but came out wrong. The reference is the self pass in
-    float64 for a narrower dtype; in float64 itself, positive subnormal values are the underflows."""
+    (the final diagonals agree with float64 to `AGREE`, or to the smallest normal number); "warn" where final values
+    are below the normal range (0 or few digits is the nearest the dtype holds); "error" where final values inside the
+    range came out wrong. The reference is the self pass in float64 for a narrower dtype; in float64 itself, positive
+    subnormal values are the underflows, and any final value inside the range might have needed them."""
     info = torch.finfo(X.dtype)
-    floor = info.tiny * DIGITS
     rows = small.reshape(small.shape[0], -1).any(1)
     index = [i for i, d in enumerate(diagonals) if d is entry][0]
     final = diagonals[-1]
@@ -106,17 +98,17 @@ def underflow_verdict(X: torch.Tensor, diagonals: list[Diagonal], entry: Diagona
         return None
     computed = [final.sigma, final.theta] if X.dtype == torch.float64 else \
         [None if t is None else t[rows] for t in (final.sigma, final.theta)]
-    tiny_final = False
+    below = False
     for got, want in zip(computed, exact, strict=True):
         if got is None:
             continue
         got, want = got[hit].double(), want[hit].double()
-        if X.dtype != torch.float64 and bool(((got - want).abs() > AGREE * want.abs() + floor).any()):
+        if X.dtype != torch.float64 and bool(((got - want).abs() > AGREE * want.abs() + info.tiny).any()):
             return "error"
-        tiny_final |= bool((want.abs() < floor).any())
-    if X.dtype == torch.float64 and not tiny_final:
+        below |= bool((want.abs() < info.tiny).any())
+    if X.dtype == torch.float64 and not below:
         return "error"              # no wider reference: lost digits in a final value inside the range
-    return "warn" if tiny_final else None
+    return "warn" if below else None
 
 
 def advice_for(X: torch.Tensor, layers: Sequence[Layer]) -> tuple[str, str]:
