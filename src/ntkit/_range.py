@@ -139,25 +139,30 @@ def check_resolution(rec: Any, diagonals: list[torch.Tensor], want_ntk: bool) ->
     each layer, checked against a 1-D rule that resolves any scale (`Quadrature.resolution_error`); a map off by
     more than RESOLUTION_TOL raises a ValueError naming the layer, the variance and the fixes. The SigmaDot map
     enters only the NTK, so it is checked only when the NTK is wanted."""
-    error_of = getattr(rec.activation, "resolution_error", None)
+    for layer, q in enumerate(diagonals[:-1], start=2):
+        check_resolved(rec.activation, q, f"layer {layer}", want_ntk)
+
+
+def check_resolved(activation: Any, q: torch.Tensor, layer: str, want_ntk: bool) -> None:
+    """`check_resolution` for the variances q fed to one `activation` at `layer` (a text: "layer 3")."""
+    error_of = getattr(activation, "resolution_error", None)
     if error_of is None:
         return
-    for layer, q in enumerate(diagonals[:-1], start=2):
-        large = q.detach()[q.detach() > RESOLVED_VARIANCE]
-        if not large.numel():
-            continue
-        probe = torch.stack([large.max(), large.min()])
-        errors = error_of(probe)[:, : 2 if want_ntk else 1]
-        worst = float(errors.max())
-        if worst > RESOLUTION_TOL:
-            index = int(errors.max(1).values.argmax())
-            which = "E[sigma'(u)^2] (SigmaDot)" if int(errors[index].argmax()) == 1 else "E[sigma(u)^2] (Sigma)"
-            raise ValueError(
-                f"the quadrature of activation {rec.activation.name!r} does not resolve {which} at variance "
-                f"{float(probe[index]):.2g} (the input of layer {layer}): relative error {worst:.1g}, above "
-                f"{RESOLUTION_TOL:g}. Its derivative varies on a scale far below the spread sqrt(q). Use a closed-form "
-                f"activation (erf has the shape of tanh and sigmoid), inputs of smaller norm or a smaller W_std "
-                f"(variances up to about 20 keep 1e-4), or a higher quadrature_degree")
+    large = q.detach()[q.detach() > RESOLVED_VARIANCE]
+    if not large.numel():
+        return
+    probe = torch.stack([large.max(), large.min()])
+    errors = error_of(probe)[:, : 2 if want_ntk else 1]
+    worst = float(errors.max())
+    if worst > RESOLUTION_TOL:
+        index = int(errors.max(1).values.argmax())
+        which = "E[sigma'(u)^2] (SigmaDot)" if int(errors[index].argmax()) == 1 else "E[sigma(u)^2] (Sigma)"
+        raise ValueError(
+            f"the quadrature of activation {activation.name!r} does not resolve {which} at variance "
+            f"{float(probe[index]):.2g} (the input of {layer}): relative error {worst:.1g}, above "
+            f"{RESOLUTION_TOL:g}. Its derivative varies on a scale far below the spread sqrt(q). Use a closed-form "
+            f"activation (erf has the shape of tanh and sigmoid), inputs of smaller norm or a smaller W_std "
+            f"(variances up to about 20 keep 1e-4), or a higher quadrature_degree")
 
 
 def advice_for(X: torch.Tensor, rec: Any) -> tuple[str, str]:

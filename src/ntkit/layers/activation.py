@@ -45,9 +45,8 @@ class Activation(Layer):
         act = self.activation
         q1, q2, moderate = ctx.variances(record)
         if ctx.is_self and record.layout != "full":  # each position with itself: the exact diagonal maps
-            sigma = act.sigma_diag(record.sigma)
-            theta = None if record.theta is None or record.theta.ndim == 0 else \
-                record.theta * act.sigma_dot_diag(record.sigma)
+            sigma = act.sigma_diag(q1)
+            theta = None if record.theta is None or record.theta.ndim == 0 else record.theta * act.sigma_dot_diag(q1)
         elif isinstance(act, PiecewiseLinear) and not _needs_grad(record, q1, q2):
             if ctx.is_self and q1.device.type == "cpu":   # a synchronization costs nothing on a CPU
                 moderate = bool(variances_moderate(q1))

@@ -40,8 +40,8 @@ class Pass:
                  moderate: list[bool] | None = None):
         self.qx, self.qy, self.moderate = qx, qy, moderate
         self.kept: list[torch.Tensor] = []
-        #: the self pass: (where, Sigma(x_p, x_p), Theta(x_p, x_p) or None, low) after each layer
-        self.diagonals: list[tuple[str, torch.Tensor, torch.Tensor | None, bool]] = []
+        #: the self pass: (where, Sigma(x_p, x_p), Theta(x_p, x_p) or None, low, layer) after each layer
+        self.diagonals: list[tuple[str, torch.Tensor, torch.Tensor | None, bool, Layer]] = []
         self.index = 0
 
     @property
@@ -50,8 +50,8 @@ class Pass:
 
     def variances(self, record: Record) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """q(x_p) and q(y_q) shaped to broadcast against the record's Sigma, and whether they are moderate."""
-        if self.is_self:
-            q = self_variances(record)
+        if self.is_self:   # a variance is >= 0; a pooled one that cancels may round below 0, which maps take to NaN
+            q = self_variances(record).clamp(min=0.0)
             self.kept.append(q)
             return (*broadcast_variances(record, q, q), False)
         qx, qy = self.qx[self.index], self.qy[self.index]
@@ -59,12 +59,12 @@ class Pass:
         self.index += 1
         return (*broadcast_variances(record, qx, qy), known)
 
-    def keep(self, where: str, record: Record, low: bool) -> None:
+    def keep(self, where: str, record: Record, low: bool, layer: Layer) -> None:
         """After each layer of the self pass: the diagonals of its record, (B, *S) or (B,), for the range checks
         (`low`: whether values below the normal range are to be judged, see `ntkit.layers.ranges`)."""
         if self.is_self:
             theta = None if record.theta is None or record.theta.ndim == 0 else self_variances(record, record.theta)
-            self.diagonals.append((where, self_variances(record), theta, low))
+            self.diagonals.append((where, self_variances(record), theta, low, layer))
 
 
 def moderate(q: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._range import RangeTracker, advice, log10_norms, number
+from .._range import RangeTracker, advice, check_resolved, log10_norms, number
 from . import base
 from .base import Layer
 
@@ -38,6 +38,7 @@ class Diagonal:
     sigma: torch.Tensor
     theta: torch.Tensor | None
     low: bool
+    layer: Layer | None = None
 
 
 def input_diagonal(X: torch.Tensor) -> torch.Tensor:
@@ -55,9 +56,11 @@ def moderate(qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
 
 
 def check(X: torch.Tensor, diagonals: list[Diagonal], layers: Sequence[Layer],
-          recompute: Callable[[torch.Tensor], list[Diagonal]]) -> None:
-    """Range-check the self pass of X (its `diagonals`, the input's first); `recompute(X64)` is the same self pass
-    in float64 on some rows, asked for only when a value is below the normal range."""
+          recompute: Callable[[torch.Tensor], list[Diagonal]], want_ntk: bool) -> None:
+    """Range-check the self pass of X (its `diagonals`, the input's first, in the order the layers ran);
+    `recompute(X64)` is the same self pass in float64 on some rows, asked for only when a value is below the
+    normal range. Then, for activations by quadrature, whether the rule resolves the variances each is fed
+    (`_range.check_resolved`; those are the diagonals of the layer before it)."""
     tracker = RangeTracker(X.dtype)
     for d in diagonals:
         what = "x.x / C (the mean square of an input position over its channels)" if d.where == "the input" \
@@ -68,6 +71,10 @@ def check(X: torch.Tensor, diagonals: list[Diagonal], layers: Sequence[Layer],
     by_place = {d.where: d for d in diagonals}
     tracker.check(lambda: advice_for(X, layers),
                   lambda where, small: underflow_verdict(X, diagonals, by_place[where], small, recompute))
+    for before, d in zip(diagonals[:-1], diagonals[1:], strict=True):
+        activation = getattr(d.layer, "activation", None)
+        if activation is not None:
+            check_resolved(activation, before.sigma, d.where, want_ntk)
 
 
 def underflow_verdict(X: torch.Tensor, diagonals: list[Diagonal], entry: Diagonal, small: torch.Tensor,

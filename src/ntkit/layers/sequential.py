@@ -123,7 +123,7 @@ def run(steps: list[Step], record: Record, ctx: Pass, pooled: bool = False) -> R
         record = _reduce(record, step.out_need)
         if ctx.is_self:
             pooled = pooled or _pools(step)
-            ctx.keep(_place(step), record, low=not pooled)
+            ctx.keep(_place(step), record, not pooled, step.layer)
     return record
 
 
@@ -373,7 +373,7 @@ class Sequential:
             inputs.append(input_diagonal(Xc))
             record, rest = start(steps, Xc, None, in_need, want_ntk)
             if len(rest) < len(steps):    # the first convolution, computed by `start`
-                ctx.keep(_place(steps[0]), record, low=True)
+                ctx.keep(_place(steps[0]), record, True, steps[0].layer)
             run(rest, record, ctx)
             parts.append(ctx.kept)
             kept.append(ctx.diagonals)
@@ -383,9 +383,9 @@ class Sequential:
         q = [torch.cat(chunks) for chunks in zip(*parts, strict=True)]
         diagonals = [Diagonal("the input", torch.cat(inputs), None, True)]
         for layer in zip(*kept, strict=True):
-            where, _, theta, low = layer[0]
+            where, _, theta, low, kind = layer[0]
             diagonals.append(Diagonal(where, torch.cat([d[1] for d in layer]),
-                                      None if theta is None else torch.cat([d[2] for d in layer]), low))
+                                      None if theta is None else torch.cat([d[2] for d in layer]), low, kind))
         final = diagonals[-1]
         theta = _theta_diag(final) if want_ntk else None
         return q, final.sigma, theta, diagonals
@@ -396,7 +396,7 @@ class Sequential:
         q, sigma, theta, diagonals = self._self_pass(X, steps, in_need, want_ntk, chunk)
         if X.shape[0]:
             check_range(X, diagonals, self.layers,
-                        lambda X64: self._self_pass(X64, steps, in_need, want_ntk, chunk)[3])
+                        lambda X64: self._self_pass(X64, steps, in_need, want_ntk, chunk)[3], want_ntk)
         return q, sigma, theta
 
     def _block(self, X: torch.Tensor, Y: torch.Tensor, want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
