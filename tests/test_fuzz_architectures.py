@@ -348,12 +348,12 @@ def justified(error: Exception, arch: nk.Sequential, X64: torch.Tensor, get: str
                   torch.tensor([[[6.8941, -7.2437]], [[9.8685, 1.6164]]], dtype=torch.float64), "abs"),
          get="ntk")   # Cauchy-Schwarz holds to the cone's sqrt(eps), not to 1e-9
 def test_layer_stacks_across_the_range_agree_with_float64_or_refuse(problem, get) -> None:
-    """Each example returns a finite Gram (symmetric, its diagonal `kernel_diag`'s) that in float32 agrees with the
-    same stack in float64 on the same numbers, as `test_conv_stacks_are_finite_consistent_and_agree_across_dtypes`
-    measures it (with eps q for erf and gelu at the largest variance q they are fed); or raises a `KernelRangeError`
-    naming layer, dtype and fix, only where the exact diagonals leave the dtype's range; or warns
-    `KernelUnderflowWarning` only where exact values lie below the normal range, which then may come back as 0 (an
-    absolute slack of tiny 2^24)."""
+    """Each example returns a finite Gram (symmetric, its diagonal `kernel_diag`'s, the cross kernel against the
+    first half of the examples the same to the tolerance) that in float32 agrees with the same stack in float64 on
+    the same numbers (`float32_tolerance`; in float64: inside Cauchy-Schwarz); or raises a `KernelRangeError` naming
+    layer, dtype and fix, only where the exact diagonals leave the dtype's range; or warns `KernelUnderflowWarning`
+    only where exact values lie below the normal range, which then may come back as 0 (an absolute slack of
+    tiny 2^24)."""
     arch, X, act = problem
     dtype = X.dtype
     X64 = X.double()
@@ -377,11 +377,15 @@ def test_layer_stacks_across_the_range_agree_with_float64_or_refuse(problem, get
         values = [t.sigma.numpy() for t in diagonals]
         assert any(np.any((v > 0) & (v < info.tiny * 2.0**24)) for v in values), "needless underflow warning"
         slack = info.tiny * 2.0**24
+    # the kernel against the first half of the examples (none for one example): the tiles of a cross kernel
+    half = len(X) // 2
+    cross = calls(lambda: arch.kernel(X, X[:half], get=get)).double().numpy()
     if dtype == torch.float64:   # no wider reference: inside Cauchy-Schwarz, as in the test above
         error = map_error(arch, X64, act, dtype)
         root = np.sqrt(np.maximum(np.abs(d), slack))
-        assert np.all(np.abs(K) <= root[:, None] * root[None, :] * (1 + 1e-6 + error)
-                      + (1e-12 + error) * pooled_size(arch, X64, get) + slack)
+        allowed = root[:, None] * root[None, :] * (1e-6 + error) + (1e-12 + error) * pooled_size(arch, X64, get) + slack
+        assert np.all(np.abs(K) <= root[:, None] * root[None, :] + allowed)
+        assert np.all(np.abs(cross - K[:, :half]) <= allowed[:, :half])
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", KernelUnderflowWarning)
@@ -392,3 +396,4 @@ def test_layer_stacks_across_the_range_agree_with_float64_or_refuse(problem, get
     tol, pooled = float32_tolerance(arch, X64, get, act)
     slack += pooled
     assert np.all(np.abs(K - K64) <= tol * scale + slack), np.max(np.abs(K - K64) / scale)
+    assert np.all(np.abs(cross - K64[:, :half]) <= tol * scale[:, :half] + slack)

@@ -49,7 +49,7 @@ def input_diagonal(X: torch.Tensor) -> torch.Tensor:
 def moderate(qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
     """For each layer's variances of the rows (qx[i]) and columns (qy[i]): whether all are 0 or well inside the
     dtype's range (`base.moderate`), so that the maps may form q(x_p) q(y_q). One synchronization for all layers."""
-    if not qx:
+    if not qx or not qy:     # no tiles to compute
         return []
     flags = [base.moderate(a) if a is b else base.moderate(a) & base.moderate(b) for a, b in zip(qx, qy, strict=True)]
     return torch.stack(flags).tolist()
