@@ -23,7 +23,13 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 import ntkit as nk
-from ntkit._range import RESOLUTION_TOL, KernelOverflowError, KernelRangeError, KernelUnderflowWarning
+from ntkit._range import (
+    RESOLUTION_TOL,
+    KernelOverflowError,
+    KernelRangeError,
+    KernelUnderflowError,
+    KernelUnderflowWarning,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,6 +226,43 @@ def test_conv_stack_of_tiny_variances_agrees_with_float64() -> None:
     X = np.array([[[3.45584192e-08, 8.21618144e-08]], [[3.30437076e-08, -1.30315723e-07]]])
     K32 = arch.kernel(torch.tensor(X, dtype=torch.float32)).double().numpy()
     np.testing.assert_allclose(K32, arch.kernel(X), rtol=1e-3)     # float32 gave -3.1e-26 for 1.2e-26
+
+
+def test_conv_stack_past_the_float32_range_is_refused_naming_the_layer() -> None:
+    """Exact variances of about 1e41 after the second convolution: past float32, inside float64."""
+    arch = nk.Sequential(nk.Conv1d(3, W_std=1000.0), nk.ReLU(), nk.Conv1d(3, W_std=1000.0), nk.ReLU(),
+                         nk.GlobalAvgPool(), nk.Linear(W_std=1000.0))
+    X = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0)) * 1e15
+    with pytest.raises(KernelOverflowError, match=r"NNGP exceeds the float32 range .* at layer 2 \(Conv1d\) .*"
+                                                  r"use float64, or a smaller W_std \(the largest is 1000"):
+        arch.kernel(X)
+    with pytest.raises(KernelOverflowError, match="at layer 2"):
+        arch.kernel_diag(X)
+    K = arch.kernel(X.double())
+    assert torch.isfinite(K).all() and float(K.max()) > 1e45
+
+
+def test_conv_stack_underflow_warns_or_raises_as_the_exact_values_say() -> None:
+    """Inputs of norm 1e-22 in float32: x.x (1e-44) is below the normal range. Three layers of W_std = 1000 bring
+    the exact kernel back to about 1e-27, inside the range: an error naming the input. With W_std = 1e-3 the exact
+    kernel (about 1e-62) is below the range itself: a warning, and zeros. With a bias it does not matter."""
+    X = torch.randn(3, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e-22
+
+    def stack(w: float, b: float) -> nk.Sequential:
+        return nk.Sequential(nk.Conv1d(3, W_std=w, b_std=b), nk.ReLU(), nk.Conv1d(3, W_std=w, b_std=b), nk.ReLU(),
+                             nk.Flatten(), nk.Linear(W_std=w, b_std=b))
+
+    with pytest.raises(KernelUnderflowError, match=r"underflows the float32 range .* at the input, .*use float64"):
+        stack(1000.0, 0.0).kernel(X.float())
+    K64 = stack(1000.0, 0.0).kernel(X)
+    assert 1e-30 < float(K64.diagonal().min()) and float(K64.max()) < 1e-20
+    with pytest.warns(KernelUnderflowWarning, match=r"underflows the float32 range at the input: .*W_std"):
+        K = stack(1e-3, 0.0).kernel(X.float())
+    assert torch.equal(K, torch.zeros(3, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        K = stack(1000.0, 0.1).kernel(X.float())
+    torch.testing.assert_close(K.double(), stack(1000.0, 0.1).kernel(X), rtol=1e-3, atol=0)   # the cone
 
 
 # ------------------------------------------------------------------------------------- across the dtypes' range
