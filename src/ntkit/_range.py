@@ -86,9 +86,11 @@ class RangeTracker:
         layer out of range, with the fixes `advice()` gives (against overflow, against underflow): called only then."""
         if not self.entries:
             return
+        extremes = [torch.aminmax(v) for v, *_ in self.entries]      # one reduction per entry
         # NaN compares False with everything, so count it as too high
-        highs = torch.stack([torch.nan_to_num(v.amax(), nan=math.inf, posinf=math.inf) for v, *_ in self.entries])
-        lows = torch.stack([v.amin() if low else v.new_ones(()) for v, _, _, low in self.entries])
+        highs = torch.nan_to_num(torch.stack([e.max for e in extremes]), nan=math.inf, posinf=math.inf)
+        lows = torch.stack([e.min if low else e.min.new_ones(()) for e, (_, _, _, low) in
+                            zip(extremes, self.entries, strict=True)])
         suspect = (highs > self.limit) | (lows < self.tiny)
         if not bool(suspect.any()):   # the one synchronization on the fast path
             return
