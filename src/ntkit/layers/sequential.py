@@ -150,6 +150,11 @@ def start(steps: list[Step], X: torch.Tensor, Y: torch.Tensor | None, in_need: s
     return input_record(X, Y, in_need, want_ntk), steps
 
 
+def _joined(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks of the self pass along the examples (no copy for one chunk)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
 def _theta_diag(final: Diagonal) -> torch.Tensor:
     """Theta(x, x) of the output (zero when the network has no weight layer)."""
     return torch.zeros_like(final.sigma) if final.theta is None else final.theta
@@ -381,11 +386,11 @@ class Sequential:
             empty = X.new_zeros(0)
             return [], empty, empty if want_ntk else None, []
         q = [torch.cat(chunks) for chunks in zip(*parts, strict=True)]
-        diagonals = [Diagonal("the input", torch.cat(inputs), None, True)]
+        diagonals = [Diagonal("the input", _joined(inputs), None, True)]
         for layer in zip(*kept, strict=True):
             where, _, theta, low, kind = layer[0]
-            diagonals.append(Diagonal(where, torch.cat([d[1] for d in layer]),
-                                      None if theta is None else torch.cat([d[2] for d in layer]), low, kind))
+            diagonals.append(Diagonal(where, _joined([d[1] for d in layer]),
+                                      None if theta is None else _joined([d[2] for d in layer]), low, kind))
         final = diagonals[-1]
         theta = _theta_diag(final) if want_ntk else None
         return q, final.sigma, theta, diagonals
