@@ -62,10 +62,11 @@ class RangeTracker:
     """Collects each layer's diagonal and checks them all at once.
 
     `add(values, what, layer, low=True)`: `values` are diagonal values ("the NTK", "the NNGP", ...: `what`)
-    at `layer` (1-based). Values above finfo.max / HEADROOM, inf or NaN are an overflow (an error). With `low`,
-    values below the smallest normal number are handed to `underflow(layer, small)` (given to `check`), which
-    says what they mean: None (exact zeros, or harmless), "warn" (the result is the nearest value the dtype
-    holds) or "error" (digits that later layers needed were lost). Nothing is synchronized until `check`.
+    at `layer` (1-based; or a text naming the place: "layer 2 (Conv2d)", "the input"). Values above
+    finfo.max / HEADROOM, inf or NaN are an overflow (an error). With `low`, values below the smallest normal
+    number are handed to `underflow(layer, small)` (given to `check`), which says what they mean: None (exact
+    zeros, or harmless), "warn" (the result is the nearest value the dtype holds) or "error" (digits that later
+    layers needed were lost). Nothing is synchronized until `check`.
     """
 
     def __init__(self, dtype: torch.dtype):
@@ -73,21 +74,23 @@ class RangeTracker:
         self.dtype = dtype
         self.limit = info.max / HEADROOM
         self.tiny = info.tiny
-        self.entries: list[tuple[torch.Tensor, str, int, bool]] = []
+        self.entries: list[tuple[torch.Tensor, str, int | str, bool]] = []
 
-    def add(self, values: torch.Tensor, what: str, layer: int, low: bool = True) -> None:
+    def add(self, values: torch.Tensor, what: str, layer: int | str, low: bool = True) -> None:
         if values.numel():
             self.entries.append((values.detach(), what, layer, low))
 
     def check(self, advice: Callable[[], tuple[str, str]],
-              underflow: Callable[[int, torch.Tensor], str | None] | None = None) -> None:
+              underflow: Callable[[int | str, torch.Tensor], str | None] | None = None) -> None:
         """Raise `KernelOverflowError` / `KernelUnderflowError` (or warn `KernelUnderflowWarning`) naming the first
         layer out of range, with the fixes `advice()` gives (against overflow, against underflow): called only then."""
         if not self.entries:
             return
+        extremes = [torch.aminmax(v) for v, *_ in self.entries]      # one reduction per entry
         # NaN compares False with everything, so count it as too high
-        highs = torch.stack([torch.nan_to_num(v.amax(), nan=math.inf, posinf=math.inf) for v, *_ in self.entries])
-        lows = torch.stack([v.amin() if low else v.new_ones(()) for v, _, _, low in self.entries])
+        highs = torch.nan_to_num(torch.stack([e.max for e in extremes]), nan=math.inf, posinf=math.inf)
+        lows = torch.stack([e.min if low else e.min.new_ones(()) for e, (_, _, _, low) in
+                            zip(extremes, self.entries, strict=True)])
         suspect = (highs > self.limit) | (lows < self.tiny)
         if not bool(suspect.any()):   # the one synchronization on the fast path
             return
@@ -100,21 +103,25 @@ class RangeTracker:
                 value = float(highs[index])
                 shown = "inf or NaN" if not math.isfinite(value) else f"{value:.2g}"
                 raise KernelOverflowError(
-                    f"{what} exceeds the {name} range ({RANGES.get(self.dtype, 'its largest value')}) at layer "
-                    f"{layer} (the diagonal reaches {shown}): {fix_overflow}")
+                    f"{what} exceeds the {name} range ({RANGES.get(self.dtype, 'its largest value')}) at "
+                    f"{_place(layer)} (the diagonal reaches {shown}): {fix_overflow}")
             verdict = "error" if underflow is None else underflow(layer, values < self.tiny)
             smallest = SMALLEST.get(self.dtype, "its smallest normal value")
             if verdict == "error":
                 raise KernelUnderflowError(
-                    f"{what} underflows the {name} range (positive values below {smallest} round to 0) at layer "
-                    f"{layer}, and later layers needed those digits: {fix_underflow}")
+                    f"{what} underflows the {name} range (positive values below {smallest} round to 0) at "
+                    f"{_place(layer)}, and later layers needed those digits: {fix_underflow}")
             if verdict == "warn" and not warned:
                 warned = True
                 warnings.warn(
-                    f"{what} underflows the {name} range at layer {layer}: values below {smallest} are returned "
+                    f"{what} underflows the {name} range at {_place(layer)}: values below {smallest} are returned "
                     f"as 0 or with few digits (the nearest {name} values), and so is the kernel between those inputs "
                     f"and the others. For their digits: {fix_underflow}",
                     KernelUnderflowWarning, stacklevel=5)
+
+
+def _place(layer: int | str) -> str:
+    return f"layer {layer}" if isinstance(layer, int) else layer
 
 
 def advice(dtype: torch.dtype, against_overflow: str, against_underflow: str) -> tuple[str, str]:
@@ -134,25 +141,30 @@ def check_resolution(rec: Any, diagonals: list[torch.Tensor], want_ntk: bool) ->
     each layer, checked against a 1-D rule that resolves any scale (`Quadrature.resolution_error`); a map off by
     more than RESOLUTION_TOL raises a ValueError naming the layer, the variance and the fixes. The SigmaDot map
     enters only the NTK, so it is checked only when the NTK is wanted."""
-    error_of = getattr(rec.activation, "resolution_error", None)
+    for layer, q in enumerate(diagonals[:-1], start=2):
+        check_resolved(rec.activation, q, f"layer {layer}", want_ntk)
+
+
+def check_resolved(activation: Any, q: torch.Tensor, layer: str, want_ntk: bool) -> None:
+    """`check_resolution` for the variances q fed to one `activation` at `layer` (a text: "layer 3")."""
+    error_of = getattr(activation, "resolution_error", None)
     if error_of is None:
         return
-    for layer, q in enumerate(diagonals[:-1], start=2):
-        large = q.detach()[q.detach() > RESOLVED_VARIANCE]
-        if not large.numel():
-            continue
-        probe = torch.stack([large.max(), large.min()])
-        errors = error_of(probe)[:, : 2 if want_ntk else 1]
-        worst = float(errors.max())
-        if worst > RESOLUTION_TOL:
-            index = int(errors.max(1).values.argmax())
-            which = "E[sigma'(u)^2] (SigmaDot)" if int(errors[index].argmax()) == 1 else "E[sigma(u)^2] (Sigma)"
-            raise ValueError(
-                f"the quadrature of activation {rec.activation.name!r} does not resolve {which} at variance "
-                f"{float(probe[index]):.2g} (the input of layer {layer}): relative error {worst:.1g}, above "
-                f"{RESOLUTION_TOL:g}. Its derivative varies on a scale far below the spread sqrt(q). Use a closed-form "
-                f"activation (erf has the shape of tanh and sigmoid), inputs of smaller norm or a smaller W_std "
-                f"(variances up to about 20 keep 1e-4), or a higher quadrature_degree")
+    large = q.detach()[q.detach() > RESOLVED_VARIANCE]
+    if not large.numel():
+        return
+    probe = torch.stack([large.max(), large.min()])
+    errors = error_of(probe)[:, : 2 if want_ntk else 1]
+    worst = float(errors.max())
+    if worst > RESOLUTION_TOL:
+        index = int(errors.max(1).values.argmax())
+        which = "E[sigma'(u)^2] (SigmaDot)" if int(errors[index].argmax()) == 1 else "E[sigma(u)^2] (Sigma)"
+        raise ValueError(
+            f"the quadrature of activation {activation.name!r} does not resolve {which} at variance "
+            f"{float(probe[index]):.2g} (the input of {layer}): relative error {worst:.1g}, above "
+            f"{RESOLUTION_TOL:g}. Its derivative varies on a scale far below the spread sqrt(q). Use a closed-form "
+            f"activation (erf has the shape of tanh and sigmoid), inputs of smaller norm or a smaller W_std "
+            f"(variances up to about 20 keep 1e-4), or a higher quadrature_degree")
 
 
 def advice_for(X: torch.Tensor, rec: Any) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from ..activations import DEFAULT_DEGREE, PiecewiseLinear, get_activation
 from ..activations import Activation as Nonlinearity
 from ..nets import ActivationLayer
 from .base import Layer, LayerError
+from .base import moderate as variances_moderate
 from .record import Record
 
 
@@ -42,13 +43,14 @@ class Activation(Layer):
 
     def apply(self, record: Record, ctx) -> Record:
         act = self.activation
-        q1, q2 = ctx.variances(record)
+        q1, q2, moderate = ctx.variances(record)
         if ctx.is_self and record.layout != "full":  # each position with itself: the exact diagonal maps
-            sigma = act.sigma_diag(record.sigma)
-            theta = None if record.theta is None or record.theta.ndim == 0 else \
-                record.theta * act.sigma_dot_diag(record.sigma)
+            sigma = act.sigma_diag(q1)
+            theta = None if record.theta is None or record.theta.ndim == 0 else record.theta * act.sigma_dot_diag(q1)
         elif isinstance(act, PiecewiseLinear) and not _needs_grad(record, q1, q2):
-            sigma, theta = _piecewise_linear(record.sigma, record.theta, q1, q2, act.a)
+            if ctx.is_self and q1.device.type == "cpu":   # a synchronization costs nothing on a CPU
+                moderate = bool(variances_moderate(q1))
+            sigma, theta = _piecewise_linear(record.sigma, record.theta, q1, q2, act.a, moderate)
         elif record.theta is None:
             sigma, theta = act.sigma(record.sigma, q1, q2), None
         else:
@@ -65,19 +67,42 @@ def _needs_grad(record: Record, *more: torch.Tensor) -> bool:
                                                                                         *more))
 
 
-def _piecewise_linear(c: torch.Tensor, theta: torch.Tensor | None, q1: torch.Tensor, q2: torch.Tensor, a: float
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _piecewise_linear(c: torch.Tensor, theta: torch.Tensor | None, q1: torch.Tensor, q2: torch.Tensor, a: float,
+                      moderate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The maps of sigma(x) = max(x, 0) + a min(x, 0) (`ntkit.activations.PiecewiseLinear`) in a few passes over
     memory, leaving the inputs untouched. With s = sqrt(max(q1 q2 - c^2, 0)) and ang = atan2(s, c) (exactly 0 for
     a position paired with itself, as in `ntkit.activations.angle`):
         k = ((1 + a^2)(pi - ang) + 2 a ang) / (2 pi),   Sigma' = (1 - a)^2 s / (2 pi) + k c,   Theta' = Theta k
+    `moderate`: the variances are known to be 0 or well inside the dtype's range, so q1 q2 is formed as it is;
+    otherwise s comes from variances scaled by powers of two (`_root_gap`), which neither overflows nor underflows.
     """
-    s = (q1 * q2).addcmul_(c, c, value=-1.0).clamp_(min=0.0).sqrt_()
-    k = torch.atan2(s, c)
+    if moderate:
+        s = (q1 * q2).addcmul_(c, c, value=-1.0).clamp_(min=0.0).sqrt_()
+        k = torch.atan2(s, c)
+    else:
+        s, k = _root_gap(c, q1, q2)
     k.mul_((2 * a - 1 - a * a) / (2 * math.pi)).add_(0.5 * (1 + a * a))
     theta = None if theta is None else theta * k if theta.ndim else theta
     sigma = s.mul_((1 - a) ** 2 / (2 * math.pi)).addcmul_(k, c)
     return sigma, theta
+
+
+def _root_gap(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """s = sqrt(max(q1 q2 - c^2, 0)) and atan2(s, c) for variances anywhere in the dtype's range, q1 q2 never
+    formed: with q1 = 4^e1 u1, q2 = 4^e2 u2 (u in [1/4, 1), powers of two, exact) and h = 2^-(e1 + e2),
+    s = sqrt(u1 u2 - (h c)^2) / h, and the angle is that of the scaled pair. Exact where q1 = q2 = c."""
+    h1, h2 = _quarter_scale(q1), _quarter_scale(q2)
+    h = h1 * h2
+    ch = c * h
+    root = ((q1 * h1 * h1) * (q2 * h2 * h2)).addcmul_(ch, ch, value=-1.0).clamp_(min=0.0).sqrt_()
+    return root / h, torch.atan2(root, ch)
+
+
+def _quarter_scale(q: torch.Tensor) -> torch.Tensor:
+    """2^-e with q 4^-e in [1/4, 1) (e clamped so that 2^-e, and the product of two of them, stay normal numbers)."""
+    top = math.frexp(torch.finfo(q.dtype).max)[1] - 2      # 126 in float32: 2^-126 is the smallest normal number
+    e = torch.div(torch.frexp(q).exponent + 1, 2, rounding_mode="floor").clamp_(-(top // 2), top // 2)
+    return torch.ldexp(torch.ones_like(q), -e)
 
 
 def _short(class_name: str, name: str, doc: str) -> type[Activation]:

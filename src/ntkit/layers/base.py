@@ -6,6 +6,8 @@ vectors. Channel counts are the widths of the finite network and are infinite in
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -27,27 +29,52 @@ class LayerError(ValueError):
 class Pass:
     """The variances q(x_p) = Sigma(x_p, x_p) the nonlinearities and LayerNorm need, in the order they ask.
 
-    The self pass (each example with itself) computes them from its own record and keeps them; a pass over
-    a tile of pairs reads the ones of its rows and columns back, in the same order.
+    The self pass (each example with itself) computes them from its own record and keeps them, and keeps each
+    layer's diagonal for the range checks (`ntkit.layers.ranges`); a pass over a tile of pairs reads the variances
+    of its rows and columns back, in the same order. `moderate[i]`: whether the i-th variances of the rows and
+    the columns are all 0 or well inside the dtype's range, so that products q(x_p) q(y_q) are too (when not
+    known, as in the self pass, the maps use their overflow-safe forms).
     """
 
-    def __init__(self, qx: list[torch.Tensor] | None = None, qy: list[torch.Tensor] | None = None):
-        self.qx, self.qy = qx, qy
+    def __init__(self, qx: list[torch.Tensor] | None = None, qy: list[torch.Tensor] | None = None,
+                 moderate: list[bool] | None = None):
+        self.qx, self.qy, self.moderate = qx, qy, moderate
         self.kept: list[torch.Tensor] = []
+        #: the self pass: (where, Sigma(x_p, x_p), Theta(x_p, x_p) or None, low, layer) after each layer
+        self.diagonals: list[tuple[str, torch.Tensor, torch.Tensor | None, bool, Layer]] = []
         self.index = 0
 
     @property
     def is_self(self) -> bool:
         return self.qx is None
 
-    def variances(self, record: Record) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.is_self:
-            q = self_variances(record)
+    def variances(self, record: Record) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """q(x_p) and q(y_q) shaped to broadcast against the record's Sigma, and whether they are moderate."""
+        if self.is_self:   # a variance is >= 0; a pooled one that cancels may round below 0, which maps take to NaN
+            q = self_variances(record).clamp(min=0.0)
             self.kept.append(q)
-            return broadcast_variances(record, q, q)
+            return (*broadcast_variances(record, q, q), False)
         qx, qy = self.qx[self.index], self.qy[self.index]
+        known = self.moderate is not None and self.moderate[self.index]
         self.index += 1
-        return broadcast_variances(record, qx, qy)
+        return (*broadcast_variances(record, qx, qy), known)
+
+    def keep(self, where: str, record: Record, low: bool, layer: Layer) -> None:
+        """After each layer of the self pass: the diagonals of its record, (B, *S) or (B,), for the range checks
+        (`low`: whether values below the normal range are to be judged, see `ntkit.layers.ranges`)."""
+        if self.is_self:
+            theta = None if record.theta is None or record.theta.ndim == 0 else self_variances(record, record.theta)
+            self.diagonals.append((where, self_variances(record), theta, low, layer))
+
+
+def moderate(q: torch.Tensor) -> torch.Tensor:
+    """Whether all variances in q are 0 or within [4 sqrt(tiny), sqrt(max) / 4] of their dtype (a 0-d bool tensor,
+    no synchronization): then products of two of them, and of two covariances they bound, stay normal numbers."""
+    if not q.numel():
+        return torch.ones((), dtype=torch.bool, device=q.device)
+    info = torch.finfo(q.dtype)
+    smallest = torch.where(q > 0, q, math.inf).amin()
+    return (smallest >= 4 * math.sqrt(info.tiny)) & (q.amax() <= math.sqrt(info.max) / 4)
 
 
 class Layer:

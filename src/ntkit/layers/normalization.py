@@ -40,8 +40,8 @@ class LayerNorm(Layer):
         return True
 
     def apply(self, record: Record, ctx) -> Record:
-        q1, q2 = ctx.variances(record)
-        scale = torch.rsqrt((q1 + self.eps) * (q2 + self.eps))
+        q1, q2, _ = ctx.variances(record)
+        scale = torch.rsqrt(q1 + self.eps) * torch.rsqrt(q2 + self.eps)   # no product of variances: no overflow
         return record.map(lambda t: t * scale)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:

@@ -104,13 +104,15 @@ def input_record(X: torch.Tensor, Y: torch.Tensor | None, layout: str, want_ntk:
 
 
 # ------------------------------------------------------------------------------------- variances
-def self_variances(record: Record) -> torch.Tensor:
-    """q(x_p) = Sigma(x_p, x_p) of a self record (nbatch 1): (B, *S), or (B,) when flat."""
+def self_variances(record: Record, t: torch.Tensor | None = None) -> torch.Tensor:
+    """q(x_p) = Sigma(x_p, x_p) of a self record (nbatch 1): (B, *S), or (B,) when flat; of `t` (the record's
+    Theta) in place of Sigma when given."""
+    t = record.sigma if t is None else t
     if record.layout in ("flat", "diag"):
-        return record.sigma
-    B, S = record.sigma.shape[0], record.spatial
+        return t
+    B, S = t.shape[0], record.spatial
     P = _prod(S)
-    return record.sigma.reshape(B, P, P).diagonal(dim1=1, dim2=2).reshape(B, *S)
+    return t.reshape(B, P, P).diagonal(dim1=1, dim2=2).reshape(B, *S)
 
 
 def broadcast_variances(record: Record, qx: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

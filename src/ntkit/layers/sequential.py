@@ -36,6 +36,8 @@ from .flatten import Flatten
 from .linear import Linear
 from .normalization import LayerNorm
 from .pooling import GlobalAvgPool, _AvgPool
+from .ranges import Diagonal, input_diagonal, moderate
+from .ranges import check as check_range
 from .record import Record, full_to_diag, input_record, paired_input_record
 from .residual import Residual, ResidualModule
 
@@ -107,18 +109,32 @@ def assign_needs(steps: list[Step], out_need: str) -> str:
     return out_need
 
 
-def run(steps: list[Step], record: Record, ctx: Pass) -> Record:
-    """The kernel maps of a plan, one layer after the other, on one record."""
+def run(steps: list[Step], record: Record, ctx: Pass, pooled: bool = False) -> Record:
+    """The kernel maps of a plan, one layer after the other, on one record. The self pass keeps each layer's
+    diagonals for the range checks (`pooled`: a pooling layer came before)."""
     for step in steps:
         if step.sub is not None:
-            branch = run(step.sub, record, ctx)
+            branch = run(step.sub, record, ctx, pooled)
             skip = _reduce(record, step.out_need)
             theta = None if skip.theta is None else skip.theta + branch.theta
             record = Record(skip.sigma + branch.sigma, theta, skip.layout, skip.nbatch, skip.spatial)
         else:
             record = step.layer.apply(record, ctx)
         record = _reduce(record, step.out_need)
+        if ctx.is_self:
+            pooled = pooled or _pools(step)
+            ctx.keep(_place(step), record, not pooled, step.layer)
     return record
+
+
+def _pools(step: Step) -> bool:
+    """Whether the step averages over positions (itself, or a layer of its Residual branch)."""
+    return isinstance(step.layer, (GlobalAvgPool, _AvgPool)) or any(_pools(s) for s in step.sub or ())
+
+
+def _place(step: Step) -> str:
+    """The layer as the range errors name it: "layer 2 (Conv2d)"."""
+    return f"{step.where} ({step.layer.name})"
 
 
 def start(steps: list[Step], X: torch.Tensor, Y: torch.Tensor | None, in_need: str, want_ntk: bool,
@@ -132,6 +148,16 @@ def start(steps: list[Step], X: torch.Tensor, Y: torch.Tensor | None, in_need: s
     if paired:
         return paired_input_record(X, Y, in_need, want_ntk), steps
     return input_record(X, Y, in_need, want_ntk), steps
+
+
+def _joined(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks of the self pass along the examples (no copy for one chunk)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+def _theta_diag(final: Diagonal) -> torch.Tensor:
+    """Theta(x, x) of the output (zero when the network has no weight layer)."""
+    return torch.zeros_like(final.sigma) if final.theta is None else final.theta
 
 
 def _theta(record: Record) -> torch.Tensor | None:
@@ -270,8 +296,8 @@ class Sequential:
             sigma, theta = kernel_diag(Xt, rec, "ntk" in names)
         else:
             steps, in_need = self.plan(tuple(Xt.shape[1:]))
-            _, sigma, theta = self._self_pass(Xt, steps, in_need, "ntk" in names, chunk=self._chunk(Xt, steps,
-                                                                                                    in_need))
+            _, sigma, theta = self._checked_self_pass(Xt, steps, in_need, "ntk" in names,
+                                                      chunk=self._chunk(Xt, steps, in_need))
         return _return([theta if name == "ntk" else sigma for name in names], get, numpy_in)
 
     # --------------------------------------------------------------------------------- tiles
@@ -295,8 +321,9 @@ class Sequential:
             edge = check_positive_int(tile, "tile")
         chunk = self._chunk(Xt, steps, in_need)
         with torch.no_grad():
-            qx, sx, tx = self._self_pass(Xt, steps, in_need, want_ntk, chunk)
-            qy = qx if symmetric else self._self_pass(Yt, steps, in_need, want_ntk, chunk)[0]
+            qx, sx, tx = self._checked_self_pass(Xt, steps, in_need, want_ntk, chunk)
+            qy = qx if symmetric else self._checked_self_pass(Yt, steps, in_need, want_ntk, chunk)[0]
+            flags = moderate(qx, qy)    # per layer: the unscaled products of variances are safe
         exact = {"nngp": sx, "ntk": tx}
 
         def diag(rows: gram.Index) -> list[torch.Tensor]:
@@ -306,7 +333,7 @@ class Sequential:
             if symmetric and isinstance(rows, slice) and rows == cols:
                 return triangle(rows)
             record, rest = start(steps, Xt[rows], Yt[cols], in_need, want_ntk)
-            out = run(rest, record, Pass([q[rows] for q in qx], [q[cols] for q in qy]))
+            out = run(rest, record, Pass([q[rows] for q in qx], [q[cols] for q in qy], flags))
             tiles = {"nngp": out.sigma, "ntk": _theta(out)}
             return [tiles[name] for name in names]
 
@@ -319,7 +346,7 @@ class Sequential:
             blocks = [torch.empty(n, n, dtype=Xr.dtype, device=Xr.device) for _ in names]
             if len(i):
                 record, rest = start(steps, Xr[i], Xr[j], in_need, want_ntk, paired=True)
-                out = run(rest, record, Pass([q[rows][i] for q in qx], [q[rows][j] for q in qx]))
+                out = run(rest, record, Pass([q[rows][i] for q in qx], [q[rows][j] for q in qx], flags))
                 values = {"nngp": out.sigma, "ntk": _theta(out)}
                 for block, name in zip(blocks, names, strict=True):
                     block[i, j] = values[name]
@@ -340,22 +367,42 @@ class Sequential:
 
     @staticmethod
     def _self_pass(X: torch.Tensor, steps: list[Step], in_need: str, want_ntk: bool, chunk: int
-                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None, list[Diagonal]]:
         """Each example with itself: the variances q(x_p) every nonlinearity and LayerNorm asks for (in order,
-        each (N, *S)), and the exact diagonals Sigma(x, x), Theta(x, x) of the output."""
-        parts, sigmas, thetas = [], [], []
+        each (N, *S)), the exact diagonals Sigma(x, x), Theta(x, x) of the output, and every layer's diagonals for
+        the range checks (`ntkit.layers.ranges`; the input's x.x / C first)."""
+        parts, kept, inputs = [], [], []
         for first in range(0, X.shape[0], chunk):
             ctx = Pass()
-            record, rest = start(steps, X[first:first + chunk], None, in_need, want_ntk)
-            out = run(rest, record, ctx)
+            Xc = X[first:first + chunk]
+            inputs.append(input_diagonal(Xc))
+            record, rest = start(steps, Xc, None, in_need, want_ntk)
+            if len(rest) < len(steps):    # the first convolution, computed by `start`
+                ctx.keep(_place(steps[0]), record, True, steps[0].layer)
+            run(rest, record, ctx)
             parts.append(ctx.kept)
-            sigmas.append(out.sigma)
-            thetas.append(_theta(out))
+            kept.append(ctx.diagonals)
         if not parts:
             empty = X.new_zeros(0)
-            return [], empty, empty if want_ntk else None
+            return [], empty, empty if want_ntk else None, []
         q = [torch.cat(chunks) for chunks in zip(*parts, strict=True)]
-        return q, torch.cat(sigmas), torch.cat(thetas) if want_ntk else None
+        diagonals = [Diagonal("the input", _joined(inputs), None, True)]
+        for layer in zip(*kept, strict=True):
+            where, _, theta, low, kind = layer[0]
+            diagonals.append(Diagonal(where, _joined([d[1] for d in layer]),
+                                      None if theta is None else _joined([d[2] for d in layer]), low, kind))
+        final = diagonals[-1]
+        theta = _theta_diag(final) if want_ntk else None
+        return q, final.sigma, theta, diagonals
+
+    def _checked_self_pass(self, X: torch.Tensor, steps: list[Step], in_need: str, want_ntk: bool, chunk: int
+                           ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """`_self_pass`, range-checked (`ntkit.layers.ranges.check`: one synchronization)."""
+        q, sigma, theta, diagonals = self._self_pass(X, steps, in_need, want_ntk, chunk)
+        if X.shape[0]:
+            check_range(X, diagonals, self.layers,
+                        lambda X64: self._self_pass(X64, steps, in_need, want_ntk, chunk)[3], want_ntk)
+        return q, sigma, theta
 
     def _block(self, X: torch.Tensor, Y: torch.Tensor, want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(Sigma, Theta) on one block, with autograd (the differentiable path)."""
@@ -363,8 +410,8 @@ class Sequential:
         if rec is not None:
             return kernel_block(X, Y, rec, want_ntk)
         steps, in_need = self.plan(tuple(X.shape[1:]))
-        qx = self._self_pass(X, steps, in_need, False, X.shape[0] or 1)[0]
-        qy = qx if Y is X else self._self_pass(Y, steps, in_need, False, Y.shape[0] or 1)[0]
+        qx = self._checked_self_pass(X, steps, in_need, want_ntk, X.shape[0] or 1)[0]
+        qy = qx if Y is X else self._checked_self_pass(Y, steps, in_need, want_ntk, Y.shape[0] or 1)[0]
         out = run(steps, input_record(X, Y, in_need, want_ntk), Pass(qx, qy))
         return out.sigma, _theta(out)
 
