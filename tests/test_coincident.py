@@ -44,6 +44,19 @@ def mp_maps(name: str, theta, c, r):
     return (pi - theta) / (2 * pi), 0, None
 
 
+TRIG = ["sin", "cos"]   # their maps depend on the gaps q1 + q2 -+ 2c, not on the angle alone
+
+
+def mp_trig_maps(name: str, c, q1, q2):
+    """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], E[sigma(u)^2], E[sigma(v)^2]) for sin and cos:
+    E[sin u sin v] = e^{-(q1+q2)/2} sinh(c), E[cos u cos v] = e^{-(q1+q2)/2} cosh(c) (written independently)."""
+    outer = mpmath.exp(-(q1 + q2) / 2)
+    sinh, cosh = outer * mpmath.sinh(c), outer * mpmath.cosh(c)
+    if name == "sin":
+        return sinh, cosh, (1 - mpmath.exp(-2 * q1)) / 2, (1 - mpmath.exp(-2 * q2)) / 2
+    return cosh, sinh, (1 + mpmath.exp(-2 * q1)) / 2, (1 + mpmath.exp(-2 * q2)) / 2
+
+
 def mp_kernels(X: np.ndarray, name: str, depth: int, w_std: float,
                b_std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Sigma^(L), Theta^(L), the Sigma^(1) correlation) of every pair of rows of X (the exact binary values of its
@@ -60,6 +73,11 @@ def mp_kernels(X: np.ndarray, name: str, depth: int, w_std: float,
                 R[i, j] = float(c / mpmath.sqrt(q1 * q2)) if q1 * q2 > 0 else 0.0
                 t = c
                 for _ in range(depth - 1):          # Proposition 1 and Theorem 1
+                    if name in TRIG:
+                        E, dot, e1, e2 = mp_trig_maps(name, c, q1, q2)
+                        c, q1, q2 = w2 * E + b2, w2 * e1 + b2, w2 * e2 + b2
+                        t = t * w2 * dot + c
+                        continue
                     r = mpmath.sqrt(q1 * q2)
                     theta = mpmath.atan2(mpmath.sqrt(max(q1 * q2 - c * c, 0)), c)
                     E, dot, m = mp_maps(name, theta, c, r)
@@ -90,7 +108,7 @@ def errors(K: np.ndarray, reference: np.ndarray) -> np.ndarray:
 ANGLES = [0.0, 1e-30, 1e-12, 3e-6, 1e-3, 0.3, 0.4999, 0.5001, 1.5, 3.0, np.pi - 1e-3, np.pi - 1e-9, np.pi]
 
 
-@pytest.mark.parametrize("name", CARRIERS)
+@pytest.mark.parametrize("name", CARRIERS + TRIG)
 @pytest.mark.parametrize("dtype, variances", [(torch.float32, (0.7, 2.0)), (torch.float32, (3e30, 1e29)),
                                               (torch.float64, (0.7, 2.0)), (torch.float64, (3e200, 1e190))])
 def test_sigma_both_gap_is_accurate_at_every_angle(name, dtype, variances) -> None:
@@ -112,8 +130,12 @@ def test_sigma_both_gap_is_accurate_at_every_angle(name, dtype, variances) -> No
             mq1, mq2, mc = (mpmath.mpf(float(v[k])) for v in (q1, q2, c))
             mr = mpmath.sqrt(mq1 * mq2)
             theta = mpmath.atan2(mpmath.mpf(float(sine[k])), mc / mr)   # the angle the arguments describe
-            mE, mdot, m = mp_maps(name, theta, mpmath.cos(theta) * mr, mr)
-            me = m * mr if m is not None else mpmath.sqrt(mpmath.mpf(float(e1[k])) * float(e2[k]))
+            if name in TRIG:
+                mE, mdot, me1, me2 = mp_trig_maps(name, mpmath.cos(theta) * mr, mq1, mq2)
+                me = mpmath.sqrt(me1 * me2)
+            else:
+                mE, mdot, m = mp_maps(name, theta, mpmath.cos(theta) * mr, mr)
+                me = m * mr if m is not None else mpmath.sqrt(mpmath.mpf(float(e1[k])) * float(e2[k]))
             mG = mpmath.sqrt(max(1 - (mE / me) ** 2, 0))
             where = (name, float(angles[k]))
             assert abs(float(E[k]) / float(me) - float(mE / me)) <= 8 * eps, where
