@@ -229,3 +229,35 @@ def test_near_pairs_are_recomputed_for_every_activation_that_carries_the_sine() 
     sign = nk.MLP(depth=6, activation="sign", b_std=0.0)
     plain = sign.kernel(X.clone().requires_grad_(True), get="nngp").detach().double().numpy()
     assert errors(plain, S).max() > 1e-3   # theta -> sqrt(theta) per layer: the rounding of rho grows to 1e-2
+
+
+# ------------------------------------------------------------------------------------------------ sin and cos
+TINY = np.array([[1e-4], [0.0]])                          # far at layer 1 (q2 = 0), 7.5e-11 apart after a cos layer
+COLLINEAR = np.concatenate([X0, X0 * (1 + 1e-6)])         # norms 1e-6 apart: delta = q1 - q2 carried
+
+
+@pytest.mark.parametrize("name", TRIG)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sin_and_cos_kernels_at_near_pairs_match_high_precision(name, dtype) -> None:
+    """sin and cos depend on the gap q1 + q2 - 2c, which the plain formulas get only to eps q (at variance 1e7 an
+    error of 1 in the exponent in float32) and the chaotic growth of cos and sin at W_std = 10 (W^2 E[sigma'^2]
+    about 50 per layer) carries to the output: with the sine and q1 - q2 carried, a few roundings per layer
+    against mpmath where the pair is near at layer 1; the pairs the recomputation leaves (correlation past NEAR
+    at every layer) keep the plain formulas' eps q per layer at the largest variance q."""
+    eps = torch.finfo(dtype).eps
+    for base, scale in [(NEAR5, 1.0), (NEAR5, 100.0), (DUPLICATE, 1e4), (OPPOSITE, 100.0), (TINY, 1.0),
+                        (COLLINEAR, 100.0)]:
+        X = torch.as_tensor(base * scale, dtype=dtype).double().numpy()
+        for W_std, b_std, depth in [(10.0, 0.0, 8), (10.0, 1.0, 5), (1.0, 0.1, 3)]:
+            arch = nk.MLP(depth=depth, activation=name, W_std=W_std, b_std=b_std)
+            nngp = arch.kernel(torch.as_tensor(X, dtype=dtype), get="nngp").double().numpy()
+            ntk = arch.kernel(torch.as_tensor(X, dtype=dtype), get="ntk").double().numpy()
+            S, T, R = mp_kernels(X, name, depth, W_std, b_std)
+            q_max = max(float(W_std**2 * np.max(np.sum(X * X, 1)) / X.shape[1] + b_std**2), W_std**2 + b_std**2)
+            covered = np.abs(R) > 1 - coincident.NEAR[dtype]
+            tol = (8 + 4 * depth) * eps + np.where(covered, 0.0, depth * eps * q_max)
+            where = (name, base.tolist(), scale, W_std, b_std, depth)
+            for K, reference in ((nngp, S), (ntk, T)):
+                with np.errstate(invalid="ignore"):   # sin: a zero row's kernel is 0 (0 / 0 where equal)
+                    error = np.where(K == reference, 0.0, errors(K, reference))
+                assert np.all(error <= tol), (where, error / tol)

@@ -15,7 +15,9 @@ each entry, the natural unit of a kernel value; `tolerance` below):
 - float64, homogeneous activations without bias: K(a x, b y) = a b K(x, y) exactly, so the kernel of the
   inputs as given against the kernel of the unit-norm inputs, rescaled: 1e-7 plus 3e-8 depth (1 + depth / 8);
 - the fused ReLU-family path against the activation's generic closed forms: the same tolerances;
-- every result: symmetric where it must be, its diagonal equal to `kernel_diag`, inside Cauchy-Schwarz.
+- every result: symmetric where it must be, its diagonal equal to `kernel_diag`, inside Cauchy-Schwarz;
+- a quadrature whose 2-D rule cannot resolve the variances is refused (a ValueError naming them) in float32 only
+  where float64 refuses it too, and a range error there is judged by an accurate 1-D rule (`resolved_diagonals`).
 
 Hypothesis profiles (tests/conftest.py): the default run is the fast profile; `--hypothesis-profile=slow`
 runs many more examples. Every case found so far is kept below as an explicit `@example`.
@@ -93,12 +95,10 @@ def tolerance(dtype: torch.dtype, activation: str, depth: int, variance: float =
     - the maps of non-homogeneous activations (erf, gelu, quadrature) depend on q1 q2 - c^2 (sin and cos on the
       gap q1 + q2 - 2c), which rounding gets only to eps q1 q2 (eps q): a relative error up to about eps q for the
       largest variance q fed to them (`variance`), which leaves float32 without accuracy at variances past 1e7;
-      for sin and cos `ntkit.coincident` carries the gap of pairs near at layer 1 (duplicated, collinear,
-      antipodal rows) without cancellation, so the term stands for the other pairs (whose gaps are large, e^-gap
-      small) and later layers; sign and step depend on the angle alone (scale-free), which has no such error;
-    - a quadrature whose 2-D rule cannot resolve the variances is refused (a ValueError naming them) in float32
-      only where float64 refuses it too; a range error there is judged by an accurate 1-D rule
-      (`resolved_diagonals`);
+      for sin and cos `ntkit.coincident` carries the gap of pairs near at some layer (duplicated, collinear,
+      antipodal rows; a zero row and a small one after a layer of cos) without cancellation, so the term stands
+      for the other pairs only (gaps above NEAR q, where e^-gap is small or the error eps q / gap); sign and step
+      depend on the angle alone (scale-free), which has no such error;
     - sign and step have a cone that feeds on itself (theta -> sqrt(theta) per layer near correlation 1, and
       for sign near -1), which would leave inputs that differ below the dtype's resolution only eps^(2^-(L-1));
       `ntkit.coincident` recomputes those pairs with the angle carried exactly, so they need nothing more;
@@ -379,6 +379,8 @@ def test_empty_inputs_give_empty_outputs() -> None:
          get="ntk")   # the NTK (3e60) overflows float32, but the rule cannot resolve tanh' at q = 1e6 to show it
 @example(X=np.array([[1e-4], [0.0]]), activation="cos", depth=5, W_std=10.0, b_std=1.0,
          get="ntk")   # the layer-1 gap q1 + q2 - 2c = 1e-6 lost 12% in float32; W^2 E[sin^2] = 50 grows it per layer
+@example(X=np.array([[1e-4], [0.0]]), activation="cos", depth=10, W_std=10.0, b_std=0.0,
+         get="ntk")   # far at layer 1 (q2 = 0), 7.5e-11 apart at layer 2 (variance 100): lost in float32, then x50
 @example(X=np.array([[954.30518, -609.85142, -309.867], [969.53627, -452.35957, -483.74057],
                     [-954.30518, 609.85142, 309.867], [-954.30518, 609.85142, 309.867]]), activation="cos",
          depth=5, W_std=1.0, b_std=0.1747, get="ntk")   # duplicated rows at variance 5e5: the gap eps q from X @ X.T

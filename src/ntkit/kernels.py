@@ -99,15 +99,16 @@ def kernel_block(
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
     torch.compile (see `MLP.kernel`). For the activations that carry the angle's sine (the ReLU
-    family, sign, step) the pairs whose layer-1 correlation is within `coincident.NEAR` of +-1 are
-    recomputed without cancellation (`coincident.py`), except under autograd.
+    family, sign, step, sin, cos) the pairs whose correlation at a layer fed to a map is within `coincident.NEAR`
+    of +-1 are recomputed without cancellation (`coincident.py`), except under autograd (the fused ReLU-family
+    path checks layer 1 only: its maps are scale-free and have no gap to lose later).
     """
     qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
     qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
-    near = _near_pairs(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
+    near = _near_mask(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
@@ -117,8 +118,10 @@ def kernel_block(
             theta = theta * (rec.W_std**2 * e_dphi) + sigma
         else:
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
-    if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
-        coincident.refine(X, Y, rec, *near, sigma, theta, qx[0], qy[0])
+        if near is not None and layer < rec.depth - 1:   # pairs that come close at a later layer (sin, cos: a
+            near |= _near_mask(sigma, qx[layer], qy[layer])   # zero row and a small one), fed to the next map
+    if near is not None and bool(near.any()):   # nearly coincident pairs: the angle again, without cancellation
+        coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
     return sigma, theta
 
 
@@ -132,10 +135,10 @@ def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _near_pairs(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`coincident.near_pairs` of a Sigma^(1) block from its diagonals q1 (rows) and q2 (columns)."""
+def _near_mask(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """`coincident.near_mask` of a Sigma^(l) block from its diagonals q1 (rows) and q2 (columns)."""
     tiny = torch.finfo(sigma.dtype).tiny
-    return coincident.near_pairs(sigma, torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)))
+    return coincident.near_mask(sigma, torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)))
 
 
 def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:

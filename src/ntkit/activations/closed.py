@@ -58,10 +58,13 @@ class PiecewiseLinear(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_diag_difference(self, q1, q2, delta):
+        return 0.5 * (1 + self.a**2) * delta
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], G) given sine = sin(theta) accurately (the contract of
-        `Activation.sigma_both_gap`). With m = (1 + a^2) / 2 (e_i = m q_i), kappa = (1 - a)^2 / (2 pi),
-        rho = cos(theta), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0:
+        `Activation.sigma_both_gap`; scale-free, so `delta` is not needed). With m = (1 + a^2) / 2 (e_i = m q_i),
+        kappa = (1 - a)^2 / (2 pi), rho = cos(theta), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0:
             E = kappa r sine + dot c,   eps = E / (m r) = (kappa sine + dot rho) / m,
             G^2 = 1 - eps^2 = sine^2 + (kappa / m) h(theta) (rho + eps)
         (from e1 e2 - E^2 = m^2 (q1 q2 - c^2) + kappa r h(theta) (m c + E), as theta c - s = r h(theta)); below
@@ -154,7 +157,13 @@ def _exp_sinh_cosh(c, q1, q2, sign: float) -> torch.Tensor:
     return torch.sign(c) * outer * -torch.expm1(-2 * size)
 
 
-def _trig_both_gap(c, q1, q2, sine, sign: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _exp_difference(q1, q2, delta, k: float) -> torch.Tensor:
+    """e^{-k q1} - e^{-k q2} from delta = q1 - q2 given accurately: -sign(delta) e^{-k min(q1, q2)} (1 - e^{-k |delta|})
+    (no cancellation, no overflow)."""
+    return -torch.sign(delta) * torch.exp(-k * torch.minimum(q1, q2)) * -torch.expm1(-k * delta.abs())
+
+
+def _trig_both_gap(c, q1, q2, sine, sign: float, delta=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(e^{-(q1+q2)/2} cosh(c), e^{-(q1+q2)/2} sinh(c), G) from the sine of the angle given accurately
     (`Activation.sigma_both_gap`), for cos (sign = +1: E[cos u cos v], E[sin u sin v]) and sin (sign = -1:
     E[sin u sin v] is the sinh term, E[cos u cos v] the cosh term; the caller orders them).
@@ -163,15 +172,19 @@ def _trig_both_gap(c, q1, q2, sine, sign: float) -> tuple[torch.Tensor, torch.Te
     Dn = q1 + q2 - 2|c| (D- for c >= 0, D+ for c < 0), cancels to eps (q1 + q2) from (c, q1, q2) (an error of about
     1 in the exponent at variances of 1e7 in float32); from the sine, with rho = c / sqrt(q1 q2),
         Dn = (sqrt(q1) - sqrt(q2))^2 + 2 sqrt(q1 q2) (1 - |rho|),   1 - |rho| = sine^2 / (1 + |rho|),
-    both terms nonnegative. Then e^{-(q1+q2)/2} cosh(c) = e^{-Dn/2} (1 + e^{-2|c|}) / 2 and the sinh term
-    sign(c) e^{-Dn/2} (1 - e^{-2|c|}) / 2. With e_i = (1 +- e^{-2 q_i}) / 2 (`sigma_diag`), E the Sigma map and
+    both terms nonnegative, with sqrt(q1) - sqrt(q2) = delta / (sqrt(q1) + sqrt(q2)) from delta = q1 - q2 given
+    accurately (`ntkit.coincident` carries it: the rounded variances keep only eps q of it). Then
+    e^{-(q1+q2)/2} cosh(c) = e^{-Dn/2} (1 + e^{-2|c|}) / 2 and the sinh term sign(c) e^{-Dn/2} (1 - e^{-2|c|}) / 2.
+    With e_i = (1 +- e^{-2 q_i}) / 2 (`sigma_diag`), E the Sigma map and
     Df = Dn + 4|c| the far gap, the next angle's sine G^2 = (e1 e2 - E^2) / (e1 e2) comes from
         4 (e1 e2 - E^2) = (1 - e^{-Dn})(1 - e^{-Df}) +- (e^{-q1} - e^{-q2})^2
     (+ for cos, - for sin): for cos both terms are nonnegative (no cancellation); for sin they cancel only where
     q1 != q2 at small variances (sin nearly linear there), to about eps absolute in G^2, as the plain formulas."""
     _, _, rho, _ = angle_from_sine(c, q1, q2, sine)
     r1, r2 = torch.sqrt(q1), torch.sqrt(q2)
-    root_near = torch.hypot(r1 - r2, sine * torch.sqrt(2 * r1 * r2 / (1 + rho.abs())))   # sqrt(Dn): no underflow
+    delta = q1 - q2 if delta is None else delta
+    apart_roots = torch.where(r1 + r2 > 0, delta / torch.where(r1 + r2 > 0, r1 + r2, 1.0), 0.0)   # sqrt q1 - sqrt q2
+    root_near = torch.hypot(apart_roots, sine * torch.sqrt(2 * r1 * r2 / (1 + rho.abs())))   # sqrt(Dn): no underflow
     near = root_near * root_near
     size = c.abs()
     half = 0.5 * torch.exp(-0.5 * near)
@@ -184,8 +197,7 @@ def _trig_both_gap(c, q1, q2, sine, sign: float) -> tuple[torch.Tensor, torch.Te
     unit = 2 * torch.sqrt(e1) * torch.sqrt(e2)                          # 2 sqrt(e1 e2)
     positive = unit > 0
     unit = torch.where(positive, unit, 1.0)
-    low, high = torch.minimum(q1, q2), torch.maximum(q1, q2)
-    apart = torch.exp(-low) * -torch.expm1(low - high) / unit           # |e^{-q1} - e^{-q2}| / (2 sqrt(e1 e2))
+    apart = _exp_difference(q1, q2, delta, 1.0).abs() / unit             # |e^{-q1} - e^{-q2}| / (2 sqrt(e1 e2))
     # sqrt((1 - e^{-Dn})(1 - e^{-Df})) / (2 sqrt(e1 e2)) as sqrt(Dn) sqrt(phi(Dn) (1 - e^{-Df})) / (2 sqrt(e1 e2)),
     # phi(x) = (1 - e^{-x}) / x: no square of a small sine
     phi = torch.where(near > 0, -torch.expm1(-near) / torch.where(near > 0, near, 1.0), 1.0)
@@ -217,10 +229,13 @@ class Sin(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[sin u sin v], E[cos u cos v], G) with the gap carried by the sine (`_trig_both_gap`)."""
-        cosh_term, sinh_term, G = _trig_both_gap(c, q1, q2, sine, -1.0)
+        cosh_term, sinh_term, G = _trig_both_gap(c, q1, q2, sine, -1.0, delta)
         return sinh_term, cosh_term, G
+
+    def sigma_diag_difference(self, q1, q2, delta):
+        return -_exp_difference(q1, q2, delta, 2.0) / 2      # e = (1 - e^{-2q}) / 2
 
 
 class Cos(Activation):
@@ -242,9 +257,12 @@ class Cos(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[cos u cos v], E[sin u sin v], G) with the gap carried by the sine (`_trig_both_gap`)."""
-        return _trig_both_gap(c, q1, q2, sine, +1.0)
+        return _trig_both_gap(c, q1, q2, sine, +1.0, delta)
+
+    def sigma_diag_difference(self, q1, q2, delta):
+        return _exp_difference(q1, q2, delta, 2.0) / 2       # e = (1 + e^{-2q}) / 2
 
 
 class Sign(Activation):
@@ -270,7 +288,10 @@ class Sign(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_diag_difference(self, q1, q2, delta):
+        return (q1 > 0).to(q1.dtype) - (q2 > 0).to(q2.dtype)    # e = 1 for q > 0, 0 at q = 0
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[sign(u) sign(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
         e_i = 1, E = 1 - 2 theta / pi = ((pi - theta) - theta) / pi and G^2 = (1 - E)(1 + E) =
         4 theta (pi - theta) / pi^2, both angles accurate (`angle_from_sine`): G vanishes at theta = 0 and pi."""
@@ -302,7 +323,10 @@ class Step(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_diag_difference(self, q1, q2, delta):
+        return 0.5 * ((q1 > 0).to(q1.dtype) - (q2 > 0).to(q2.dtype))    # e = 1/2 for q > 0, 0 at q = 0
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[step(u) step(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
         e_i = 1/2 and w = theta / pi, E = (pi - theta) / (2 pi) and G^2 = 1 - 4 E^2 = (1 - 2E)(1 + 2E) = w (2 - w)."""
         theta, away, _, positive = angle_from_sine(c, q1, q2, sine)
