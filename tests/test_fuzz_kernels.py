@@ -20,7 +20,9 @@ each entry, the natural unit of a kernel value; `tolerance` below):
   where float64 refuses it too, and a range error there is judged by an accurate 1-D rule (`resolved_diagonals`).
 
 Hypothesis profiles (tests/conftest.py): the default run is the fast profile; `--hypothesis-profile=slow`
-runs many more examples. Every case found so far is kept below as an explicit `@example`.
+runs many more examples. Every case found so far is kept below as an explicit `@example`; one class of cases is
+a known failure, kept as a strict xfail: float32 near pairs of the activations that do not carry the gap (erf,
+gelu, quadrature) where the maps grow a gap per layer (chaos) from below float32's resolution.
 """
 
 from __future__ import annotations
@@ -386,6 +388,26 @@ def test_empty_inputs_give_empty_outputs() -> None:
          depth=5, W_std=1.0, b_std=0.1747, get="ntk")   # duplicated rows at variance 5e5: the gap eps q from X @ X.T
 def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_std, b_std, get) -> None:
     """Gram and diagonal in float32: finite and within `tolerance` of float64, or a range error only if justified."""
+    check_float32_against_float64(X, activation, depth, W_std, b_std, get)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="erf, gelu and the quadrature activations do not "
+                   "carry the gap of near pairs yet (no `sigma_both_gap`)")
+@pytest.mark.parametrize("X, activation", [
+    (np.array([[1.0], [-1.0], [1e-6], [1.0], [1e-4], [1.0]]), "tanh"),   # found by the slow profile
+    (np.array([[1e-6], [1e-4]]), "tanh"),
+    (np.array([[1e-6], [1e-4]]), "erf")])
+def test_float32_near_pairs_of_activations_without_the_carried_gap(X, activation) -> None:
+    """A known failure, kept until those activations carry the gap: rows 1e-6 and 1e-4 under b_std = 10 have
+    Sigma^(1) = 100 + 1e-10 and 100 + 1e-6, a gap of 1e-6 below float32's resolution at 100 (8e-6), so float32
+    treats them as one input; at W_std = 10 these maps grow a gap by about W^2 E[sigma'(u)^2] > 1 per layer
+    (chaos), and by layer 8 the exact correlation is 0.895 (float64 has it), float32's 1. The activations that
+    carry it (ReLU family, sign, step, sin, cos) get it to 1e-7 (tests/test_coincident.py)."""
+    check_float32_against_float64(X, activation, 8, 10.0, 10.0, "ntk")
+
+
+def check_float32_against_float64(X, activation, depth, W_std, b_std, get) -> None:
+    """The body of `test_float32_kernel_agrees_with_float64_or_raises`."""
     run = Calls()
     arch = nk.MLP(depth=depth, activation=activation, W_std=W_std, b_std=b_std)
     X32 = torch.as_tensor(X, dtype=torch.float32)
