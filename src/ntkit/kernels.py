@@ -99,9 +99,9 @@ def kernel_block(
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
     torch.compile (see `MLP.kernel`). For the activations that carry the angle's sine (the ReLU
-    family, sign, step, sin, cos) the pairs whose correlation at a layer fed to a map is within `coincident.NEAR`
-    of +-1 are recomputed without cancellation (`coincident.py`), except under autograd (the fused ReLU-family
-    path checks layer 1 only: its maps are scale-free and have no gap to lose later).
+    family, sign, step, sin, cos) the pairs whose correlation is within `coincident.NEAR` of +-1 at layer 1, or
+    at a later layer followed by a map that grows gaps (`_growing_maps`), are recomputed without cancellation
+    (`coincident.py`), except under autograd (the fused ReLU-family path checks layer 1 only).
     """
     qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
     qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
@@ -109,6 +109,7 @@ def kernel_block(
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
     near = _near_mask(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
+    grows = _growing_maps(rec, qx, qy) if near is not None else []
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
@@ -118,8 +119,8 @@ def kernel_block(
             theta = theta * (rec.W_std**2 * e_dphi) + sigma
         else:
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
-        if near is not None and layer < rec.depth - 1:   # pairs that come close at a later layer (sin, cos: a
-            near |= _near_mask(sigma, qx[layer], qy[layer])   # zero row and a small one), fed to the next map
+        if near is not None and any(grows[layer:]):   # pairs that come close at a later layer (sin, cos: a zero
+            near |= _near_mask(sigma, qx[layer], qy[layer])   # row and a small one), where a later map grows gaps
     if near is not None and bool(near.any()):   # nearly coincident pairs: the angle again, without cancellation
         coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
     return sigma, theta
@@ -133,6 +134,20 @@ def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
         return False
     tensors = [t for t in (X, Y, rec.W_std, rec.b_std) if isinstance(t, torch.Tensor)]
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _growing_maps(rec: Recursion, qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
+    """For each map (layers 1 .. L - 1), whether it can grow the gap q1 + q2 - 2c of a near pair: the gain
+    W_std^2 E[sigma'(u)^2] at the variances of the rows exceeds 1 (chaos; the gap's derivative at coincidence).
+    Where no later map grows gaps, the eps q a near pair's gap keeps in the plain formulas stays that small, and
+    only layer-1 pairs need the recomputation; in the ordered regime (cos at W_std = 1) every pair comes close
+    with depth, and recomputing them all would cost many times the Gram (O(N M (d + L)))."""
+    w2 = float(rec.W_std) ** 2
+    gains = []
+    for q1, q2 in zip(qx[:-1], qy[:-1], strict=True):
+        q = torch.cat([q1.detach(), q2.detach()])
+        gains.append(q.numel() > 0 and w2 * float(rec.activation.sigma_dot_diag(q).max()) > 1)
+    return gains
 
 
 def _near_mask(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
