@@ -97,10 +97,11 @@ def tolerance(dtype: torch.dtype, activation: str, depth: int, variance: float =
     - the maps of non-homogeneous activations (erf, gelu, quadrature) depend on q1 q2 - c^2 (sin and cos on the
       gap q1 + q2 - 2c), which rounding gets only to eps q1 q2 (eps q): a relative error up to about eps q for the
       largest variance q fed to them (`variance`), which leaves float32 without accuracy at variances past 1e7;
-      for sin and cos `ntkit.coincident` carries the gap of pairs near at some layer (duplicated, collinear,
-      antipodal rows; a zero row and a small one after a layer of cos) without cancellation, so the term stands
-      for the other pairs only (gaps above NEAR q, where e^-gap is small or the error eps q / gap); sign and step
-      depend on the angle alone (scale-free), which has no such error;
+      for sin and cos `ntkit.coincident` carries the gap of pairs near at layer 1 (duplicated, collinear,
+      antipodal rows) or at a later layer followed by maps that grow gaps (a zero row and a small one after a
+      layer of cos at W_std = 10) without cancellation, so the term stands for the other pairs only (gaps above
+      NEAR q, or gaps that no later map grows: their error stays eps q); sign and step depend on the angle alone
+      (scale-free), which has no such error;
     - sign and step have a cone that feeds on itself (theta -> sqrt(theta) per layer near correlation 1, and
       for sign near -1), which would leave inputs that differ below the dtype's resolution only eps^(2^-(L-1));
       `ntkit.coincident` recomputes those pairs with the angle carried exactly, so they need nothing more;
