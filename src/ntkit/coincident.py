@@ -28,10 +28,11 @@ The maps of sin and cos depend on the gap q1 + q2 - 2c itself, not on the angle 
 the eps q the rounded variances keep of it. So delta is carried too: a (x - y).(x + y) at layer 1 (no
 cancellation), W^2 (e1 - e2) after (`Activation.sigma_diag_difference`, from delta without cancellation).
 
-`kernel_block` computes every tile by the fast formulas, then recomputes here the pairs whose correlation at a
-layer fed to a map is within `NEAR` of 1 or -1 (a few per tile: the duplicates, the training points among Nystrom
-centres, opposite inputs; for sin and cos also pairs that come together later, as a zero row and a small one do
-after a layer of cos), from layer 1, O(d + L) each, for every activation that `supports` says carries the sine.
+`kernel_block` computes every tile by the fast formulas, then recomputes here the pairs whose layer-1 correlation
+is within `NEAR` of 1 or -1 (a few per tile: the duplicates, the training points among Nystrom centres, opposite
+inputs; for sin and cos also pairs that come that close at a later layer followed by a map that grows gaps, as a
+zero row and a small one do after a layer of cos at W_std = 10), from layer 1, O(d + L) each, for every activation
+that `supports` says carries the sine.
 """
 
 from __future__ import annotations

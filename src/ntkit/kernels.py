@@ -109,7 +109,7 @@ def kernel_block(
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
     near = _near_mask(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
-    grows = _growing_maps(rec, qx, qy) if near is not None else []
+    grows = _growing_maps(rec, qx, qy) if near is not None and not rec.activation.homogeneous else []
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
@@ -141,7 +141,9 @@ def _growing_maps(rec: Recursion, qx: list[torch.Tensor], qy: list[torch.Tensor]
     W_std^2 E[sigma'(u)^2] at the variances of the rows exceeds 1 (chaos; the gap's derivative at coincidence).
     Where no later map grows gaps, the eps q a near pair's gap keeps in the plain formulas stays that small, and
     only layer-1 pairs need the recomputation; in the ordered regime (cos at W_std = 1) every pair comes close
-    with depth, and recomputing them all would cost many times the Gram (O(N M (d + L)))."""
+    with depth, and recomputing them all would cost many times the Gram (O(N M (d + L))). Not asked of the
+    scale-free maps (the ReLU family: their gain is the growth of the variance, not of a gap; all pairs come close
+    with depth) nor met by sign and step (sigma' = 0)."""
     w2 = float(rec.W_std) ** 2
     gains = []
     for q1, q2 in zip(qx[:-1], qy[:-1], strict=True):
