@@ -261,3 +261,20 @@ def test_sin_and_cos_kernels_at_near_pairs_match_high_precision(name, dtype) -> 
                 with np.errstate(invalid="ignore"):   # sin: a zero row's kernel is 0 (0 / 0 where equal)
                     error = np.where(K == reference, 0.0, errors(K, reference))
                 assert np.all(error <= tol), (where, error / tol)
+
+
+def test_later_layer_pairs_are_recomputed_only_where_a_map_grows_gaps(monkeypatch) -> None:
+    """cos at W_std = 1 is ordered (W^2 E[sin^2 u] < 1): every pair comes within NEAR with depth, and its gap error
+    stays eps q, so only the layer-1 near pairs (here the diagonal) are recomputed, not all N^2; at W_std = 10
+    (chaos) the zero row and the small one, 7.5e-11 apart after a layer, are recomputed too."""
+    counted = []
+    refine = coincident.refine
+    monkeypatch.setattr(coincident, "refine", lambda X, Y, rec, rows, *rest: (counted.append(len(rows)),
+                                                                              refine(X, Y, rec, rows, *rest)))
+    X = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+    S = nk.MLP(depth=10, activation="cos", W_std=1.0).kernel(X, get="nngp")
+    rho = S / torch.sqrt(S.diagonal()[:, None] * S.diagonal()[None, :])
+    assert float(rho.min()) > 1 - coincident.NEAR[torch.float32] and counted == [30]
+    counted.clear()
+    nk.MLP(depth=10, activation="cos", W_std=10.0, b_std=0.0).kernel(torch.tensor([[1e-4], [0.0]]), get="nngp")
+    assert counted == [4]
