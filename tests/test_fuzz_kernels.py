@@ -430,6 +430,7 @@ def check_float32_against_float64(X, activation, depth, W_std, b_std, get) -> No
         warnings.simplefilter("ignore", KernelUnderflowWarning)
         K64 = arch.kernel(X64, get=get)
         d64 = arch.kernel_diag(X64, get=get)
+        variance = largest_variance(X64, arch)
     slack = 1e-30
     floor = np.abs(d64)
     if run.underflowed:   # values below the normal range, and the kernel between them and others, keep few digits
@@ -438,7 +439,7 @@ def check_float32_against_float64(X, activation, depth, W_std, b_std, get) -> No
         slack = underflow_slack(torch.float32)
         floor = np.maximum(floor, slack)
     scale = cs_scale(K64, floor, floor)
-    tol = tolerance(torch.float32, activation, depth, largest_variance(X64, arch))
+    tol = tolerance(torch.float32, activation, depth, variance)
 
     assert np.all(np.abs(K - K64) <= tol * scale + slack), np.max(np.abs(K - K64) / (scale + 1e-300))
     assert np.all(np.abs(d - d64) <= tol * np.abs(d64) + slack)
