@@ -44,12 +44,19 @@ def mp_maps(name: str, theta, c, r):
     return (pi - theta) / (2 * pi), 0, None
 
 
-TRIG = ["sin", "cos"]   # their maps depend on the gaps q1 + q2 -+ 2c, not on the angle alone
+TRIG = ["sin", "cos", "erf"]   # their maps depend on the variances and the gap q1 + q2 - 2c, not on the angle alone
 
 
 def mp_trig_maps(name: str, c, q1, q2):
-    """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], E[sigma(u)^2], E[sigma(v)^2]) for sin and cos:
-    E[sin u sin v] = e^{-(q1+q2)/2} sinh(c), E[cos u cos v] = e^{-(q1+q2)/2} cosh(c) (written independently)."""
+    """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], E[sigma(u)^2], E[sigma(v)^2]) for sin, cos and erf:
+    E[sin u sin v] = e^{-(q1+q2)/2} sinh(c), E[cos u cos v] = e^{-(q1+q2)/2} cosh(c), E[erf u erf v] =
+    (2/pi) asin(2c / sqrt((1 + 2 q1)(1 + 2 q2))), E[erf' u erf' v] = (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 c^2)
+    (Williams 1997; written independently)."""
+    if name == "erf":
+        def arcsine(c, a, b):
+            return 2 / mpmath.pi * mpmath.asin(2 * c / mpmath.sqrt((1 + 2 * a) * (1 + 2 * b)))
+        dot = 4 / mpmath.pi / mpmath.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * c * c)
+        return arcsine(c, q1, q2), dot, arcsine(q1, q1, q1), arcsine(q2, q2, q2)
     outer = mpmath.exp(-(q1 + q2) / 2)
     sinh, cosh = outer * mpmath.sinh(c), outer * mpmath.cosh(c)
     if name == "sin":
@@ -238,8 +245,8 @@ COLLINEAR = np.concatenate([X0, X0 * (1 + 1e-6)])         # norms 1e-6 apart: de
 
 @pytest.mark.parametrize("name", TRIG)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sin_and_cos_kernels_at_near_pairs_match_high_precision(name, dtype) -> None:
-    """sin and cos depend on the gap q1 + q2 - 2c, which the plain formulas get only to eps q (at variance 1e7 an
+def test_sin_cos_erf_kernels_at_near_pairs_match_high_precision(name, dtype) -> None:
+    """sin, cos and erf depend on the gap q1 + q2 - 2c, which the plain formulas get only to eps q (at variance 1e7 an
     error of 1 in the exponent in float32) and the chaotic growth of cos and sin at W_std = 10 (W^2 E[sigma'^2]
     about 50 per layer) carries to the output: with the sine and q1 - q2 carried, a few roundings per layer
     against mpmath where the pair is near at layer 1; the pairs the recomputation leaves (correlation past NEAR

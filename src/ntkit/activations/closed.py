@@ -145,6 +145,75 @@ class Erf(Activation):
         _, s = angle(c, q1, q2)
         return 4.0 / math.pi / torch.hypot(torch.sqrt(1 + 2 * (q1 + q2)), 2 * s)
 
+    def sigma_diag(self, q):
+        """(2/pi) asin(2q / (1 + 2q)) = (2/pi) atan2(2q, sqrt(1 + 4q)): no asin of a ratio rounded near 1 at large q
+        (where asin's slope, sqrt(1 + 2q) / 2, would multiply the ratio's rounding)."""
+        return 2.0 / math.pi * torch.atan2(2 * q, torch.sqrt(1 + 4 * q))
+
+    carries_gap = True
+
+    def sigma_diag_difference(self, q1, q2, delta):
+        """e1 - e2 = (2/pi)(t2 - t1), e_i = 1 - (2/pi) t_i with t_i = atan2(sqrt(q_i + 1/4), q_i) (the angle of
+        [[q_i + 1/2, q_i], [q_i, q_i + 1/2]]), by the sine and cosine of t2 - t1:
+            sin = delta (q1 q2 + (q1 + q2) / 4) / (q1 sqrt(q2 + 1/4) + q2 sqrt(q1 + 1/4)) / (A1 A2),
+            cos = (q1 q2 + sqrt(q1 + 1/4) sqrt(q2 + 1/4)) / (A1 A2),   A_i = q_i + 1/2 (no cancellation)."""
+        a1, a2 = q1 + 0.5, q2 + 0.5
+        h1, h2 = torch.sqrt(q1 + 0.25), torch.sqrt(q2 + 0.25)
+        both = (q1 / a1) * (q2 / a2)
+        s1, s2 = torch.sqrt(a1), torch.sqrt(a2)        # numerator and denominator over sqrt(A1 A2): no overflow
+        sine = ((delta / s1 / s2) * (both + 0.25 * ((q1 + q2) / a1) / a2)
+                / ((q1 / s1) * (h2 / s2) + (q2 / s2) * (h1 / s1)))
+        return 2.0 / math.pi * torch.atan2(sine, both + (h1 / a1) * (h2 / a2))
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
+        """(E[erf u erf v], E[erf' u erf' v], G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`).
+        E = (2/pi) asin(rho~) is the sign kernel of [[A1, c], [c, A2]], A_i = q_i + 1/2, whose sine
+        S~^2 = ((q1 + q2) / 2 + 1/4 + q1 q2 sine^2) / (A1 A2) has no cancellation: E = 1 - (2/pi) t with
+        t = atan2(S~, rho~), and e_i = 1 - (2/pi) t_i (`sigma_diag_difference`). With d_i = (2/pi)(t - t_i),
+            e1 e2 - E^2 = (d1 + d2) E + d1 d2,
+        and sin(t - t_1) = S~ rho~_1 - rho~ S~_1 = X1 / ((q1 S~ + c sqrt(q1 + 1/4) / sqrt(A1 A2)) A1 A2),
+        X1 = q1^2 q2 sine^2 + (q1 - c)(q1 + c) / 2, with q1 - c = (Dn + delta) / 2 from the gap Dn = q1 + q2 - 2c
+        (as for sin and cos, `_trig_both_gap`). erf is odd: evaluated at |c|, E takes the sign of c. float32
+        arguments are evaluated in float64 where the device has it (near pairs only: cheap), so that sine^2 does not
+        underflow below angles of 1e-19."""
+        dtype = c.dtype
+        if dtype == torch.float32 and c.device.type != "mps":
+            E, dot, G = self.sigma_both_gap(*(t.double() for t in (c, q1, q2, sine)),
+                                            None if delta is None else delta.double())
+            return E.to(dtype), dot.to(dtype), G.to(dtype)
+        flip = c < 0
+        c = c.abs()
+        _, _, rho, positive = angle_from_sine(c, q1, q2, sine)
+        delta = q1 - q2 if delta is None else delta
+        r1, r2 = torch.sqrt(q1), torch.sqrt(q2)
+        apart = torch.where(r1 + r2 > 0, delta / torch.where(r1 + r2 > 0, r1 + r2, 1.0), 0.0)
+        gap = torch.hypot(apart, sine * torch.sqrt(2 * r1 * r2 / (1 + rho))) ** 2      # q1 + q2 - 2c
+        a1, a2 = q1 + 0.5, q2 + 0.5
+        root_a = torch.sqrt(a1) * torch.sqrt(a2)
+        s_t = torch.sqrt(((0.5 * (q1 + q2) + 0.25) / a1) / a2 + (q1 / a1) * (q2 / a2) * sine * sine)
+        rho_t = c / root_a
+        E = 2.0 / math.pi * torch.atan2(rho_t, s_t)                                    # (2/pi) asin(rho~)
+        dot = 4.0 / math.pi / torch.hypot(torch.sqrt(1 + 2 * (q1 + q2)), 2 * (r1 * r2) * sine)
+
+        def apart_angle(qi, qj, ai, sign):      # t - t_i
+            hi = torch.sqrt(qi + 0.25)
+            x = (qi * (qi / root_a) * (qj / root_a) * sine * sine
+                 + 0.5 * ((gap + sign * delta) / 2) * ((qi + c) / root_a) / root_a)          # X_i / (A1 A2)
+            den = qi * s_t + c * hi / root_a
+            return torch.atan2(torch.where(den > 0, x / torch.where(den > 0, den, 1.0), 0.0),
+                               rho_t * (qi / ai) + s_t * (hi / ai))
+
+        d1 = 2.0 / math.pi * apart_angle(q1, q2, a1, 1.0)
+        d2 = 2.0 / math.pi * apart_angle(q2, q1, a2, -1.0)
+        e1, e2 = 1 - 2.0 / math.pi * torch.atan2(torch.sqrt(q1 + 0.25), q1), \
+            1 - 2.0 / math.pi * torch.atan2(torch.sqrt(q2 + 0.25), q2)
+        unit = torch.sqrt(e1) * torch.sqrt(e2)
+        ok = positive & (unit > 0)
+        unit = torch.where(ok, unit, 1.0)
+        G2 = ((d1 + d2) / unit) * (E / unit) + (d1 / unit) * (d2 / unit)
+        G = torch.where(ok, G2.clamp(min=0).sqrt(), 1.0).clamp(max=1.0)
+        return torch.where(flip, -E, E), dot, G
+
 
 def _exp_sinh_cosh(c, q1, q2, sign: float) -> torch.Tensor:
     """exp(-(q1 + q2)/2) (e^c + sign e^-c) / 2, without overflow (|c| <= (q1 + q2)/2, enforced) and, for sinh, without
