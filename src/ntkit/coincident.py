@@ -23,16 +23,17 @@ kernel itself fits:
                                             (for E >= 0; T1 + T2 - 2P, without cancellation, for E < 0),
               with sqrt(T1) - sqrt(T2) = W^2 (e1 - e2) / q_max' / (sqrt(T1) + sqrt(T2)).
 
-The maps of sin and cos depend on the gap q1 + q2 - 2c itself, not on the angle alone; from the sine it is
-(sqrt(q1) - sqrt(q2))^2 + 2 sqrt(q1 q2) S^2 / (1 + rho), which needs the difference delta = q1 - q2 to more than
-the eps q the rounded variances keep of it. So delta is carried too: a (x - y).(x + y) at layer 1 (no
-cancellation), W^2 (e1 - e2) after (`Activation.sigma_diag_difference`, from delta without cancellation).
+The maps of sin, cos and erf depend on the variances and the gap q1 + q2 - 2c, not on the angle alone; from the
+sine the gap is (sqrt(q1) - sqrt(q2))^2 + 2 sqrt(q1 q2) S^2 / (1 + rho), which needs the difference
+delta = q1 - q2 to more than the eps q the rounded variances keep of it. So delta is carried too:
+a (x - y).(x + y) at layer 1 (no cancellation), W^2 (e1 - e2) after (`Activation.sigma_diag_difference`, from
+delta without cancellation).
 
 `kernel_block` computes every tile by the fast formulas, then recomputes here the pairs whose layer-1 correlation
 is within `NEAR` of 1 or -1 (a few per tile: the duplicates, the training points among Nystrom centres, opposite
-inputs; for sin and cos also pairs that come that close at a later layer followed by a map that grows gaps, as a
-zero row and a small one do after a layer of cos at W_std = 10), from layer 1, O(d + L) each, for every activation
-that `supports` says carries the sine.
+inputs; for sin, cos and erf also pairs that come that close at a later layer followed by a map that grows
+gaps, as a zero row and a small one do after a layer of cos at W_std = 10), from layer 1, O(d + L) each, for every
+activation that `supports` says carries the sine.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def kernel_block(
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
     torch.compile (see `MLP.kernel`). For the activations that carry the angle's sine (the ReLU
-    family, sign, step, sin, cos) the pairs whose correlation is within `coincident.NEAR` of +-1 at layer 1, or
+    family, sign, step, sin, cos, erf) the pairs whose correlation is within `coincident.NEAR` of +-1 at layer 1, or
     at a later layer followed by a map that grows gaps (`_growing_maps`), are recomputed without cancellation
     (`coincident.py`), except under autograd (the fused ReLU-family path checks layer 1 only).
     """
