@@ -119,8 +119,8 @@ def kernel_block(
             theta = theta * (rec.W_std**2 * e_dphi) + sigma
         else:
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
-        if near is not None and any(grows[layer:]):   # pairs that come close at a later layer (sin, cos: a zero
-            near |= _near_mask(sigma, qx[layer], qy[layer])   # row and a small one), where a later map grows gaps
+        if near is not None and layer < len(grows) and grows[layer]:   # pairs that come close at a later layer
+            near |= _near_mask(sigma, qx[layer], qy[layer])   # (a zero row and a small one), where the maps grow gaps
     if near is not None and bool(near.any()):   # nearly coincident pairs: the angle again, without cancellation
         coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
     return sigma, theta
@@ -137,19 +137,24 @@ def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
 
 
 def _growing_maps(rec: Recursion, qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
-    """For each map (layers 1 .. L - 1), whether it can grow the gap q1 + q2 - 2c of a near pair: the gain
-    W_std^2 E[sigma'(u)^2] at the variances of the rows exceeds 1 (chaos; the gap's derivative at coincidence).
-    Where no later map grows gaps, the eps q a near pair's gap keeps in the plain formulas stays that small, and
-    only layer-1 pairs need the recomputation; in the ordered regime (cos at W_std = 1) every pair comes close
-    with depth, and recomputing them all would cost many times the Gram (O(N M (d + L))). Not asked of the
-    scale-free maps (the ReLU family: their gain is the growth of the variance, not of a gap; all pairs come close
-    with depth) nor met by sign and step (sigma' = 0)."""
+    """For each map m (layers 1 .. L - 1), whether the maps from m on can grow the gap q1 + q2 - 2c of a near
+    pair: the product of their gains W_std^2 E[sigma'(u)^2] (the gap's derivative at coincidence; each the largest
+    over the rows' variances) exceeds 1 (chaos). Where it does not, the eps q a near pair's gap keeps in the plain
+    formulas stays that small, and only layer-1 pairs need the recomputation; in the ordered regime (cos at
+    W_std = 1) every pair comes close with depth, and recomputing them all would cost many times the Gram
+    (O(N M (d + L))). Not asked of the scale-free maps (the ReLU family: their gain is the growth of the variance,
+    not of a gap; all pairs come close with depth) nor met by sign and step (sigma' = 0)."""
     w2 = float(rec.W_std) ** 2
-    gains = []
-    for q1, q2 in zip(qx[:-1], qy[:-1], strict=True):
-        q = torch.cat([q1.detach(), q2.detach()])
-        gains.append(q.numel() > 0 and w2 * float(rec.activation.sigma_dot_diag(q).max()) > 1)
-    return gains
+    layers = [torch.cat([q1.detach(), q2.detach()]) for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
+    if not layers or not layers[0].numel():
+        return [False] * len(layers)
+    dots = rec.activation.sigma_dot_diag(torch.stack(layers))       # one call for all layers: (L - 1, N + M)
+    gains = (w2 * dots.amax(1)).tolist()
+    growth, grows = 1.0, []
+    for gain in reversed(gains):           # the product from each map to the last
+        growth *= gain
+        grows.append(growth > 1)
+    return grows[::-1]
 
 
 def _near_mask(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
