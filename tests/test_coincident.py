@@ -44,6 +44,26 @@ def mp_maps(name: str, theta, c, r):
     return (pi - theta) / (2 * pi), 0, None
 
 
+TRIG = ["sin", "cos", "erf"]   # their maps depend on the variances and the gap q1 + q2 - 2c, not on the angle alone
+
+
+def mp_trig_maps(name: str, c, q1, q2):
+    """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], E[sigma(u)^2], E[sigma(v)^2]) for sin, cos and erf:
+    E[sin u sin v] = e^{-(q1+q2)/2} sinh(c), E[cos u cos v] = e^{-(q1+q2)/2} cosh(c), E[erf u erf v] =
+    (2/pi) asin(2c / sqrt((1 + 2 q1)(1 + 2 q2))), E[erf' u erf' v] = (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 c^2)
+    (Williams 1997; written independently)."""
+    if name == "erf":
+        def arcsine(c, a, b):
+            return 2 / mpmath.pi * mpmath.asin(2 * c / mpmath.sqrt((1 + 2 * a) * (1 + 2 * b)))
+        dot = 4 / mpmath.pi / mpmath.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * c * c)
+        return arcsine(c, q1, q2), dot, arcsine(q1, q1, q1), arcsine(q2, q2, q2)
+    outer = mpmath.exp(-(q1 + q2) / 2)
+    sinh, cosh = outer * mpmath.sinh(c), outer * mpmath.cosh(c)
+    if name == "sin":
+        return sinh, cosh, (1 - mpmath.exp(-2 * q1)) / 2, (1 - mpmath.exp(-2 * q2)) / 2
+    return cosh, sinh, (1 + mpmath.exp(-2 * q1)) / 2, (1 + mpmath.exp(-2 * q2)) / 2
+
+
 def mp_kernels(X: np.ndarray, name: str, depth: int, w_std: float,
                b_std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Sigma^(L), Theta^(L), the Sigma^(1) correlation) of every pair of rows of X (the exact binary values of its
@@ -60,6 +80,11 @@ def mp_kernels(X: np.ndarray, name: str, depth: int, w_std: float,
                 R[i, j] = float(c / mpmath.sqrt(q1 * q2)) if q1 * q2 > 0 else 0.0
                 t = c
                 for _ in range(depth - 1):          # Proposition 1 and Theorem 1
+                    if name in TRIG:
+                        E, dot, e1, e2 = mp_trig_maps(name, c, q1, q2)
+                        c, q1, q2 = w2 * E + b2, w2 * e1 + b2, w2 * e2 + b2
+                        t = t * w2 * dot + c
+                        continue
                     r = mpmath.sqrt(q1 * q2)
                     theta = mpmath.atan2(mpmath.sqrt(max(q1 * q2 - c * c, 0)), c)
                     E, dot, m = mp_maps(name, theta, c, r)
@@ -90,7 +115,7 @@ def errors(K: np.ndarray, reference: np.ndarray) -> np.ndarray:
 ANGLES = [0.0, 1e-30, 1e-12, 3e-6, 1e-3, 0.3, 0.4999, 0.5001, 1.5, 3.0, np.pi - 1e-3, np.pi - 1e-9, np.pi]
 
 
-@pytest.mark.parametrize("name", CARRIERS)
+@pytest.mark.parametrize("name", CARRIERS + TRIG)
 @pytest.mark.parametrize("dtype, variances", [(torch.float32, (0.7, 2.0)), (torch.float32, (3e30, 1e29)),
                                               (torch.float64, (0.7, 2.0)), (torch.float64, (3e200, 1e190))])
 def test_sigma_both_gap_is_accurate_at_every_angle(name, dtype, variances) -> None:
@@ -112,8 +137,12 @@ def test_sigma_both_gap_is_accurate_at_every_angle(name, dtype, variances) -> No
             mq1, mq2, mc = (mpmath.mpf(float(v[k])) for v in (q1, q2, c))
             mr = mpmath.sqrt(mq1 * mq2)
             theta = mpmath.atan2(mpmath.mpf(float(sine[k])), mc / mr)   # the angle the arguments describe
-            mE, mdot, m = mp_maps(name, theta, mpmath.cos(theta) * mr, mr)
-            me = m * mr if m is not None else mpmath.sqrt(mpmath.mpf(float(e1[k])) * float(e2[k]))
+            if name in TRIG:
+                mE, mdot, me1, me2 = mp_trig_maps(name, mpmath.cos(theta) * mr, mq1, mq2)
+                me = mpmath.sqrt(me1 * me2)
+            else:
+                mE, mdot, m = mp_maps(name, theta, mpmath.cos(theta) * mr, mr)
+                me = m * mr if m is not None else mpmath.sqrt(mpmath.mpf(float(e1[k])) * float(e2[k]))
             mG = mpmath.sqrt(max(1 - (mE / me) ** 2, 0))
             where = (name, float(angles[k]))
             assert abs(float(E[k]) / float(me) - float(mE / me)) <= 8 * eps, where
@@ -207,3 +236,52 @@ def test_near_pairs_are_recomputed_for_every_activation_that_carries_the_sine() 
     sign = nk.MLP(depth=6, activation="sign", b_std=0.0)
     plain = sign.kernel(X.clone().requires_grad_(True), get="nngp").detach().double().numpy()
     assert errors(plain, S).max() > 1e-3   # theta -> sqrt(theta) per layer: the rounding of rho grows to 1e-2
+
+
+# ------------------------------------------------------------------------------------------------ sin and cos
+TINY = np.array([[1e-4], [0.0]])                          # far at layer 1 (q2 = 0), 7.5e-11 apart after a cos layer
+COLLINEAR = np.concatenate([X0, X0 * (1 + 1e-6)])         # norms 1e-6 apart: delta = q1 - q2 carried
+
+
+@pytest.mark.parametrize("name", TRIG)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sin_cos_erf_kernels_at_near_pairs_match_high_precision(name, dtype) -> None:
+    """sin, cos and erf depend on the gap q1 + q2 - 2c, which the plain formulas get only to eps q (at variance 1e7 an
+    error of 1 in the exponent in float32) and the chaotic growth of cos and sin at W_std = 10 (W^2 E[sigma'^2]
+    about 50 per layer) carries to the output: with the sine and q1 - q2 carried, a few roundings per layer
+    against mpmath where the pair is near at layer 1; the pairs the recomputation leaves (correlation past NEAR
+    at every layer) keep the plain formulas' eps q per layer at the largest variance q."""
+    eps = torch.finfo(dtype).eps
+    for base, scale in [(NEAR5, 1.0), (NEAR5, 100.0), (DUPLICATE, 1e4), (OPPOSITE, 100.0), (TINY, 1.0),
+                        (COLLINEAR, 100.0)]:
+        X = torch.as_tensor(base * scale, dtype=dtype).double().numpy()
+        for W_std, b_std, depth in [(10.0, 0.0, 8), (10.0, 1.0, 5), (1.0, 0.1, 3)]:
+            arch = nk.MLP(depth=depth, activation=name, W_std=W_std, b_std=b_std)
+            nngp = arch.kernel(torch.as_tensor(X, dtype=dtype), get="nngp").double().numpy()
+            ntk = arch.kernel(torch.as_tensor(X, dtype=dtype), get="ntk").double().numpy()
+            S, T, R = mp_kernels(X, name, depth, W_std, b_std)
+            q_max = max(float(W_std**2 * np.max(np.sum(X * X, 1)) / X.shape[1] + b_std**2), W_std**2 + b_std**2)
+            covered = np.abs(R) > 1 - coincident.NEAR[dtype]
+            tol = (8 + 4 * depth) * eps + np.where(covered, 0.0, depth * eps * q_max)
+            where = (name, base.tolist(), scale, W_std, b_std, depth)
+            for K, reference in ((nngp, S), (ntk, T)):
+                with np.errstate(invalid="ignore"):   # sin: a zero row's kernel is 0 (0 / 0 where equal)
+                    error = np.where(K == reference, 0.0, errors(K, reference))
+                assert np.all(error <= tol), (where, error / tol)
+
+
+def test_later_layer_pairs_are_recomputed_only_where_a_map_grows_gaps(monkeypatch) -> None:
+    """cos at W_std = 1 is ordered (W^2 E[sin^2 u] < 1): every pair comes within NEAR with depth, and its gap error
+    stays eps q, so only the layer-1 near pairs (here the diagonal) are recomputed, not all N^2; at W_std = 10
+    (chaos) the zero row and the small one, 7.5e-11 apart after a layer, are recomputed too."""
+    counted = []
+    refine = coincident.refine
+    monkeypatch.setattr(coincident, "refine", lambda X, Y, rec, rows, *rest: (counted.append(len(rows)),
+                                                                              refine(X, Y, rec, rows, *rest)))
+    X = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+    S = nk.MLP(depth=10, activation="cos", W_std=1.0).kernel(X, get="nngp")
+    rho = S / torch.sqrt(S.diagonal()[:, None] * S.diagonal()[None, :])
+    assert float(rho.min()) > 1 - coincident.NEAR[torch.float32] and counted == [30]
+    counted.clear()
+    nk.MLP(depth=10, activation="cos", W_std=10.0, b_std=0.0).kernel(torch.tensor([[1e-4], [0.0]]), get="nngp")
+    assert counted == [4]

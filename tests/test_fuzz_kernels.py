@@ -15,10 +15,14 @@ each entry, the natural unit of a kernel value; `tolerance` below):
 - float64, homogeneous activations without bias: K(a x, b y) = a b K(x, y) exactly, so the kernel of the
   inputs as given against the kernel of the unit-norm inputs, rescaled: 1e-7 plus 3e-8 depth (1 + depth / 8);
 - the fused ReLU-family path against the activation's generic closed forms: the same tolerances;
-- every result: symmetric where it must be, its diagonal equal to `kernel_diag`, inside Cauchy-Schwarz.
+- every result: symmetric where it must be, its diagonal equal to `kernel_diag`, inside Cauchy-Schwarz;
+- a quadrature whose 2-D rule cannot resolve the variances is refused (a ValueError naming them) in float32 only
+  where float64 refuses it too, and a range error there is judged by an accurate 1-D rule (`resolved_diagonals`).
 
 Hypothesis profiles (tests/conftest.py): the default run is the fast profile; `--hypothesis-profile=slow`
-runs many more examples. Every case found so far is kept below as an explicit `@example`.
+runs many more examples. Every case found so far is kept below as an explicit `@example`; one class of cases is
+a known failure, kept as a strict xfail: float32 near pairs of the activations that do not carry the gap (gelu,
+quadrature) where the maps grow a gap per layer (chaos) from below float32's resolution.
 """
 
 from __future__ import annotations
@@ -90,10 +94,14 @@ def tolerance(dtype: torch.dtype, activation: str, depth: int, variance: float =
       2 sqrt(eps) = 3e-8 in float64) at each layer, even for exactly collinear or antipodal inputs; the angles'
       errors add up over the layers and Theta sums the layers, so the bound is that times depth (1 + depth / 8)
       (measured for antipodal inputs of abs in float64: 3.6e-7 at depth 16, 1.1e-6 at depth 32);
-    - the maps of non-homogeneous activations (erf, gelu, sin, quadrature) depend on q1 q2 - c^2, which
-      rounding gets only to eps q1 q2: a relative error up to about eps q for the largest variance q fed to
-      them (`variance`), which leaves float32 without accuracy at variances past 1e7; sign and step depend on
-      the angle alone (scale-free), which has no such error;
+    - the maps of non-homogeneous activations (erf, gelu, quadrature) depend on q1 q2 - c^2 (sin and cos on the
+      gap q1 + q2 - 2c), which rounding gets only to eps q1 q2 (eps q): a relative error up to about eps q for the
+      largest variance q fed to them (`variance`), which leaves float32 without accuracy at variances past 1e7;
+      for sin, cos and erf `ntkit.coincident` carries the gap of pairs near at layer 1 (duplicated, collinear,
+      antipodal rows) or at a later layer followed by maps that grow gaps (a zero row and a small one after a
+      layer of cos at W_std = 10) without cancellation, so the term stands for the other pairs only (gaps above
+      NEAR q, or gaps that no later map grows: their error stays eps q); sign and step depend on the angle alone
+      (scale-free), which has no such error;
     - sign and step have a cone that feeds on itself (theta -> sqrt(theta) per layer near correlation 1, and
       for sign near -1), which would leave inputs that differ below the dtype's resolution only eps^(2^-(L-1));
       `ntkit.coincident` recomputes those pairs with the angle carried exactly, so they need nothing more;
@@ -127,26 +135,89 @@ def justified(X64: np.ndarray, arch: nk.MLP, get: str, dtype: torch.dtype) -> bo
     error is the right answer. Also true when float64 itself cannot hold them."""
     rec = arch.recursion
     try:
-        q = sigma_diagonals(torch.as_tensor(X64), rec)
+        q = [v.numpy() for v in sigma_diagonals(torch.as_tensor(X64), rec)]
         theta = arch.kernel_diag(X64, get="ntk") if get == "ntk" else None
     except KernelRangeError:
         return True
-    except ValueError as error:   # a quadrature that cannot resolve these variances: judge by Sigma alone
+    except ValueError as error:   # a quadrature that cannot resolve these variances: a 1-D rule that can
         assert "does not resolve" in str(error), str(error)
-        theta = None
+        q, theta = resolved_diagonals(X64, arch)
+        theta = theta if get == "ntk" else None
     info = torch.finfo(dtype)
     top = info.max / 4
     floor = info.tiny * 2.0**24       # below this, float32 keeps too few digits
     norms = (X64 * X64).sum(1)
     if norms.size and norms.max() > top:
         return True
-    values = [v.numpy() for v in q]
+    values = q
     if any(v.size and v.max() > top for v in values):
         return True
     if theta is not None and theta.size and np.max(theta) > top / 100:
         return True
     return any(np.any((v > 0) & (v < floor)) for v in values) or bool(
         np.any((norms > 0) & (norms < floor)) and arch.b_std == 0)
+
+
+def gaussian_moments(act, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(E[sigma(u)^2], E[sigma'(u)^2]) for u ~ N(0, q), each q (float64), by 16-point Gauss-Legendre panels in
+    |z| = |u| / sqrt(q) with edges growing geometrically from 1e-4 / sqrt(q) to 40: the panels near 0 resolve a
+    derivative that varies on a scale of 1 in u at any variance (tanh' at q = 1e6), which the kernels' 2-D rule
+    cannot; written independently of the package's rules (only sigma and sigma' are the activation's own)."""
+    nodes, weights = np.polynomial.legendre.leggauss(16)
+    first, second = np.full(len(q), math.inf), np.full(len(q), math.inf)   # inf: a variance past float64
+    for i, value in enumerate(np.asarray(q, dtype=np.float64)):
+        if value == 0:   # u = 0
+            zero = torch.zeros(1, dtype=torch.float64)
+            first[i], second[i] = float(act(zero)[0]) ** 2, float(act.derivative(zero)[0]) ** 2
+        if not 0 < value < math.inf:
+            continue
+        low = min(1e-4, 1e-4 / math.sqrt(value))
+        edges = np.concatenate([[0.0], np.geomspace(low, 40.0, int(math.log2(40.0 / low)) + 2)])
+        half = (edges[1:] - edges[:-1])[:, None] / 2
+        z = (half * nodes + (edges[1:] + edges[:-1])[:, None] / 2).ravel()
+        w = (half * weights).ravel() * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+        u = torch.as_tensor(math.sqrt(value) * np.concatenate([z, -z]), dtype=torch.float64)
+        f, d = act(u).detach().numpy(), act.derivative(u).detach().numpy()
+        w = np.concatenate([w, w])
+        first[i], second[i] = float(np.sum(w * f * f)), float(np.sum(w * d * d))
+    return first, second
+
+
+def resolved_diagonals(X64: np.ndarray, arch: nk.MLP) -> tuple[list[np.ndarray], np.ndarray]:
+    """The Sigma^(l)(x, x) (l = 1 .. L) and Theta^(L)(x, x) of the paper's recursion (Proposition 1, Theorem 1),
+    in float64 with the maps on the diagonal from `gaussian_moments`: the reference where the package's quadrature
+    does not resolve the variances (and so refuses them)."""
+    rec = arch.recursion
+    w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = w2 * np.sum(X64 * X64, axis=1) / X64.shape[1] + b2
+        diagonals, theta = [q], q
+        for _ in range(rec.depth - 1):
+            e, e_dot = gaussian_moments(rec.activation, q)
+            q = w2 * e + b2
+            theta = theta * (w2 * e_dot) + q
+            diagonals.append(q)
+    return diagonals, theta
+
+
+def check_refusal_in_float64(X64: np.ndarray, arch: nk.MLP, get: str) -> None:
+    """A float32 call refused because the quadrature does not resolve its variances is refused in float64 too (the
+    same variances, to rounding), or the float64 map's error is within a factor 2 of the threshold (float32
+    diagonals and float32 evaluations of the error move it by a few eps per layer, a factor 2 is generous)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KernelUnderflowWarning)
+        try:
+            arch.kernel(X64, get=get)
+            arch.kernel_diag(X64, get=get)
+        except ValueError:   # the same refusal, or a range error
+            return
+        act = arch.recursion.activation
+        diagonals = sigma_diagonals(torch.as_tensor(X64), arch.recursion)[:-1]
+    variances = torch.cat([q for q in diagonals if q.numel()]) if diagonals else torch.zeros(0)
+    variances = variances[variances > 2.0]
+    assert variances.numel(), "float32 refused a quadrature whose float64 variances are all resolved"
+    worst = float(act.resolution_error(variances)[:, : 2 if get == "ntk" else 1].max())
+    assert worst > RESOLUTION_TOL / 2, f"float32 refused what float64 resolves (error {worst:.2g})"
 
 
 def check_message(error: Exception, dtype: torch.dtype) -> None:
@@ -307,8 +378,39 @@ def test_empty_inputs_give_empty_outputs() -> None:
                     [2.26937877e08, -9.73909236e08]]), activation="sin", depth=2, W_std=1.0, b_std=0.0,
          get="ntk")   # a duplicated pair with c past q by rounding: exp(c - q) = inf
 @example(X=np.array([[1e-5], [0.0]]), activation="sign", depth=3, W_std=1.0, b_std=0.1, get="ntk")  # sign's cone
+@example(X=np.array([[1.0]]), activation="tanh", depth=21, W_std=1000.0, b_std=0.0,
+         get="ntk")   # the NTK (3e60) overflows float32, but the rule cannot resolve tanh' at q = 1e6 to show it
+@example(X=np.array([[1e-4], [0.0]]), activation="cos", depth=5, W_std=10.0, b_std=1.0,
+         get="ntk")   # the layer-1 gap q1 + q2 - 2c = 1e-6 lost 12% in float32; W^2 E[sin^2] = 50 grows it per layer
+@example(X=np.array([[1e-4], [0.0]]), activation="cos", depth=10, W_std=10.0, b_std=0.0,
+         get="ntk")   # far at layer 1 (q2 = 0), 7.5e-11 apart at layer 2 (variance 100): lost in float32, then x50
+@example(X=np.array([[1e-6], [1e-4]]), activation="erf", depth=8, W_std=10.0, b_std=10.0,
+         get="ntk")   # a gap of 1e-6 at variance 100, below float32's resolution, grown by chaos (was 1.2x the tol)
+@example(X=np.array([[954.30518, -609.85142, -309.867], [969.53627, -452.35957, -483.74057],
+                    [-954.30518, 609.85142, 309.867], [-954.30518, 609.85142, 309.867]]), activation="cos",
+         depth=5, W_std=1.0, b_std=0.1747, get="ntk")   # duplicated rows at variance 5e5: the gap eps q from X @ X.T
 def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_std, b_std, get) -> None:
     """Gram and diagonal in float32: finite and within `tolerance` of float64, or a range error only if justified."""
+    check_float32_against_float64(X, activation, depth, W_std, b_std, get)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="gelu and the quadrature activations do not "
+                   "carry the gap of near pairs yet (no `sigma_both_gap`)")
+@pytest.mark.parametrize("X, activation", [
+    (np.array([[1.0], [-1.0], [1e-6], [1.0], [1e-4], [1.0]]), "tanh"),   # found by the slow profile
+    (np.array([[1e-6], [1e-4]]), "tanh")])
+def test_float32_near_pairs_of_activations_without_the_carried_gap(X, activation) -> None:
+    """A known failure, kept until those activations carry the gap: rows 1e-6 and 1e-4 under b_std = 10 have
+    Sigma^(1) = 100 + 1e-10 and 100 + 1e-6, a gap of 1e-6 below float32's resolution at 100 (8e-6), so float32
+    treats them as one input; at W_std = 10 these maps grow a gap by about W^2 E[sigma'(u)^2] > 1 per layer
+    (chaos), and by layer 8 the exact correlation is 0.895 (float64 has it), float32's 1. The activations that
+    carry it (ReLU family, sign, step, sin, cos, erf) get it to 1e-7 (tests/test_coincident.py, and the erf
+    example of the test above)."""
+    check_float32_against_float64(X, activation, 8, 10.0, 10.0, "ntk")
+
+
+def check_float32_against_float64(X, activation, depth, W_std, b_std, get) -> None:
+    """The body of `test_float32_kernel_agrees_with_float64_or_raises`."""
     run = Calls()
     arch = nk.MLP(depth=depth, activation=activation, W_std=W_std, b_std=b_std)
     X32 = torch.as_tensor(X, dtype=torch.float32)
@@ -322,6 +424,7 @@ def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_st
         return
     except ValueError as error:
         assert activation in QUADRATURE and "does not resolve" in str(error) and "layer" in str(error), str(error)
+        check_refusal_in_float64(X64, arch, get)
         return
     assert K.shape == (len(X), len(X)) and d.shape == (len(X),)
     assert np.isfinite(K).all() and np.isfinite(d).all()
@@ -329,6 +432,7 @@ def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_st
         warnings.simplefilter("ignore", KernelUnderflowWarning)
         K64 = arch.kernel(X64, get=get)
         d64 = arch.kernel_diag(X64, get=get)
+        variance = largest_variance(X64, arch)
     slack = 1e-30
     floor = np.abs(d64)
     if run.underflowed:   # values below the normal range, and the kernel between them and others, keep few digits
@@ -337,7 +441,7 @@ def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_st
         slack = underflow_slack(torch.float32)
         floor = np.maximum(floor, slack)
     scale = cs_scale(K64, floor, floor)
-    tol = tolerance(torch.float32, activation, depth, largest_variance(X64, arch))
+    tol = tolerance(torch.float32, activation, depth, variance)
 
     assert np.all(np.abs(K - K64) <= tol * scale + slack), np.max(np.abs(K - K64) / (scale + 1e-300))
     assert np.all(np.abs(d - d64) <= tol * np.abs(d64) + slack)

@@ -20,11 +20,20 @@ kernel itself fits:
               t_i = W^2 e_i / q_i', T_i = W^2 e_i / q_max', P = W^2 E / q_max':
               S'^2 = t1 t2 G^2 + (b^2 / q_min') W^2 (e1 + e2 - 2E) / q_max'                  (Proposition 1)
               W^2 (e1 + e2 - 2E) / q_max' = (sqrt(T1) - sqrt(T2))^2 + 2 sqrt(T1 T2) G^2 / (1 + E / sqrt(e1 e2))
-                                            (for E >= 0; T1 + T2 - 2P, without cancellation, for E < 0).
+                                            (for E >= 0; T1 + T2 - 2P, without cancellation, for E < 0),
+              with sqrt(T1) - sqrt(T2) = W^2 (e1 - e2) / q_max' / (sqrt(T1) + sqrt(T2)).
+
+The maps of sin, cos and erf depend on the variances and the gap q1 + q2 - 2c, not on the angle alone; from the
+sine the gap is (sqrt(q1) - sqrt(q2))^2 + 2 sqrt(q1 q2) S^2 / (1 + rho), which needs the difference
+delta = q1 - q2 to more than the eps q the rounded variances keep of it. So delta is carried too:
+a (x - y).(x + y) at layer 1 (no cancellation), W^2 (e1 - e2) after (`Activation.sigma_diag_difference`, from
+delta without cancellation).
 
 `kernel_block` computes every tile by the fast formulas, then recomputes here the pairs whose layer-1 correlation
 is within `NEAR` of 1 or -1 (a few per tile: the duplicates, the training points among Nystrom centres, opposite
-inputs), O(d + L) each, for every activation that `supports` says carries the sine.
+inputs; for sin, cos and erf also pairs that come that close at a later layer followed by a map that grows
+gaps, as a zero row and a small one do after a layer of cos at W_std = 10), from layer 1, O(d + L) each, for every
+activation that `supports` says carries the sine.
 """
 
 from __future__ import annotations
@@ -46,8 +55,14 @@ def supports(activation) -> bool:
 def near_pairs(sigma1: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices of the pairs whose Sigma^(1) correlation sigma1 rx ry exceeds 1 - NEAR in absolute
     value (1-D int64 tensors); rx, ry are 1 / sqrt(Sigma^(1)(x, x)) of the rows and columns."""
-    tau = NEAR.get(sigma1.dtype, 1e-2)
-    return torch.nonzero(torch.mul(sigma1, rx[:, None]).mul_(ry[None, :]).abs_() > 1 - tau, as_tuple=True)
+    return torch.nonzero(near_mask(sigma1, rx, ry), as_tuple=True)
+
+
+def near_mask(sigma: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
+    """Whether the correlation sigma rx ry of each pair exceeds 1 - NEAR in absolute value (a bool tensor of
+    sigma's shape); rx, ry are 1 / sqrt of the variances of the rows and columns."""
+    tau = NEAR.get(sigma.dtype, 1e-2)
+    return torch.mul(sigma, rx[:, None]).mul_(ry[None, :]).abs_() > 1 - tau
 
 
 def norm(v: torch.Tensor) -> torch.Tensor:
@@ -65,26 +80,28 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 def first_layer(X: torch.Tensor, Y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, w2: float, b2: float,
                 qx: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(c, q1, q2, S) of Sigma^(1) for the pairs (X[rows], Y[cols]), vectors of shape (P,) in X's dtype. qx, qy are
-    Sigma^(1) on the diagonals of X and Y; identical rows keep them, with c = q1 and S = 0 (no work on their
-    entries: the duplicates, the diagonal of a symmetric Gram, are most near pairs); the others get all four
-    from their entries (`_first_layer`), CHUNK numbers of each temporary at a time."""
+    """(c, q1, q2, S, delta) of Sigma^(1) for the pairs (X[rows], Y[cols]), vectors of shape (P,) in X's dtype, with
+    delta = q1 - q2 to rounding. qx, qy are Sigma^(1) on the diagonals of X and Y; identical rows keep them, with
+    c = q1, S = 0 and delta = 0 (no work on their entries: the duplicates, the diagonal of a symmetric Gram, are
+    most near pairs); the others get all five from their entries (`_first_layer`), CHUNK numbers of each
+    temporary at a time."""
     q1, q2 = qx[rows], qy[cols]
-    c, sine = q1.clone(), torch.zeros_like(q1)
+    c, sine, delta = q1.clone(), torch.zeros_like(q1), torch.zeros_like(q1)
     step = max(1, CHUNK // max(X.shape[1], 1))
     for start in range(0, len(rows), step):
         x, y = X[rows[start:start + step]], Y[cols[start:start + step]]
         other = torch.nonzero((x != y).any(1))[:, 0]
         if len(other):
             exact = _first_layer(x[other], y[other], w2, b2)
-            for value, part in zip((c, q1, q2, sine), exact, strict=True):
+            for value, part in zip((c, q1, q2, sine, delta), exact, strict=True):
                 value[start + other] = part
-    return c, q1, q2, sine
+    return c, q1, q2, sine, delta
 
 
 def _first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tuple[torch.Tensor, ...]:
-    """(c, q1, q2, S) for paired rows x, y (P, n0), S = sin(theta) by the Lagrange identity (module docstring), all
-    formed in float64 and returned in x's dtype. From float32 (or narrower) inputs products and squares of entries
+    """(c, q1, q2, S, delta) for paired rows x, y (P, n0), S = sin(theta) by the Lagrange identity (module docstring)
+    and delta = q1 - q2 = a (x - y).(x + y) (no cancellation; rows scaled by a power of two first), all formed in
+    float64 and returned in x's dtype. From float32 (or narrower) inputs products and squares of entries
     are exact there and cannot overflow or underflow, so the plain forms serve; float64 inputs take `norm` and
     Dekker's exact products."""
     dtype = x.dtype
@@ -99,7 +116,11 @@ def _first_layer(x: torch.Tensor, y: torch.Tensor, w2: float, b2: float) -> tupl
     if b2 > 0:
         low, high = torch.minimum(q1, q2), torch.maximum(q1, q2)
         sine = torch.hypot(sine, _ratio(b2, low).sqrt() * _ratio(ra * length(y - x), high.sqrt()))
-    return tuple(t.to(dtype) for t in (c, q1, q2, sine.clamp_(max=1.0)))
+    top = torch.maximum(x.abs().amax(1), y.abs().amax(1)) if x.shape[1] else x.new_zeros(x.shape[0])
+    exponent = torch.frexp(top).exponent
+    xs, ys = _ldexp(x, -exponent[:, None]), _ldexp(y, -exponent[:, None])   # exact: entries at most 1
+    delta = _ldexp(ra * ra * ((xs - ys) * (xs + ys)).sum(1), 2 * exponent)
+    return tuple(t.to(dtype) for t in (c, q1, q2, sine.clamp_(max=1.0), delta))
 
 
 def normal_part(x: torch.Tensor, y: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -176,32 +197,36 @@ def _wide(x: torch.Tensor) -> torch.dtype:
 
 
 def next_sine(E: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, G: torch.Tensor, w2: float, b2: float,
-              q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+              q1: torch.Tensor, q2: torch.Tensor, difference: torch.Tensor | None = None) -> torch.Tensor:
     """S' of the covariance [[q1, c], [c, q2]] = W^2 [[e1, E], [E, e2]] + b^2 from the sine G of [[e1, E], [E, e2]]
-    (module docstring, layer l+1)."""
+    (module docstring, layer l+1); `difference` is e1 - e2 given accurately (None: as rounded), which gives
+    sqrt(T1) - sqrt(T2) = W^2 (e1 - e2) / q_max' / (sqrt(T1) + sqrt(T2))."""
     t1, t2 = _ratio(w2 * e1, q1), _ratio(w2 * e2, q2)
     sine = (t1.sqrt() * t2.sqrt()) * G
     if b2 > 0:
         low, high = torch.minimum(q1, q2), torch.maximum(q1, q2)
         r1, r2 = _ratio(w2 * e1, high).sqrt(), _ratio(w2 * e2, high).sqrt()
+        apart = r1 - r2 if difference is None else _ratio(_ratio(w2 * difference, high), r1 + r2)
         cos = _ratio(_ratio(E, e1.sqrt()), e2.sqrt())       # E / sqrt(e1 e2)
-        near = torch.hypot(r1 - r2, G * (2 * r1 * r2 / (1 + cos.clamp(min=0))).sqrt())
+        near = torch.hypot(apart, G * (2 * r1 * r2 / (1 + cos.clamp(min=0))).sqrt())
         far = (r1 * r1 + r2 * r2 - 2 * _ratio(w2 * E, high)).clamp(min=0).sqrt()
         sine = torch.hypot(sine, _ratio(b2, low).sqrt() * torch.where(E >= 0, near, far))
     return sine.clamp_(max=1.0)
 
 
-def recursion(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.Tensor, rec,
+def recursion(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.Tensor, delta: torch.Tensor, rec,
               want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(Sigma^(L), Theta^(L)) of pairs from their layer-1 (c, q1, q2, S) (`first_layer`), with the angle carried
-    exactly (module docstring); shapes (P,)."""
+    """(Sigma^(L), Theta^(L)) of pairs from their layer-1 (c, q1, q2, S, delta) (`first_layer`), with the angle and
+    the difference of the variances delta = q1 - q2 carried exactly (module docstring); shapes (P,)."""
     w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
     theta = c.clone() if want_ntk else None
     for _ in range(rec.depth - 1):
-        E, dot, G = rec.activation.sigma_both_gap(c, q1, q2, sine)
+        E, dot, G = rec.activation.sigma_both_gap(c, q1, q2, sine, delta)
         e1, e2 = rec.activation.sigma_diag(q1), rec.activation.sigma_diag(q2)
+        difference = rec.activation.sigma_diag_difference(q1, q2, delta)     # e1 - e2
         c, q1, q2 = w2 * E + b2, w2 * e1 + b2, w2 * e2 + b2
-        sine = next_sine(E, e1, e2, G, w2, b2, q1, q2)
+        sine = next_sine(E, e1, e2, G, w2, b2, q1, q2, difference)
+        delta = w2 * difference
         if want_ntk:
             theta = theta * (w2 * dot) + c                 # Theta^(l+1), Theorem 1
     return c, theta

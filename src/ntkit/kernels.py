@@ -99,15 +99,17 @@ def kernel_block(
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
     torch.compile (see `MLP.kernel`). For the activations that carry the angle's sine (the ReLU
-    family, sign, step) the pairs whose layer-1 correlation is within `coincident.NEAR` of +-1 are
-    recomputed without cancellation (`coincident.py`), except under autograd.
+    family, sign, step, sin, cos, erf) the pairs whose correlation is within `coincident.NEAR` of +-1 at layer 1, or
+    at a later layer followed by a map that grows gaps (`_growing_maps`), are recomputed without cancellation
+    (`coincident.py`), except under autograd (the fused ReLU-family path checks layer 1 only).
     """
     qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
     qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
-    near = _near_pairs(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
+    near = _near_mask(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
+    grows = _growing_maps(rec, qx, qy) if near is not None and not rec.activation.homogeneous else []
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
@@ -117,8 +119,10 @@ def kernel_block(
             theta = theta * (rec.W_std**2 * e_dphi) + sigma
         else:
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
-    if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
-        coincident.refine(X, Y, rec, *near, sigma, theta, qx[0], qy[0])
+        if near is not None and layer < len(grows) and grows[layer]:   # pairs that come close at a later layer
+            near |= _near_mask(sigma, qx[layer], qy[layer])   # (a zero row and a small one), where the maps grow gaps
+    if near is not None and bool(near.any()):   # nearly coincident pairs: the angle again, without cancellation
+        coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
     return sigma, theta
 
 
@@ -132,10 +136,31 @@ def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _near_pairs(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`coincident.near_pairs` of a Sigma^(1) block from its diagonals q1 (rows) and q2 (columns)."""
+def _growing_maps(rec: Recursion, qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
+    """For each map m (layers 1 .. L - 1), whether the maps from m on can grow the gap q1 + q2 - 2c of a near
+    pair: the product of their gains W_std^2 E[sigma'(u)^2] (the gap's derivative at coincidence; each the largest
+    over the rows' variances) exceeds 1 (chaos). Where it does not, the eps q a near pair's gap keeps in the plain
+    formulas stays that small, and only layer-1 pairs need the recomputation; in the ordered regime (cos at
+    W_std = 1) every pair comes close with depth, and recomputing them all would cost many times the Gram
+    (O(N M (d + L))). Not asked of the scale-free maps (the ReLU family: their gain is the growth of the variance,
+    not of a gap; all pairs come close with depth) nor met by sign and step (sigma' = 0)."""
+    w2 = float(rec.W_std) ** 2
+    layers = [torch.cat([q1.detach(), q2.detach()]) for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
+    if not layers or not layers[0].numel():
+        return [False] * len(layers)
+    dots = rec.activation.sigma_dot_diag(torch.stack(layers))       # one call for all layers: (L - 1, N + M)
+    gains = (w2 * dots.amax(1)).tolist()
+    growth, grows = 1.0, []
+    for gain in reversed(gains):           # the product from each map to the last
+        growth *= gain
+        grows.append(growth > 1)
+    return grows[::-1]
+
+
+def _near_mask(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """`coincident.near_mask` of a Sigma^(l) block from its diagonals q1 (rows) and q2 (columns)."""
     tiny = torch.finfo(sigma.dtype).tiny
-    return coincident.near_pairs(sigma, torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)))
+    return coincident.near_mask(sigma, torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)))
 
 
 def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:

@@ -151,12 +151,20 @@ class Activation:
     carries_gap: bool = False
 
     def sigma_both_gap(
-        self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.Tensor
+        self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.Tensor,
+        delta: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], G) given sine = sin(theta) = sqrt(1 - c^2 / (q1 q2))
         accurately (not from c, q1, q2, which keep only sqrt(eps) of a small angle), where G is the same for the
         pair (sigma(u), sigma(v)): G = sqrt(1 - E^2 / (e1 e2)), e_i = `sigma_diag`(q_i), computed without
-        cancellation (G = 1 where e1 e2 = 0). Both sines lie in [0, 1]; only activations with `carries_gap`
+        cancellation (G = 1 where e1 e2 = 0). Both sines lie in [0, 1]. `delta` is q1 - q2 given accurately (None:
+        q1 - q2 as rounded), which the maps that depend on the gap q1 + q2 - 2c rather than on the angle alone (sin,
+        cos) need. Only activations with `carries_gap` implement it."""
+        raise NotImplementedError
+
+    def sigma_diag_difference(self, q1: torch.Tensor, q2: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """E[sigma(u)^2] - E[sigma(v)^2] for u ~ N(0, q1), v ~ N(0, q2) given delta = q1 - q2 accurately (not from
+        the two values, which keep only eps q of a small difference); only activations with `carries_gap`
         implement it."""
         raise NotImplementedError
 

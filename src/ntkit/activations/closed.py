@@ -58,10 +58,13 @@ class PiecewiseLinear(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_diag_difference(self, q1, q2, delta):
+        return 0.5 * (1 + self.a**2) * delta
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], G) given sine = sin(theta) accurately (the contract of
-        `Activation.sigma_both_gap`). With m = (1 + a^2) / 2 (e_i = m q_i), kappa = (1 - a)^2 / (2 pi),
-        rho = cos(theta), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0:
+        `Activation.sigma_both_gap`; scale-free, so `delta` is not needed). With m = (1 + a^2) / 2 (e_i = m q_i),
+        kappa = (1 - a)^2 / (2 pi), rho = cos(theta), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0:
             E = kappa r sine + dot c,   eps = E / (m r) = (kappa sine + dot rho) / m,
             G^2 = 1 - eps^2 = sine^2 + (kappa / m) h(theta) (rho + eps)
         (from e1 e2 - E^2 = m^2 (q1 q2 - c^2) + kappa r h(theta) (m c + E), as theta c - s = r h(theta)); below
@@ -142,6 +145,75 @@ class Erf(Activation):
         _, s = angle(c, q1, q2)
         return 4.0 / math.pi / torch.hypot(torch.sqrt(1 + 2 * (q1 + q2)), 2 * s)
 
+    def sigma_diag(self, q):
+        """(2/pi) asin(2q / (1 + 2q)) = (2/pi) atan2(2q, sqrt(1 + 4q)): no asin of a ratio rounded near 1 at large q
+        (where asin's slope, sqrt(1 + 2q) / 2, would multiply the ratio's rounding)."""
+        return 2.0 / math.pi * torch.atan2(2 * q, torch.sqrt(1 + 4 * q))
+
+    carries_gap = True
+
+    def sigma_diag_difference(self, q1, q2, delta):
+        """e1 - e2 = (2/pi)(t2 - t1), e_i = 1 - (2/pi) t_i with t_i = atan2(sqrt(q_i + 1/4), q_i) (the angle of
+        [[q_i + 1/2, q_i], [q_i, q_i + 1/2]]), by the sine and cosine of t2 - t1:
+            sin = delta (q1 q2 + (q1 + q2) / 4) / (q1 sqrt(q2 + 1/4) + q2 sqrt(q1 + 1/4)) / (A1 A2),
+            cos = (q1 q2 + sqrt(q1 + 1/4) sqrt(q2 + 1/4)) / (A1 A2),   A_i = q_i + 1/2 (no cancellation)."""
+        a1, a2 = q1 + 0.5, q2 + 0.5
+        h1, h2 = torch.sqrt(q1 + 0.25), torch.sqrt(q2 + 0.25)
+        both = (q1 / a1) * (q2 / a2)
+        s1, s2 = torch.sqrt(a1), torch.sqrt(a2)        # numerator and denominator over sqrt(A1 A2): no overflow
+        sine = ((delta / s1 / s2) * (both + 0.25 * ((q1 + q2) / a1) / a2)
+                / ((q1 / s1) * (h2 / s2) + (q2 / s2) * (h1 / s1)))
+        return 2.0 / math.pi * torch.atan2(sine, both + (h1 / a1) * (h2 / a2))
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
+        """(E[erf u erf v], E[erf' u erf' v], G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`).
+        E = (2/pi) asin(rho~) is the sign kernel of [[A1, c], [c, A2]], A_i = q_i + 1/2, whose sine
+        S~^2 = ((q1 + q2) / 2 + 1/4 + q1 q2 sine^2) / (A1 A2) has no cancellation: E = 1 - (2/pi) t with
+        t = atan2(S~, rho~), and e_i = 1 - (2/pi) t_i (`sigma_diag_difference`). With d_i = (2/pi)(t - t_i),
+            e1 e2 - E^2 = (d1 + d2) E + d1 d2,
+        and sin(t - t_1) = S~ rho~_1 - rho~ S~_1 = X1 / ((q1 S~ + c sqrt(q1 + 1/4) / sqrt(A1 A2)) A1 A2),
+        X1 = q1^2 q2 sine^2 + (q1 - c)(q1 + c) / 2, with q1 - c = (Dn + delta) / 2 from the gap Dn = q1 + q2 - 2c
+        (as for sin and cos, `_trig_both_gap`). erf is odd: evaluated at |c|, E takes the sign of c. float32
+        arguments are evaluated in float64 where the device has it (near pairs only: cheap), so that sine^2 does not
+        underflow below angles of 1e-19."""
+        dtype = c.dtype
+        if dtype == torch.float32 and c.device.type != "mps":
+            E, dot, G = self.sigma_both_gap(*(t.double() for t in (c, q1, q2, sine)),
+                                            None if delta is None else delta.double())
+            return E.to(dtype), dot.to(dtype), G.to(dtype)
+        flip = c < 0
+        c = c.abs()
+        _, _, rho, positive = angle_from_sine(c, q1, q2, sine)
+        delta = q1 - q2 if delta is None else delta
+        r1, r2 = torch.sqrt(q1), torch.sqrt(q2)
+        apart = torch.where(r1 + r2 > 0, delta / torch.where(r1 + r2 > 0, r1 + r2, 1.0), 0.0)
+        gap = torch.hypot(apart, sine * torch.sqrt(2 * r1 * r2 / (1 + rho))) ** 2      # q1 + q2 - 2c
+        a1, a2 = q1 + 0.5, q2 + 0.5
+        root_a = torch.sqrt(a1) * torch.sqrt(a2)
+        s_t = torch.sqrt(((0.5 * (q1 + q2) + 0.25) / a1) / a2 + (q1 / a1) * (q2 / a2) * sine * sine)
+        rho_t = c / root_a
+        E = 2.0 / math.pi * torch.atan2(rho_t, s_t)                                    # (2/pi) asin(rho~)
+        dot = 4.0 / math.pi / torch.hypot(torch.sqrt(1 + 2 * (q1 + q2)), 2 * (r1 * r2) * sine)
+
+        def apart_angle(qi, qj, ai, sign):      # t - t_i
+            hi = torch.sqrt(qi + 0.25)
+            x = (qi * (qi / root_a) * (qj / root_a) * sine * sine
+                 + 0.5 * ((gap + sign * delta) / 2) * ((qi + c) / root_a) / root_a)          # X_i / (A1 A2)
+            den = qi * s_t + c * hi / root_a
+            return torch.atan2(torch.where(den > 0, x / torch.where(den > 0, den, 1.0), 0.0),
+                               rho_t * (qi / ai) + s_t * (hi / ai))
+
+        d1 = 2.0 / math.pi * apart_angle(q1, q2, a1, 1.0)
+        d2 = 2.0 / math.pi * apart_angle(q2, q1, a2, -1.0)
+        e1, e2 = 1 - 2.0 / math.pi * torch.atan2(torch.sqrt(q1 + 0.25), q1), \
+            1 - 2.0 / math.pi * torch.atan2(torch.sqrt(q2 + 0.25), q2)
+        unit = torch.sqrt(e1) * torch.sqrt(e2)
+        ok = positive & (unit > 0)
+        unit = torch.where(ok, unit, 1.0)
+        G2 = ((d1 + d2) / unit) * (E / unit) + (d1 / unit) * (d2 / unit)
+        G = torch.where(ok, G2.clamp(min=0).sqrt(), 1.0).clamp(max=1.0)
+        return torch.where(flip, -E, E), dot, G
+
 
 def _exp_sinh_cosh(c, q1, q2, sign: float) -> torch.Tensor:
     """exp(-(q1 + q2)/2) (e^c + sign e^-c) / 2, without overflow (|c| <= (q1 + q2)/2, enforced) and, for sinh, without
@@ -152,6 +224,59 @@ def _exp_sinh_cosh(c, q1, q2, sign: float) -> torch.Tensor:
     if sign > 0:
         return outer * (1 + torch.exp(-2 * size))
     return torch.sign(c) * outer * -torch.expm1(-2 * size)
+
+
+def _exp_difference(q1, q2, delta, k: float) -> torch.Tensor:
+    """e^{-k q1} - e^{-k q2} from delta = q1 - q2 given accurately: -sign(delta) e^{-k min(q1, q2)} (1 - e^{-k |delta|})
+    (no cancellation, no overflow)."""
+    return -torch.sign(delta) * torch.exp(-k * torch.minimum(q1, q2)) * -torch.expm1(-k * delta.abs())
+
+
+def _trig_both_gap(c, q1, q2, sine, sign: float, delta=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(e^{-(q1+q2)/2} cosh(c), e^{-(q1+q2)/2} sinh(c), G) from the sine of the angle given accurately
+    (`Activation.sigma_both_gap`), for cos (sign = +1: E[cos u cos v], E[sin u sin v]) and sin (sign = -1:
+    E[sin u sin v] is the sinh term, E[cos u cos v] the cosh term; the caller orders them).
+
+    Both expectations depend on the two gaps D-+ = q1 + q2 -+ 2c, the variances of u - v and u + v. The near one,
+    Dn = q1 + q2 - 2|c| (D- for c >= 0, D+ for c < 0), cancels to eps (q1 + q2) from (c, q1, q2) (an error of about
+    1 in the exponent at variances of 1e7 in float32); from the sine, with rho = c / sqrt(q1 q2),
+        Dn = (sqrt(q1) - sqrt(q2))^2 + 2 sqrt(q1 q2) (1 - |rho|),   1 - |rho| = sine^2 / (1 + |rho|),
+    both terms nonnegative, with sqrt(q1) - sqrt(q2) = delta / (sqrt(q1) + sqrt(q2)) from delta = q1 - q2 given
+    accurately (`ntkit.coincident` carries it: the rounded variances keep only eps q of it). Then
+    e^{-(q1+q2)/2} cosh(c) = e^{-Dn/2} (1 + e^{-2|c|}) / 2 and the sinh term sign(c) e^{-Dn/2} (1 - e^{-2|c|}) / 2.
+    With e_i = (1 +- e^{-2 q_i}) / 2 (`sigma_diag`), E the Sigma map and
+    Df = Dn + 4|c| the far gap, the next angle's sine G^2 = (e1 e2 - E^2) / (e1 e2) comes from
+        4 (e1 e2 - E^2) = (1 - e^{-Dn})(1 - e^{-Df}) +- (e^{-q1} - e^{-q2})^2
+    (+ for cos, - for sin): for cos both terms are nonnegative (no cancellation); for sin they cancel only where
+    q1 != q2 at small variances (sin nearly linear there), to about eps absolute in G^2, as the plain formulas."""
+    _, _, rho, _ = angle_from_sine(c, q1, q2, sine)
+    r1, r2 = torch.sqrt(q1), torch.sqrt(q2)
+    delta = q1 - q2 if delta is None else delta
+    apart_roots = torch.where(r1 + r2 > 0, delta / torch.where(r1 + r2 > 0, r1 + r2, 1.0), 0.0)   # sqrt q1 - sqrt q2
+    root_near = torch.hypot(apart_roots, sine * torch.sqrt(2 * r1 * r2 / (1 + rho.abs())))   # sqrt(Dn): no underflow
+    near = root_near * root_near
+    size = c.abs()
+    half = 0.5 * torch.exp(-0.5 * near)
+    cosh_term = half * (1 + torch.exp(-2 * size))
+    sinh_term = torch.sign(c) * half * -torch.expm1(-2 * size)
+    if sign > 0:
+        e1, e2 = 0.5 * (1 + torch.exp(-2 * q1)), 0.5 * (1 + torch.exp(-2 * q2))
+    else:          # -expm1: accurate at small variances
+        e1, e2 = -0.5 * torch.expm1(-2 * q1), -0.5 * torch.expm1(-2 * q2)
+    unit = 2 * torch.sqrt(e1) * torch.sqrt(e2)                          # 2 sqrt(e1 e2)
+    positive = unit > 0
+    unit = torch.where(positive, unit, 1.0)
+    apart = _exp_difference(q1, q2, delta, 1.0).abs() / unit             # |e^{-q1} - e^{-q2}| / (2 sqrt(e1 e2))
+    # sqrt((1 - e^{-Dn})(1 - e^{-Df})) / (2 sqrt(e1 e2)) as sqrt(Dn) sqrt(phi(Dn) (1 - e^{-Df})) / (2 sqrt(e1 e2)),
+    # phi(x) = (1 - e^{-x}) / x: no square of a small sine
+    phi = torch.where(near > 0, -torch.expm1(-near) / torch.where(near > 0, near, 1.0), 1.0)
+    gaps = root_near * torch.sqrt(phi * -torch.expm1(-(near + 4 * size))) / unit
+    if sign > 0:
+        G = torch.hypot(gaps, apart)
+    else:
+        G = (gaps - apart).clamp(min=0).sqrt() * (gaps + apart).sqrt()
+    G = torch.where(positive, G, 1.0).clamp(max=1.0)
+    return cosh_term, sinh_term, G
 
 
 class Sin(Activation):
@@ -171,6 +296,16 @@ class Sin(Activation):
     def sigma_dot(self, c, q1, q2):
         return _exp_sinh_cosh(c, q1, q2, +1.0)
 
+    carries_gap = True
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
+        """(E[sin u sin v], E[cos u cos v], G) with the gap carried by the sine (`_trig_both_gap`)."""
+        cosh_term, sinh_term, G = _trig_both_gap(c, q1, q2, sine, -1.0, delta)
+        return sinh_term, cosh_term, G
+
+    def sigma_diag_difference(self, q1, q2, delta):
+        return -_exp_difference(q1, q2, delta, 2.0) / 2      # e = (1 - e^{-2q}) / 2
+
 
 class Cos(Activation):
     """sigma = cos: E[cos u cos v] = e^{-(q1+q2)/2} cosh(c), E[sin u sin v] = e^{-(q1+q2)/2} sinh(c)."""
@@ -188,6 +323,15 @@ class Cos(Activation):
 
     def sigma_dot(self, c, q1, q2):
         return _exp_sinh_cosh(c, q1, q2, -1.0)
+
+    carries_gap = True
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
+        """(E[cos u cos v], E[sin u sin v], G) with the gap carried by the sine (`_trig_both_gap`)."""
+        return _trig_both_gap(c, q1, q2, sine, +1.0, delta)
+
+    def sigma_diag_difference(self, q1, q2, delta):
+        return _exp_difference(q1, q2, delta, 2.0) / 2       # e = (1 + e^{-2q}) / 2
 
 
 class Sign(Activation):
@@ -213,7 +357,10 @@ class Sign(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_diag_difference(self, q1, q2, delta):
+        return (q1 > 0).to(q1.dtype) - (q2 > 0).to(q2.dtype)    # e = 1 for q > 0, 0 at q = 0
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[sign(u) sign(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
         e_i = 1, E = 1 - 2 theta / pi = ((pi - theta) - theta) / pi and G^2 = (1 - E)(1 + E) =
         4 theta (pi - theta) / pi^2, both angles accurate (`angle_from_sine`): G vanishes at theta = 0 and pi."""
@@ -245,7 +392,10 @@ class Step(Activation):
 
     carries_gap = True
 
-    def sigma_both_gap(self, c, q1, q2, sine):
+    def sigma_diag_difference(self, q1, q2, delta):
+        return 0.5 * ((q1 > 0).to(q1.dtype) - (q2 > 0).to(q2.dtype))    # e = 1/2 for q > 0, 0 at q = 0
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
         """(E[step(u) step(v)], 0, G) given sine = sin(theta) accurately (`Activation.sigma_both_gap`): with
         e_i = 1/2 and w = theta / pi, E = (pi - theta) / (2 pi) and G^2 = 1 - 4 E^2 = (1 - 2E)(1 + 2E) = w (2 - w)."""
         theta, away, _, positive = angle_from_sine(c, q1, q2, sine)
