@@ -23,6 +23,7 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 import ntkit as nk
+from fuzz_support import Calls
 from ntkit._range import (
     RESOLUTION_TOL,
     KernelOverflowError,
@@ -329,26 +330,6 @@ def range_problems(draw):
         elif i and kind != "plain":
             X[i] = X[draw(st.integers(0, i - 1))] * (1.0 if kind == "repeat" else -1.0)
     return nk.Sequential(*layers), torch.as_tensor(X, dtype=dtype), act
-
-
-class Calls:
-    """Runs kernel calls; a `KernelUnderflowWarning` is allowed (and remembered in `underflowed`) when it names the
-    layer and a fix, any other warning is an error."""
-
-    def __init__(self) -> None:
-        self.underflowed = False
-
-    def __call__(self, fn):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = fn()
-        others = [w for w in caught if not issubclass(w.category, KernelUnderflowWarning)]
-        assert not others, [str(w.message) for w in others]
-        for w in caught:
-            text = str(w.message)
-            assert "underflows the" in text and "layer" in text and "W_std" in text and "norm" in text, text
-            self.underflowed = True
-        return result
 
 
 def check_message(error: Exception, dtype: torch.dtype) -> None:

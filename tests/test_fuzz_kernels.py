@@ -20,9 +20,7 @@ each entry, the natural unit of a kernel value; `tolerance` below):
   where float64 refuses it too, and a range error there is judged by an accurate 1-D rule (`resolved_diagonals`).
 
 Hypothesis profiles (tests/conftest.py): the default run is the fast profile; `--hypothesis-profile=slow`
-runs many more examples. Every case found so far is kept below as an explicit `@example`; one class of cases is
-a known failure, kept as a strict xfail: float32 near pairs of the activations that do not carry the gap (gelu,
-quadrature) where the maps grow a gap per layer (chaos) from below float32's resolution.
+runs many more examples. Every case found so far is kept below as an explicit `@example` (or a parametrized case).
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import ntkit as nk
+from fuzz_support import Calls
 from ntkit._range import (
     RESOLUTION_TOL,
     KernelOverflowError,
@@ -229,26 +228,6 @@ def check_message(error: Exception, dtype: torch.dtype) -> None:
     assert ("W_std" in text and "norm" in text), text
 
 
-class Calls:
-    """Runs kernel calls; a `KernelUnderflowWarning` (values below the normal range returned as 0) is allowed and
-    remembered in `underflowed`, any other warning is an error (the kernels have no other warning to give)."""
-
-    def __init__(self) -> None:
-        self.underflowed = False
-
-    def __call__(self, fn):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = fn()
-        others = [w for w in caught if not issubclass(w.category, KernelUnderflowWarning)]
-        assert not others, [str(w.message) for w in others]
-        if caught:
-            text = str(caught[0].message)
-            assert "underflows the" in text and "layer" in text and "W_std" in text, text
-            self.underflowed = True
-        return result
-
-
 def underflow_slack(dtype: torch.dtype) -> float:
     """Absolute error allowed where an underflow was announced: values below the smallest normal number come
     back as 0 or with few digits."""
@@ -394,18 +373,15 @@ def test_float32_kernel_agrees_with_float64_or_raises(X, activation, depth, W_st
     check_float32_against_float64(X, activation, depth, W_std, b_std, get)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="gelu and the quadrature activations do not "
-                   "carry the gap of near pairs yet (no `sigma_both_gap`)")
 @pytest.mark.parametrize("X, activation", [
     (np.array([[1.0], [-1.0], [1e-6], [1.0], [1e-4], [1.0]]), "tanh"),   # found by the slow profile
-    (np.array([[1e-6], [1e-4]]), "tanh")])
+    (np.array([[1e-6], [1e-4]]), "tanh")])   # without the float64 recomputation: off by 0.1 of the diagonal
 def test_float32_near_pairs_of_activations_without_the_carried_gap(X, activation) -> None:
-    """A known failure, kept until those activations carry the gap: rows 1e-6 and 1e-4 under b_std = 10 have
-    Sigma^(1) = 100 + 1e-10 and 100 + 1e-6, a gap of 1e-6 below float32's resolution at 100 (8e-6), so float32
-    treats them as one input; at W_std = 10 these maps grow a gap by about W^2 E[sigma'(u)^2] > 1 per layer
-    (chaos), and by layer 8 the exact correlation is 0.895 (float64 has it), float32's 1. The activations that
-    carry it (ReLU family, sign, step, sin, cos, erf) get it to 1e-7 (tests/test_coincident.py, and the erf
-    example of the test above)."""
+    """Rows 1e-6 and 1e-4 under b_std = 10 have Sigma^(1) = 100 + 1e-10 and 100 + 1e-6, a gap of 1e-6 below float32's
+    resolution at 100 (8e-6), so float32 alone treats them as one input; at W_std = 10 these maps grow a gap by about
+    W^2 E[sigma'(u)^2] > 1 per layer (chaos), and by layer 8 the exact correlation is 0.895, float32's 1. The
+    activations that carry the gap (ReLU family, sign, step, sin, cos, erf) get it to 1e-7 (tests/test_coincident.py);
+    for the others (gelu, quadrature) the near pairs of a float32 block are recomputed in float64."""
     check_float32_against_float64(X, activation, 8, 10.0, 10.0, "ntk")
 
 

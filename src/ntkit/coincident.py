@@ -244,3 +244,29 @@ def refine(X: torch.Tensor, Y: torch.Tensor, rec, rows: torch.Tensor, cols: torc
         sigma[r, k] = s
         if theta is not None:
             theta[r, k] = t
+
+
+def widen(X: torch.Tensor, Y: torch.Tensor, rec, rows: torch.Tensor, cols: torch.Tensor, sigma: torch.Tensor,
+          theta: torch.Tensor | None) -> None:
+    """Overwrite sigma[rows, cols] (and theta) of a float32 (or narrower) block with the plain recursion in
+    float64 on the pairs (X[rows], Y[cols]): for the activations that do not carry the gap (gelu, the quadrature
+    ones), whose maps need the gap q1 + q2 - 2c of a near pair that float32 rounds away at eps q (and a chaotic
+    network grows it layer by layer), float64's resolution holds it. O(P (d + L)) for P pairs:
+        Sigma^(l+1) = W^2 E[sigma(u) sigma(v)] + b^2,  Theta^(l+1) = Theta^(l) W^2 E[sigma'(u) sigma'(v)] + Sigma^(l+1)
+    (Theorem 1), with the diagonals q^(l+1) = W^2 E[sigma(u)^2] + b^2 of each row."""
+    w2, b2, wide = float(rec.W_std) ** 2, float(rec.b_std) ** 2, torch.float64
+    act = rec.activation
+    for start in range(0, len(rows), PAIRS):
+        r, k = rows[start:start + PAIRS], cols[start:start + PAIRS]
+        x, y = X[r].to(wide), Y[k].to(wide)
+        a = w2 / X.shape[1]
+        c, q1, q2 = a * (x * y).sum(1) + b2, a * (x * x).sum(1) + b2, a * (y * y).sum(1) + b2   # Sigma^(1)
+        t = c if theta is not None else None
+        for _ in range(rec.depth - 1):
+            E, dot = act.sigma_both(c, q1, q2)
+            c, q1, q2 = w2 * E + b2, w2 * act.sigma_diag(q1) + b2, w2 * act.sigma_diag(q2) + b2
+            if t is not None:
+                t = t * (w2 * dot) + c
+        sigma[r, k] = c.to(sigma.dtype)
+        if theta is not None:
+            theta[r, k] = t.to(theta.dtype)

@@ -101,14 +101,16 @@ def kernel_block(
     torch.compile (see `MLP.kernel`). For the activations that carry the angle's sine (the ReLU
     family, sign, step, sin, cos, erf) the pairs whose correlation is within `coincident.NEAR` of +-1 at layer 1, or
     at a later layer followed by a map that grows gaps (`_growing_maps`), are recomputed without cancellation
-    (`coincident.py`), except under autograd (the fused ReLU-family path checks layer 1 only).
+    (`coincident.py`), except under autograd (the fused ReLU-family path checks layer 1 only); for the others
+    (gelu, the quadrature activations) the same pairs of a float32 block are recomputed in float64.
     """
     qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
     qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
         return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
     sigma = sigma1(X, Y, rec)
-    near = _near_mask(sigma, qx[0], qy[0]) if _refinable(rec, X, Y) else None
+    refinable = _refinable(rec, X, Y)
+    near = _near_mask(sigma, qx[0], qy[0]) if refinable or _widenable(rec, X, Y) else None
     grows = _growing_maps(rec, qx, qy) if near is not None and not rec.activation.homogeneous else []
     theta = sigma if want_ntk else None
     for layer in range(1, rec.depth):
@@ -122,7 +124,10 @@ def kernel_block(
         if near is not None and layer < len(grows) and grows[layer]:   # pairs that come close at a later layer
             near |= _near_mask(sigma, qx[layer], qy[layer])   # (a zero row and a small one), where the maps grow gaps
     if near is not None and bool(near.any()):   # nearly coincident pairs: the angle again, without cancellation
-        coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
+        if refinable:
+            coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
+        else:                                   # or, for the maps that do not carry it, in float64
+            coincident.widen(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta)
     return sigma, theta
 
 
@@ -130,7 +135,18 @@ def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     """Whether `coincident.refine` applies on the generic path: an activation that carries the angle's sine
     (sign, step; the ReLU family when autograd keeps it off the fused path), depth > 1, and no autograd (the
     recomputation overwrites entries in place, outside the graph)."""
-    if rec.depth < 2 or not coincident.supports(rec.activation):
+    return coincident.supports(rec.activation) and _recomputable(rec, X, Y)
+
+
+def _widenable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
+    """Whether `coincident.widen` applies: an activation that does not carry the gap, on inputs narrower than
+    float64, depth > 1 and no autograd."""
+    return X.dtype.itemsize < 8 and not coincident.supports(rec.activation) and _recomputable(rec, X, Y)
+
+
+def _recomputable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
+    """Depth > 1 and no autograd: near pairs can be overwritten in place, outside the graph."""
+    if rec.depth < 2:
         return False
     tensors = [t for t in (X, Y, rec.W_std, rec.b_std) if isinstance(t, torch.Tensor)]
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
