@@ -93,8 +93,11 @@ def kernel_block(
     qx: list[torch.Tensor] | None = None,
     qy: list[torch.Tensor] | None = None,
     compiled: bool = False,
+    exact_diagonal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(Sigma^(L)(X, Y), Theta^(L)(X, Y)) on one block, shapes (N, M); Theta is None unless wanted.
+    `exact_diagonal`: X is Y and the caller overwrites the diagonal with its exact values (a diagonal tile of a
+    symmetric Gram), so the diagonal's pairs are not recomputed below.
 
     `qx`, `qy` are the per-layer diagonals of `sigma_diagonals`, passed in when the caller
     tiles a large problem and has them already. `compiled` fuses the ReLU-family path with
@@ -107,7 +110,7 @@ def kernel_block(
     qx = sigma_diagonals(X, rec, want_ntk) if qx is None else qx
     qy = sigma_diagonals(Y, rec, want_ntk) if qy is None else qy
     if _fast_path_applies(rec, X, Y):
-        return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled)
+        return _piecewise_linear_block(X, Y, rec, want_ntk, qx, qy, compiled, exact_diagonal)
     sigma = sigma1(X, Y, rec)
     refinable = _refinable(rec, X, Y)
     near = _near_mask(sigma, qx[0], qy[0]) if refinable or _widenable(rec, X, Y) else None
@@ -123,6 +126,8 @@ def kernel_block(
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
         if near is not None and layer < len(grows) and grows[layer]:   # pairs that come close at a later layer
             near |= _near_mask(sigma, qx[layer], qy[layer])   # (a zero row and a small one), where the maps grow gaps
+    if near is not None and exact_diagonal:
+        near.fill_diagonal_(False)
     if near is not None and bool(near.any()):   # nearly coincident pairs: the angle again, without cancellation
         if refinable:
             coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
@@ -188,7 +193,8 @@ def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool
     return not (torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad))
 
 
-def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compiled: bool = False):
+def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compiled: bool = False,
+                            exact_diagonal: bool = False):
     """`kernel_block` for relu / leaky_relu / abs through `piecewise_linear_layers`; the pairs whose layer-1
     correlation is within `coincident.NEAR` of +-1 are then recomputed without cancellation (`coincident.py`)."""
     tiny = torch.finfo(X.dtype).tiny
@@ -196,6 +202,9 @@ def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compil
              for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
     sigma = sigma1(X, Y, rec)
     near = coincident.near_pairs(sigma, roots[0][0], roots[0][1]) if rec.depth > 1 else None
+    if near is not None and exact_diagonal:
+        off = near[0] != near[1]
+        near = (near[0][off], near[1][off])
     theta = sigma.clone() if want_ntk else None
     layers = _compiled_layers() if compiled else piecewise_linear_layers
     sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)

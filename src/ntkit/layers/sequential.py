@@ -561,10 +561,11 @@ def _fc_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, rec: Recursio
         return [theta if name == "ntk" else sigma for name in names]
 
     def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
-        sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk,
-                                    [q[rows] for q in qx], [q[cols] for q in qy], compiled=compile)
+        on_diagonal = symmetric and isinstance(rows, slice) and rows == cols
+        sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk, [q[rows] for q in qx],
+                                    [q[cols] for q in qy], compiled=compile, exact_diagonal=on_diagonal)
         tiles = {"nngp": sigma, "ntk": theta}
-        if symmetric and isinstance(rows, slice) and rows == cols:  # the exact diagonal: no rounding noise
+        if on_diagonal:  # the exact diagonal: no rounding noise
             for name, values in zip(names, diag(rows), strict=True):
                 tiles[name].diagonal().copy_(values)
         return [tiles[name] for name in names]
