@@ -426,3 +426,13 @@ def test_layer_stacks_across_the_range_agree_with_float64_or_refuse(problem, get
     slack += pooled
     assert np.all(np.abs(K - K64) <= tol * scale + slack), np.max(np.abs(K - K64) / scale)
     assert np.all(np.abs(cross - K64[:, :half]) <= tol * scale[:, :half] + slack)
+
+
+def test_an_underflow_warning_points_at_the_users_call() -> None:
+    """The warning names the caller's line (not a line inside ntkit), for the MLP and for a layer stack."""
+    X = torch.tensor([[1e-200], [1.0]], dtype=torch.float64)
+    stack = nk.Sequential(nk.Linear(b_std=0.0), nk.ReLU(), nk.Linear(b_std=0.0), nk.ReLU(), nk.Linear(b_std=0.0))
+    for arch in (nk.MLP(4, b_std=0.0), stack):
+        with pytest.warns(KernelUnderflowWarning) as record:
+            arch.kernel(X)
+        assert {w.filename for w in record} == {__file__}

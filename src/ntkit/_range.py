@@ -18,6 +18,8 @@ a Gaussian of known variance can call the same functions).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -117,7 +119,17 @@ class RangeTracker:
                     f"{what} underflows the {name} range at {_place(layer)}: values below {smallest} are returned "
                     f"as 0 or with few digits (the nearest {name} values), and so is the kernel between those inputs "
                     f"and the others. For their digits: {fix_underflow}",
-                    KernelUnderflowWarning, stacklevel=5)
+                    KernelUnderflowWarning, stacklevel=caller_stacklevel())
+
+
+def caller_stacklevel() -> int:
+    """The `stacklevel` that makes a warning raised by the caller of this function point at the first frame
+    outside the ntkit package: the user's own call, however deep the architecture's path into ntkit."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _place(layer: int | str) -> str:
