@@ -89,28 +89,31 @@ def angle_from_sine(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
 
 def _power_of_two_scales(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor):
     """None when q1 q2 and c^2 are safely inside the dtype's range (the usual case, decided from the extremes
-    of the variances, which are vectors in a Gram block); else ((2^-k1, 2^-k1/2), (2^-k2, 2^-k2/2)), with 2^k_i
-    (k_i even) the binary order of each variance on its own, so that both scaled variances lie in [1/4, 2) however
-    far apart they are (where 2^-k_i is representable) and rescaling is exact."""
-    info = torch.finfo(c.dtype)
-    high = float(torch.maximum(q1.detach().amax(), q2.detach().amax())) if q1.numel() and q2.numel() else 0.0
-    low = min(_smallest_positive(q1), _smallest_positive(q2))
-    if high < math.sqrt(info.max) / 4 and low > math.sqrt(info.tiny) * 4:
+    of the variances, which are vectors in a Gram block: `moderate`); else `variance_scale` of each variance."""
+    if bool(moderate(q1.detach()) & moderate(q2.detach())):
         return None
-    top = int(torch.frexp(torch.tensor(info.max, dtype=c.dtype)).exponent) - 2   # 126 in float32
-
-    def scale(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        exponent = torch.frexp(q.detach()).exponent                                # q = m 2^e, m in [1/2, 1)
-        half = torch.div(exponent, 2, rounding_mode="floor").clamp(min=-top // 2, max=top // 2)
-        root = torch.ldexp(torch.ones_like(q.detach()), -half)                     # 2^-k/2 with k = 2 half
-        return root * root, root
-
-    return scale(q1), scale(q2)
+    return variance_scale(q1), variance_scale(q2)
 
 
-def _smallest_positive(q: torch.Tensor) -> float:
-    q = q.detach()
-    return float(torch.where(q > 0, q, math.inf).amin()) if q.numel() else math.inf
+def moderate(q: torch.Tensor) -> torch.Tensor:
+    """Whether all variances in q are 0 or within [4 sqrt(tiny), sqrt(max) / 4] of their dtype (a 0-d bool tensor,
+    no synchronization): then products of two of them, and of two covariances they bound, stay normal numbers."""
+    if not q.numel():
+        return torch.ones((), dtype=torch.bool, device=q.device)
+    info = torch.finfo(q.dtype)
+    smallest = torch.where(q > 0, q, math.inf).amin()
+    return (smallest >= 4 * math.sqrt(info.tiny)) & (q.amax() <= math.sqrt(info.max) / 4)
+
+
+def variance_scale(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2^-k, 2^-k/2) for each variance, 2^k (k even) its binary order, so that q 2^-k lies in [1/4, 2) however far
+    apart two variances are (where 2^-k is representable: k is clamped to the normal range) and rescaling is
+    exact. Products of scaled variances then neither overflow nor underflow."""
+    top = int(torch.frexp(torch.tensor(torch.finfo(q.dtype).max, dtype=q.dtype)).exponent) - 2   # 126 in float32
+    exponent = torch.frexp(q.detach()).exponent                                # q = m 2^e, m in [1/2, 1)
+    half = torch.div(exponent, 2, rounding_mode="floor").clamp(min=-top // 2, max=top // 2)
+    root = torch.ldexp(torch.ones_like(q.detach()), -half)                     # 2^-k/2 with k = 2 half
+    return root * root, root
 
 
 class Activation:

@@ -19,9 +19,10 @@ from torch import nn
 
 from ..activations import DEFAULT_DEGREE, PiecewiseLinear, get_activation
 from ..activations import Activation as Nonlinearity
+from ..activations.base import moderate as variances_moderate
+from ..activations.base import variance_scale
 from ..nets import ActivationLayer
 from .base import Layer, LayerError
-from .base import moderate as variances_moderate
 from .record import Record
 
 
@@ -89,20 +90,13 @@ def _piecewise_linear(c: torch.Tensor, theta: torch.Tensor | None, q1: torch.Ten
 
 def _root_gap(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """s = sqrt(max(q1 q2 - c^2, 0)) and atan2(s, c) for variances anywhere in the dtype's range, q1 q2 never
-    formed: with q1 = 4^e1 u1, q2 = 4^e2 u2 (u in [1/4, 1), powers of two, exact) and h = 2^-(e1 + e2),
-    s = sqrt(u1 u2 - (h c)^2) / h, and the angle is that of the scaled pair. Exact where q1 = q2 = c."""
-    h1, h2 = _quarter_scale(q1), _quarter_scale(q2)
-    h = h1 * h2
-    ch = c * h
-    root = ((q1 * h1 * h1) * (q2 * h2 * h2)).addcmul_(ch, ch, value=-1.0).clamp_(min=0.0).sqrt_()
-    return root / h, torch.atan2(root, ch)
-
-
-def _quarter_scale(q: torch.Tensor) -> torch.Tensor:
-    """2^-e with q 4^-e in [1/4, 1) (e clamped so that 2^-e, and the product of two of them, stay normal numbers)."""
-    top = math.frexp(torch.finfo(q.dtype).max)[1] - 2      # 126 in float32: 2^-126 is the smallest normal number
-    e = torch.div(torch.frexp(q).exponent + 1, 2, rounding_mode="floor").clamp_(-(top // 2), top // 2)
-    return torch.ldexp(torch.ones_like(q), -e)
+    formed: with q_i 2^-k_i in [1/4, 2) and r_i = 2^-k_i/2 (`activations.variance_scale`, powers of two, exact),
+    s = sqrt(q1 2^-k1 q2 2^-k2 - (c r1 r2)^2) / (r1 r2), and the angle is that of the scaled pair. Exact where
+    q1 = q2 = c."""
+    (s1, r1), (s2, r2) = variance_scale(q1), variance_scale(q2)
+    ch = c * (r1 * r2)
+    root = ((q1 * s1) * (q2 * s2)).addcmul_(ch, ch, value=-1.0).clamp_(min=0.0).sqrt_()
+    return root / (r1 * r2), torch.atan2(root, ch)
 
 
 def _short(class_name: str, name: str, doc: str) -> type[Activation]:

@@ -6,8 +6,6 @@ vectors. Channel counts are the widths of the finite network and are infinite in
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -65,16 +63,6 @@ class Pass:
         if self.is_self:
             theta = None if record.theta is None or record.theta.ndim == 0 else self_variances(record, record.theta)
             self.diagonals.append((where, self_variances(record), theta, low, layer))
-
-
-def moderate(q: torch.Tensor) -> torch.Tensor:
-    """Whether all variances in q are 0 or within [4 sqrt(tiny), sqrt(max) / 4] of their dtype (a 0-d bool tensor,
-    no synchronization): then products of two of them, and of two covariances they bound, stay normal numbers."""
-    if not q.numel():
-        return torch.ones((), dtype=torch.bool, device=q.device)
-    info = torch.finfo(q.dtype)
-    smallest = torch.where(q > 0, q, math.inf).amin()
-    return (smallest >= 4 * math.sqrt(info.tiny)) & (q.amax() <= math.sqrt(info.max) / 4)
 
 
 class Layer:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._range import RangeTracker, advice, check_resolved, log10_norms, number
-from . import base
+from ..activations.base import moderate as variances_moderate
 from .base import Layer
 
 #: relative agreement with the float64 recomputation under which an underflow is harmless
@@ -48,10 +48,12 @@ def input_diagonal(X: torch.Tensor) -> torch.Tensor:
 
 def moderate(qx: list[torch.Tensor], qy: list[torch.Tensor]) -> list[bool]:
     """For each layer's variances of the rows (qx[i]) and columns (qy[i]): whether all are 0 or well inside the
-    dtype's range (`base.moderate`), so that the maps may form q(x_p) q(y_q). One synchronization for all layers."""
+    dtype's range (`activations.base.moderate`), so that the maps may form q(x_p) q(y_q). One synchronization for
+    all layers."""
     if not qx or not qy:     # no tiles to compute
         return []
-    flags = [base.moderate(a) if a is b else base.moderate(a) & base.moderate(b) for a, b in zip(qx, qy, strict=True)]
+    flags = [variances_moderate(a) if a is b else variances_moderate(a) & variances_moderate(b)
+             for a, b in zip(qx, qy, strict=True)]
     return torch.stack(flags).tolist()
 
 
