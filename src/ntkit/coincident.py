@@ -52,12 +52,6 @@ def supports(activation) -> bool:
     return getattr(activation, "carries_gap", False)
 
 
-def near_pairs(sigma1: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices of the pairs whose Sigma^(1) correlation sigma1 rx ry exceeds 1 - NEAR in absolute
-    value (1-D int64 tensors); rx, ry are 1 / sqrt(Sigma^(1)(x, x)) of the rows and columns."""
-    return torch.nonzero(near_mask(sigma1, rx, ry), as_tuple=True)
-
-
 def near_mask(sigma: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
     """Whether the correlation sigma rx ry of each pair exceeds 1 - NEAR in absolute value (a bool tensor of
     sigma's shape); rx, ry are 1 / sqrt of the variances of the rows and columns."""

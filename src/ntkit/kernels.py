@@ -126,14 +126,23 @@ def kernel_block(
             sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
         if near is not None and layer < len(grows) and grows[layer]:   # pairs that come close at a later layer
             near |= _near_mask(sigma, qx[layer], qy[layer])   # (a zero row and a small one), where the maps grow gaps
-    if near is not None and exact_diagonal:
-        near.fill_diagonal_(False)
-    if near is not None and bool(near.any()):   # nearly coincident pairs: the angle again, without cancellation
+    rows, cols = _near_pairs(near, exact_diagonal)
+    if len(rows):   # nearly coincident pairs: the angle again, without cancellation
         if refinable:
-            coincident.refine(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta, qx[0], qy[0])
-        else:                                   # or, for the maps that do not carry it, in float64
-            coincident.widen(X, Y, rec, *torch.nonzero(near, as_tuple=True), sigma, theta)
+            coincident.refine(X, Y, rec, rows, cols, sigma, theta, qx[0], qy[0])
+        else:       # or, for the maps that do not carry it, in float64
+            coincident.widen(X, Y, rec, rows, cols, sigma, theta)
     return sigma, theta
+
+
+def _near_pairs(near: torch.Tensor | None, exact_diagonal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices (1-D int64) of the pairs marked in `near` (None: no pair), without the diagonal's
+    when the caller overwrites it with exact values (`exact_diagonal`)."""
+    if near is None:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    if exact_diagonal:
+        near.fill_diagonal_(False)
+    return torch.nonzero(near, as_tuple=True)
 
 
 def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
@@ -201,15 +210,13 @@ def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compil
     roots = [(torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny)), q1.sqrt(), q2.sqrt())
              for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
     sigma = sigma1(X, Y, rec)
-    near = coincident.near_pairs(sigma, roots[0][0], roots[0][1]) if rec.depth > 1 else None
-    if near is not None and exact_diagonal:
-        off = near[0] != near[1]
-        near = (near[0][off], near[1][off])
+    near = coincident.near_mask(sigma, roots[0][0], roots[0][1]) if rec.depth > 1 else None
     theta = sigma.clone() if want_ntk else None
     layers = _compiled_layers() if compiled else piecewise_linear_layers
     sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
-    if near is not None and len(near[0]):   # nearly coincident pairs: the angle again, without cancellation
-        coincident.refine(X, Y, rec, *near, sigma, theta, qx[0], qy[0])
+    rows, cols = _near_pairs(near, exact_diagonal)
+    if len(rows):   # nearly coincident pairs: the angle again, without cancellation
+        coincident.refine(X, Y, rec, rows, cols, sigma, theta, qx[0], qy[0])
     return sigma, theta
 
 
