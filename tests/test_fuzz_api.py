@@ -133,6 +133,17 @@ def test_empirical_ntk_of_no_rows_is_empty() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ dynamics
+def train_and_cross_grams(arch: nk.MLP, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """K(X, X) and K(Xs, X) for two test points Xs near the first rows; None where the kernel refuses X (the
+    refusal must name its cause: `refused`)."""
+    try:
+        K = arch.kernel(X)
+    except ValueError as error:
+        assert refused(error), str(error)
+        return None
+    return K, arch.kernel(X[:2] * 0.5 + 0.1, X)
+
+
 @given(arch=archs(), train=data(), t=TIMES, ridge=RIDGES, numpy_in=st.booleans())
 @example(arch=nk.MLP(depth=2), train=(np.ones((3, 2)), np.arange(3.0)), t=np.inf, ridge=0.0, numpy_in=True)
 @example(arch=nk.MLP(depth=3, activation="sin", W_std=1e-3, b_std=0.0), train=(np.array([[1.25730221], [-1.32104863]]),
@@ -145,13 +156,10 @@ def test_empirical_ntk_of_no_rows_is_empty() -> None:
          numpy_in=False)   # variance 100: tanh's quadrature off by 1e-3, the Gram indefinite by 4e-6: refused
 def test_least_squares_matches_the_ode_solution(arch, train, t, ridge, numpy_in) -> None:
     X, y = train
-    try:
-        K = arch.kernel(X)
-    except ValueError as error:
-        assert refused(error), str(error)
+    grams = train_and_cross_grams(arch, X)
+    if grams is None:
         return
-    Xs = X[:2] * 0.5 + 0.1
-    K_cross = arch.kernel(Xs, X)
+    K, K_cross = grams
     inputs = (K, y, K_cross) if numpy_in else tuple(torch.as_tensor(a) for a in (K, y, K_cross))
     try:
         (train_out, test_out), warned = quiet(lambda: (
@@ -351,13 +359,10 @@ def test_least_squares_cg_matches_the_ode_solution(arch, train, t, ridge, matrix
     """solver="cg" (CG at t = inf, Lanczos at finite t), on the Gram or matrix-free on its tiles: the same reference
     as the exact solver, within its tolerance (1e-10 relative residual) times the condition number."""
     X, y = train
-    try:
-        K = arch.kernel(X)
-    except ValueError as error:
-        assert refused(error), str(error)
+    grams = train_and_cross_grams(arch, X)
+    if grams is None:
         return
-    Xs = X[:2] * 0.5 + 0.1
-    K_cross = arch.kernel(Xs, X)
+    K, K_cross = grams
     source = arch.kernel_tiles(torch.as_tensor(X)) if matrix_free else torch.as_tensor(K)
     try:
         (train_out, test_out), caught = solver_call(lambda: (
