@@ -4,7 +4,7 @@ Everything here runs the same tile code as one process (`ntkit.gram.tiles`), onl
 
 - the `KernelTiles` (its tile function and inputs, cloudpickled) is scattered to every worker once per
   client and reused by every later call on the same object (a solver's passes send X once);
-- each task takes the tiles and a few tile positions (`BATCH`): its Gram tiles are written by the worker
+- each task takes the tiles and a run of tile positions (`batches`): its Gram tiles are written by the worker
   straight into a new in-memory Gram that the client made in shared memory (`ntkit.gram.shared`: workers on
   the client's machine), or into a zarr store (`ntkit.gram.store`), which records each tile as finished once
   it is written; or else returned to the client, which writes them into place;
@@ -33,6 +33,7 @@ import torch
 from .._checks import check_positive_int
 from ..progress import progress
 from . import shared
+from .store import Background
 from .tiles import KernelTiles, add_products, outputs, put, require_room, row_block, symmetric_tiles, tile_products
 
 DEFAULT_HOST = "127.0.0.1"
@@ -135,14 +136,22 @@ def check_client(client: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ the tasks
-BATCH = 4  # tiles per task: a quarter of the scheduler's work per tile; a lost worker costs at most 4 tiles
+BATCH = 16  # most tiles per task: the client and scheduler spend milliseconds on each task, on the workers' cores
+TASKS_PER_WORKER = 8  # fewest tasks per worker when there are tiles enough: the last tasks even out the finish
 
 Batch = tuple[tuple[int, int], ...]
 
 
-def batches(pairs: Sequence[tuple[int, int]], size: int = BATCH) -> list[Batch]:
-    """Consecutive runs of at most `size` tile positions."""
+def batches(pairs: Sequence[tuple[int, int]], workers: int = 1) -> list[Batch]:
+    """Consecutive runs of tile positions, at most `BATCH` long and short enough to give each of `workers` at
+    least `TASKS_PER_WORKER` tasks (one tile per task for small Grams). A lost worker costs its runs."""
+    size = max(1, min(BATCH, len(pairs) // (TASKS_PER_WORKER * max(workers, 1))))
     return [tuple(pairs[start:start + size]) for start in range(0, len(pairs), size)]
+
+
+def worker_count(client: Any) -> int:
+    """The workers the scheduler knows of now (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
 
 
 def each_tile(batch: Batch, compute: Callable[[int, int], Any]) -> list[Any]:
@@ -169,8 +178,14 @@ def _tile_task(tiles: KernelTiles, token: str | None, batch: Batch) -> list[list
 
 
 def _store_task(tiles: KernelTiles, writer: Any, batch: Batch) -> int:
-    """Each tile written into the store, then recorded, before the next is computed."""
-    return len(each_tile(batch, lambda i, j: writer.write(tiles, i, j, symmetric_tiles(tiles, i, j))))
+    """Each tile written into the store, then recorded, by a second thread while the next is computed; the
+    task ends when all of its tiles are written and recorded."""
+    background = Background()
+    try:
+        each_tile(batch, lambda i, j: background.submit(writer.write, tiles, i, j, symmetric_tiles(tiles, i, j)))
+    finally:
+        background.close()
+    return len(batch)
 
 
 def _products_task(tiles: KernelTiles, V: torch.Tensor, name_index: int,
@@ -218,7 +233,8 @@ def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, token: str | N
     tiles the workers wrote themselves."""
     check_client(client)
     written = 0
-    for batch, blocks in _run(client, _tile_task, [share(client, tiles), token], batches(tiles.pairs()),
+    jobs = batches(tiles.pairs(), worker_count(client))
+    for batch, blocks in _run(client, _tile_task, [share(client, tiles), token], jobs,
                               what=_batch_name, desc=desc, show_progress=show_progress, minimum=16):
         if blocks is None:  # written by the worker
             written += len(batch)
@@ -264,7 +280,7 @@ def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int
     if type(store).__name__ == "MemoryStore":
         raise ValueError("out is a zarr group in this process's memory, which Dask workers cannot write: use a store "
                          "on disk or in object storage that every worker reaches")
-    jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)])
+    jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)], worker_count(client))
     if not jobs:
         return
     shared = [share(client, tiles), client.scatter(writer, broadcast=True, hash=False)]
@@ -283,8 +299,8 @@ def matmul(client: Any, tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, 
     shared = [share(client, tiles), client.scatter(V, broadcast=True, hash=False), name_index]
     waiting: dict[int, Any] = {}
     next_index = 0
-    for batch, products in _run(client, _products_task, shared, batches(pairs), what=_batch_name, desc=desc,
-                                show_progress=show_progress, minimum=16):
+    for batch, products in _run(client, _products_task, shared, batches(pairs, worker_count(client)),
+                                what=_batch_name, desc=desc, show_progress=show_progress, minimum=16):
         for pair, pair_products in zip(batch, products, strict=True):
             waiting[order[pair]] = pair_products
         while next_index in waiting:

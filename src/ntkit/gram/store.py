@@ -125,14 +125,17 @@ class Deferred:
 
 def _open_path(path: Path, tiles: KernelTiles) -> Any:
     """The zarr group at `path`: validated if it exists, else created whole under a temporary name and renamed
-    into place (a kill while creating it leaves no half-made store at `path`)."""
+    into place (a kill while creating it leaves no half-made store at `path`). Its large chunks are written
+    past the page cache (`direct.DirectStore`)."""
     zarr = require_zarr()
+    from .direct import DirectStore
+
     if path.exists():
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()  # an empty folder: make the store in its place
         else:
             try:
-                group = zarr.open_group(str(path), mode="r+")
+                group = zarr.open_group(DirectStore(path), mode="r+")
             except Exception as exc:
                 raise ValueError(f"out {str(path)!r} exists but is not an ntkit Gram store ({exc}); "
                                  "choose a new path or delete it") from exc
@@ -156,7 +159,7 @@ def _open_path(path: Path, tiles: KernelTiles) -> Any:
             import shutil
 
             shutil.rmtree(partial, ignore_errors=True)
-    return zarr.open_group(str(path), mode="r+")
+    return zarr.open_group(DirectStore(path), mode="r+")
 
 
 def _check_writable(folder: Path) -> None:
@@ -173,10 +176,9 @@ def _initialize(group: Any, tiles: KernelTiles) -> None:
     """Create the Gram arrays and the record of finished tiles in an empty group; the ntkit attribute last."""
     down, across = -(-tiles.n // tiles.tile), -(-tiles.m // tiles.tile)
     dtype = str(tiles.dtype).removeprefix("torch.")
-    for name in tiles.names:  # NaN marks entries not yet computed; kernel values hardly compress; every chunk is
-        # written as it is (zarr's test for chunks equal to the fill value cost 3x the write itself)
+    for name in tiles.names:  # NaN marks entries not yet computed; kernel values hardly compress
         group.create_array(name, shape=(tiles.n, tiles.m), chunks=(tiles.tile, tiles.tile), dtype=dtype,
-                           fill_value=np.nan, compressors=None, config={"write_empty_chunks": True})
+                           fill_value=np.nan, compressors=None)
     group.create_array(DONE, shape=(down, across), chunks=(1, 1), dtype="uint8", fill_value=0)
     group.attrs["ntkit"] = record(tiles)
 
@@ -217,7 +219,9 @@ def open_store(out: Any, tiles: KernelTiles) -> tuple[TileWriter, KernelTiles]:
                          "delete the store to start again")
     tile = int(info["tile"])
     try:
-        arrays = [group[name] for name in tiles.names]
+        # write_empty_chunks is a setting of the opened array, not of the store: without it zarr compares every
+        # chunk with the fill value before writing it (which cost 3x the write itself)
+        arrays = [group[name].with_config({"write_empty_chunks": True}) for name in tiles.names]
         done = group[DONE]
     except KeyError as exc:
         raise ValueError(f"out {where} is an incomplete ntkit Gram store (missing {exc}); delete it to start again"

@@ -149,8 +149,8 @@ def put(tiles: KernelTiles, outs: Sequence[Any], i: int, j: int, blocks: Sequenc
     rows, cols = tiles.slices(i, j)
     for out, block in zip(outs, blocks, strict=True):
         write(out, rows, cols, block)
-        if tiles.symmetric and i != j:
-            write(out, cols, rows, block.T)
+        if tiles.symmetric and i != j:  # transposed into a new tile first: faster than a strided copy
+            write(out, cols, rows, block.T.contiguous())
 
 
 def fill(tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel", show_progress: bool | None = None,
