@@ -45,6 +45,28 @@ def workers(client):
     return client
 
 
+def test_local_workers_keep_freed_memory_and_run_without_the_profiler(workers):
+    from ntkit.gram.distributed import WORKER_ENV
+
+    def settings():
+        import dask
+
+        return ({key: os.environ.get(key) for key in WORKER_ENV}, dask.config.get("distributed.worker.profile.enabled"))
+
+    assert list(workers.run(settings).values()) == [(WORKER_ENV, False)] * 2
+
+
+def test_tasks_hold_runs_of_tiles_that_leave_every_worker_several():
+    from ntkit.gram.distributed import BATCH, TASKS_PER_WORKER, batches
+
+    pairs = [(i, j) for i in range(60) for j in range(i, 60)]  # 1830 tiles
+    for workers, size in [(1, BATCH), (2, BATCH), (16, 1830 // (16 * TASKS_PER_WORKER)), (1000, 1)]:
+        runs = batches(pairs, workers)
+        assert [pair for run in runs for pair in run] == pairs  # every tile once, in order
+        assert max(map(len, runs)) == size
+        assert len(runs) >= min(len(pairs), TASKS_PER_WORKER * workers)
+
+
 def recording(tiles: gram.KernelTiles, folder: Path, kill_at: int | None = None) -> gram.KernelTiles:
     """The same kernel; every tile a worker computes leaves a file in `folder`. With `kill_at`, the worker
     computing the tile numbered `kill_at` (0-based, over all workers) kills itself with SIGKILL, once, in the

@@ -2,8 +2,9 @@
 
 Everything here runs the same tile code as one process (`ntkit.gram.tiles`), only scheduled by Dask:
 
-- the `KernelTiles` (its tile function and inputs, cloudpickled) is scattered to every worker once per
-  client and reused by every later call on the same object (a solver's passes send X once);
+- the `KernelTiles` (its tile function and inputs, `ntkit.gram.packed`: the inputs as out-of-band buffers) is
+  scattered to every worker once per client and reused by every later call on the same object (a solver's
+  passes send X once);
 - each task takes the tiles and a run of tile positions (`batches`): its Gram tiles are written by the worker
   straight into a new in-memory Gram that the client made in shared memory (`ntkit.gram.shared`: workers on
   the client's machine), or into a zarr store (`ntkit.gram.store`), which records each tile as finished once
@@ -33,6 +34,7 @@ import torch
 from .._checks import check_positive_int
 from ..progress import progress
 from . import shared
+from .packed import Packed
 from .store import Background
 from .tiles import KernelTiles, add_products, outputs, put, require_room, row_block, symmetric_tiles, tile_products
 
@@ -53,12 +55,13 @@ def require_distributed() -> Any:
 
 
 def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str = DEFAULT_HOST,
-                  **kwargs: Any) -> Any:
+                  profile: bool = False, **kwargs: Any) -> Any:
     """A `dask.distributed.LocalCluster` of `n_workers` worker processes with `threads_per_worker` threads each,
     listening on `host` only (default 127.0.0.1: not reachable from other machines), with its HTTP routes (the
     dashboard, when bokeh is installed) on a free port of `host` unless `dashboard_address` is given. The
-    workers start with `WORKER_ENV` (glibc's malloc keeps freed memory for reuse). Other keywords go to
-    LocalCluster. Use it as a context manager:
+    workers start with `WORKER_ENV` (glibc's malloc keeps freed memory for reuse). Dask's statistical profiler,
+    which samples every task's stack each 10 ms for the dashboard's profile page, is off unless `profile`. Other
+    keywords go to LocalCluster. Use it as a context manager:
 
         with local_cluster(2) as cluster, Client(cluster) as client:
             K = arch.kernel(X, out="K.zarr", client=client)
@@ -69,7 +72,7 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str 
     kwargs.setdefault("dashboard_address", f"{host}:0")  # Dask's HTTP routes on a free port of `host`
     # set before each worker process starts (glibc reads them once): Dask's pre-spawn environment, not `env`
     spawn_env = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_ENV.items()}
-    with dask.config.set(spawn_env):
+    with dask.config.set({**spawn_env, "distributed.worker.profile.enabled": bool(profile)}):
         return distributed.LocalCluster(n_workers=check_positive_int(n_workers, "n_workers"),
                                         threads_per_worker=check_positive_int(threads_per_worker,
                                                                               "threads_per_worker"),
@@ -115,13 +118,14 @@ _shared: dict[tuple[int, int], Any] = {}
 
 
 def share(client: Any, tiles: KernelTiles) -> Any:
-    """A future of `tiles` held by every worker: scattered on first use, then reused while `tiles` lives
-    (and its future is intact) for the same client."""
+    """A future of `tiles`, packed (`ntkit.gram.packed`: its inputs travel without copies), held by every
+    worker: scattered on first use, then reused while `tiles` lives (and its future is intact) for the same
+    client. Tasks take it as `packed` and call `packed.tiles()`."""
     key = (id(client), id(tiles))
     future = _shared.get(key)
     if future is not None and future.status == "finished" and future.client is client:
         return future
-    future = client.scatter(tiles, broadcast=True, hash=False)
+    future = client.scatter(Packed(tiles), broadcast=True, hash=False)
     _shared[key] = future
     weakref.finalize(tiles, _shared.pop, key, None)
     return future
@@ -167,9 +171,10 @@ def each_tile(batch: Batch, compute: Callable[[int, int], Any]) -> list[Any]:
     return results
 
 
-def _tile_task(tiles: KernelTiles, token: str | None, batch: Batch) -> list[list[torch.Tensor]] | None:
+def _tile_task(packed: Packed, token: str | None, batch: Batch) -> list[list[torch.Tensor]] | None:
     """The tiles of `batch`: written into the client's shared-memory Gram when this worker mapped it
     (`ntkit.gram.shared`; then None is returned), else returned."""
+    tiles = packed.tiles()
     outs = shared.attached(token) if token is not None else None
     if outs is None:
         return each_tile(batch, lambda i, j: [block.cpu() for block in symmetric_tiles(tiles, i, j)])
@@ -177,9 +182,10 @@ def _tile_task(tiles: KernelTiles, token: str | None, batch: Batch) -> list[list
     return None
 
 
-def _store_task(tiles: KernelTiles, writer: Any, batch: Batch) -> int:
+def _store_task(packed: Packed, writer: Any, batch: Batch) -> int:
     """Each tile written into the store, then recorded, by a second thread while the next is computed; the
     task ends when all of its tiles are written and recorded."""
+    tiles = packed.tiles()
     background = Background()
     try:
         each_tile(batch, lambda i, j: background.submit(writer.write, tiles, i, j, symmetric_tiles(tiles, i, j)))
@@ -188,14 +194,15 @@ def _store_task(tiles: KernelTiles, writer: Any, batch: Batch) -> int:
     return len(batch)
 
 
-def _products_task(tiles: KernelTiles, V: torch.Tensor, name_index: int,
+def _products_task(packed: Packed, V: torch.Tensor, name_index: int,
                    batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    tiles = packed.tiles()
     return each_tile(batch, lambda i, j: tile_products(tiles, V, i, j, name_index))
 
 
-def _row_task(tiles: KernelTiles, fn: Callable, rows: slice) -> Any:
+def _row_task(packed: Packed, fn: Callable, rows: slice) -> Any:
     with torch.no_grad():
-        return fn(rows, row_block(tiles, rows))
+        return fn(rows, row_block(packed.tiles(), rows))
 
 
 def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[Any], *, what: Callable[[Any], str],
