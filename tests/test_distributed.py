@@ -56,6 +56,14 @@ def test_local_workers_keep_freed_memory_and_run_without_the_profiler(workers):
     assert list(workers.run(settings).values()) == [(WORKER_ENV, False)] * 2
 
 
+def test_inputs_go_straight_to_local_workers_unless_the_client_says_otherwise(workers):
+    from ntkit.gram.distributed import _direct
+
+    assert _direct(workers)  # both workers listen on 127.0.0.1
+    with distributed.Client(workers.scheduler.address, direct_to_workers=False, set_as_default=False) as other:
+        assert not _direct(other)
+
+
 def test_tasks_hold_runs_of_tiles_that_leave_every_worker_several():
     from ntkit.gram.distributed import BATCH, TASKS_PER_WORKER, batches
 

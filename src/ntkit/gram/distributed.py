@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -125,10 +126,26 @@ def share(client: Any, tiles: KernelTiles) -> Any:
     future = _shared.get(key)
     if future is not None and future.status == "finished" and future.client is client:
         return future
-    future = client.scatter(Packed(tiles), broadcast=True, hash=False)
+    future = client.scatter(Packed(tiles), broadcast=True, hash=False, direct=_direct(client))
     _shared[key] = future
     weakref.finalize(tiles, _shared.pop, key, None)
     return future
+
+
+def _direct(client: Any) -> bool:
+    """Whether to send data to the workers straight from the client (a third of the time of going through the
+    scheduler, for X at N = 20,000 on two local workers): as the client says if it was told
+    (`direct_to_workers`), else only when every worker listens on this machine's loopback address (reachable
+    for sure; a remote cluster may accept only the scheduler's connections)."""
+    if client.direct_to_workers is not None:
+        return bool(client.direct_to_workers)
+    def here(address: str) -> bool:
+        url = urlparse(address)
+        host = url.hostname or ""
+        return url.scheme == "inproc" or host in ("localhost", "::1") or host.startswith("127.")
+
+    addresses = list(client.scheduler_info().get("workers", {}))
+    return bool(addresses) and all(map(here, addresses))
 
 
 def check_client(client: Any) -> None:
