@@ -64,15 +64,17 @@ def test_inputs_go_straight_to_local_workers_unless_the_client_says_otherwise(wo
         assert not _direct(other)
 
 
-def test_tasks_hold_runs_of_tiles_that_leave_every_worker_several():
+def test_tasks_hold_runs_of_tiles_long_enough_to_cost_little_and_enough_of_them_to_share():
     from ntkit.gram.distributed import BATCH, TASKS_PER_WORKER, batches
 
     pairs = [(i, j) for i in range(60) for j in range(i, 60)]  # 1830 tiles
-    for workers, size in [(1, BATCH), (2, BATCH), (16, 1830 // (16 * TASKS_PER_WORKER)), (1000, 1)]:
+    assert (BATCH, TASKS_PER_WORKER) == (16, 2)
+    for workers, size, count in [(1, 16, 115), (2, 16, 115), (100, 10, 183), (1000, 1, 1830)]:
         runs = batches(pairs, workers)
         assert [pair for run in runs for pair in run] == pairs  # every tile once, in order
-        assert max(map(len, runs)) == size
-        assert len(runs) >= min(len(pairs), TASKS_PER_WORKER * workers)
+        assert {len(run) for run in runs[:-1]} == {size} and len(runs) == count
+    runs = batches(pairs[:21], 2)  # the 21 tiles of a small CG pass: about two tasks per worker
+    assert [len(run) for run in runs] == [6, 6, 6, 3]
 
 
 def recording(tiles: gram.KernelTiles, folder: Path, kill_at: int | None = None) -> gram.KernelTiles:

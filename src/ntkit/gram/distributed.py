@@ -158,15 +158,16 @@ def check_client(client: Any) -> None:
 
 # ------------------------------------------------------------------------------------ the tasks
 BATCH = 16  # most tiles per task: the client and scheduler spend milliseconds on each task, on the workers' cores
-TASKS_PER_WORKER = 8  # fewest tasks per worker when there are tiles enough: the last tasks even out the finish
+TASKS_PER_WORKER = 2  # tasks per worker when the tiles are few (a CG pass): fewer, longer tasks cost less; with
+# many tiles the runs of BATCH make many more tasks, and the last ones even out the finish
 
 Batch = tuple[tuple[int, int], ...]
 
 
 def batches(pairs: Sequence[tuple[int, int]], workers: int = 1) -> list[Batch]:
-    """Consecutive runs of tile positions, at most `BATCH` long and short enough to give each of `workers` at
-    least `TASKS_PER_WORKER` tasks (one tile per task for small Grams). A lost worker costs its runs."""
-    size = max(1, min(BATCH, len(pairs) // (TASKS_PER_WORKER * max(workers, 1))))
+    """Consecutive runs of tile positions, at most `BATCH` long and about `TASKS_PER_WORKER` per worker when
+    the tiles are fewer than that many runs of `BATCH`. A lost worker costs its runs."""
+    size = max(1, min(BATCH, -(-len(pairs) // (TASKS_PER_WORKER * max(workers, 1)))))
     return [tuple(pairs[start:start + size]) for start in range(0, len(pairs), size)]
 
 
