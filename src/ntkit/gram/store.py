@@ -5,9 +5,10 @@ A store is a zarr group (a folder "K.zarr", or any zarr group: object storage in
 - one (n, m) array per kernel name ("ntk", "nngp"), chunked exactly like the tiles, so each tile is one
   chunk and two writers never touch the same chunk;
 - "done", a uint8 array with one entry per tile (chunks of one entry, so each record is its own object),
-  set to 1 only after the tile and, for a symmetric kernel, its mirror are written. zarr writes a chunk of
-  a local store to a temporary file and renames it into place, so after a kill at any moment a tile is
-  either recorded finished with all its values written, or it is computed again;
+  set to 1 only after the tile and, for a symmetric kernel, its mirror are written. A chunk of a local store
+  is written to a temporary file and renamed into place (by zarr, or past the page cache by
+  `ntkit.gram.direct`), so after a kill at any moment a tile is either recorded finished with all its
+  values written, or it is computed again;
 - attributes "ntkit": the format marker, the `KernelTiles.fingerprint()` of the inputs and settings, and
   what they describe (shape, names, dtype, tile edge), so a store made for other inputs is refused.
 
