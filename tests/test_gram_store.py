@@ -276,3 +276,21 @@ def test_a_finished_store_streams_into_products_and_a_cg_solve(tmp_path):
     (tmp_path / "plain.zarr").mkdir()
     with pytest.raises(ValueError, match="not an ntkit Gram store"):
         stored_tiles(tmp_path / "plain.zarr")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("where", ["folder", "memory"])
+def test_the_record_read_by_listing_is_the_record_read_by_value(tmp_path, zarr_format, where):
+    from ntkit.gram.store import open_store, recorded
+
+    X = torch.randn(700, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    tiles = nk.MLP(2).kernel_tiles(X, tile=100)
+    group = zarr.open_group(str(tmp_path / "K.zarr") if where == "folder" else zarr.storage.MemoryStore(),
+                            mode="w", zarr_format=zarr_format)
+    writer, tiles = open_store(group, tiles)
+    for index, (i, j) in enumerate(tiles.pairs()):
+        if index % 3 != 1:
+            writer.mark(i, j)
+    by_value = np.asarray(group["done"][...]) == 1
+    assert by_value.sum() == len([k for k in range(len(tiles.pairs())) if k % 3 != 1])
+    np.testing.assert_array_equal(recorded(group["done"]), by_value)

@@ -80,7 +80,7 @@ class TileWriter:
 
     def finished(self) -> np.ndarray:
         """(tiles down, tiles across) bools: which tiles are recorded as written."""
-        return np.asarray(self.done[...]) == 1
+        return recorded(self.done)
 
     def write(self, tiles: KernelTiles, i: int, j: int, blocks: list[torch.Tensor]) -> None:
         """Write the tile at (i, j) (and its mirror), then record it: never recorded before it is written."""
@@ -89,6 +89,28 @@ class TileWriter:
 
     def mark(self, i: int, j: int) -> None:
         self.done[i // self.tile, j // self.tile] = 1
+
+
+def recorded(done: Any) -> np.ndarray:
+    """The record `done` as bools (True: the tile is written). Each entry is a chunk of its own, stored only
+    once set to 1 (0, the fill value, is never written), so on a store that lists its keys the record is read
+    by listing its chunks: milliseconds, where reading 1,600 one-byte chunks took 0.3 s."""
+    store = done.store_path.store
+    if getattr(store, "supports_listing", False):
+        try:
+            from zarr.core.sync import sync
+
+            async def keys() -> list[str]:
+                return [key async for key in store.list_prefix(f"{done.path}/")]
+
+            present = set(sync(keys()))
+        except (ImportError, AttributeError, NotImplementedError):
+            pass
+        else:
+            down, across = done.shape
+            return np.array([[f"{done.path}/{done.metadata.encode_chunk_key((i, j))}" in present
+                              for j in range(across)] for i in range(down)], dtype=bool).reshape(down, across)
+    return np.asarray(done[...]) == 1
 
 
 class Background:
@@ -309,7 +331,7 @@ def stored_tiles(out: Any, names: str | tuple[str, ...] | None = None) -> Kernel
         raise ValueError(f"names {unknown} are not in the store {out!r}, which holds {info['names']}")
     n, m = info["shape"]
     tile, symmetric = int(info["tile"]), bool(info["symmetric"])
-    finished = np.asarray(group[DONE][...]) == 1
+    finished = recorded(group[DONE])
     pairs = [(i, j) for i in range(0, n, tile) for j in range(i if symmetric else 0, m, tile)]
     missing = sum(1 for i, j in pairs if not finished[i // tile, j // tile])
     if missing:
