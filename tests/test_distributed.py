@@ -45,15 +45,18 @@ def workers(client):
     return client
 
 
-def test_local_workers_keep_freed_memory_and_run_without_the_profiler(workers):
-    from ntkit.gram.distributed import WORKER_ENV
+def test_local_workers_keep_freed_memory_and_run_without_the_profiler_and_with_slower_monitors(workers):
+    from ntkit.gram.distributed import MONITOR_CONFIG, WORKER_ENV
 
     def settings():
         import dask
 
-        return ({key: os.environ.get(key) for key in WORKER_ENV}, dask.config.get("distributed.worker.profile.enabled"))
+        return ({key: os.environ.get(key) for key in WORKER_ENV}, dask.config.get("distributed.worker.profile.enabled"),
+                {key: dask.config.get(key) for key in MONITOR_CONFIG})
 
-    assert list(workers.run(settings).values()) == [(WORKER_ENV, False)] * 2
+    assert list(workers.run(settings).values()) == [(WORKER_ENV, False, MONITOR_CONFIG)] * 2
+    ticks = workers.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
+    assert ticks == 1000  # milliseconds: the scheduler in this process took the setting too
 
 
 def test_inputs_go_straight_to_local_workers_unless_the_client_says_otherwise(workers):
