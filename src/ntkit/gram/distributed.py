@@ -144,12 +144,13 @@ def _direct(client: Any) -> bool:
     for sure; a remote cluster may accept only the scheduler's connections)."""
     if client.direct_to_workers is not None:
         return bool(client.direct_to_workers)
+
     def here(address: str) -> bool:
         url = urlparse(address)
         host = url.hostname or ""
         return url.scheme == "inproc" or host in ("localhost", "::1") or host.startswith("127.")
 
-    addresses = list(client.scheduler_info().get("workers", {}))
+    addresses = list(client.nthreads())  # every worker (scheduler_info lists only 5 in some Dask versions)
     return bool(addresses) and all(map(here, addresses))
 
 
@@ -178,7 +179,7 @@ def batches(pairs: Sequence[tuple[int, int]], workers: int = 1) -> list[Batch]:
 
 def worker_count(client: Any) -> int:
     """The workers the scheduler knows of now (at least 1)."""
-    return max(1, len(client.scheduler_info().get("workers", {})))
+    return max(1, len(client.nthreads()))
 
 
 def each_tile(batch: Batch, compute: Callable[[int, int], Any]) -> list[Any]:
