@@ -51,7 +51,8 @@ def put_direct(path: Path, value: memoryview) -> bool:
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        if exc.errno == errno.EINVAL:  # this file system does not do direct I/O
+        if exc.errno == errno.EINVAL:  # this file system does not do direct I/O (it may have made the file)
+            partial.unlink(missing_ok=True)
             return False
         raise
     try:
@@ -78,7 +79,7 @@ class DirectStore(LocalStore):
 
     direct: bool = hasattr(os, "O_DIRECT")
 
-    def _put(self, key: str, value: Any) -> None:
+    def _write(self, key: str, value: Any) -> None:
         data = value.as_buffer_like()
         view = data if isinstance(data, memoryview) else memoryview(data)
         if self.direct and view.nbytes >= SMALLEST:
@@ -93,9 +94,9 @@ class DirectStore(LocalStore):
         if not self._is_open:
             await self._open()
         self._check_writable()
-        await asyncio.to_thread(self._put, key, value)
+        await asyncio.to_thread(self._write, key, value)
 
     def set_sync(self, key: str, value: Any) -> None:
         self._ensure_open_sync()
         self._check_writable()
-        self._put(key, value)
+        self._write(key, value)
