@@ -57,6 +57,14 @@ def test_tensors_received_read_only_are_copied_so_they_can_be_written():
         assert torch.equal(tensor, X) or tensor.shape != X.shape
 
 
+def test_rows_of_a_larger_tensor_send_their_own_bytes_only():
+    base = torch.randn(5000, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    rows = base[1000:1600]  # a contiguous view: 192 KB of a 1.6 MB storage
+    received, _, out_of_band = send(Packed({"rows": rows}))
+    assert out_of_band == rows.numel() * 8
+    assert torch.equal(received.tiles()["rows"], rows) and received.tiles()["rows"].stride() == rows.stride()
+
+
 def test_views_small_tensors_and_bfloat16_stay_in_the_message_and_come_back_equal():
     base = torch.randn(64, 600, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     values = {"view": base[:, ::2], "small": torch.arange(10.0), "bf16": base.to(torch.bfloat16),

@@ -2,7 +2,7 @@
 
 Pickling a torch tensor copies its bytes into the pickle, and unpickling copies them out again: for the inputs
 X of a Gram at N = 20,000, d = 784 (125 MB in float64) that cost about 0.3 s per worker before its first tile,
-on top of the transfer. `Packed` pickles the tiles once, on the client, with every large CPU tensor given to
+on top of the transfer. `Packed` pickles the tiles once, on the client, with every large contiguous CPU tensor given to
 pickle (protocol 5) as an out-of-band buffer: Dask sends such buffers as separate frames, without copying them
 into the message, and the worker rebuilds the tensors over the frames it received. A worker unpacks the tiles
 once, at their first task, and every later task reuses them.
@@ -35,9 +35,10 @@ class _Pickler(cloudpickle.Pickler):
     """cloudpickle, with large contiguous CPU tensors reduced to NumPy arrays pickled out of band."""
 
     def reducer_override(self, obj: Any) -> Any:
+        # contiguous tensors only: a worker must see the same strides (the same BLAS calls, the same bits); a
+        # contiguous view (rows of a larger tensor) sends its own bytes, not all of its storage as torch would
         if (isinstance(obj, torch.Tensor) and type(obj) is torch.Tensor and obj.device.type == "cpu"
-                and not obj.requires_grad and obj.is_contiguous() and obj.storage_offset() == 0
-                and obj.untyped_storage().nbytes() == obj.numel() * obj.element_size()
+                and not obj.requires_grad and obj.is_contiguous()
                 and obj.numel() * obj.element_size() >= SMALLEST and obj.dtype != torch.bfloat16):
             array = obj.numpy()
             return _tensor, (pickle.PickleBuffer(array), array.dtype.str, tuple(array.shape))
