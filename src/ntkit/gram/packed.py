@@ -2,10 +2,10 @@
 
 Pickling a torch tensor copies its bytes into the pickle, and unpickling copies them out again: for the inputs
 X of a Gram at N = 20,000, d = 784 (125 MB in float64) that cost about 0.3 s per worker before its first tile,
-on top of the transfer. `Packed` pickles the tiles once, on the client, with every large contiguous CPU tensor given to
-pickle (protocol 5) as an out-of-band buffer: Dask sends such buffers as separate frames, without copying them
-into the message, and the worker rebuilds the tensors over the frames it received. A worker unpacks the tiles
-once, at their first task, and every later task reuses them.
+on top of the transfer. `Packed` pickles the tiles once, on the client, with every large contiguous CPU
+tensor given to pickle (protocol 5) as an out-of-band buffer: Dask sends such buffers as separate frames,
+without copying them into the message, and the worker rebuilds the tensors over the frames it received. A
+worker unpacks the tiles once, at their first task, and every later task reuses them.
 """
 
 from __future__ import annotations
