@@ -229,14 +229,15 @@ def _row_task(packed: Packed, fn: Callable, rows: slice) -> Any:
         return fn(rows, row_block(packed.tiles(), rows))
 
 
-def _run(client: Any, task: Callable, shared: Sequence[Any], jobs: Sequence[Any], *, what: Callable[[Any], str],
+def _run(client: Any, task: Callable, common: Sequence[Any], jobs: Sequence[Any], *, what: Callable[[Any], str],
          desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[Any, Any]]:
-    """Submit task(*shared, job) for every job; yield (job, result) as they finish. A task that raises cancels
-    the rest and raises a RuntimeError naming its job."""
+    """Submit task(*common, job) for every job (common: the arguments all tasks share, futures of scattered data);
+    yield (job, result) as they finish. A task that raises cancels the rest and raises a RuntimeError naming its
+    job."""
     distributed = require_distributed()
     token = uuid.uuid4().hex[:10]
     name = getattr(task, "__name__", "task").strip("_")
-    pending = {client.submit(task, *shared, job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
+    pending = {client.submit(task, *common, job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
                for index, job in enumerate(jobs)}
     try:
         finished = distributed.as_completed(list(pending), loop=client.loop)
@@ -314,8 +315,8 @@ def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int
     jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)], worker_count(client))
     if not jobs:
         return
-    shared = [share(client, tiles), client.scatter(writer, broadcast=True, hash=False)]
-    for _ in _run(client, _store_task, shared, jobs, what=_batch_name, desc=desc, show_progress=show_progress,
+    common = [share(client, tiles), client.scatter(writer, broadcast=True, hash=False)]
+    for _ in _run(client, _store_task, common, jobs, what=_batch_name, desc=desc, show_progress=show_progress,
                   minimum=16):
         pass
 
@@ -327,10 +328,10 @@ def matmul(client: Any, tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, 
     check_client(client)
     pairs = tiles.pairs()
     order = {pair: index for index, pair in enumerate(pairs)}
-    shared = [share(client, tiles), client.scatter(V, broadcast=True, hash=False), name_index]
+    common = [share(client, tiles), client.scatter(V, broadcast=True, hash=False), name_index]
     waiting: dict[int, Any] = {}
     next_index = 0
-    for batch, products in _run(client, _products_task, shared, batches(pairs, worker_count(client)),
+    for batch, products in _run(client, _products_task, common, batches(pairs, worker_count(client)),
                                 what=_batch_name, desc=desc, show_progress=show_progress, minimum=16):
         for pair, pair_products in zip(batch, products, strict=True):
             waiting[order[pair]] = pair_products
@@ -343,7 +344,7 @@ def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequen
                    desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
     """fn(rows, [K[rows, :] for each name]) for each block of rows, as Dask tasks, yielded in block order."""
     check_client(client)
-    shared = [share(client, tiles), client.scatter(fn, broadcast=True, hash=False)]
+    common = [share(client, tiles), client.scatter(fn, broadcast=True, hash=False)]
     order = {(rows.start, rows.stop): index for index, rows in enumerate(blocks)}
     waiting: dict[int, Any] = {}
     next_index = 0
@@ -351,7 +352,7 @@ def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequen
     def what(rows: slice) -> str:
         return f"the kernel rows {rows.start}:{rows.stop}"
 
-    for rows, result in _run(client, _row_task, shared, list(blocks), what=what, desc=desc,
+    for rows, result in _run(client, _row_task, common, list(blocks), what=what, desc=desc,
                              show_progress=show_progress, minimum=8):
         waiting[order[(rows.start, rows.stop)]] = result
         while next_index in waiting:
