@@ -88,20 +88,20 @@ def digest(array) -> str:
 
 
 def fastest(repeat: int, fn, *args, before=None, **kwargs):
-    """Run fn `repeat` times (calling `before` ahead of each run); returns the first result's digest and the
-    fastest run's (wall, CPU seconds). Noise on a shared machine only adds time, so the fastest run is the one
-    closest to the work itself (as timeit advises); every configuration is run the same number of times."""
-    found, best = None, None
-    for index in range(repeat):
+    """Run fn `repeat` times (calling `before` ahead of each run); returns the results' digest ("differs" when
+    two runs differ) and the fastest run's (wall, CPU seconds). Noise on a shared machine only adds time, so the
+    fastest run is the one closest to the work itself (as timeit advises); every configuration is run the same
+    number of times."""
+    digests, best = set(), None
+    for _ in range(repeat):
         if before is not None:
             before()
         result, measured = timed(fn, *args, **kwargs)
-        if index == 0:
-            found = digest(result[0] if isinstance(result, list) else result)
+        digests.add(digest(result[0] if isinstance(result, list) else result))
         del result
         if best is None or measured[0] < best[0]:
             best = measured
-    return found, best
+    return (digests.pop() if len(digests) == 1 else "differs"), best
 
 
 def kill_at_half(X: np.ndarray, path: Path, depth: int, tile: int, total: int, workdir: Path) -> int:
@@ -157,10 +157,10 @@ def main() -> None:
 
     print(f"{'':<62} {'wall':>10} {'CPU':>10}")
 
-    # every in-memory Gram is a new one, as `arch.kernel(X)` returns it (its pages are touched for the first time)
-    def fresh(path: Path):
+    def fresh(path: Path):  # every store a new one
         return lambda: shutil.rmtree(path, ignore_errors=True)
 
+    # every in-memory Gram is a new one, as `arch.kernel(X)` returns it (its pages are touched for the first time)
     torch.set_num_threads(1)
     reference, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile)
     record("memory", "in-process, 1 thread (memory)", seconds, cpu)
@@ -174,16 +174,15 @@ def main() -> None:
     shutil.rmtree(path)
 
     path = workdir / "resumed.zarr"
-    resumed = []
-    for _ in range(args.repeat):  # a new killed run before each resume
-        shutil.rmtree(path, ignore_errors=True)
-        finished = kill_at_half(X.numpy(), path, args.depth, args.tile, total, workdir)
-        K, (seconds, cpu) = timed(arch.kernel, X, tile=args.tile, out=path)
-        resumed.append((seconds, cpu, finished, digest(K)))
-        del K
-    seconds, cpu, finished, _ = min(resumed)
-    record("resume", f"resume after SIGKILL at {finished}/{total} tiles (store)", seconds, cpu,
-           reference if all(run[3] == reference for run in resumed) else "differs",
+    finished = []
+
+    def killed_at_half() -> None:  # a new store, its writer killed at half, before each resume
+        fresh(path)()
+        finished.append(kill_at_half(X.numpy(), path, args.depth, args.tile, total, workdir))
+
+    found, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile, out=path, before=killed_at_half)
+    at = f"{min(finished)}" if min(finished) == max(finished) else f"{min(finished)}-{max(finished)}"
+    record("resume", f"resume after SIGKILL at {at}/{total} tiles (store)", seconds, cpu, found,
            finished_before=finished, total_tiles=total)
     shutil.rmtree(path)
 
