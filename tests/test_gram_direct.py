@@ -93,3 +93,12 @@ def test_an_error_other_than_a_refusal_is_raised_not_hidden(tmp_path, monkeypatc
     else:
         assert not written, "put_direct reported success for a failed write"
         pytest.skip("the temporary folder's file system refuses O_DIRECT")
+
+
+def test_put_direct_names_what_is_wrong_with_its_value(tmp_path):
+    with pytest.raises(TypeError, match="value must be a bytes-like object"):
+        direct.put_direct(tmp_path / "chunk", [1, 2, 3])
+    strided = np.zeros((64, 64))[:, ::2]
+    with pytest.raises(ValueError, match="value must be C-contiguous"):
+        direct.put_direct(tmp_path / "chunk", strided)
+    assert not list(tmp_path.iterdir())  # nothing written

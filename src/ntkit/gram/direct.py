@@ -37,11 +37,20 @@ def _aligned(size: int) -> mmap.mmap:
     return buffer
 
 
-def put_direct(path: Path, value: memoryview) -> bool:
-    """Write `value` to the file `path` with O_DIRECT through a temporary file renamed into place.
+def put_direct(path: str | os.PathLike, value: Any) -> bool:
+    """Write `value` (bytes-like: bytes, a memoryview, a NumPy array) to the file `path` with O_DIRECT through a
+    temporary file renamed into place.
 
     Returns False, having written nothing, where the file system refuses O_DIRECT; other errors raise.
     """
+    try:
+        value = memoryview(value)
+    except TypeError as exc:
+        raise TypeError(f"value must be a bytes-like object (bytes, a memoryview, an array), got "
+                        f"{type(value).__name__}") from exc
+    if not value.c_contiguous:
+        raise ValueError("value must be C-contiguous: its bytes are written as they lie in memory")
+    path = Path(path)
     size = value.nbytes
     padded = -(-size // ALIGN) * ALIGN
     buffer = _aligned(padded)
@@ -80,8 +89,7 @@ class DirectStore(LocalStore):
     direct: bool = hasattr(os, "O_DIRECT")
 
     def _write(self, key: str, value: Any) -> None:
-        data = value.as_buffer_like()
-        view = data if isinstance(data, memoryview) else memoryview(data)
+        view = memoryview(value.as_buffer_like())
         if self.direct and view.nbytes >= SMALLEST:
             if put_direct(self.root / key, view):
                 return
