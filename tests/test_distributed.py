@@ -45,18 +45,35 @@ def workers(client):
     return client
 
 
-def test_local_workers_keep_freed_memory_and_run_without_the_profiler_and_with_slower_monitors(workers):
-    from ntkit.gram.distributed import MONITOR_CONFIG, WORKER_ENV
+def test_local_workers_run_without_the_profiler_and_with_slower_monitors(workers):
+    from ntkit.gram.distributed import MONITOR_CONFIG
 
     def settings():
         import dask
 
-        return ({key: os.environ.get(key) for key in WORKER_ENV}, dask.config.get("distributed.worker.profile.enabled"),
-                {key: dask.config.get(key) for key in MONITOR_CONFIG})
+        monitors = {key: dask.config.get(key) for key in MONITOR_CONFIG}
+        return dask.config.get("distributed.worker.profile.enabled"), monitors
 
-    assert list(workers.run(settings).values()) == [(WORKER_ENV, False, MONITOR_CONFIG)] * 2
+    assert list(workers.run(settings).values()) == [(False, MONITOR_CONFIG)] * 2
     ticks = workers.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
     assert ticks == 1000  # milliseconds: the scheduler in this process took the setting too
+
+
+def test_workers_reuse_freed_memory_once_they_compute_tiles(workers):
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536; a worker's first tile sets glibc's heap
+    to keep freed memory for the next tile (`ntkit.memory.reuse_freed_memory`)."""
+    import platform
+
+    def first_tile() -> bool | None:
+        import ntkit
+
+        tiles = ntkit.MLP(2).kernel_tiles(torch.randn(40, 3, dtype=torch.float64), tile=8)
+        tiles(slice(0, 8), slice(0, 8))
+        return ntkit.memory._heap_set
+
+    states = workers.run(first_tile)
+    assert len(states) == 2
+    assert set(states.values()) == {platform.libc_ver()[0] == "glibc"}
 
 
 def test_inputs_go_straight_to_local_workers_unless_the_client_says_otherwise(workers):

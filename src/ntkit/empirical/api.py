@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_positive_int, to_output
+from .._checks import all_finite, check_choice, check_positive_int, to_output
 from .common import MODES, Problem, count_flops, make_problem
 from .generic import jacobian_ntk, ntk_vp_ntk
 from .structured import NotStructured, check_inputs, parse, structured_ntk
@@ -58,7 +58,7 @@ def empirical_ntk(model: nn.Module, X: Array, Y: Array | None = None, *, mode: s
     chosen = _resolve(problem, method)
     run = {"structured": structured_ntk, "jacobian": jacobian_ntk, "ntk_vp": ntk_vp_ntk}[chosen]
     theta = run(problem, block_size, progress)
-    if not bool(torch.isfinite(theta).all()):
+    if not all_finite(theta):
         dtype = str(theta.dtype).removeprefix("torch.")
         wider = "use float64, or " if theta.dtype != torch.float64 else ""
         raise ValueError(f"the empirical NTK has NaN or infinite entries: the model's outputs or their derivatives "

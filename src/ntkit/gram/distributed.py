@@ -40,10 +40,6 @@ from .store import Background
 from .tiles import KernelTiles, add_products, outputs, put, require_room, row_block, symmetric_tiles, tile_products
 
 DEFAULT_HOST = "127.0.0.1"
-# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap threshold:
-# every temporary of a tile (2 MB at 512 x 512 float64) is then mapped and page-faulted anew, and a tile took
-# about 1.6x as long as in a plain process (measured here). These settings let freed memory be reused.
-WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
 # Dask's event-loop latency tick (every 20 ms) and system monitor (every 0.5 s) in the scheduler, nannies and
 # workers took 0.4 s of CPU per 10 s of an idle 2-worker cluster here, on the cores the tiles need: slower in
 # `local_cluster` (the dashboard's plots get coarser; the workers' memory limits are watched as often as before)
@@ -63,11 +59,10 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str 
                   profile: bool = False, **kwargs: Any) -> Any:
     """A `dask.distributed.LocalCluster` of `n_workers` worker processes with `threads_per_worker` threads each,
     listening on `host` only (default 127.0.0.1: not reachable from other machines), with its HTTP routes (the
-    dashboard, when bokeh is installed) on a free port of `host` unless `dashboard_address` is given. The
-    workers start with `WORKER_ENV` (glibc's malloc keeps freed memory for reuse) and Dask's monitors run less
-    often (`MONITOR_CONFIG`). Dask's statistical profiler, which samples every task's stack each 10 ms for the
-    dashboard's profile page, is off unless `profile`. Other keywords go to LocalCluster. Use it as a context
-    manager:
+    dashboard, when bokeh is installed) on a free port of `host` unless `dashboard_address` is given. Dask's
+    monitors run less often (`MONITOR_CONFIG`), and its statistical profiler, which samples every task's stack
+    each 10 ms for the dashboard's profile page, is off unless `profile`. Other keywords go to LocalCluster.
+    Use it as a context manager:
 
         with local_cluster(2) as cluster, Client(cluster) as client:
             K = arch.kernel(X, out="K.zarr", client=client)
@@ -76,9 +71,7 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, host: str 
     import dask
 
     kwargs.setdefault("dashboard_address", f"{host}:0")  # Dask's HTTP routes on a free port of `host`
-    # set before each worker process starts (glibc reads them once): Dask's pre-spawn environment, not `env`
-    spawn_env = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_ENV.items()}
-    with dask.config.set({**spawn_env, **MONITOR_CONFIG, "distributed.worker.profile.enabled": bool(profile)}):
+    with dask.config.set({**MONITOR_CONFIG, "distributed.worker.profile.enabled": bool(profile)}):
         return distributed.LocalCluster(n_workers=check_positive_int(n_workers, "n_workers"),
                                         threads_per_worker=check_positive_int(threads_per_worker,
                                                                               "threads_per_worker"),

@@ -74,6 +74,8 @@ class KernelTiles:
         return (self.n, self.m)
 
     def __call__(self, rows: Index, cols: Index) -> Sequence[torch.Tensor]:
+        if self.device.type == "cpu":
+            memory.reuse_freed_memory()  # the tile's temporaries reuse the last tile's memory
         return self.fn(rows, cols)
 
     def pairs(self) -> list[tuple[int, int]]:
