@@ -269,6 +269,32 @@ def test_a_worker_killed_mid_matmul_changes_nothing(workers, tmp_path):
     assert torch.equal(KV, gram.matmul(tiles, V))
 
 
+def test_inputs_lost_with_the_only_worker_holding_them_are_sent_again(workers):
+    """Dask cannot recompute data sent from the client: when the one worker holding it dies, the tasks that need
+    it are cancelled. The run sends its inputs again and submits those tasks again."""
+    from ntkit.gram.distributed import _run
+
+    holder = sorted(workers.nthreads())[0]
+    sent = []
+
+    def common() -> list:
+        if not sent:  # the first time: held by one worker, which dies before any task ran
+            future = workers.scatter(np.arange(10.0), workers=[holder], hash=False)
+            os.kill(workers.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+        else:
+            future = workers.scatter(np.arange(10.0), hash=False)
+        sent.append(future)
+        return [future]
+
+    def task(x, job):
+        return float(x.sum()) + job
+
+    results = dict(_run(workers, task, common, list(range(6)), what=str, desc="", show_progress=False, minimum=1))
+    assert results == {job: 45.0 + job for job in range(6)}
+    assert 2 <= len(sent) <= 1 + gram.distributed.RESENDS
+    assert sent[0].status != "finished"  # the first inputs were lost
+
+
 def test_a_cg_solve_with_a_worker_killed_mid_solve_gives_the_same_answer(workers, tmp_path):
     from ntkit.solvers import KernelOperator, cg
 

@@ -3,8 +3,8 @@
 Everything here runs the same tile code as one process (`ntkit.gram.tiles`), only scheduled by Dask:
 
 - the `KernelTiles` (its tile function and inputs, `ntkit.gram.packed`: the inputs as out-of-band buffers) is
-  scattered to every worker once per client and reused by every later call on the same object (a solver's
-  passes send X once);
+  scattered once per client (`send`: to one worker; Dask copies it to the others as their tasks need it) and
+  reused by every later call on the same object (a solver's passes send X once);
 - each task takes the tiles and a run of tile positions (`batches`): its Gram tiles are written by the worker
   straight into a new in-memory Gram that the client made in shared memory (`ntkit.gram.shared`: workers on
   the client's machine), or into a zarr store (`ntkit.gram.store`), which records each tile as finished once
@@ -26,7 +26,7 @@ import asyncio
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
@@ -117,17 +117,25 @@ _shared: dict[tuple[int, int], Any] = {}
 
 
 def share(client: Any, tiles: KernelTiles) -> Any:
-    """A future of `tiles`, packed (`ntkit.gram.packed`: its inputs travel without copies), held by every
-    worker: scattered on first use, then reused while `tiles` lives (and its future is intact) for the same
-    client. Tasks take it as `packed` and call `packed.tiles()`."""
+    """A future of `tiles`, packed (`ntkit.gram.packed`: its inputs travel without copies): sent on first use
+    (`send`), then reused while `tiles` lives (and its future is intact) for the same client. Tasks take it as
+    `packed` and call `packed.tiles()`."""
     key = (id(client), id(tiles))
     future = _shared.get(key)
     if future is not None and future.status == "finished" and future.client is client:
         return future
-    future = client.scatter(Packed(tiles), broadcast=True, hash=False, direct=_direct(client))
+    future = send(client, Packed(tiles))
     _shared[key] = future
     weakref.finalize(tiles, _shared.pop, key, None)
     return future
+
+
+def send(client: Any, value: Any) -> Any:
+    """A future of `value`, scattered to one worker; Dask copies it to every other worker whose task needs it, as
+    for any task's input (a worker that joins later included). Not `broadcast=True`: its copies are made by
+    Dask's `replicate`, which took 0.1-1.9 s for X at N = 20,000 on two local workers (0.06-0.1 s to one), and
+    Dask's Active Memory Manager drops such copies again once no task waits for them."""
+    return client.scatter(value, hash=False, direct=_direct(client))
 
 
 def _direct(client: Any) -> bool:
@@ -222,25 +230,54 @@ def _row_task(packed: Packed, fn: Callable, rows: slice) -> Any:
         return fn(rows, row_block(packed.tiles(), rows))
 
 
-def _run(client: Any, task: Callable, common: Sequence[Any], jobs: Sequence[Any], *, what: Callable[[Any], str],
-         desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[Any, Any]]:
-    """Submit task(*common, job) for every job (common: the arguments all tasks share, futures of scattered data);
+RESENDS = 3  # times a run sends its inputs again after Dask lost them with the workers that held them
+
+
+def _run(client: Any, task: Callable, common: Callable[[], Sequence[Any]], jobs: Sequence[Any], *,
+         what: Callable[[Any], str], desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[Any, Any]]:
+    """Submit task(*common(), job) for every job (common: the arguments all tasks share, futures of sent data);
     yield (job, result) as they finish. A task that raises cancels the rest and raises a RuntimeError naming its
-    job."""
+    job.
+
+    Dask retries the tasks of a worker that dies, but not data sent from the client: when the only worker that held
+    it dies (before another worker copied it, or after Dask's memory manager dropped the copies between passes),
+    Dask cancels the tasks that need it. Then common() is called again (it sends them anew) and the unfinished
+    jobs are submitted again, up to `RESENDS` times."""
     distributed = require_distributed()
     token = uuid.uuid4().hex[:10]
     name = getattr(task, "__name__", "task").strip("_")
-    pending = {client.submit(task, *common, job, key=f"ntkit-{name}-{token}-{index}", retries=0): job
-               for index, job in enumerate(jobs)}
-    try:
+    counter = iter(range(1 << 62))
+    args = list(common())
+
+    def submit(todo: Sequence[Any]) -> dict[Any, Any]:
+        return {client.submit(task, *args, job, key=f"ntkit-{name}-{token}-{next(counter)}", retries=0): job
+                for job in todo}
+
+    pending = submit(jobs)
+
+    def results() -> Iterator[tuple[Any, Any]]:
+        nonlocal args, pending
+        resent = 0
         finished = distributed.as_completed(list(pending), loop=client.loop)
-        for future in progress(finished, total=len(pending), desc=desc, enabled=show_progress, minimum=minimum):
+        for future in finished:
+            if future not in pending:  # cancelled by a resend below
+                continue
             job = pending.pop(future)
             try:
                 result = future.result()
             except Exception as exc:
+                if isinstance(exc, CancelledError) and resent < RESENDS:  # the inputs were lost: send them again
+                    resent += 1
+                    client.cancel(list(pending))
+                    args = list(common())
+                    pending = submit([job, *pending.values()])
+                    finished.update(pending)
+                    continue
                 raise RuntimeError(f"a Dask worker failed on {what(job)}: {type(exc).__name__}: {exc}") from exc
             yield job, result
+
+    try:
+        yield from progress(results(), total=len(jobs), desc=desc, enabled=show_progress, minimum=minimum)
     finally:
         if pending:
             client.cancel(list(pending))
@@ -259,7 +296,7 @@ def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, token: str | N
     check_client(client)
     written = 0
     jobs = batches(tiles.pairs(), worker_count(client))
-    for batch, blocks in _run(client, _tile_task, [share(client, tiles), token], jobs,
+    for batch, blocks in _run(client, _tile_task, lambda: [share(client, tiles), token], jobs,
                               what=_batch_name, desc=desc, show_progress=show_progress, minimum=16):
         if blocks is None:  # written by the worker
             written += len(batch)
@@ -308,7 +345,10 @@ def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int
     jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)], worker_count(client))
     if not jobs:
         return
-    common = [share(client, tiles), client.scatter(writer, broadcast=True, hash=False)]
+
+    def common() -> list[Any]:  # sent again if Dask loses them
+        return [share(client, tiles), send(client, writer)]
+
     for _ in _run(client, _store_task, common, jobs, what=_batch_name, desc=desc, show_progress=show_progress,
                   minimum=16):
         pass
@@ -321,7 +361,10 @@ def matmul(client: Any, tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, 
     check_client(client)
     pairs = tiles.pairs()
     order = {pair: index for index, pair in enumerate(pairs)}
-    common = [share(client, tiles), client.scatter(V, broadcast=True, hash=False), name_index]
+
+    def common() -> list[Any]:  # sent again if Dask loses them
+        return [share(client, tiles), send(client, V), name_index]
+
     waiting: dict[int, Any] = {}
     next_index = 0
     for batch, products in _run(client, _products_task, common, batches(pairs, worker_count(client)),
@@ -337,7 +380,10 @@ def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequen
                    desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
     """fn(rows, [K[rows, :] for each name]) for each block of rows, as Dask tasks, yielded in block order."""
     check_client(client)
-    common = [share(client, tiles), client.scatter(fn, broadcast=True, hash=False)]
+
+    def common() -> list[Any]:  # sent again if Dask loses them
+        return [share(client, tiles), send(client, fn)]
+
     order = {(rows.start, rows.stop): index for index, rows in enumerate(blocks)}
     waiting: dict[int, Any] = {}
     next_index = 0
