@@ -96,7 +96,7 @@ class KernelTiles:
         digest.update(repr((self.describe, self.names, self.symmetric, self.n, self.m, str(self.dtype))).encode())
         for array in self.inputs:
             digest.update(repr((tuple(array.shape), str(array.dtype))).encode())
-            digest.update(array.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(array.detach().cpu().contiguous().numpy())  # its bytes, without a copy
         return digest.hexdigest()
 
 
