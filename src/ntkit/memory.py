@@ -89,9 +89,9 @@ def reuse_freed_memory() -> bool:
     returning it to the operating system and faulting it in again; whether the settings are in force.
 
     Called before a kernel tile is computed on the CPU (`KernelTiles.__call__`), so in-process Grams and Dask
-    workers alike get it (Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, the opposite). It sets
+    workers alike get it (Dask's nanny starts workers with `MALLOC_TRIM_THRESHOLD_=65536`, the opposite). It sets
     glibc's mallopt once per process; a process holds at most 128 MB of freed memory more. Nothing is changed
-    where the C library is not glibc, or where the environment sets MALLOC_MMAP_THRESHOLD_ (the user's own
+    where the C library is not glibc, or where the environment sets `MALLOC_MMAP_THRESHOLD_` (the user's own
     choice of these settings).
     """
     global _heap_set
