@@ -273,7 +273,8 @@ def main() -> None:
     result = {"n": args.n, "d": args.d, "depth": args.depth, "tile": args.tile, "k": args.k, "dtype": "float64",
               "tiles": total, "default_threads": default_threads, "load_average": os.getloadavg(),
               "machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-              "dask": distributed.__version__, "rows": rows, "ratios": ratios, "cpu_ratios": cpu_ratios}
+              "dask": distributed.__version__, "rows": rows, "ratios": ratios, "cpu_ratios": cpu_ratios,
+              "rounds": {key: [list(run) for run in times] for key, times in runs.times.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
