@@ -23,6 +23,7 @@ system maps into several processes. Dask is imported only here
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -246,7 +247,7 @@ def _run(client: Any, task: Callable, common: Callable[[], Sequence[Any]], jobs:
     distributed = require_distributed()
     token = uuid.uuid4().hex[:10]
     name = getattr(task, "__name__", "task").strip("_")
-    counter = iter(range(1 << 62))
+    counter = itertools.count()
     args = list(common())
 
     def submit(todo: Sequence[Any]) -> dict[Any, Any]:
