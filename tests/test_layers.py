@@ -251,3 +251,25 @@ def test_tiles_serve_the_gram_layer():
     V = torch.randn(7, 2, dtype=f64)
     torch.testing.assert_close(gram.matmul(tiles, V), K @ V, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(tiles.diag(slice(0, 7))[0], K.diagonal(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("get", ["nngp", "ntk"])
+def test_global_average_of_entries_near_the_dtype_limit_is_not_an_overflow(get):
+    """Sigma near float32's largest value at 16 positions: the 256 pairs sum past the range, their mean does not.
+    The float32 kernel equals the float64 one (it was refused as an overflow before)."""
+    arch = nk.Sequential(nk.Conv1d(1, b_std=0.0), nk.GlobalAvgPool(), nk.Linear(b_std=0.0))
+    X = torch.ones(2, 1, 16, dtype=f64) * 3e18
+    X[1] *= -0.5
+    exact = arch.kernel(X, get=get)
+    assert exact.abs().max() * 256 > torch.finfo(torch.float32).max  # the sum of the pairs overflows float32
+    torch.testing.assert_close(arch.kernel(X.float(), get=get), exact.float(), rtol=1e-6, atol=0)
+
+
+def test_mean_over_positions_where_the_sum_overflows():
+    from ntkit.layers.pooling import mean
+
+    big = torch.finfo(torch.float32).max
+    t = torch.tensor([[big, big / 2, -big / 4, big], [1.0, 2.0, 3.0, float("inf")]], dtype=torch.float32)
+    out = mean(t, (1,))
+    assert out[0] == torch.tensor((1 + 0.5 - 0.25 + 1) / 4 * big, dtype=torch.float64).float()
+    assert out[1] == float("inf")  # an infinite entry stays infinite

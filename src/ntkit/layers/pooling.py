@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from .._checks import all_finite
 from .base import Layer, LayerError, spatial_only
 from .conv import _pair
 from .record import Record, out_size, window_sum
@@ -90,7 +91,7 @@ class GlobalAvgPool(Layer):
 
     def apply(self, record: Record, ctx) -> Record:
         axes = tuple(range(record.nbatch, record.sigma.ndim))
-        out = record.map(lambda t: t.mean(dim=axes))
+        out = record.map(lambda t: mean(t, axes))
         return Record(out.sigma, out.theta, "flat", record.nbatch, ())
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
@@ -98,5 +99,16 @@ class GlobalAvgPool(Layer):
 
 
 class _MeanOverPositions(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # branch-free: the empirical NTK runs it under vmap
         return x.flatten(2).mean(2)
+
+
+def mean(t: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """The mean of `t` over `axes`, finite wherever the entries are, even where their sum is not (entries within
+    a factor of the count of the dtype's largest value: torch sums first). There the mean is taken over the entries
+    scaled by a power of two 2^-k <= 1 / count (exact but for entries that become subnormal) and scaled back."""
+    out = t.mean(dim=axes)
+    if all_finite(out):
+        return out
+    k = math.ceil(math.log2(math.prod(t.shape[axis] for axis in axes)))
+    return torch.where(torch.isfinite(out), out, (t * 2.0**-k).mean(dim=axes) * 2.0**k)
