@@ -38,13 +38,14 @@ def second_gram(env: dict[str, str]) -> tuple[int, str]:
 def test_tiles_reuse_freed_memory_even_under_dasks_trim_setting():
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which freezes glibc's mmap threshold at 128 kB: without
     the settings each 2 MB temporary of each tile is mapped and faulted anew (about 56,000 faults for these 10
-    tiles); with them, freed memory is reused (a 2048^2 float64 Gram has 8,192 pages: far fewer faults than that)."""
+    tiles); with them, freed memory is reused (0-1,024 faults seen: the interpreter's own; a 2048^2 float64 Gram has
+    8,192 pages)."""
     faults, applied = second_gram({"MALLOC_TRIM_THRESHOLD_": "65536"})
     assert applied == "True"
-    assert faults < 1000
+    assert faults < 4096
     faults, applied = second_gram({})
     assert applied == "True"
-    assert faults < 1000
+    assert faults < 4096
 
 
 def test_users_own_mmap_threshold_is_kept():
