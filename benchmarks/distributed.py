@@ -98,14 +98,18 @@ class Runs:
         self.times: dict[str, list[tuple[float, float]]] = {}
         self.digests: dict[str, set[str]] = {}
 
+    def timed(self, key: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs), its seconds kept as a run of `key` (`timed`'s keywords work here)."""
+        result, measured = timed(fn, *args, **kwargs)
+        self.times.setdefault(key, []).append(measured)
+        return result
+
     def run(self, key: str, fn, *args, before=None, **kwargs) -> None:
         """Call `before` (untimed), then time fn(*args, **kwargs) and digest the Gram it returns."""
         if before is not None:
             before()
-        result, measured = timed(fn, *args, **kwargs)
+        result = self.timed(key, fn, *args, **kwargs)
         self.digests.setdefault(key, set()).add(digest(result[0] if isinstance(result, list) else result))
-        del result
-        self.times.setdefault(key, []).append(measured)
 
     def fastest(self, key: str) -> tuple[str, tuple[float, float]]:
         """The digest of every run's Gram ("differs" when two runs differ) and the fastest run's seconds."""
@@ -181,14 +185,11 @@ def main() -> None:
         return kill
 
     def passes(key: str, client=None) -> None:  # one K V and one CG solve (the tiles sent anew on a new cluster)
-        KV, measured = timed(gram.matmul, arch.kernel_tiles(X, tile=args.tile), V, client=client)
-        products[key].append(KV)
-        runs.times.setdefault(key, []).append(measured)
+        products[key].append(runs.timed(key, gram.matmul, arch.kernel_tiles(X, tile=args.tile), V, client=client))
         if args.cg_n:
             operator = KernelOperator(arch.kernel_tiles(X[:args.cg_n], tile=args.tile), client=client)
-            solved, measured = timed(cg.solve, operator, Y, args.ridge, watch=client)
-            solves[key.replace("matmul", "cg")].append(solved)
-            runs.times.setdefault(key.replace("matmul", "cg"), []).append(measured)
+            solve = key.replace("matmul", "cg")
+            solves[solve].append(runs.timed(solve, cg.solve, operator, Y, args.ridge, watch=client))
 
     # every in-memory Gram is a new one, as `arch.kernel(X)` returns it (its pages are touched for the first time)
     for round_ in range(1, args.repeat + 1):
@@ -220,10 +221,12 @@ def main() -> None:
     record("memory", "in-process, 1 thread (memory)", seconds, cpu)
     _, (seconds, cpu) = runs.fastest("memory_threads")
     record("memory_threads", f"in-process, {default_threads} threads (memory)", seconds, cpu)
-    record("store", "in-process, 1 thread (zarr store)", *runs.fastest("store")[1], runs.fastest("store")[0])
+    found, (seconds, cpu) = runs.fastest("store")
+    record("store", "in-process, 1 thread (zarr store)", seconds, cpu, found)
     at = f"{min(finished)}" if min(finished) == max(finished) else f"{min(finished)}-{max(finished)}"
-    record("resume", f"resume after SIGKILL at {at}/{total} tiles (store)", *runs.fastest("resume")[1],
-           runs.fastest("resume")[0], finished_before=finished, total_tiles=total)
+    found, (seconds, cpu) = runs.fastest("resume")
+    record("resume", f"resume after SIGKILL at {at}/{total} tiles (store)", seconds, cpu, found,
+           finished_before=finished, total_tiles=total)
     record("matmul", "in-process, 1 thread: K V", *min(runs.times["matmul"]))
     if args.cg_n:
         solved = solves["cg"][0]

@@ -234,21 +234,26 @@ def _row_task(packed: Packed, fn: Callable, rows: slice) -> Any:
 RESENDS = 3  # times a run sends its inputs again after Dask lost them with the workers that held them
 
 
-def _run(client: Any, task: Callable, common: Callable[[], Sequence[Any]], jobs: Sequence[Any], *,
-         what: Callable[[Any], str], desc: str, show_progress: bool | None, minimum: int) -> Iterator[tuple[Any, Any]]:
-    """Submit task(*common(), job) for every job (common: the arguments all tasks share, futures of sent data);
-    yield (job, result) as they finish. A task that raises cancels the rest and raises a RuntimeError naming its
-    job.
+def _run(client: Any, task: Callable, tiles: KernelTiles, jobs: Sequence[Any], *, sent: Sequence[Any] = (),
+         plain: Sequence[Any] = (), what: Callable[[Any], str], desc: str, show_progress: bool | None,
+         minimum: int) -> Iterator[tuple[Any, Any]]:
+    """Submit task(packed tiles, *sent, *plain, job) for every job, the tiles (`share`) and the values `sent`
+    (`send`) as futures of data sent once, `plain` as they are; yield (job, result) as they finish. A task that
+    raises cancels the rest and raises a RuntimeError naming its job.
 
     Dask retries the tasks of a worker that dies, but not data sent from the client: when the only worker that held
     it dies (before another worker copied it, or after Dask's memory manager dropped the copies between passes),
-    Dask cancels the tasks that need it. Then common() is called again (it sends them anew) and the unfinished
-    jobs are submitted again, up to `RESENDS` times."""
+    Dask cancels the tasks that need it. Then the data is sent again and the unfinished jobs are submitted again,
+    up to `RESENDS` times."""
     distributed = require_distributed()
     token = uuid.uuid4().hex[:10]
     name = getattr(task, "__name__", "task").strip("_")
     counter = itertools.count()
-    args = list(common())
+
+    def common() -> list[Any]:
+        return [share(client, tiles), *(send(client, value) for value in sent), *plain]
+
+    args = common()
 
     def submit(todo: Sequence[Any]) -> dict[Any, Any]:
         return {client.submit(task, *args, job, key=f"ntkit-{name}-{token}-{next(counter)}", retries=0): job
@@ -270,7 +275,7 @@ def _run(client: Any, task: Callable, common: Callable[[], Sequence[Any]], jobs:
                 if isinstance(exc, CancelledError) and resent < RESENDS:  # the inputs were lost: send them again
                     resent += 1
                     client.cancel(list(pending))
-                    args = list(common())
+                    args = common()
                     pending = submit([job, *pending.values()])
                     finished.update(pending)
                     continue
@@ -297,8 +302,8 @@ def fill(client: Any, tiles: KernelTiles, outs: Sequence[Any], *, token: str | N
     check_client(client)
     written = 0
     jobs = batches(tiles.pairs(), worker_count(client))
-    for batch, blocks in _run(client, _tile_task, lambda: [share(client, tiles), token], jobs,
-                              what=_batch_name, desc=desc, show_progress=show_progress, minimum=16):
+    for batch, blocks in _run(client, _tile_task, tiles, jobs, plain=[token], what=_batch_name, desc=desc,
+                              show_progress=show_progress, minimum=16):
         if blocks is None:  # written by the worker
             written += len(batch)
             continue
@@ -346,12 +351,8 @@ def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int
     jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)], worker_count(client))
     if not jobs:
         return
-
-    def common() -> list[Any]:  # sent again if Dask loses them
-        return [share(client, tiles), send(client, writer)]
-
-    for _ in _run(client, _store_task, common, jobs, what=_batch_name, desc=desc, show_progress=show_progress,
-                  minimum=16):
+    for _ in _run(client, _store_task, tiles, jobs, sent=[writer], what=_batch_name, desc=desc,
+                  show_progress=show_progress, minimum=16):
         pass
 
 
@@ -362,14 +363,11 @@ def matmul(client: Any, tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, 
     check_client(client)
     pairs = tiles.pairs()
     order = {pair: index for index, pair in enumerate(pairs)}
-
-    def common() -> list[Any]:  # sent again if Dask loses them
-        return [share(client, tiles), send(client, V), name_index]
-
     waiting: dict[int, Any] = {}
     next_index = 0
-    for batch, products in _run(client, _products_task, common, batches(pairs, worker_count(client)),
-                                what=_batch_name, desc=desc, show_progress=show_progress, minimum=16):
+    for batch, products in _run(client, _products_task, tiles, batches(pairs, worker_count(client)), sent=[V],
+                                plain=[name_index], what=_batch_name, desc=desc, show_progress=show_progress,
+                                minimum=16):
         for pair, pair_products in zip(batch, products, strict=True):
             waiting[order[pair]] = pair_products
         while next_index in waiting:
@@ -381,10 +379,6 @@ def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequen
                    desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
     """fn(rows, [K[rows, :] for each name]) for each block of rows, as Dask tasks, yielded in block order."""
     check_client(client)
-
-    def common() -> list[Any]:  # sent again if Dask loses them
-        return [share(client, tiles), send(client, fn)]
-
     order = {(rows.start, rows.stop): index for index, rows in enumerate(blocks)}
     waiting: dict[int, Any] = {}
     next_index = 0
@@ -392,7 +386,7 @@ def map_row_blocks(client: Any, tiles: KernelTiles, fn: Callable, blocks: Sequen
     def what(rows: slice) -> str:
         return f"the kernel rows {rows.start}:{rows.stop}"
 
-    for rows, result in _run(client, _row_task, common, list(blocks), what=what, desc=desc,
+    for rows, result in _run(client, _row_task, tiles, list(blocks), sent=[fn], what=what, desc=desc,
                              show_progress=show_progress, minimum=8):
         waiting[order[(rows.start, rows.stop)]] = result
         while next_index in waiting:
