@@ -247,10 +247,37 @@ def test_tiles_serve_the_gram_layer():
     K = arch.kernel(X)
     tiles = arch.kernel_tiles(X, tile=3)
     rows = torch.tensor([5, 0, 5])
-    torch.testing.assert_close(tiles(rows, slice(1, 6))[0], K[rows][:, 1:6], rtol=1e-13, atol=1e-15)
+    block = tiles(rows, slice(1, 6))[0]
+    # the point with itself, computed as a cross pair, is its exact diagonal value (no sqrt(eps) of the ReLU's cone)
+    assert block[0, 4] == K[5, 5] and block[2, 4] == K[5, 5]
+    # the other pairs: other summation orders, a few roundings per layer (angles here are far from 0 and pi)
+    torch.testing.assert_close(block, K[rows][:, 1:6], rtol=1e-12, atol=1e-14)
     V = torch.randn(7, 2, dtype=f64)
     torch.testing.assert_close(gram.matmul(tiles, V), K @ V, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(tiles.diag(slice(0, 7))[0], K.diagonal(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [conv_pool_residual, conv_flatten,
+                                  lambda: nk.Sequential(nk.Linear(), nk.ReLU(), nk.Linear(W_std=2.0), nk.ReLU(),
+                                                        nk.Linear()),
+                                  lambda: nk.MLP(depth=3, activation="gelu")])
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_identical_examples_in_any_tile_get_the_exact_diagonal(make, dtype):
+    """A point with itself as a cross pair (X and Y share it, a duplicate in X, an index tile that repeats a row)
+    equals the diagonal exactly: the plain formulas keep only sqrt(eps) of the angle at the ReLU's cone."""
+    arch = make()
+    shape = (1, 5, 5) if isinstance(arch, nk.Sequential) and isinstance(arch[0], nk.Conv2d) else (3,)
+    X = torch.randn(6, *shape, dtype=f64).to(dtype)
+    X[4] = X[1]                                              # a duplicate
+    Y = torch.cat([torch.randn(2, *shape, dtype=dtype), X[2:3], X[1:2]])
+    diag = arch.kernel_diag(X, get=("nngp", "ntk"))
+    for K, want in zip(arch.kernel(X, Y, get=("nngp", "ntk")), diag, strict=True):
+        assert K[2, 2] == want[2] and K[1, 3] == want[1] and K[4, 3] == want[1]
+    for K, want in zip(arch.kernel(X, get=("nngp", "ntk"), tile=2), diag, strict=True):
+        assert K[1, 4] == want[1] and K[4, 1] == want[1]
+    tiles = arch.kernel_tiles(X)
+    block = tiles(torch.tensor([3, 1, 3]), torch.tensor([4, 3]))[0]
+    assert block[0, 1] == diag[1][3] and block[1, 0] == diag[1][1] and block[2, 1] == diag[1][3]
 
 
 @pytest.mark.parametrize("get", ["nngp", "ntk"])

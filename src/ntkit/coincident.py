@@ -47,6 +47,31 @@ CHUNK = 2**16                                       # numbers per temporary of t
 PAIRS = 2**16                                       # pairs per batch of the recursion (vectors of PAIRS numbers)
 
 
+def fingerprints(X: torch.Tensor) -> torch.Tensor:
+    """One number per example of X (N, ...): its entries weighted by fixed weights in [1, 2) and summed, row by row
+    in one order, so that identical examples (in X or in another tensor of the same shape per example) have
+    identical fingerprints; different examples rarely do (`identical_pairs` checks the candidates)."""
+    flat = X.detach().reshape(X.shape[0], -1)
+    weights = torch.arange(flat.shape[1], dtype=torch.float64).mul_(0.6180339887498949).frac_().add_(1.0)
+    return (flat * weights.to(flat.dtype).to(flat.device)).sum(1)
+
+
+def identical_pairs(X: torch.Tensor, Y: torch.Tensor, rows, cols, fx: torch.Tensor, fy: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs (a, b) of a tile (rows, cols) whose examples X[rows][a] and Y[cols][b] are equal entry by entry
+    (1-D int64 tensors of positions in the tile; `fingerprints` fx of X and fy of Y select the candidates, which
+    are then compared in full): a point with itself, which gets its exact diagonal value."""
+    fr, fc = fx[rows], fy[cols]
+    candidates = torch.nonzero(torch.isin(fr, fc))[:, 0]
+    if not len(candidates):
+        return candidates, candidates
+    a, b = torch.nonzero(fr[candidates][:, None] == fc[None, :], as_tuple=True)
+    a = candidates[a]
+    x, y = X[rows][a], Y[cols][b]
+    same = (x == y).reshape(len(a), -1).all(1)
+    return a[same], b[same]
+
+
 def supports(activation) -> bool:
     """Whether `activation` carries the sine of the angle (`sigma_both_gap`): only then are near pairs recomputed."""
     return getattr(activation, "carries_gap", False)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import gram
+from .. import coincident, gram
 from .._checks import as_tensor, check_choice, check_positive_int, to_output
 from ..activations import Quadrature, get_activation
 from ..kernels import Recursion, kernel_block, kernel_diag, sigma_diagonals
@@ -355,6 +355,7 @@ class Sequential:
                 block.diagonal().copy_(exact[name][rows])
             return blocks
 
+        tile_fn = exact_pairs(tile_fn, Xt, Yt, symmetric, lambda index: [exact[name][index] for name in names])
         return gram.KernelTiles(tile_fn, Xt.shape[0], Yt.shape[0], names, symmetric, Xt.dtype, Xt.device, edge,
                                 describe=describe, inputs=(Xt,) if symmetric else (Xt, Yt),
                                 diag=diag if symmetric else None)
@@ -570,6 +571,29 @@ def _fc_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, rec: Recursio
                 tiles[name].diagonal().copy_(values)
         return [tiles[name] for name in names]
 
-    return gram.KernelTiles(tile_fn, Xt.shape[0], Yt.shape[0], names, symmetric, Xt.dtype, Xt.device, edge,
-                            describe=describe, inputs=(Xt,) if symmetric else (Xt, Yt),
-                            diag=diag if symmetric else None)
+    def exact(index: torch.Tensor) -> list[torch.Tensor]:
+        sigma, theta = kernel_diag(Xt[index], rec, want_ntk)
+        return [theta if name == "ntk" else sigma for name in names]
+
+    return gram.KernelTiles(exact_pairs(tile_fn, Xt, Yt, symmetric, exact), Xt.shape[0], Yt.shape[0], names,
+                            symmetric, Xt.dtype, Xt.device, edge, describe=describe,
+                            inputs=(Xt,) if symmetric else (Xt, Yt), diag=diag if symmetric else None)
+
+
+def exact_pairs(tile_fn, Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, exact) -> Any:
+    """`tile_fn` with every pair of identical examples (a point with itself, wherever it falls in a tile: the
+    diagonal of a symmetric Gram, a training point among Nystrom centres, a duplicate) set to its exact diagonal
+    value, `exact(index)`: the kernels of X[index] with themselves (`coincident.identical_pairs`)."""
+    fx = coincident.fingerprints(Xt)
+    fy = fx if symmetric else coincident.fingerprints(Yt)
+
+    def fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
+        blocks = tile_fn(rows, cols)
+        a, b = coincident.identical_pairs(Xt, Yt, rows, cols, fx, fy)
+        if len(a):
+            index = torch.arange(Xt.shape[0], device=Xt.device)[rows][a]
+            for block, values in zip(blocks, exact(index), strict=True):
+                block[a, b] = values.to(block.dtype)
+        return blocks
+
+    return fn
