@@ -197,11 +197,13 @@ def test_numpy_in_numpy_out_and_dtype_of_the_model():
     assert one.shape == (1, 1, 1, 1)
 
 
-def test_auto_picks_structured_for_mlps_and_a_generic_method_for_convolutions():
+def test_auto_picks_structured_where_a_rule_applies_and_a_generic_method_elsewhere():
     assert E.choose_method(ntk_mlp(), inputs((5,), 3, 0)) == "structured"
     assert E.choose_method(torch_mlp(), inputs((2, 3), 3, 0)) == "structured"
-    assert E.choose_method(small_cnn(), inputs((1, 7, 7), 3, 0)) in ("jacobian", "ntk_vp")
-    assert E.choose_method(residual_net(), inputs((2, 5, 5), 3, 0)) in ("jacobian", "ntk_vp")
+    assert E.choose_method(small_cnn(), inputs((1, 7, 7), 3, 0)) == "structured"
+    assert E.choose_method(residual_net(), inputs((2, 5, 5), 3, 0)) == "structured"
+    rnn = nn.RNN(3, 4, batch_first=True).to(DT)  # no rule: a generic method
+    assert E.choose_method(rnn, inputs((5, 3), 3, 0), output=0) in ("jacobian", "ntk_vp")
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -229,13 +231,6 @@ def test_bad_arguments(kwargs, match):
         E.empirical_ntk(nn.Linear(2, 1), torch.randn(3, 2), **kwargs)
 
 
-def test_structured_on_a_cnn_says_what_to_use():
-    with pytest.raises(ValueError, match="method='jacobian' or method='ntk_vp'"):
-        E.empirical_ntk(small_cnn(), inputs((1, 7, 7), 2, 0), method="structured")
-    with pytest.raises(ValueError, match="method='jacobian' or method='ntk_vp'"):  # a sequence model
-        E.empirical_ntk(nn.Linear(3, 2), torch.randn(4, 5, 3), method="structured")
-
-
 def test_training_mode_batchnorm_and_dropout_and_nonfinite_input():
     with pytest.raises(ValueError, match="model.eval"):
         E.empirical_ntk(Residual().train(), torch.randn(2, 2, 5, 5))
@@ -243,8 +238,10 @@ def test_training_mode_batchnorm_and_dropout_and_nonfinite_input():
         E.empirical_ntk(nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.5)), torch.randn(2, 2))
     with pytest.raises(ValueError, match="X contains NaN"):
         E.empirical_ntk(nn.Linear(2, 1), torch.tensor([[0.0, float("nan")]]))
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, or a function f.params, X. given with"):
         E.empirical_ntk(lambda x: x, torch.randn(2, 2))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module or a function"):
+        E.empirical_ntk("net", torch.randn(2, 2))
 
 
 class TiedWeights(nn.Module):
@@ -274,4 +271,5 @@ def test_shared_parameters_and_a_module_used_twice():
         for method in ("auto", "jacobian", "ntk_vp"):
             assert_close(E.empirical_ntk(model, X, method=method), expected)
         assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in model.parameters())
-    assert E.choose_method(twice, X) != "structured" and E.choose_method(tied_stack, X) != "structured"
+    assert E.choose_method(twice, X) != "structured"  # no rule for a module called twice
+    assert E.choose_method(tied_stack, X, per_layer=True)["0"].startswith("jacobian")  # tied weights: no rule

@@ -1,4 +1,4 @@
-"""`empirical_ntk`: the finite-width NTK of any torch model, and `choose_method` for method="auto".
+"""`empirical_ntk`: the finite-width NTK of any torch model or function of parameters, and `choose_method`.
 
     Theta_{k k'}(x, y) = sum_p dF_k(x; theta)/dtheta_p  dF_k'(y; theta)/dtheta_p     (Section 4)
 
@@ -7,42 +7,53 @@ summed over the model's trainable parameters, at its current parameters (or at `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from .._checks import all_finite, check_choice, check_positive_int, to_output
-from .common import MODES, Problem, count_flops, make_problem
+from .attention import plain_attention
+from .common import MODES, Problem, Selector, count_flops, make_problem, no_fused_attention, working_memory_limit
 from .generic import jacobian_ntk, ntk_vp_ntk
+from .layerwise import describe_plan, layerwise_ntk, make_plan
 from .structured import NotStructured, check_inputs, parse, structured_ntk
 
 METHODS = ("auto", "structured", "jacobian", "ntk_vp")
 Array = torch.Tensor | np.ndarray
 
 
-def empirical_ntk(model: nn.Module, X: Array, Y: Array | None = None, *, mode: str = "full",
+def empirical_ntk(model: nn.Module | Callable, X: Array, Y: Array | None = None, *, mode: str = "full",
                   method: str = "auto", block_size: int | None = None,
-                  params: Mapping[str, torch.Tensor] | None = None,
-                  progress: bool | None = None) -> Array:
+                  params: Mapping[str, torch.Tensor] | None = None, output: Selector = None,
+                  memory: int | None = None, progress: bool | None = None) -> Array:
     """The empirical NTK Theta(theta) of `model` between the samples of X and of Y (default X).
 
     Args:
         model: any torch.nn.Module mapping a batch (B, ...) to outputs (B, ...); the outputs of a
-            sample, flattened, are its K outputs. BatchNorm and Dropout must be in eval mode.
+            sample, flattened, are its K outputs. BatchNorm and Dropout must be in eval mode. Or a
+            function f(params, X) of a dict of parameter tensors and a batch (then `params` gives the
+            values, all differentiated): the NTK of any quantity derived from a network (a PDE residual
+            built with torch.func derivatives in x, a loss, a logit difference).
         X: (N, ...) inputs, batch first (a 1-D array is one sample). Y: (M, ...) or None.
         mode: "full" -> (N, M, K, K), Theta_{k k'}(x_i, y_j); "trace" -> (N, M), the mean over
             k of Theta_{k k}; "diagonal" -> (N, M, K), Theta_{k k}.
-        method: "structured" (exact per-layer Gram products; nn.Sequential of nn.Linear / NTKLinear
-            and elementwise activations only), "jacobian" (Jacobian contraction), "ntk_vp"
-            (NTK-vector products), or "auto": the cheapest by an estimate of the floating-point
-            work; `choose_method` tells which one it takes.
+        method: "structured" (per-layer rules, no Jacobian: per-layer Gram products for fully-connected
+            stacks; for any module, the rules for nn.Linear (also on sequences), nn.Conv1d/2d/3d,
+            nn.Embedding, nn.MultiheadAttention's projections, affine LayerNorm / BatchNorm and biases,
+            with the Jacobian for the parameters of other modules), "jacobian" (Jacobian contraction),
+            "ntk_vp" (NTK-vector products), or "auto": "structured" where a rule applies, else the
+            cheaper generic method; `choose_method` tells which one it takes (per layer with per_layer=True).
         block_size: samples per block of X and of Y; by default the largest blocks whose
             intermediates fit the working memory (1 GiB on a CPU, a quarter of the free GPU memory).
         params: parameter values to evaluate Theta at instead of the model's own (names as in
             `model.named_parameters()`, any subset). Theta always sums over the parameters that
             require a gradient in the model.
+        output: for a model returning a tuple, list or dict: which output to take (an index or a key),
+            or a function of the model's output returning one tensor.
+        memory: working memory in bytes for the intermediate blocks (default 1 GiB on a CPU, a quarter
+            of the free GPU memory); a MemoryError before any allocation when one pair of samples needs more.
         progress: show a progress bar over blocks (None: the global setting).
 
     Returns: Theta in the parameters' dtype, on their device; a NumPy array when X is NumPy.
@@ -52,12 +63,14 @@ def empirical_ntk(model: nn.Module, X: Array, Y: Array | None = None, *, mode: s
     check_choice(method, "method", METHODS)
     if block_size is not None:
         block_size = check_positive_int(block_size, "block_size")
-    problem, numpy_in = make_problem(model, X, Y, mode, params)
+    if memory is not None:
+        memory = check_positive_int(memory, "memory")
+    problem, numpy_in = make_problem(model, X, Y, mode, params, output)
     if problem.X.shape[0] == 0 or problem.cols.shape[0] == 0:   # an empty batch: an empty NTK
         return to_output(_empty(problem), numpy_in)
     chosen = _resolve(problem, method)
-    run = {"structured": structured_ntk, "jacobian": jacobian_ntk, "ntk_vp": ntk_vp_ntk}[chosen]
-    theta = run(problem, block_size, progress)
+    with working_memory_limit(memory), no_fused_attention(), plain_attention(problem.model):
+        theta = _run(problem, chosen, block_size, progress)
     if not all_finite(theta):
         dtype = str(theta.dtype).removeprefix("torch.")
         wider = "use float64, or " if theta.dtype != torch.float64 else ""
@@ -68,16 +81,26 @@ def empirical_ntk(model: nn.Module, X: Array, Y: Array | None = None, *, mode: s
     return to_output(theta, numpy_in)
 
 
-def choose_method(model: nn.Module, X: Array, Y: Array | None = None, *, mode: str = "full",
-                  params: Mapping[str, torch.Tensor] | None = None) -> str:
+def choose_method(model: nn.Module | Callable, X: Array, Y: Array | None = None, *, mode: str = "full",
+                  params: Mapping[str, torch.Tensor] | None = None, output: Selector = None,
+                  per_layer: bool = False) -> str | dict[str, str]:
     """The method `empirical_ntk(..., method="auto")` uses for these arguments.
 
-    "structured" whenever the model is a fully-connected nn.Sequential it can take (it is exact
-    and the cheapest); otherwise "jacobian" or "ntk_vp", whichever `estimate_costs` finds cheaper.
+    "structured" whenever a per-layer rule applies to some of the model's layers (exact, and cheaper
+    than forming their Jacobians); otherwise "jacobian" or "ntk_vp", whichever `estimate_costs` finds
+    cheaper. With per_layer=True: a dict from each layer with a rule to what the structured path does
+    with it ("structured conv (jacobian order)", "structured linear (positions order)", or "jacobian: "
+    and why its rule is not used), plus "(other parameters)" for those no rule covers.
     """
     check_choice(mode, "mode", MODES)
-    problem, _ = make_problem(model, X, Y, mode, params)
-    return _resolve(problem, "auto")
+    problem, _ = make_problem(model, X, Y, mode, params, output)
+    if per_layer:
+        if _fully_connected(problem):
+            return {"(whole model)": "structured fully-connected stack (per-layer Gram products)"}
+        with no_fused_attention():
+            return describe_plan(make_plan(problem))
+    chosen = _resolve(problem, "auto")
+    return "structured" if chosen == "stack" else chosen
 
 
 def _empty(problem: Problem) -> torch.Tensor:
@@ -103,16 +126,39 @@ def estimate_costs(problem: Problem) -> dict[str, float]:
             "ntk_vp": 3.0 * k * fp * n + 3.0 * k * fp * n * m}
 
 
+def _fully_connected(problem: Problem) -> bool:
+    try:
+        check_inputs(parse(problem), problem.X)
+        return True
+    except NotStructured:
+        return False
+
+
 def _resolve(problem: Problem, method: str) -> str:
-    if method in ("structured", "auto"):
-        try:
-            check_inputs(parse(problem), problem.X)
-            return "structured"
-        except NotStructured as exc:
-            if method == "structured":
-                raise ValueError(f"method='structured' cannot take this model: {exc}. Use method='jacobian' "
-                                 "or method='ntk_vp' (any module), or method='auto'") from None
+    """The method to run: "stack" (the fully-connected fast path), "structured", "jacobian" or "ntk_vp"."""
+    if method in ("structured", "auto") and _fully_connected(problem):
+        return "stack"
+    if method == "auto" and problem.X.shape[0]:
+        with no_fused_attention():
+            if make_plan(problem).sites:
+                return "structured"
     if method != "auto":
         return method
     costs = estimate_costs(problem)
     return min(costs, key=costs.__getitem__)
+
+
+def _run(problem: Problem, chosen: str, block_size: int | None, show: bool | None) -> torch.Tensor:
+    """Run a method; a failure inside torch names the module's method that works."""
+    run = {"stack": structured_ntk, "structured": layerwise_ntk, "jacobian": jacobian_ntk,
+           "ntk_vp": ntk_vp_ntk}[chosen]
+    try:
+        return run(problem, block_size, show)
+    except (NotImplementedError, RuntimeError) as exc:
+        if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
+            raise
+        name = "structured" if chosen == "stack" else chosen
+        others = [m for m in ("structured", "jacobian") if m != name]
+        raise RuntimeError(f"method={name!r} failed inside torch on {type(problem.model).__name__}: {exc}. "
+                           f"Try method={others[0]!r} (method='jacobian' runs on any module torch.func can "
+                           "differentiate in reverse mode)") from exc

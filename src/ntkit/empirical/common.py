@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,20 +25,37 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .._checks import as_tensor
 from ..progress import progress
+from .models import FunctionModel, Selector, as_model, no_fused_attention  # noqa: F401 (re-exported)
 
 MODES = ("full", "trace", "diagonal")
 Array = torch.Tensor | np.ndarray
 
 #: Working memory for the intermediate blocks (features, Jacobians, tiles) on a CPU, in bytes.
 CPU_WORKING_MEMORY = 1 << 30
+_memory_limit: list[int] = []  # set by `working_memory_limit` (the `memory=` argument)
 
 
 def working_memory(device: torch.device) -> int:
-    """Bytes the intermediate blocks may take: 1 GiB on a CPU, a quarter of the free memory on a GPU."""
+    """Bytes the intermediate blocks may take: the `memory=` argument when given, else 1 GiB on a CPU,
+    a quarter of the free memory on a GPU."""
+    if _memory_limit:
+        return _memory_limit[-1]
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(free // 4, 1 << 28)
     return CPU_WORKING_MEMORY
+
+
+@contextmanager
+def working_memory_limit(nbytes: int | None) -> Iterator[None]:
+    """`working_memory` returns `nbytes` inside the context (nothing changes for None)."""
+    if nbytes is not None:
+        _memory_limit.append(int(nbytes))
+    try:
+        yield
+    finally:
+        if nbytes is not None:
+            _memory_limit.pop()
 
 
 @dataclass
@@ -105,8 +123,6 @@ def model_values(model: nn.Module, params: Mapping[str, torch.Tensor] | None
     Theta sums over the parameters that require a gradient in the model; `params` only changes
     where it is evaluated (keys as in `model.named_parameters()`).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     named = dict(model.named_parameters())
     overrides: dict[str, torch.Tensor] = {}
     if params is not None:
@@ -129,6 +145,10 @@ def model_values(model: nn.Module, params: Mapping[str, torch.Tensor] | None
         raise ValueError("model has no trainable parameters (none requires a gradient), so its NTK is zero; "
                          "call requires_grad_(True) on the parameters the NTK should differentiate")
     dtypes = {p.dtype for p in trainable.values()}
+    if any(dtype.is_complex for dtype in dtypes):
+        raise TypeError(f"complex parameters are not supported (got {sorted(map(str, dtypes))}): the NTK here is "
+                        "sum_p dF/dtheta_p dF/dtheta_p over real parameters; split a complex parameter into its real "
+                        "and imaginary parts")
     if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
         raise TypeError("the trainable parameters must share one floating dtype, "
                         f"got {sorted(map(str, dtypes))}")
@@ -145,7 +165,12 @@ def check_deterministic(model: nn.Module) -> None:
         if module.training and (batch_norm or dropout):
             kind = "BatchNorm (batch statistics)" if batch_norm else "Dropout (random)"
             raise ValueError(f"model module {name!r} is a {kind} layer in training mode, so each output "
-                             "depends on the batch or on chance and the NTK is not defined; call model.eval() first")
+                             "depends on the batch or on chance and the NTK is not defined; the NTK is taken "
+                             "in eval mode: call model.eval() first")
+        if batch_norm and module.running_mean is None:
+            raise ValueError(f"model module {name!r} is a BatchNorm layer without running statistics "
+                             "(track_running_stats=False), so it normalizes by the batch's statistics even in eval "
+                             "mode and the NTK is not defined")
 
 
 def as_inputs(value: object, name: str, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -154,7 +179,10 @@ def as_inputs(value: object, name: str, like: torch.Tensor) -> tuple[torch.Tenso
     A 1-D input is one sample; N = 0 samples are allowed (an empty batch). Returns the tensor and whether
     the caller gave NumPy.
     """
-    if isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex() \
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
+        value = torch.from_numpy(value.astype(np.int64))  # token ids, as for an integer tensor
+        tensor, numpy_in = value.to(like.device), True
+    elif isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex() \
             and value.dtype != torch.bool:
         tensor, numpy_in = value.to(like.device), False
     else:
@@ -189,7 +217,12 @@ def probe(model: nn.Module, values: dict[str, torch.Tensor], x: torch.Tensor) ->
         for handle in handles:
             handle.remove()
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model must return one tensor, got {type(out).__name__}")
+        if isinstance(model, FunctionModel):
+            raise TypeError(f"the function of the parameters must return one tensor (B, ...), got "
+                            f"{type(out).__name__}")
+        hint = (" (select one with output=: an index, a key, or a function of the output)"
+                if isinstance(out, (tuple, list, dict)) else "")
+        raise TypeError(f"the model must return one tensor, got {type(out).__name__}{hint}")
     if out.ndim == 0 or out.shape[0] != 1:
         raise ValueError(f"the model must keep the batch dimension first: one sample gave output shape "
                          f"{tuple(out.shape)}")
@@ -206,9 +239,27 @@ def count_flops(problem: Problem) -> int:
     return int(counter.get_total_flops()) or 2 * problem.n_params
 
 
-def make_problem(model: nn.Module, X: object, Y: object, mode: str,
-                 params: Mapping[str, torch.Tensor] | None) -> tuple[Problem, bool]:
+def check_buffers_fixed(model: nn.Module, frozen: dict[str, torch.Tensor], sample: torch.Tensor) -> None:
+    """Buffers the forward pass writes (running statistics, counters) make F change from call to call."""
+    buffers = dict(model.named_buffers())
+    if not buffers:
+        return
+    before = {n: b.clone() for n, b in buffers.items()}
+    with torch.no_grad():
+        call(model, frozen, (sample,))
+    changed = [n for n, b in buffers.items() if not torch.equal(b, before[n])]
+    for name in changed:
+        buffers[name].copy_(before[name])
+    if changed:
+        raise ValueError(f"the model's forward pass changes its buffers {changed}, so it is a different function "
+                         "at every call and its NTK is not defined; put those modules in eval mode or stop "
+                         "them updating in forward")
+
+
+def make_problem(model: nn.Module | Callable, X: object, Y: object, mode: str,
+                 params: Mapping[str, torch.Tensor] | None, output: Selector = None) -> tuple[Problem, bool]:
     """Check everything once; returns the problem and whether the output should be NumPy."""
+    model, params = as_model(model, params, output)
     trainable, frozen = model_values(model, params)
     check_deterministic(model)
     like = next(iter(trainable.values()))
@@ -221,6 +272,7 @@ def make_problem(model: nn.Module, X: object, Y: object, mode: str,
                              f"and {tuple(Yt.shape[1:])}")
     sample = Xt[:1] if len(Xt) else (Yt[:1] if Yt is not None and len(Yt) else Xt.new_zeros((1, *Xt.shape[1:])))
     n_outputs, activations = probe(model, {**frozen, **trainable}, sample)
+    check_buffers_fixed(model, {**frozen, **trainable}, sample)
     return Problem(model, trainable, frozen, Xt, Yt, n_outputs, activations, mode), numpy_in
 
 

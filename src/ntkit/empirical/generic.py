@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch.func import jacrev, jvp, vmap
 
+from .. import memory
 from ..progress import progress
 from .common import (
     Problem,
@@ -80,6 +81,12 @@ def jacobian_plan(problem: Problem, block_size: int | None) -> tuple[int, list[l
     if block_size is None and size < min(n, 64):  # the whole Jacobian of a block is too big: split theta too
         size = samples_per_block(k * (3 * largest + 2 * problem.activations) * itemsize, per_pair, budget,
                                  min(n, 256))
+    one = k * (3 * largest + 2 * problem.activations) * itemsize + per_pair
+    if one > budget:
+        raise MemoryError(f"the Jacobian of one sample for the largest parameter tensor ({largest:,} numbers, {k} "
+                          f"outputs) needs about {memory.format_bytes(one)}, more than the working memory of "
+                          f"{memory.format_bytes(budget)}: pass memory= of at least that, or use method='ntk_vp' "
+                          "or method='structured' (no parameter-sized intermediates for layers with a rule)")
     left = budget - 2 * size * k * problem.activations * itemsize  # what jacrev's backward passes leave
     max_elements = max(1, left // (3 * size * k * itemsize))
     return size, parameter_groups(problem, max_elements)

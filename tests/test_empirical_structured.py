@@ -1,0 +1,208 @@
+"""The structured rules for the layers of real models against an explicit Jacobian, to float64 precision.
+
+Reference: `explicit_ntk` of test_empirical (one autograd.grad call per sample and output, stacked into J and
+contracted). Models: a ResNet block with BatchNorm in eval mode, a 2-layer transformer encoder built from
+nn.TransformerEncoderLayer over an nn.Embedding, 1-D and 3-D convolutions (groups, dilation, circular padding),
+linear layers on sequences; every mode, X and Y different.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ntkit import empirical as E
+from test_empirical import assert_close, explicit_ntk, inputs, residual_net
+
+DT = torch.float64
+MODES = ["full", "trace", "diagonal"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Encoder(nn.Module):
+    """Token ids -> embedding (with a padding index) -> 2 transformer encoder layers -> mean -> linear."""
+
+    def __init__(self, stack: bool = False, d: int = 8):
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Embedding(11, d, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(d, 2, 16, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False) if stack else \
+            nn.Sequential(layer, nn.TransformerEncoderLayer(d, 2, 16, dropout=0.1, batch_first=True))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids)).mean(1))
+
+
+def ids(n, seed):
+    return torch.randint(0, 11, (n, 5), generator=torch.Generator().manual_seed(seed))
+
+
+def conv1d():
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv1d(2, 4, 3, padding=1, dilation=2, padding_mode="circular"), nn.ReLU(),
+                         nn.Conv1d(4, 4, 3, groups=2, stride=2), nn.Flatten(), nn.Linear(4, 2)).to(DT)
+
+
+def conv3d():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv3d(1, 2, 2), nn.Tanh(), nn.BatchNorm3d(2), nn.Flatten(), nn.LayerNorm(16),
+                        nn.Linear(16, 2)).to(DT).eval()
+    net[2].running_mean.uniform_(-0.5, 0.5)
+    net[2].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def sequence_mlp():
+    torch.manual_seed(6)
+    return nn.Sequential(nn.Linear(3, 6), nn.GELU(), nn.Linear(6, 2, bias=False)).to(DT)
+
+
+MODELS = {"resnet_batchnorm": (residual_net, lambda n, s: inputs((2, 5, 5), n, s)),
+          "transformer": (lambda: Encoder().to(DT).eval(), ids),
+          "conv1d": (conv1d, lambda n, s: inputs((2, 6), n, s)),
+          "conv3d_norms": (conv3d, lambda n, s: inputs((1, 3, 3, 3), n, s)),
+          "linear_on_sequences": (sequence_mlp, lambda n, s: inputs((4, 3), n, s))}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("mode", MODES)
+def test_structured_rules_match_explicit_jacobian(name, mode):
+    make, data = MODELS[name]
+    model, X, Y = make(), data(4, 0), data(3, 1)
+    plan = E.choose_method(model, X, per_layer=True)
+    assert all(v.startswith("structured") for k, v in plan.items() if k != "(other parameters)"), plan
+    assert E.choose_method(model, X) == "structured"
+    assert_close(E.empirical_ntk(model, X, mode=mode, method="structured"), explicit_ntk(model, X, None, mode), 1e-12)
+    assert_close(E.empirical_ntk(model, X, Y, mode=mode), explicit_ntk(model, X, Y, mode), 1e-12)
+
+
+def test_both_orders_of_every_weight_rule_agree():
+    """Force each order on every layer (the cost model picks one) and compare with the Jacobian."""
+    from ntkit.empirical import layerwise
+    from ntkit.empirical.common import make_problem
+
+    for name in ("resnet_batchnorm", "transformer", "conv1d"):
+        make, data = MODELS[name]
+        model, X, Y = make(), data(3, 0), data(2, 1)
+        expected = explicit_ntk(model, X, Y, "full")
+        for order in ("jacobian", "positions"):
+            problem, _ = make_problem(model, X, Y, "full", None)
+            with E.common.no_fused_attention():
+                plan = layerwise.make_plan(problem)
+                for site in plan.sites:
+                    site.order = order
+                cache = layerwise.FeatureCache(plan, problem, 1 << 28)
+                rows, cols = slice(0, 3), slice(0, 2)
+                theta = layerwise.tile(cache.get("X", rows), cache.get("Y", cols), "full", problem.n_outputs)
+            assert_close(theta, expected, 1e-12)
+
+
+def test_transformer_encoder_in_eval_mode_runs_every_method():
+    """torch's fused fast path has no forward-mode derivative: every method returns the right kernel."""
+    model = Encoder(stack=True).to(DT).eval()
+    X = ids(3, 0)
+    expected = explicit_ntk(model, X, None, "trace")
+    for method in ("auto", "structured", "jacobian", "ntk_vp"):
+        assert_close(E.empirical_ntk(model, X, mode="trace", method=method), expected, 1e-12)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def test_integer_numpy_ids_and_output_selector():
+    model = Encoder().to(DT).eval()
+    X = ids(3, 0)
+    expected = explicit_ntk(model, X, None, "trace")
+    theta = E.empirical_ntk(model, X.numpy(), mode="trace")
+    assert isinstance(theta, np.ndarray)
+    assert_close(torch.from_numpy(theta), expected, 1e-12)
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            out = self.inner(x)
+            return {"logits": out, "features": out.tanh()}
+
+    with pytest.raises(TypeError, match="output="):
+        E.empirical_ntk(Pair(), X)
+    assert_close(E.empirical_ntk(Pair(), X, mode="trace", output="logits"), expected, 1e-12)
+    with pytest.raises(ValueError, match="does not select"):
+        E.empirical_ntk(Pair(), X, output="nope")
+
+
+class Tied(nn.Module):
+    """A linear layer whose weight is also used outside it (the rule must not be used for it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return self.b(h) + torch.nn.functional.linear(h, self.a.weight[:2])
+
+
+def test_parameters_used_outside_their_module_fall_back_to_the_jacobian():
+    torch.manual_seed(8)
+    model, X = Tied().to(DT), inputs((3,), 4, 0)
+    plan = E.choose_method(model, X, per_layer=True)
+    assert plan["a"].startswith("jacobian") and plan["b"].startswith("structured")
+    assert_close(E.empirical_ntk(model, X), explicit_ntk(model, X, None, "full"), 1e-12)
+
+
+def test_memory_budget_is_checked_before_allocating():
+    model, X = residual_net(), inputs((2, 5, 5), 4, 0)
+    with pytest.raises(MemoryError, match="working memory of 1.00 kB.*memory="):
+        E.empirical_ntk(model, X, memory=1000, method="structured")
+    small = E.empirical_ntk(model, X, memory=200_000, method="structured")  # blocks of few samples
+    assert_close(small, explicit_ntk(model, X, None, "full"), 1e-12)
+
+
+class NoForwardAD(torch.autograd.Function):
+    """tanh with a backward but no forward-mode derivative (a custom op of the kind torch cannot jvp)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class CustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(NoForwardAD.apply(self.a(x)))
+
+
+def test_a_torch_failure_names_the_module_and_the_method_that_works():
+    torch.manual_seed(9)
+    model, X = CustomOp().to(DT), inputs((3,), 3, 0)
+    with pytest.raises(RuntimeError, match="method='ntk_vp' failed inside torch on CustomOp.*method='structured'"):
+        E.empirical_ntk(model, X, method="ntk_vp")
+    assert_close(E.empirical_ntk(model, X), explicit_ntk(model, X, None, "full"), 1e-12)
+
+
+def test_jacobian_memory_budget_names_the_option_that_fits():
+    model, X = residual_net(), inputs((2, 5, 5), 4, 0)
+    with pytest.raises(MemoryError, match="working memory of 1.00 kB: pass memory=.*method='ntk_vp'"):
+        E.empirical_ntk(model, X, memory=1000, method="jacobian")
+    assert_close(E.empirical_ntk(model, X, memory=100_000, method="jacobian"), explicit_ntk(model, X, None, "full"))
