@@ -89,7 +89,8 @@ def test_resume_uses_the_stores_tile_edge(tmp_path):
     path = tmp_path / "K.zarr"
     with pytest.raises(RuntimeError, match="stopped"):
         gram.evaluate(stopping(arch.kernel_tiles(X, tile=16), after=4), path)
-    resumed = arch.kernel(X, tile=32, out=path)  # another tile edge asked for: the store's is used
+    with pytest.warns(UserWarning, match="made with tiles of 16; it is resumed with those, not tile=32"):
+        resumed = arch.kernel(X, tile=32, out=path)  # another tile edge asked for: the store's is used, and said
     np.testing.assert_array_equal(resumed[...], arch.kernel(X, tile=16).numpy())
 
 

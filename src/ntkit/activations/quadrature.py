@@ -43,7 +43,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .. import _fingerprint
+
 from .base import Activation, angle, safe_sqrt
+from .hermite import HermiteMaps, gaussian_maps
 
 DEFAULT_DEGREE = 20
 # elements x nodes evaluated at once; bounds the temporaries to a few tens of MB
@@ -95,7 +98,7 @@ class Quadrature(Activation):
     """A nonlinearity given as a torch callable; its Gaussian expectations by quadrature."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str | None = None,
-                 degree: int = DEFAULT_DEGREE):
+                 degree: int = DEFAULT_DEGREE, fingerprint: str | None = None):
         if not callable(fn):
             raise TypeError(f"activation must be a name or a callable, got {type(fn).__name__}")
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 2:
@@ -103,6 +106,11 @@ class Quadrature(Activation):
         self.fn = fn
         self.degree = degree
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint.strip()):
+            raise TypeError(f"fingerprint must be a non-empty string naming the function, got {fingerprint!r}")
+        #: what a Gram store's fingerprint knows of `fn`: the given name, else a digest of its code, constants,
+        #: closure and defaults (`ntkit._fingerprint`); None where it cannot be fingerprinted
+        self.fingerprint = fingerprint or _fingerprint.fingerprint(fn)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -195,4 +203,6 @@ class Quadrature(Activation):
         return self._expect(c, q1, q2, derivatives=True)
 
     def __repr__(self) -> str:
-        return f"Quadrature({self.name!r}, degree={self.degree})"
+        code = f"code={self.fingerprint[:16]}" if self.fingerprint is not None else _fingerprint.unfingerprintable(
+            f"the activation {self.name!r}; pass fingerprint='...' naming it, or use a registered activation name")
+        return f"Quadrature({self.name!r}, degree={self.degree}, {code})"

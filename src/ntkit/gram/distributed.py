@@ -37,7 +37,7 @@ from .._checks import check_positive_int
 from ..progress import progress
 from . import shared
 from .packed import Packed
-from .store import Background
+from .store import write_tiles
 from .tiles import KernelTiles, add_products, outputs, put, require_room, row_block, symmetric_tiles, tile_products
 
 DEFAULT_HOST = "127.0.0.1"
@@ -211,12 +211,7 @@ def _tile_task(packed: Packed, token: str | None, batch: Batch) -> list[list[tor
 def _store_task(packed: Packed, writer: Any, batch: Batch) -> int:
     """Each tile written into the store, then recorded, by a second thread while the next is computed; the
     task ends when all of its tiles are written and recorded."""
-    tiles = packed.tiles()
-    background = Background()
-    try:
-        each_tile(batch, lambda i, j: background.submit(writer.write, tiles, i, j, symmetric_tiles(tiles, i, j)))
-    finally:
-        background.close()
+    write_tiles(writer, packed.tiles(), batch, each_tile)
     return len(batch)
 
 
@@ -339,16 +334,16 @@ def evaluate(client: Any, tiles: KernelTiles, out: Any, *, desc: str = "kernel",
     return outs
 
 
-def fill_store(client: Any, tiles: KernelTiles, writer: Any, skip: Callable[[int, int], bool], *,
+def fill_store(client: Any, tiles: KernelTiles, writer: Any, pairs: Sequence[tuple[int, int]], *,
                desc: str = "kernel", show_progress: bool | None = None) -> None:
-    """Fill a zarr store on Dask: each worker writes its tiles into the store and records them; the client
-    receives only their count."""
+    """Fill the tiles at `pairs` of a zarr store on Dask: each worker writes its tiles into the store and records
+    them; the client receives only their count."""
     check_client(client)
     store = writer.done.store
     if type(store).__name__ == "MemoryStore":
         raise ValueError("out is a zarr group in this process's memory, which Dask workers cannot write: use a store "
                          "on disk or in object storage that every worker reaches")
-    jobs = batches([pair for pair in tiles.pairs() if not skip(*pair)], worker_count(client))
+    jobs = batches(list(pairs), worker_count(client))
     if not jobs:
         return
     for _ in _run(client, _store_task, tiles, jobs, sent=[writer], what=_batch_name, desc=desc,

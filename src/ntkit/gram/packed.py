@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import io
 import pickle
+from functools import cache
 from typing import Any
 
-import cloudpickle
 import numpy as np
 import torch
 
@@ -24,25 +24,31 @@ SMALLEST = 1 << 16  # tensors of fewer bytes stay inside the pickle
 
 
 def _tensor(buffer: Any, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """A tensor over `buffer`'s memory (a frame Dask received), as pickled by `_Pickler`."""
+    """A tensor over `buffer`'s memory (a frame Dask received), as pickled by `_pickler()`."""
     array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
     if not array.flags.writeable:  # a read-only frame: copied, so the tensor may be written as any tensor can
         array = array.copy()
     return torch.from_numpy(array)
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, with large contiguous CPU tensors reduced to NumPy arrays pickled out of band."""
+@cache
+def _pickler() -> type:
+    """cloudpickle's Pickler, with large contiguous CPU tensors reduced to NumPy arrays pickled out of band.
+    (cloudpickle comes with Dask, the only user of this module: imported here, not when ntkit is.)"""
+    import cloudpickle
 
-    def reducer_override(self, obj: Any) -> Any:
-        # contiguous tensors only: a worker must see the same strides (the same BLAS calls, the same bits); a
-        # contiguous view (rows of a larger tensor) sends its own bytes, not all of its storage as torch would
-        if (isinstance(obj, torch.Tensor) and type(obj) is torch.Tensor and obj.device.type == "cpu"
-                and not obj.requires_grad and obj.is_contiguous()
-                and obj.numel() * obj.element_size() >= SMALLEST and obj.dtype != torch.bfloat16):
-            array = obj.numpy()
-            return _tensor, (pickle.PickleBuffer(array), array.dtype.str, tuple(array.shape))
-        return super().reducer_override(obj)
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            # contiguous tensors only: a worker must see the same strides (the same BLAS calls, the same bits); a
+            # contiguous view (rows of a larger tensor) sends its own bytes, not all of its storage as torch would
+            if (isinstance(obj, torch.Tensor) and type(obj) is torch.Tensor and obj.device.type == "cpu"
+                    and not obj.requires_grad and obj.is_contiguous()
+                    and obj.numel() * obj.element_size() >= SMALLEST and obj.dtype != torch.bfloat16):
+                array = obj.numpy()
+                return _tensor, (pickle.PickleBuffer(array), array.dtype.str, tuple(array.shape))
+            return super().reducer_override(obj)
+
+    return Pickler
 
 
 class Packed:
@@ -53,7 +59,7 @@ class Packed:
     def __init__(self, tiles: KernelTiles):
         buffers: list[pickle.PickleBuffer] = []
         stream = io.BytesIO()
-        _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(tiles)
+        _pickler()(stream, protocol=5, buffer_callback=buffers.append).dump(tiles)
         self.header, self.buffers = stream.getvalue(), buffers
         self._tiles: KernelTiles | None = tiles
 

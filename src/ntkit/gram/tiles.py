@@ -9,12 +9,11 @@ requested kernel ("ntk", "nngp", ...). Everything that evaluates kernels at scal
   only the tiles on and above the diagonal are computed and each is mirrored into place.
 - `matmul` computes K V without storing K (matrix-free solvers); `map_row_blocks` runs any
   function over blocks of full rows K[rows, :] (the passes of Nystrom solvers).
-- `evaluate` fills a Gram into memory, into the caller's arrays, or into a resumable zarr store
-  (`ntkit.gram.store`). With `client=` (a `dask.distributed.Client`), `evaluate`, `matmul` and
-  `map_row_blocks` run their tiles as Dask tasks (`ntkit.gram.distributed`); Dask and zarr are
-  imported only then.
 
-The tile function is all a caller needs from an architecture; this module never imports one.
+This module is the leaf of `ntkit.gram`: it runs tiles in this process only. `ntkit.gram.dispatch` builds the
+public `evaluate`, `matmul` and `map_row_blocks` on it, sending the work to a zarr store (`store`) or to Dask
+workers (`distributed`) when asked. The tile function is all a caller needs from an architecture; this module
+never imports one.
 """
 
 from __future__ import annotations
@@ -99,6 +98,18 @@ class KernelTiles:
             digest.update(array.detach().cpu().contiguous().numpy())  # its bytes, without a copy
         return digest.hexdigest()
 
+    def check_fingerprint(self) -> None:
+        """A ValueError when part of the kernel (a user function) cannot be fingerprinted: a store could not tell
+        its Gram from that of another function, so it refuses the kernel until the function is named."""
+        from .._fingerprint import UNFINGERPRINTABLE
+
+        start = self.describe.find(UNFINGERPRINTABLE)
+        if start >= 0:
+            part = self.describe[start:self.describe.find(">", start) + 1]
+            raise ValueError(f"a Gram store needs a fingerprint of the kernel, and part of it has none ({part}). "
+                             "Name the function, e.g. nk.Activation(fn, fingerprint='my-activation-v1') or "
+                             "ntkit.activations.Quadrature(fn, fingerprint=...), or use a registered activation")
+
 
 def require_room(shape: tuple[int, int], count: int, dtype: torch.dtype, device: torch.device) -> None:
     """A MemoryError naming the alternatives when `count` Grams of `shape` do not fit in memory."""
@@ -155,18 +166,11 @@ def put(tiles: KernelTiles, outs: Sequence[Any], i: int, j: int, blocks: Sequenc
             write(out, cols, rows, block.T.contiguous())
 
 
-def fill(tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel", show_progress: bool | None = None,
-         skip: Callable[[int, int], bool] | None = None, done: Callable[[int, int], None] | None = None) -> None:
-    """Evaluate `tiles` over its whole (n, m) grid into `outs` (one output per name).
-
-    skip(i, j) -> True leaves the tile at (i, j) out (a resumed store that has it); done(i, j) is called after
-    the tile and, for a symmetric kernel, its mirror are written (a store records it as finished).
-    """
-    pairs = [pair for pair in tiles.pairs() if skip is None or not skip(*pair)]
+def fill(tiles: KernelTiles, outs: Sequence[Any], *, desc: str = "kernel", show_progress: bool | None = None) -> None:
+    """Evaluate `tiles` over its whole (n, m) grid into `outs` (one output per name)."""
+    pairs = tiles.pairs()
     for i, j in progress(pairs, total=len(pairs), desc=desc, enabled=show_progress, minimum=64):
         put(tiles, outs, i, j, symmetric_tiles(tiles, i, j))
-        if done is not None:
-            done(i, j)
 
 
 def outputs(out: Any, tiles: KernelTiles) -> list[Any]:
@@ -182,28 +186,12 @@ def outputs(out: Any, tiles: KernelTiles) -> list[Any]:
     return list(outs)
 
 
-def evaluate(tiles: KernelTiles, out: Any = None, *, show_progress: bool | None = None,
-             client: Any = None) -> list[Any]:
-    """Evaluate the whole Gram of `tiles`: into new tensors (out=None), the caller's arrays (one per name,
-    a memmap included), or a resumable zarr store (out: a path ending in ".zarr", or a zarr group; see
-    `ntkit.gram.store`). Returns the filled outputs, one per name (zarr arrays for a store). What every
-    architecture's `kernel` calls.
-
-    client: a `dask.distributed.Client`: the tiles become Dask tasks (`ntkit.gram.distributed`); the result
-        is bitwise the same as in one process with the workers' number of BLAS threads.
-    """
-    from . import store
-
-    desc = f"{'+'.join(tiles.names)} kernel"
-    if store.is_store(out):
-        return store.evaluate(tiles, out, client=client, show_progress=show_progress, desc=desc)
-    if client is not None:
-        from . import distributed
-
-        return distributed.evaluate(client, tiles, out, desc=desc, show_progress=show_progress)
+def local_evaluate(tiles: KernelTiles, out: Any = None, *, show_progress: bool | None = None) -> list[Any]:
+    """The whole Gram of `tiles` in this process: into new tensors (out=None) or the caller's arrays (one per name,
+    a memmap included). Returns the filled outputs, one per name."""
     outs = outputs(out, tiles)
     with torch.no_grad():
-        fill(tiles, outs, desc=desc, show_progress=show_progress)
+        fill(tiles, outs, desc=f"{'+'.join(tiles.names)} kernel", show_progress=show_progress)
     return outs
 
 
@@ -218,23 +206,10 @@ def row_block(tiles: KernelTiles, rows: slice) -> list[torch.Tensor]:
     return [torch.cat([part[k] for part in parts], dim=1) for k in range(len(tiles.names))]
 
 
-def map_row_blocks(tiles: KernelTiles, fn: Callable[[slice, list[torch.Tensor]], Any], *, block: int | None = None,
-                   desc: str = "kernel pass", show_progress: bool | None = None, client: Any = None) -> Iterator[Any]:
-    """fn(rows, [K[rows, :] for each name]) for consecutive blocks of rows, yielded in order.
-
-    Each block of full rows is built from tiles of at most `tiles.tile` columns; only one block is in
-    memory at a time (block x m entries per name). The building block of streamed solver passes.
-
-    client: a `dask.distributed.Client`: each block and fn on it run as a Dask task (fn is cloudpickled and
-        sent once); the results still come in order.
-    """
-    edge = tiles.tile if block is None else block
-    blocks = row_blocks(tiles.n, edge)
-    if client is not None:
-        from . import distributed
-
-        yield from distributed.map_row_blocks(client, tiles, fn, blocks, desc=desc, show_progress=show_progress)
-        return
+def local_row_blocks(tiles: KernelTiles, fn: Callable[[slice, list[torch.Tensor]], Any], blocks: Sequence[slice], *,
+                     desc: str = "kernel pass", show_progress: bool | None = None) -> Iterator[Any]:
+    """fn(rows, [K[rows, :] for each name]) for each block of rows, in this process, yielded in order. Each block
+    of full rows is built from tiles of at most `tiles.tile` columns; only one block is in memory at a time."""
     for rows in progress(blocks, total=len(blocks), desc=desc, enabled=show_progress, minimum=8):
         yield fn(rows, row_block(tiles, rows))
 
@@ -258,26 +233,17 @@ def add_products(tiles: KernelTiles, out: torch.Tensor, i: int, j: int,
         out[cols] += products[1]
 
 
-def matmul(tiles: KernelTiles, V: torch.Tensor, *, name_index: int = 0, desc: str = "kernel matvec",
-           show_progress: bool | None = None, client: Any = None) -> torch.Tensor:
-    """K V for the kernel `tiles.names[name_index]` and V (m, k), without storing K: (n, k).
-
-    A symmetric kernel computes only the tiles on and above the diagonal and uses each twice
-    (K_ij V_j into rows i, K_ij^T V_i into rows j): half the kernel evaluations.
-
-    client: a `dask.distributed.Client`: the tile products run as Dask tasks and are added up in the same
-        order as in one process (the same result, bitwise, with the same number of BLAS threads).
-    """
+def check_matmul(tiles: KernelTiles, V: torch.Tensor) -> torch.Tensor:
+    """V (m, k) in the tiles' dtype and device, or a ValueError for the wrong number of rows."""
     if V.shape[0] != tiles.m:
         raise ValueError(f"V must have {tiles.m} rows, got shape {tuple(V.shape)}")
-    V = V.to(dtype=tiles.dtype, device=tiles.device)
-    out = torch.zeros(tiles.n, V.shape[1], dtype=tiles.dtype, device=tiles.device)
-    pairs = tiles.pairs()
-    if client is not None:
-        from . import distributed
+    return V.to(dtype=tiles.dtype, device=tiles.device)
 
-        distributed.matmul(client, tiles, V, out, name_index, desc=desc, show_progress=show_progress)
-        return out
+
+def local_matmul(tiles: KernelTiles, V: torch.Tensor, out: torch.Tensor, name_index: int = 0, *,
+                 desc: str = "kernel matvec", show_progress: bool | None = None) -> torch.Tensor:
+    """out += K V in this process, tile by tile in the order of `tiles.pairs()` (that of every path)."""
+    pairs = tiles.pairs()
     for i, j in progress(pairs, total=len(pairs), desc=desc, enabled=show_progress, minimum=64):
         add_products(tiles, out, i, j, tile_products(tiles, V, i, j, name_index))
     return out
