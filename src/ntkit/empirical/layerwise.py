@@ -376,16 +376,13 @@ class FeatureCache:
         return self.store[key]
 
 
-def tile_function(problem: Problem, budget: int) -> tuple[Plan, FeatureCache]:
-    plan = make_plan(problem)
-    return plan, FeatureCache(plan, problem, budget // 2)
-
-
-def layerwise_ntk(problem: Problem, block_size: int | None, show: bool | None,
-                  budget: int | None = None) -> torch.Tensor:
-    """Theta for the whole problem by the structured rules, block pair by block pair."""
-    budget = budget or working_memory(problem.device)
-    plan, cache = tile_function(problem, budget)
+def layerwise_ntk(problem: Problem, block_size: int | None, show: bool | None, plan: Plan | None = None
+                  ) -> torch.Tensor:
+    """Theta for the whole problem by the structured rules, block pair by block pair (`plan`: one made
+    for the same model, reused)."""
+    budget = working_memory(problem.device)
+    plan = plan or make_plan(problem)
+    cache = FeatureCache(plan, problem, budget // 2)
     size = block_size or plan_block(plan, problem, budget)
     symmetric = problem.Y is None
 
