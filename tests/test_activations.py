@@ -194,3 +194,61 @@ def test_callable_activation_and_errors():
         A.get_activation(3)
     with pytest.raises(ValueError, match="degree"):
         A.Quadrature(torch.tanh, degree=1)
+
+
+# ------------------------------------------------------------------------------------------- the registry
+def test_every_registered_name_gives_its_maps_and_its_function():
+    """Each name (and alias) builds a Nonlinearity whose function is the torch one at a few points."""
+    x = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64)
+    assert set(CLOSED + QUAD) <= set(A.names())
+    for name in A.names():
+        act = A.get_activation(name)
+        assert isinstance(act, A.Nonlinearity)
+        assert act(x).shape == x.shape and torch.isfinite(act(x)).all()
+        assert (A.registry.lookup(name).closed_form) == (not isinstance(act, A.Quadrature))
+    torch.testing.assert_close(A.get_activation("swish")(x), torch.nn.functional.silu(x))
+    torch.testing.assert_close(A.get_activation("linear")(x), x)
+
+
+def test_layer_short_forms_and_torch_translation_come_from_the_registry():
+    import ntkit as nk
+    from ntkit.layers.activation import SHORT_FORMS
+
+    for entry in A.registry.REGISTRY.values():
+        if entry.layer is None:
+            continue
+        layer = getattr(nk.layers, entry.layer)()
+        assert layer.describe() == nk.Activation(entry.build(A.DEFAULT_DEGREE, **dict(entry.params))).describe()
+        assert SHORT_FORMS[entry.layer] is type(layer)
+        if entry.torch_module is not None:
+            arch = nk.infinite(torch.nn.Sequential(torch.nn.Linear(3, 4), entry.torch_module(), torch.nn.Linear(4, 1)))
+            assert arch[1].describe() == layer.describe()
+    assert nk.LeakyReLU(0.2).describe() == nk.Activation(A.leaky_relu(0.2)).describe()
+    with pytest.raises(TypeError, match="unknown setting"):
+        nk.LeakyReLU(slope=0.2)
+    # settings that are not the registered map's: the module itself, by quadrature
+    arch = nk.infinite(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(alpha=2.0), torch.nn.Linear(4, 1)))
+    assert isinstance(arch[1].activation, A.Quadrature)
+
+
+def test_a_registered_activation_is_accepted_by_name():
+    entry = A.register("cube_test", A.registry.quadrature(lambda x: x**3, "cube_test"), closed_form=False)
+    try:
+        act = A.get_activation("CUBE_TEST", degree=12)
+        assert isinstance(act, A.Quadrature) and act.degree == 12 and "cube_test" in A.names()
+        # E[u^3 v^3] = 9 q1 q2 c + 6 c^3 (Isserlis)
+        c, q1, q2 = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), \
+            torch.tensor(1.2, dtype=torch.float64)
+        torch.testing.assert_close(act.sigma(c, q1, q2), 9 * q1 * q2 * c + 6 * c**3, rtol=1e-10, atol=0)
+    finally:
+        A.registry.REGISTRY.pop(entry.name)
+    with pytest.raises(ValueError, match="unknown"):
+        A.get_activation("cube_test")
+    with pytest.raises(ValueError, match="lower-case"):
+        A.register("Bad", A.Erf)
+
+
+def test_the_maps_base_class_keeps_its_old_name_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="Nonlinearity"):
+        old = A.Activation
+    assert old is A.Nonlinearity

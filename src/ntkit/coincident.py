@@ -51,7 +51,7 @@ def fingerprints(X: torch.Tensor) -> torch.Tensor:
     """One number per example of X (N, ...): its entries weighted by fixed weights in [1, 2) and summed, row by row
     in one order, so that identical examples (in X or in another tensor of the same shape per example) have
     identical fingerprints; different examples rarely do (`identical_pairs` checks the candidates)."""
-    flat = X.detach().reshape(X.shape[0], -1)
+    flat = X.detach().reshape(X.shape[0], math.prod(X.shape[1:]))
     weights = torch.arange(flat.shape[1], dtype=torch.float64).mul_(0.6180339887498949).frac_().add_(1.0)
     return (flat * weights.to(flat.dtype).to(flat.device)).sum(1)
 
@@ -68,7 +68,7 @@ def identical_pairs(X: torch.Tensor, Y: torch.Tensor, rows, cols, fx: torch.Tens
     a, b = torch.nonzero(fr[candidates][:, None] == fc[None, :], as_tuple=True)
     a = candidates[a]
     x, y = X[rows][a], Y[cols][b]
-    same = (x == y).reshape(len(a), -1).all(1)
+    same = (x == y).reshape(len(a), math.prod(x.shape[1:])).all(1)
     return a[same], b[same]
 
 

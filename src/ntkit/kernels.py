@@ -23,14 +23,14 @@ import torch
 
 from . import coincident
 from ._range import RangeTracker, advice_for, check_resolution, underflow_verdict
-from .activations import Activation, PiecewiseLinear
+from .activations import Nonlinearity, PiecewiseLinear
 
 
 @dataclass(frozen=True)
 class Recursion:
     """The numbers that fix the infinite-width kernels of a fully-connected network."""
 
-    activation: Activation
+    activation: Nonlinearity
     depth: int
     W_std: float | torch.Tensor = 1.0
     b_std: float | torch.Tensor = 0.1

@@ -19,8 +19,7 @@ import torch
 
 from . import gram
 from ._checks import as_matrix, check_choice, check_positive_int, check_real, to_output
-from .activations import DEFAULT_DEGREE, get_activation
-from .activations import Activation as Nonlinearity
+from .activations import DEFAULT_DEGREE, Nonlinearity, get_activation
 from .kernels import Recursion, kernel_block, kernel_diag
 from .layers import Activation, Linear, Sequential
 from .nets import NTKNetwork
@@ -35,7 +34,7 @@ class MLP:
 
     Args:
         depth: number of weight layers L >= 1.
-        activation: a name ("relu", "erf", "tanh", ...), a torch callable, or an `ntkit.activations.Activation`.
+        activation: a name ("relu", "erf", "tanh", ...), a torch callable, or an `ntkit.activations.Nonlinearity`.
         beta: the paper's bias scale (>= 0); the bias standard deviation when `b_std` is None.
         W_std: weight scale (the paper: 1.0). A float, or a 0-d tensor to differentiate through.
         b_std: bias scale; overrides `beta` when given.

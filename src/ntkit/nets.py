@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .activations import Activation
+from .activations import Nonlinearity
 
 
 class NTKLinear(nn.Module):
@@ -56,7 +56,7 @@ class NTKLinear(nn.Module):
 class ActivationLayer(nn.Module):
     """An elementwise nonlinearity as a module (no parameters)."""
 
-    def __init__(self, activation: Activation):
+    def __init__(self, activation: Nonlinearity):
         super().__init__()
         self.activation = activation
 
@@ -70,7 +70,7 @@ class ActivationLayer(nn.Module):
 class NTKNetwork(nn.Sequential):
     """NTKLinear, ActivationLayer, ..., NTKLinear: L weight layers, no nonlinearity on the output."""
 
-    def __init__(self, widths: list[int], activation: Activation, W_std: float, b_std: float,
+    def __init__(self, widths: list[int], activation: Nonlinearity, W_std: float, b_std: float,
                  parametrization: str, generator: torch.Generator | None, dtype: torch.dtype | None):
         layers: list[nn.Module] = []
         for index, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):

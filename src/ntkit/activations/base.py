@@ -58,8 +58,8 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 def angle(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The angle theta = arccos(c / sqrt(q1 q2)) in [0, pi] and s = sqrt(q1 q2 - c^2).
 
-    Computed as atan2(s, c) with a clamped square root (NOTES.md): no arccos of a value that
-    rounding pushed past 1, and theta = 0 (not NaN) when q1 = q2 = c = 0.
+    Computed as atan2(s, c) with a clamped square root: no arccos of a value that rounding pushed past 1 (whose
+    error near theta = 0 would be sqrt(eps)), and theta = 0 (not NaN) when q1 = q2 = c = 0.
     """
     scales = _power_of_two_scales(c, q1, q2)
     if scales is None:
@@ -116,8 +116,9 @@ def variance_scale(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return root * root, root
 
 
-class Activation:
-    """A nonlinearity with its derivative and the two Gaussian expectations of the paper.
+class Nonlinearity:
+    """A nonlinearity with its derivative and the two Gaussian expectations of the paper (its maps; the layer that
+    applies it in an architecture is `ntkit.layers.Activation`).
 
     Subclasses implement `__call__`, `derivative`, `sigma` and `sigma_dot`; `sigma_both`,
     `sigma_diag` and `sigma_dot_diag` have generic defaults that subclasses may speed up.
@@ -181,3 +182,7 @@ class Activation:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+#: the former name of `Nonlinearity` (`ntkit.activations.Activation` warns that it is deprecated)
+Activation = Nonlinearity

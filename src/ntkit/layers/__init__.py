@@ -10,19 +10,7 @@ of the network needs) and a finite module; `Sequential` composes them and tiles 
 `ntkit.gram`; `infinite(module)` translates a torch `nn.Sequential`.
 """
 
-from .activation import (
-    ELU,
-    GELU,
-    Abs,
-    Activation,
-    Erf,
-    LeakyReLU,
-    ReLU,
-    Sigmoid,
-    SiLU,
-    Softplus,
-    Tanh,
-)
+from .activation import SHORT_FORMS, Activation
 from .base import Layer, LayerError
 from .conv import Conv1d, Conv2d, NTKConv
 from .flatten import Flatten
@@ -34,6 +22,9 @@ from .record import Record
 from .residual import Residual
 from .sequential import Sequential
 
-__all__ = ["ELU", "GELU", "Abs", "Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Erf", "Flatten",
-           "GlobalAvgPool", "Layer", "LayerError", "LayerNorm", "LeakyReLU", "Linear", "NTKConv", "ReLU", "Record",
-           "Residual", "Sequential", "SiLU", "Sigmoid", "Softplus", "Tanh", "infinite"]
+#: the short forms of the registered nonlinearities (nk.ReLU, nk.Erf, nk.Tanh, ...: `ntkit.activations.registry`)
+globals().update(SHORT_FORMS)
+
+__all__ = ["Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "Layer",
+           "LayerError", "LayerNorm", "Linear", "NTKConv", "Record", "Residual", "Sequential", "infinite",
+           *SHORT_FORMS]

@@ -17,8 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..activations import DEFAULT_DEGREE, PiecewiseLinear, get_activation
-from ..activations import Activation as Nonlinearity
+from ..activations import DEFAULT_DEGREE, Nonlinearity, PiecewiseLinear, get_activation, registry
 from ..activations.base import moderate as variances_moderate
 from ..activations.base import variance_scale
 from ..nets import ActivationLayer
@@ -27,8 +26,9 @@ from .record import Record
 
 
 class Activation(Layer):
-    """An elementwise nonlinearity: a name ("relu", "erf", "tanh", ...), a torch callable (quadrature), or an
-    `ntkit.activations.Activation`. quadrature_degree: radial nodes of the quadrature (see `MLP`)."""
+    """An elementwise nonlinearity: a name ("relu", "erf", "tanh", ...: `ntkit.activations.names()`), a torch
+    callable (quadrature), or an `ntkit.activations.Nonlinearity`. quadrature_degree: radial nodes of the
+    quadrature (see `MLP`)."""
 
     def __init__(self, activation: str | Callable | Nonlinearity = "relu", quadrature_degree: int = DEFAULT_DEGREE):
         self.activation = get_activation(activation, degree=quadrature_degree)
@@ -99,30 +99,25 @@ def _root_gap(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torc
     return root / (r1 * r2), torch.atan2(root, ch)
 
 
-def _short(class_name: str, name: str, doc: str) -> type[Activation]:
-    """A named subclass of Activation for one nonlinearity (nk.ReLU() is nk.Activation("relu"))."""
+def short_form(entry: registry.Entry) -> type[Activation]:
+    """The layer class of a registered nonlinearity: nk.ReLU() is nk.Activation("relu"); its settings (`entry.params`,
+    as nk.LeakyReLU(negative_slope)) positional or by keyword, and `quadrature_degree` by keyword."""
+    defaults = dict(entry.params)
 
-    def __init__(self, quadrature_degree: int = DEFAULT_DEGREE):
-        Activation.__init__(self, name, quadrature_degree)
+    def __init__(self, *args, quadrature_degree: int = DEFAULT_DEGREE, **kwargs):
+        if len(args) > len(defaults):
+            raise TypeError(f"{entry.layer} takes at most {len(defaults)} positional settings, got {len(args)}")
+        settings = {**defaults, **dict(zip(defaults, args, strict=False))}
+        for key, value in kwargs.items():
+            if key not in defaults:
+                raise TypeError(f"{entry.layer} got an unknown setting {key!r}")
+            settings[key] = value
+        Activation.__init__(self, entry.build(quadrature_degree, **settings))
 
-    return type(class_name, (Activation,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
-
-
-ReLU = _short("ReLU", "relu", "max(x, 0) (closed form).")
-GELU = _short("GELU", "gelu", "x Phi(x) (closed form).")
-Erf = _short("Erf", "erf", "erf(x) (closed form).")
-Tanh = _short("Tanh", "tanh", "tanh(x) (quadrature).")
-Sigmoid = _short("Sigmoid", "sigmoid", "1 / (1 + exp(-x)) (quadrature).")
-Abs = _short("Abs", "abs", "`|x|` (closed form).")
-Softplus = _short("Softplus", "softplus", "log(1 + exp(x)) (quadrature).")
-ELU = _short("ELU", "elu", "x for x > 0, exp(x) - 1 otherwise (quadrature).")
-SiLU = _short("SiLU", "silu", "x sigmoid(x) (quadrature).")
+    return type(entry.layer, (Activation,), {"__init__": __init__, "__doc__": entry.doc, "__module__": __name__})
 
 
-class LeakyReLU(Activation):
-    """max(x, 0) + negative_slope min(x, 0) (closed form)."""
-
-    def __init__(self, negative_slope: float = 0.01):
-        from ..activations import leaky_relu
-
-        Activation.__init__(self, leaky_relu(negative_slope))
+#: the short forms of every registered nonlinearity that names one (`ntkit.activations.registry`): class name -> class
+SHORT_FORMS: dict[str, type[Activation]] = {entry.layer: short_form(entry) for entry in registry.REGISTRY.values()
+                                            if entry.layer is not None}
+globals().update(SHORT_FORMS)

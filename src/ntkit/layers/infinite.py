@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .activation import ELU, GELU, Activation, LeakyReLU, ReLU, Sigmoid, SiLU, Softplus, Tanh
+from ..activations import DEFAULT_DEGREE, registry
+from .activation import SHORT_FORMS, Activation
 from .base import Layer, LayerError
 from .conv import Conv1d, Conv2d
 from .flatten import Flatten
@@ -23,17 +24,17 @@ from .normalization import LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
 from .sequential import Sequential
 
-_ELEMENTWISE = {nn.ReLU: ReLU, nn.Tanh: Tanh, nn.Sigmoid: Sigmoid, nn.SiLU: SiLU}
-
 
 def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Sequential:
     """Translate `module` (an nn.Sequential, nested ones included) into an `ntkit.Sequential`.
 
     Supported: nn.Linear, nn.Conv1d / nn.Conv2d (padding 0, "valid", "same", or (k - 1) / 2 with an odd kernel and
-    stride 1, zeros or circular; no dilation or groups), nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU,
-    nn.SiLU, nn.ELU, nn.Softplus, nn.Identity, nn.AvgPool1d / nn.AvgPool2d (no padding), nn.AdaptiveAvgPool1d(1) /
-    nn.AdaptiveAvgPool2d(1), nn.Flatten and nn.LayerNorm over the features of flat inputs without affine
-    parameters. Anything else raises a LayerError naming the module and its position.
+    stride 1, zeros or circular; no dilation or groups), the elementwise modules of the registered nonlinearities
+    (`ntkit.activations.registry`: nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU,
+    nn.Softplus; with other settings, as nn.GELU(approximate="tanh"), the module by quadrature), nn.Identity,
+    nn.AvgPool1d / nn.AvgPool2d (no padding), nn.AdaptiveAvgPool1d(1) / nn.AdaptiveAvgPool2d(1), nn.Flatten and
+    nn.LayerNorm over the features of flat inputs without affine parameters. Anything else raises a LayerError
+    naming the module and its position.
     """
     if not isinstance(module, nn.Sequential):
         raise TypeError(f"infinite needs a torch.nn.Sequential, got {type(module).__name__}")
@@ -62,20 +63,9 @@ def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
         return Linear(W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_features)
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         return _conv(m, where, W_std, b_std)
-    if type(m) in _ELEMENTWISE:
-        return _ELEMENTWISE[type(m)]()
-    if isinstance(m, nn.LeakyReLU):
-        return LeakyReLU(m.negative_slope)
-    if isinstance(m, nn.GELU):
-        if m.approximate != "none":
-            raise LayerError(f"infinite: {where} uses approximate={m.approximate!r}; only the exact GELU maps")
-        return GELU()
-    if isinstance(m, nn.ELU):
-        if m.alpha != 1.0:
-            return Activation(m)
-        return ELU()
-    if isinstance(m, nn.Softplus):
-        return Softplus() if (m.beta, m.threshold) == (1.0, 20.0) else Activation(m)
+    activation = _activation(m)
+    if activation is not None:
+        return activation
     if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
         padding = m.padding if isinstance(m.padding, tuple) else (m.padding,)
         if any(p != 0 for p in padding) or m.ceil_mode:
@@ -122,3 +112,18 @@ def _conv(m: nn.Conv1d | nn.Conv2d, where: str, W_std: float, b_std: float) -> L
                          f"'same' padding ((k - 1) / 2 for odd k, stride 1) map")
     conv = Conv1d if dims == 1 else Conv2d
     return conv(k, s, padding, W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_channels)
+
+
+def _activation(m: nn.Module) -> Layer | None:
+    """The layer of a registered elementwise torch module (`ntkit.activations.registry`: `torch_module`): its short
+    form with the module's settings, or, where its settings are not the registered map's (nn.ELU(alpha=2)), the
+    module itself by quadrature; None for other modules."""
+    for entry in registry.REGISTRY.values():
+        if entry.torch_module is not None and type(m) is entry.torch_module:
+            params = entry.torch_params(m)
+            if params is None:
+                return Activation(m)
+            if entry.layer is not None:
+                return SHORT_FORMS[entry.layer](**params)
+            return Activation(entry.build(DEFAULT_DEGREE, **params))
+    return None

@@ -1,0 +1,126 @@
+"""The piecewise-linear nonlinearities sigma(x) = x for x > 0, a x for x < 0: relu, leaky_relu and abs.
+
+Their maps are the arc-cosine kernels of Cho and Saul (2009), written with theta = atan2(s, c) and
+s = sqrt(q1 q2 - c^2) (`ntkit.activations.base.angle`: no arccos of a value that rounding pushed past 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import TWO_PI, Nonlinearity, angle, angle_from_sine
+from .registry import register
+
+
+class PiecewiseLinear(Nonlinearity):
+    """sigma(x) = x for x > 0 and a x for x < 0: relu (a = 0), leaky_relu (a), abs (a = -1).
+
+    With theta and s from `angle`:
+        E[sigma(u) sigma(v)]   = ((1 - a)^2 s + ((1 + a^2)(pi - theta) + 2 a theta) c) / (2 pi)
+        E[sigma'(u) sigma'(v)] = ((1 + a^2)(pi - theta) + 2 a theta) / (2 pi)
+    (a = 0 gives the paper's ReLU forms: (s + (pi - theta) c) / 2pi and (pi - theta) / 2pi.)
+    """
+
+    homogeneous = True
+
+    def __init__(self, negative_slope: float = 0.0, name: str | None = None):
+        self.a = float(negative_slope)
+        self.name = name or f"leaky_relu({self.a:g})"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, self.a * x)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.a))
+
+    def _angular(self, theta: torch.Tensor) -> torch.Tensor:
+        a = self.a
+        return ((1 + a * a) * (math.pi - theta) + 2 * a * theta) / TWO_PI
+
+    def sigma_both(self, c, q1, q2):
+        theta, s = angle(c, q1, q2)
+        dot = self._angular(theta)
+        return (1 - self.a) ** 2 / TWO_PI * s + dot * c, dot
+
+    def sigma(self, c, q1, q2):
+        return self.sigma_both(c, q1, q2)[0]
+
+    def sigma_dot(self, c, q1, q2):
+        return self.sigma_both(c, q1, q2)[1]
+
+    def sigma_diag(self, q):
+        return 0.5 * (1 + self.a**2) * q
+
+    def sigma_dot_diag(self, q):
+        return torch.full_like(q, 0.5 * (1 + self.a**2))
+
+    carries_gap = True
+
+    def sigma_diag_difference(self, q1, q2, delta):
+        return 0.5 * (1 + self.a**2) * delta
+
+    def sigma_both_gap(self, c, q1, q2, sine, delta=None):
+        """(E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)], G) given sine = sin(theta) accurately (the contract of
+        `Nonlinearity.sigma_both_gap`; scale-free, so `delta` is not needed). With m = (1 + a^2) / 2 (e_i = m q_i),
+        kappa = (1 - a)^2 / (2 pi), rho = cos(theta), r = sqrt(q1 q2) and h(theta) = theta cos(theta) - sin(theta) <= 0:
+            E = kappa r sine + dot c,   eps = E / (m r) = (kappa sine + dot rho) / m,
+            G^2 = 1 - eps^2 = sine^2 + (kappa / m) h(theta) (rho + eps)
+        (from e1 e2 - E^2 = m^2 (q1 q2 - c^2) + kappa r h(theta) (m c + E), as theta c - s = r h(theta)); below
+        theta = 1/2, where h(theta) = -theta^3 / 3 + ..., as G = sine sqrt(1 + (kappa / m) (h / theta^2)
+        (theta / sine)^2 (rho + eps)), with h / theta^2 by its series: no cancellation, no underflow of sine^2.
+        abs (a = -1) is even, E(c) = E(-c) and dot(-c) = -dot(c): it is evaluated at |c|, so that G, which
+        vanishes at theta = pi too, is as accurate there."""
+        flip = (c < 0) if self.a == -1.0 else None
+        if flip is not None:
+            c = c.abs()
+        theta, _, rho, positive = angle_from_sine(c, q1, q2, sine)
+        m, kappa = 0.5 * (1 + self.a**2), (1 - self.a) ** 2 / TWO_PI
+        dot = self._angular(theta)
+        E = kappa * (sine * torch.sqrt(q1) * torch.sqrt(q2)) + dot * c   # no q1 q2 product: no overflow
+        slope = (kappa / m) * (rho + (kappa * sine + dot * rho) / m)
+        stretch = torch.where(sine > 0, theta / torch.where(sine > 0, sine, 1.0), 1.0)   # theta / sin(theta)
+        small = sine * (1 + slope * theta_cos_minus_sin_over_square(theta) * stretch**2).clamp(min=0).sqrt()
+        large = (sine * sine + slope * (theta * torch.cos(theta) - torch.sin(theta))).clamp(min=0).sqrt()
+        G = torch.where(positive, torch.where(theta < 0.5, small, large), 1.0).clamp(max=1.0)
+        return E, (dot if flip is None else torch.where(flip, -dot, dot)), G
+
+    def __repr__(self) -> str:
+        return f"PiecewiseLinear(negative_slope={self.a:g})"
+
+
+def theta_cos_minus_sin_over_square(theta: torch.Tensor) -> torch.Tensor:
+    """h(theta) / theta^2 = (theta cos(theta) - sin(theta)) / theta^2 by its Taylor series
+    sum_n (-1)^n 2n theta^(2n-1) / (2n+1)! (accurate to rounding below theta = 1/2, where h itself cancels to
+    -theta^3 / 3 and its square underflows)."""
+    t2 = theta * theta
+    series = torch.zeros_like(theta)
+    power = theta                            # theta^(2n-1) for n = 1
+    for n in range(1, 8):
+        series = series + (-1) ** n * (2 * n) / math.factorial(2 * n + 1) * power
+        power = power * t2
+    return series
+
+
+
+def leaky_relu(negative_slope: float = 0.01) -> Nonlinearity:
+    """Leaky ReLU with any slope (closed form)."""
+    return PiecewiseLinear(float(negative_slope), name=f"leaky_relu({float(negative_slope):g})")
+
+
+def _leaky(negative_slope: float | None = None) -> Nonlinearity:
+    """leaky_relu by name (slope 0.01, named "leaky_relu"), or with a slope (named by it)."""
+    return PiecewiseLinear(0.01, name="leaky_relu") if negative_slope is None else leaky_relu(negative_slope)
+
+
+def _leaky_from_torch(module) -> dict:
+    return {"negative_slope": float(module.negative_slope)}
+
+
+register("relu", lambda: PiecewiseLinear(0.0, name="relu"), layer="ReLU", torch_module=torch.nn.ReLU,
+         doc="max(x, 0) (closed form).")
+register("leaky_relu", _leaky, layer="LeakyReLU", params=(("negative_slope", 0.01),),
+         torch_module=torch.nn.LeakyReLU, from_torch=_leaky_from_torch,
+         doc="max(x, 0) + negative_slope min(x, 0) (closed form).")
+register("abs", lambda: PiecewiseLinear(-1.0, name="abs"), layer="Abs", doc="`|x|` (closed form).")
