@@ -206,3 +206,47 @@ def test_jacobian_memory_budget_names_the_option_that_fits():
     with pytest.raises(MemoryError, match="working memory of 1.00 kB: pass memory=.*method='ntk_vp'"):
         E.empirical_ntk(model, X, memory=1000, method="jacobian")
     assert_close(E.empirical_ntk(model, X, memory=100_000, method="jacobian"), explicit_ntk(model, X, None, "full"))
+
+
+# ------------------------------------------------------------------------------ bad input
+class Counter(nn.Module):
+    """A module whose forward pass writes a buffer (a call counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x)
+
+
+def test_bad_models():
+    with pytest.raises(ValueError, match="taken in eval mode: call model.eval"):
+        E.empirical_ntk(residual_net().train(), inputs((2, 5, 5), 2, 0))
+    no_stats = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3, track_running_stats=False)).eval()
+    with pytest.raises(ValueError, match="without running statistics"):
+        E.empirical_ntk(no_stats, torch.randn(3, 2))
+    counter = Counter()
+    with pytest.raises(ValueError, match=r"changes its buffers \['calls'\]"):
+        E.empirical_ntk(counter, torch.randn(3, 2))
+    assert float(counter.calls) == 0  # restored
+    with pytest.raises(TypeError, match="complex parameters are not supported"):
+        E.empirical_ntk(nn.Linear(2, 1, dtype=torch.complex64), torch.randn(3, 2))
+    with pytest.raises(TypeError, match="output must be an index, a key or a function"):
+        E.empirical_ntk(nn.Linear(2, 1), torch.randn(3, 2), output=1.5)
+
+
+def test_tracker_records_in_eval_mode_and_restores_training_flags():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2)).to(DT)
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    X = inputs((3,), 5, 0)
+    model.train()
+    model[3].eval()  # a flag set by hand survives
+    tracker = E.NTKTracker(model, X)
+    theta = tracker.record(0)
+    assert model.training and model[1].training and not model[3].training
+    model.eval()
+    assert_close(theta, explicit_ntk(model, X, None, "trace"), 1e-12)

@@ -239,14 +239,10 @@ def count_flops(problem: Problem) -> int:
     return int(counter.get_total_flops()) or 2 * problem.n_params
 
 
-def check_buffers_fixed(model: nn.Module, frozen: dict[str, torch.Tensor], sample: torch.Tensor) -> None:
-    """Buffers the forward pass writes (running statistics, counters) make F change from call to call."""
+def check_buffers_fixed(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Buffers the forward pass wrote (running statistics, counters) make F change from call to call:
+    restore them from `before` (their values before the probe) and refuse."""
     buffers = dict(model.named_buffers())
-    if not buffers:
-        return
-    before = {n: b.clone() for n, b in buffers.items()}
-    with torch.no_grad():
-        call(model, frozen, (sample,))
     changed = [n for n, b in buffers.items() if not torch.equal(b, before[n])]
     for name in changed:
         buffers[name].copy_(before[name])
@@ -271,8 +267,9 @@ def make_problem(model: nn.Module | Callable, X: object, Y: object, mode: str,
             raise ValueError(f"X and Y must have the same sample shape, got {tuple(Xt.shape[1:])} "
                              f"and {tuple(Yt.shape[1:])}")
     sample = Xt[:1] if len(Xt) else (Yt[:1] if Yt is not None and len(Yt) else Xt.new_zeros((1, *Xt.shape[1:])))
+    before = {n: b.clone() for n, b in model.named_buffers()}
     n_outputs, activations = probe(model, {**frozen, **trainable}, sample)
-    check_buffers_fixed(model, {**frozen, **trainable}, sample)
+    check_buffers_fixed(model, before)
     return Problem(model, trainable, frozen, Xt, Yt, n_outputs, activations, mode), numpy_in
 
 

@@ -45,7 +45,13 @@ class NTKTracker:
         self.mode, self.method, self.block_size = mode, method, block_size
         self.steps: list[int] = []
         self.kernels: list[torch.Tensor] = []
-        empirical_ntk(model, self.X_probe[:1], mode=mode, method=method, progress=False)  # check arguments now
+        flags = {module: module.training for module in model.modules()}
+        model.eval()
+        try:
+            empirical_ntk(model, self.X_probe[:1], mode=mode, method=method, progress=False)  # check arguments now
+        finally:
+            for module, flag in flags.items():
+                module.training = flag
 
     def maybe_record(self, step: int) -> bool:
         """Record Theta at `step` if step % every == 0; returns whether it did."""
@@ -56,9 +62,16 @@ class NTKTracker:
         return True
 
     def record(self, step: int) -> torch.Tensor:
-        """Record Theta now, as the value at `step`; returns it."""
-        theta = empirical_ntk(self.model, self.X_probe, mode=self.mode, method=self.method,
-                              block_size=self.block_size, progress=False)
+        """Record Theta now, as the value at `step`; returns it. The NTK is taken in eval mode (BatchNorm's
+        running statistics, no dropout); each module's training flag is restored afterwards."""
+        flags = {module: module.training for module in self.model.modules()}
+        self.model.eval()
+        try:
+            theta = empirical_ntk(self.model, self.X_probe, mode=self.mode, method=self.method,
+                                  block_size=self.block_size, progress=False)
+        finally:
+            for module, flag in flags.items():
+                module.training = flag
         self.steps.append(int(step))
         self.kernels.append(theta.detach().clone())
         return theta
