@@ -83,7 +83,7 @@ def test_diag_clone_params_and_repr(rng) -> None:
     assert copy == kernel and copy is not kernel
     assert copy.get_params() == kernel.get_params()
     assert not kernel.is_stationary()
-    assert [h.name for h in kernel.hyperparameters] == ["W_std", "b_std"]
+    assert [h.name for h in kernel.hyperparameters] == ["W_std", "b_std", "scale"]   # scale fixed by default
     np.testing.assert_allclose(kernel.bounds, np.log([[0.1, 10.0], [1e-3, 1e2]]))
     assert repr(kernel) == "NNGP(depth=3, activation='tanh', W_std=1.5, b_std=0.2)"
     arch = nk.MLP(depth=3, activation="tanh", W_std=1.5, b_std=0.2)

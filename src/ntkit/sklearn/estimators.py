@@ -24,19 +24,21 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..activations import Activation
+from ..activations import Nonlinearity
 from ..dynamics import InfiniteWidthGP
 from ..dynamics.spectrum import check_ridge
 from ..dynamics.time import check_times
 from ..mlp import MLP
+from ._arch import check_arch, check_in_shape, on_rows
 
 
 class _InfiniteWidthNetwork(BaseEstimator):
     """What the two estimators share: the architecture, the training time t and the ridge."""
 
-    def __init__(self, depth: int = 2, activation: str | Callable | Activation = "relu", beta: float = 0.1,
+    def __init__(self, depth: int = 2, activation: str | Callable | Nonlinearity = "relu", beta: float = 0.1,
                  W_std: float = 1.0, t: float = np.inf, ridge: float = 0.0, solver: str = "auto",
-                 n_centers: int | None = None, tol: float | None = None, max_iter: int = 500, client: Any = None):
+                 n_centers: int | None = None, tol: float | None = None, max_iter: int = 500, client: Any = None,
+                 arch: Any = None, in_shape: Any = None, centers: str = "uniform"):
         # scikit-learn convention: store the arguments untouched, validate in fit.
         self.depth = depth
         self.activation = activation
@@ -49,6 +51,9 @@ class _InfiniteWidthNetwork(BaseEstimator):
         self.tol = tol
         self.max_iter = max_iter
         self.client = client
+        self.arch = arch
+        self.in_shape = in_shape
+        self.centers = centers
 
     def _check_time(self) -> float:
         times, scalar = check_times(self.t)
@@ -60,10 +65,23 @@ class _InfiniteWidthNetwork(BaseEstimator):
         """Validate the parameters and set up the trained infinitely wide network on (X, Y)."""
         self._check_time()
         ridge = check_ridge(self.ridge)
-        arch = MLP(self.depth, self.activation, beta=self.beta, W_std=self.W_std)
+        arch = on_rows(self._architecture(), check_in_shape(self.in_shape, X.shape[1]))
         self.network_ = InfiniteWidthGP(arch, X, Y, ridge=ridge, solver=self.solver, n_centers=self.n_centers,
-                                        tol=self.tol, max_iter=self.max_iter, client=self.client)
+                                        centers=self.centers, tol=self.tol, max_iter=self.max_iter,
+                                        client=self.client)
         self.solver_ = self.network_.solver
+
+    def _architecture(self) -> Any:
+        """The MLP shorthand, or `arch` (validated) when given."""
+        if self.arch is None:
+            return MLP(self.depth, self.activation, beta=self.beta, W_std=self.W_std)
+        shorthand = {"depth": 2, "activation": "relu", "beta": 0.1, "W_std": 1.0}
+        changed = [name for name, default in shorthand.items()
+                   if not (isinstance(getattr(self, name), (str, int, float)) and getattr(self, name) == default)]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} describe the MLP shorthand: with arch= give them in the "
+                             "architecture (e.g. arch=nk.MLP(depth=4, beta=0.5))")
+        return check_arch(self.arch)
 
     @property
     def n_iter_(self) -> int:
@@ -79,10 +97,10 @@ class _InfiniteWidthNetwork(BaseEstimator):
 
 
 class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
-    """Regression with an infinitely wide MLP trained for time t by gradient descent (Section 5).
+    """Regression with an infinitely wide network trained for time t by gradient descent (Section 5).
 
     Args:
-        depth: number of weight layers L >= 1 of the MLP (L = 1: a linear model).
+        depth: number of weight layers L >= 1 of the MLP shorthand (L = 1: a linear model).
         activation: its nonlinearity: a name ("relu", "erf", "tanh", ...), a torch callable or an
             `ntkit.Activation`.
         beta: bias scale (the paper: 0.1). W_std: weight scale (the paper: 1).
@@ -104,6 +122,13 @@ class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
             solvers' relative residual (default 1e-10 in float64) and iteration cap.
         client: a `dask.distributed.Client`: the Grams and the solvers' passes run on its workers
             (`ntkit.gram.distributed`); None computes in this process.
+        arch: any ntkit architecture (`nk.MLP`, `nk.Sequential`, `nk.infinite(model)`) in place of the MLP
+            shorthand (then depth, activation, beta and W_std stay at their defaults: the scales are the
+            architecture's).
+        in_shape: the shape of one example, e.g. (1, 8, 8) for 8 x 8 grey images: each row of X (prod(in_shape)
+            features) is reshaped to it before the architecture sees it (None: rows as they are).
+        centers: how the Nystrom centres are picked: "uniform" (a uniform sample) or "rpcholesky" (randomly pivoted
+            Cholesky, better centres for a few more kernel columns); see `ntkit.dynamics.InfiniteWidthGP`.
 
     Attributes after `fit`: `network_` (the `ntkit.dynamics.InfiniteWidthGP`), `solver_` (the solver used),
     `n_iter_`, `n_features_in_`.
@@ -146,7 +171,7 @@ class NTKRegressor(RegressorMixin, _InfiniteWidthNetwork):
 
 
 class NTKClassifier(ClassifierMixin, _InfiniteWidthNetwork):
-    """Classification with an infinitely wide MLP trained for time t on centred one-hot targets.
+    """Classification with an infinitely wide network trained for time t on centred one-hot targets.
 
     The network has one output per class, trained by least squares (Section 5) on the targets
     e_c - 1/k (1 - 1/k for the true class c, -1/k for the others, k classes; they sum to zero,

@@ -1,16 +1,18 @@
-"""The infinite-width kernels Theta^(L) and Sigma^(L) as scikit-learn kernels.
+"""The infinite-width kernels Theta and Sigma of any ntkit architecture as scikit-learn kernels.
 
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import WhiteKernel
-    gp = GaussianProcessRegressor(NTK(depth=4, b_std=0.1) + WhiteKernel()).fit(X, y)
+    gp = GaussianProcessRegressor(NTK(depth=4, b_std=0.1) + WhiteKernel()).fit(X, y)          # an MLP
+    cnn = nk.Sequential(nk.Conv2d(3), nk.ReLU(), nk.GlobalAvgPool(), nk.Linear())
+    gp = GaussianProcessRegressor(NTK(arch=cnn, in_shape=(1, 8, 8)) + WhiteKernel()).fit(X, y)  # rows of 64 pixels
 
-`NTK` is the limiting Neural Tangent Kernel Theta^(L) (Theorem 1) and `NNGP` the limiting
-covariance Sigma^(L) of the network function at initialization (Proposition 1) of a
-fully-connected network of `depth` weight layers. The architecture (depth, activation) is fixed;
-the weight scale `W_std` and the bias scale `b_std` (the paper's beta; the paper has W_std = 1)
-are hyperparameters that `GaussianProcessRegressor` can fit by maximizing the marginal
-likelihood. As for every scikit-learn kernel, the gradient is with respect to their logarithms;
-it is computed by autograd through the kernel recursion of `ntkit.kernels`.
+`NTK` is the limiting Neural Tangent Kernel Theta (Theorem 1) and `NNGP` the limiting covariance Sigma of the
+network function at initialization (Proposition 1). The architecture is fixed: the MLP shorthand (`depth`,
+`activation`) or `arch=` any ntkit architecture (`nk.MLP`, `nk.Sequential`, `nk.infinite(model)`), with `in_shape=`
+to reshape each row of features into an image or a sequence. Its hyperparameters are the weight scale `W_std`, the
+bias scale `b_std` (the paper's beta) of every weight layer (one shared value, or one per weight layer when given as
+an array) and an output `scale` (fixed unless given bounds). As for every scikit-learn kernel, the gradient is with
+respect to their logarithms; it is computed by autograd through the kernel maps, tile by tile.
 """
 
 from __future__ import annotations
@@ -24,29 +26,37 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
 from .. import gram
 from .._checks import as_matrix
-from ..activations import Activation
+from ..activations import Nonlinearity
 from ..mlp import MLP
+from ._arch import check_arch, check_in_shape, on_rows, scales, with_scales
 
 Bounds = tuple[float, float] | str
+#: the MLP shorthand's scales when W_std, b_std are None (the paper's network)
+DEFAULTS = {"W_std": 1.0, "b_std": 0.1}
 
 
-class _MLPKernel(Kernel):
-    """The kernel `get` ("ntk" or "nngp") of `MLP(depth, activation, W_std=W_std, b_std=b_std)`.
+class _ArchKernel(Kernel):
+    """The kernel `get` ("ntk" or "nngp") of an architecture, times `scale`.
 
     Args:
-        depth: number of weight layers L >= 1 (L = 1: a linear model).
-        activation: a name ("relu", "erf", "tanh", ...), a torch callable or an `ntkit.Activation`.
-        W_std: weight scale (the paper: 1), a hyperparameter.
-        b_std: bias scale, the paper's beta (the paper: 0.1), a hyperparameter.
-        W_std_bounds, b_std_bounds: (low, high) bounds for the optimizer, or "fixed".
+        depth, activation: the MLP shorthand, `MLP(depth, activation)` (used when `arch` is None).
+        W_std, b_std: the weight and bias scales of every weight layer: a float shared by all of them, or an array
+            with one per weight layer (in order, Residual branches where they stand). None: the architecture's own
+            (1 and 0.1 for the shorthand; an array when `arch`'s layers differ).
+        W_std_bounds, b_std_bounds, scale_bounds: (low, high) bounds for the optimizer, or "fixed".
+        arch: any ntkit architecture (`nk.MLP`, `nk.Sequential`, `nk.infinite(model)`); its scales are replaced by
+            W_std and b_std when given.
+        in_shape: the shape of one example, e.g. (1, 8, 8): each row of X is reshaped to it (None: rows as they are).
+        scale: a factor on the kernel, > 0 (fixed at 1 unless `scale_bounds` are given).
 
-    Inputs are rows of X (N, n0), converted to float64; outputs are float64 NumPy arrays.
+    Inputs are rows of X (N, d), converted to float64; outputs are float64 NumPy arrays.
     """
 
     _get = "ntk"
 
-    def __init__(self, depth: int = 2, activation: str | Callable | Activation = "relu", W_std: float = 1.0,
-                 b_std: float = 0.1, W_std_bounds: Bounds = (1e-2, 1e2), b_std_bounds: Bounds = (1e-3, 1e2)):
+    def __init__(self, depth: int = 2, activation: str | Callable | Nonlinearity = "relu", W_std: Any = None,
+                 b_std: Any = None, W_std_bounds: Bounds = (1e-2, 1e2), b_std_bounds: Bounds = (1e-3, 1e2),
+                 arch: Any = None, in_shape: Any = None, scale: float = 1.0, scale_bounds: Bounds = "fixed"):
         # scikit-learn convention: store the arguments untouched, validate when used.
         self.depth = depth
         self.activation = activation
@@ -54,54 +64,127 @@ class _MLPKernel(Kernel):
         self.b_std = b_std
         self.W_std_bounds = W_std_bounds
         self.b_std_bounds = b_std_bounds
+        self.arch = arch
+        self.in_shape = in_shape
+        self.scale = scale
+        self.scale_bounds = scale_bounds
 
     @classmethod
     def from_mlp(cls, arch: MLP, W_std_bounds: Bounds = (1e-2, 1e2),
-                 b_std_bounds: Bounds = (1e-3, 1e2)) -> _MLPKernel:
-        """The kernel of an `ntkit.MLP` description (its depth, activation, W_std and b_std)."""
+                 b_std_bounds: Bounds = (1e-3, 1e2)) -> _ArchKernel:
+        """The kernel of an `ntkit.MLP` description (its depth, activation, W_std and b_std) in the shorthand."""
         if not isinstance(arch, MLP):
             raise TypeError(f"arch must be an ntkit.MLP, got {type(arch).__name__}")
-        if arch.parametrization != "ntk" and cls._get == "ntk":
-            raise ValueError("the NTK of parametrization='standard' is not defined in the limit (Remark 1); "
-                             "use an MLP with parametrization='ntk'")
+        check_arch(arch)
         return cls(depth=arch.depth, activation=arch.activation, W_std=float(arch.W_std),
                    b_std=float(arch.b_std), W_std_bounds=W_std_bounds, b_std_bounds=b_std_bounds)
 
+    # ------------------------------------------------------------------ the architecture
+    def _base(self) -> Any:
+        """The architecture with its own scales: the shorthand's MLP or the validated `arch`."""
+        if self.arch is None:
+            return MLP(self.depth, self.activation)
+        if not (isinstance(self.depth, int) and self.depth == 2 and isinstance(self.activation, str)
+                and self.activation == "relu"):
+            raise ValueError("depth and activation describe the MLP shorthand: with arch= give them in the "
+                             "architecture (e.g. arch=nk.MLP(depth=4, activation='erf'))")
+        return check_arch(self.arch)
+
+    def _values(self) -> dict[str, Any]:
+        """W_std, b_std (floats, or arrays with one per weight layer) and scale, None resolved."""
+        base = self._base()
+        values: dict[str, Any] = {}
+        for name in ("W_std", "b_std"):
+            value = getattr(self, name)
+            if value is None:
+                own = scales(base, name) if self.arch is not None else np.array([DEFAULTS[name]])
+                value = float(own[0]) if np.all(own == own[0]) else own
+            elif np.iterable(value):
+                value = np.asarray(value, dtype=np.float64)
+                value = float(value[0]) if value.size == 1 else value
+            values[name] = value
+        values["scale"] = self.scale
+        for name, value in values.items():
+            if not np.all(np.isfinite(value)) or np.any(np.asarray(value) < 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        return values
+
+    def _hyperparameter(self, name: str) -> Hyperparameter:
+        value = self._values()[name]
+        bounds = getattr(self, f"{name}_bounds")
+        if np.iterable(value):
+            return Hyperparameter(name, "numeric", bounds, len(value))
+        return Hyperparameter(name, "numeric", bounds)
+
     @property
     def hyperparameter_W_std(self) -> Hyperparameter:
-        return Hyperparameter("W_std", "numeric", self.W_std_bounds)
+        return self._hyperparameter("W_std")
 
     @property
     def hyperparameter_b_std(self) -> Hyperparameter:
-        return Hyperparameter("b_std", "numeric", self.b_std_bounds)
+        return self._hyperparameter("b_std")
+
+    @property
+    def hyperparameter_scale(self) -> Hyperparameter:
+        return self._hyperparameter("scale")
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The logarithms of the free hyperparameters (W_std, b_std, scale, in that order), flattened."""
+        values = self._values()
+        free = [h.name for h in self.hyperparameters if not h.fixed]
+        for name in free:
+            if np.any(np.asarray(values[name]) <= 0):
+                raise ValueError(f"{name} must be > 0 to be optimized in log space, got {values[name]!r}; "
+                                 f"pass {name}_bounds='fixed' to keep it at that value")
+        return np.log(np.hstack([np.ravel(values[name]) for name in free])) if free else np.array([])
+
+    @theta.setter
+    def theta(self, theta: np.ndarray) -> None:
+        Kernel.theta.fset(self, theta)
 
     def is_stationary(self) -> bool:
         """False: Theta and Sigma depend on the inputs' norms and angle, not only on x - y."""
         return False
 
     def __repr__(self) -> str:
-        activation = self.activation if isinstance(self.activation, str) else getattr(
-            self.activation, "name", repr(self.activation))
-        return (f"{type(self).__name__}(depth={self.depth}, activation={activation!r}, "
-                f"W_std={self.W_std:.3g}, b_std={self.b_std:.3g})")
+        values = self._values()
 
-    def _arch(self, W_std: Any = None, b_std: Any = None) -> MLP:
-        return MLP(self.depth, self.activation, W_std=self.W_std if W_std is None else W_std,
-                   b_std=self.b_std if b_std is None else b_std)
+        def text(value: Any) -> str:
+            return f"{value:.3g}" if not np.iterable(value) else "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
 
+        if self.arch is None:
+            activation = self.activation if isinstance(self.activation, str) else getattr(
+                self.activation, "name", repr(self.activation))
+            head = f"depth={self.depth}, activation={activation!r}"
+        else:
+            head = f"arch={self.arch!r}" + ("" if self.in_shape is None else f", in_shape={tuple(self.in_shape)}")
+        scale = "" if self.scale == 1.0 and self.scale_bounds == "fixed" else f", scale={text(values['scale'])}"
+        return f"{type(self).__name__}({head}, W_std={text(values['W_std'])}, b_std={text(values['b_std'])}{scale})"
+
+    def _arch(self, n_features: int, W_std: Any = None, b_std: Any = None) -> Any:
+        """The architecture with these scales (default: the hyperparameters' values), on rows of `n_features`."""
+        values = self._values()
+        arch = with_scales(self._base(), values["W_std"] if W_std is None else W_std,
+                           values["b_std"] if b_std is None else b_std)
+        return on_rows(arch, check_in_shape(self.in_shape, n_features))
+
+    # ----------------------------------------------------------------------- the kernel
     def __call__(self, X: Any, Y: Any = None, eval_gradient: bool = False) -> Any:
         """The kernel K(X, Y) (N, M), and with eval_gradient its gradient (N, N, n_free).
 
-        The gradient is d K / d log(p) for each hyperparameter p that is not fixed, in the
-        order of `self.theta` (W_std, then b_std); it needs Y = None.
+        The gradient is d K / d log(p) for each free hyperparameter p, in the order of `self.theta`
+        (W_std, then b_std, then scale; an array hyperparameter one column per element); it needs Y = None.
         """
-        arch = self._arch()
         Xt = as_matrix(X, "X", dtype=torch.float64)[0]
         if Y is X:  # pairwise_kernels(X) passes Y = X: take the symmetric path, with its exact diagonal
             Y = None
         if not eval_gradient:
             Yt = None if Y is None else as_matrix(Y, "Y", dtype=torch.float64)[0]
-            return arch.kernel(Xt, Yt, get=self._get).numpy()
+            if Yt is not None and Yt.shape[1] != Xt.shape[1]:
+                raise ValueError(f"X and Y must have the same number of features, got {Xt.shape[1]} and "
+                                 f"{Yt.shape[1]}")
+            return float(self.scale) * self._arch(Xt.shape[1]).kernel(Xt, Yt, get=self._get).numpy()
         if Y is not None:
             raise ValueError("Gradient can only be evaluated when Y is None.")
         return self._with_gradient(Xt)
@@ -109,26 +192,33 @@ class _MLPKernel(Kernel):
     def diag(self, X: Any) -> np.ndarray:
         """K(x_i, x_i) for each row of X, shape (N,), in O(N) time and memory."""
         Xt = as_matrix(X, "X", dtype=torch.float64)[0]
-        return self._arch().kernel_diag(Xt, get=self._get).numpy()
+        return float(self.scale) * self._arch(Xt.shape[1]).kernel_diag(Xt, get=self._get).numpy()
 
     def _with_gradient(self, X: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """K(X, X) and d K / d log(p), tile by tile (`gram.fill`), so memory stays bounded."""
-        values = {"W_std": float(self.W_std), "b_std": float(self.b_std)}
-        free = [h.name for h in self.hyperparameters if not h.fixed]
-        for name in free:
-            if values[name] <= 0:
-                raise ValueError(f"{name} must be > 0 to be optimized in log space, got {values[name]}; "
-                                 f"pass {name}_bounds='fixed' to keep it at that value")
+        self.theta  # noqa: B018 -- validates that the free hyperparameters are > 0
+        values = self._values()
+        free = [h for h in self.hyperparameters if not h.fixed]
+        free_names = {h.name for h in free}
+        scale = float(values["scale"])
         n = X.shape[0]
+        n_columns = sum(h.n_elements for h in free if h.name != "scale") + ("scale" in free_names)
         K = np.empty((n, n))
-        K_gradient = np.empty((n, n, len(free)))
+        K_gradient = np.empty((n, n, n_columns))
+        edge = self._arch(X.shape[1]).kernel_tiles(X[:1]).tile if n else 1
 
         def tile_fn(rows: slice, cols: slice) -> list[torch.Tensor]:
-            params = {name: torch.tensor(value, dtype=torch.float64, requires_grad=name in free)
-                      for name, value in values.items()}
-            wrt = [params[name] for name in free]
+            params, wrt, factors = {}, [], []
+            for name in ("W_std", "b_std"):
+                value = values[name]
+                grad = name in free_names
+                tensors = [torch.tensor(v, dtype=torch.float64, requires_grad=grad) for v in np.ravel(value)]
+                params[name] = tensors if np.iterable(value) else tensors[0]
+                if grad:
+                    wrt += tensors
+                    factors += [float(v) for v in np.ravel(value)]
             with torch.enable_grad():
-                arch = self._arch(**params)
+                arch = self._arch(X.shape[1], **params)
                 block = arch.kernel(X[rows], X[cols], get=self._get)
                 tiles = [block.detach(), *(c.clone() for c in _jacobian_columns(block, wrt))]   # writable
                 if rows == cols:  # at x = y the pairwise formula loses sqrt(eps) in the angle: use the
@@ -136,12 +226,12 @@ class _MLPKernel(Kernel):
                     for tile, exact in zip(tiles, [diagonal.detach(), *_jacobian_columns(diagonal, wrt)],
                                            strict=True):
                         tile.diagonal().copy_(exact)
-            # chain rule for log-hyperparameters: dK/dlog(p) = p dK/dp
-            return [tiles[0]] + [tile * values[name] for tile, name in zip(tiles[1:], free, strict=True)]
+            # chain rule for log-hyperparameters: dK/dlog(p) = p dK/dp; the scale multiplies everything
+            out = [scale * tiles[0]] + [scale * p * tile for tile, p in zip(tiles[1:], factors, strict=True)]
+            return out + ([scale * tiles[0]] if "scale" in free_names else [])
 
-        outs = [K] + [K_gradient[:, :, index] for index in range(len(free))]
-        tiles = gram.KernelTiles(tile_fn, n, n, (self._get,) * len(outs), True, torch.float64, X.device,
-                                 gram.default_tile(X.device))
+        outs = [K] + [K_gradient[:, :, index] for index in range(n_columns)]
+        tiles = gram.KernelTiles(tile_fn, n, n, (self._get,) * len(outs), True, torch.float64, X.device, edge)
         gram.fill(tiles, outs, desc=f"{self._get} kernel gradient")
         return K, K_gradient
 
@@ -155,7 +245,8 @@ def _jacobian_columns(K: torch.Tensor, params: list[torch.Tensor]) -> list[torch
     if not params:
         return []
     u = torch.zeros_like(K, requires_grad=True)
-    gs = torch.autograd.grad(K, params, grad_outputs=u, create_graph=True, materialize_grads=True)
+    gs = torch.autograd.grad(K, params, grad_outputs=u, create_graph=True, materialize_grads=True,
+                             allow_unused=True)
     columns = []
     for index, g in enumerate(gs):
         if not g.requires_grad:  # K does not depend on this hyperparameter
@@ -165,21 +256,21 @@ def _jacobian_columns(K: torch.Tensor, params: list[torch.Tensor]) -> list[torch
     return columns
 
 
-class NTK(_MLPKernel):
-    """The limiting Neural Tangent Kernel Theta^(L) of an MLP (Theorem 1), a scikit-learn kernel.
+class NTK(_ArchKernel):
+    """The limiting Neural Tangent Kernel Theta of an architecture (Theorem 1), a scikit-learn kernel.
 
-    Theta^(1) = Sigma^(1), Theta^(l+1) = Theta^(l) SigmaDot^(l+1) + Sigma^(l+1).
-    Arguments (depth, activation, W_std, b_std and their bounds): see `_MLPKernel`.
+    For the MLP: Theta^(1) = Sigma^(1), Theta^(l+1) = Theta^(l) SigmaDot^(l+1) + Sigma^(l+1).
+    Arguments (depth, activation or arch and in_shape; W_std, b_std, scale and their bounds): see `_ArchKernel`.
     """
 
     _get = "ntk"
 
 
-class NNGP(_MLPKernel):
-    """The limiting covariance Sigma^(L) of an MLP at initialization (Proposition 1), a scikit-learn kernel.
+class NNGP(_ArchKernel):
+    """The limiting covariance Sigma of an architecture at initialization (Proposition 1), a scikit-learn kernel.
 
-    Sigma^(1) = W_std^2 x.y / n0 + b_std^2, Sigma^(l+1) = W_std^2 E[sigma(f(x)) sigma(f(y))] + b_std^2.
-    Arguments (depth, activation, W_std, b_std and their bounds): see `_MLPKernel`.
+    For the MLP: Sigma^(1) = W_std^2 x.y / n0 + b_std^2, Sigma^(l+1) = W_std^2 E[sigma(f(x)) sigma(f(y))] + b_std^2.
+    Arguments (depth, activation or arch and in_shape; W_std, b_std, scale and their bounds): see `_ArchKernel`.
     """
 
     _get = "nngp"
