@@ -1,0 +1,319 @@
+"""The Gaussian maps of a smooth nonlinearity from its Hermite expansion (the dual activation).
+
+With h_k(z) = He_k(z) / sqrt(k!) the orthonormal Hermite polynomials of the standard normal z, write
+sigma^(m)(sqrt(q) z) = sum_k a_k^(m)(q) h_k(z). Mehler's formula gives, for (u, v) ~ N(0, [[q1, c], [c, q2]]) and
+the correlation rho = c / sqrt(q1 q2) (Han, Avron, Shoham, Kim and Shin 2022):
+
+    E[sigma^(m)(u) sigma^(n)(v)] = sum_k a_k^(m)(q1) a_k^(n)(q2) rho^k.                      (Mehler)
+
+The coefficients depend on the variances only, so they are computed once per distinct variance: NODES-point
+Gauss-Hermite quadrature, a_k = sum_i sqrt(w_i) h_k(z_i) sqrt(w_i) sigma^(m)(sqrt(q) z_i) (`_basis`), with
+sigma^(m) by autograd. Parseval bounds the truncation: |sum_{k >= K} a_k b_k rho^k| <= sqrt(T_a(K) T_b(K)),
+T_a(K) = sum_{k >= K} a_k^2, so the series is used only where that bound is below TOLERANCE times
+sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2]) at every variance (`HermiteMaps.resolves`); kinks (relu, elu, selu) and
+very large variances of steep functions fail it and stay with the 2-D quadrature.
+
+A map is then a function of rho alone for each pair of distinct variances: few pairs (inputs of one norm, as
+on the sphere) get a table of piecewise polynomials in rho (`_table`: TABLE_DEGREE on P equal panels, P doubled
+until the table agrees with the series to TOLERANCE), evaluated with one gather per coefficient; many pairs sum
+the truncated series for each pair (Horner). Derivatives come from Price's theorem, dE/dc = E[sigma^(m+1)
+sigma^(n+1)] and dE/dq1 = E[sigma^(m+2)(u) sigma^(n)(v)] / 2, through the same maps (`_Maps`), so the kernels are
+differentiable to any order in c, q1 and q2, hence in the inputs, W_std and b_std.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+NODES = 2048            # Gauss-Hermite nodes for the coefficients
+TERMS = 1024            # coefficients kept (half the nodes: the rest only measure the aliasing)
+TOLERANCE = 1e-11       # relative bound on a map's truncation and table error
+TABLE_DEGREE = 5        # local polynomial degree of the tables in rho
+MAX_TABLES = 16         # pairs of distinct variances up to which maps are tabulated
+MAX_PANELS = 1 << 15
+_MANTISSA_BITS = 42     # variances equal to 2^-42 relative share their coefficients
+
+
+@lru_cache(maxsize=2)
+def _basis(nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z, psi, root_w): the Gauss rule of the standard normal (z: (nodes,), root_w = sqrt of the weights, which
+    sum to 1) and psi[k, i] = sqrt(w_i) h_k(z_i) for k < nodes (an orthogonal matrix). The Hermite functions
+    phi_k = h_k exp(-z^2/4) come from their three-term recurrence in log-scaled form (no underflow far out),
+    and the weights from the Christoffel function, w_i = exp(-z_i^2/2) / sum_{k<nodes} phi_k(z_i)^2:
+    psi = phi / ||phi||."""
+    from scipy.linalg import eigvalsh_tridiagonal
+
+    z = eigvalsh_tridiagonal(np.zeros(nodes), np.sqrt(np.arange(1.0, nodes)))
+    log_scale = -z * z / 4                     # phi_k = value * exp(log_scale)
+    previous, current = np.zeros_like(z), np.ones_like(z)
+    rows = np.empty((nodes, nodes))
+    total = np.zeros_like(z)                   # sum phi_k^2 * exp(-2 top), top = largest log |phi_k| so far
+    top = np.full_like(z, -np.inf)
+    for k in range(nodes):
+        magnitude = np.log(np.abs(current) + 1e-300) + log_scale
+        new_top = np.maximum(top, magnitude)
+        total = total * np.exp(2 * (top - new_top)) + np.exp(2 * (magnitude - new_top))
+        top = new_top
+        rows[k] = np.sign(current) * np.exp(magnitude)
+        if k + 1 < nodes:
+            previous, current = current, (z * current - math.sqrt(k) * previous) / math.sqrt(k + 1)
+            big = np.abs(current) > 1e100
+            if big.any():                      # rescale to keep the recurrence in range
+                current, previous = np.where(big, current * 1e-100, current), np.where(big, previous * 1e-100,
+                                                                                    previous)
+                log_scale = np.where(big, log_scale + 100 * math.log(10), log_scale)
+    # ||phi(z_i)|| = exp(top) sqrt(total): divide in log form
+    norm_log = top + 0.5 * np.log(total)
+    psi = np.sign(rows) * np.exp(np.log(np.abs(rows) + 1e-300) - norm_log)
+    psi[np.abs(rows) == 0] = 0.0
+    return z, psi, psi[0].copy()
+
+
+def _derivatives(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, order: int) -> torch.Tensor:
+    """sigma^(order)(x) by repeated autograd (float64, detached); zeros once a derivative is constant."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        value = fn(xg)
+        for _ in range(order):
+            if not value.requires_grad:
+                return torch.zeros_like(x)
+            (value,) = torch.autograd.grad(value.sum(), xg, create_graph=True)
+    return value.detach().to(torch.float64) * torch.ones_like(x)
+
+
+def _snap(q: torch.Tensor) -> torch.Tensor:
+    """Variances rounded to _MANTISSA_BITS (relative change below 3e-13), so that inputs of one norm, which differ
+    in the last bits, share one set of coefficients."""
+    mantissa, exponent = torch.frexp(q.detach().to(torch.float64).clamp(min=0.0))
+    return torch.ldexp(torch.round(mantissa * 2.0**_MANTISSA_BITS) / 2.0**_MANTISSA_BITS, exponent)
+
+
+class _Coefficients:
+    """The Hermite coefficients of sigma^(m)(sqrt(q) z) for a set of distinct variances, with what decides the
+    truncation: `values` (G, TERMS), `norms` (G,) = E[sigma^(m)(u)^2] and `tails` (G, TERMS + 1), tails[:, K] the
+    sum of the squared coefficients from K to NODES - 1 (those past TERMS show whether the rule resolves sigma)."""
+
+    def __init__(self, fn, variances: np.ndarray, order: int):
+        z, psi, root_w = _basis(NODES)
+        x = torch.as_tensor(np.sqrt(variances)[:, None] * z[None, :])
+        values = _derivatives(fn, x, order).numpy()
+        if not np.isfinite(values[:, root_w > 0]).all():
+            self.values = None
+            return
+        weighted = np.where(root_w > 0, values, 0.0) * root_w
+        every = weighted @ psi.T                                        # (G, NODES): all coefficients
+        self.values = every[:, :TERMS]
+        self.norms = (weighted * weighted).sum(1)
+        self.tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :TERMS + 1]
+
+    def terms_for(self, tolerance: float) -> int | None:
+        """The fewest terms K with tail(K) <= tolerance^2 E[sigma^(m)(u)^2] at every variance; None if TERMS do not
+        suffice (a kink, or a variance too large for the steepness of sigma)."""
+        if self.values is None:
+            return None
+        ok = self.tails <= (tolerance**2) * self.norms[:, None] + 1e-300
+        if not ok[:, -1].all():
+            return None
+        return max(1, int(np.argmax(ok.all(0))))
+
+
+class HermiteMaps:
+    """E[sigma^(m)(u) sigma^(n)(v)] for one nonlinearity `fn` from its Hermite expansion (module docstring).
+    Coefficients are cached for the most recent sets of variances."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.fn = fn
+        self._cache: dict[tuple[int, bytes], _Coefficients] = {}
+
+    def coefficients(self, variances: np.ndarray, order: int) -> _Coefficients:
+        key = (order, variances.tobytes())
+        if key not in self._cache:
+            if len(self._cache) >= 64:
+                self._cache.clear()
+            self._cache[key] = _Coefficients(self.fn, variances, order)
+        return self._cache[key]
+
+    def resolves(self, q1: torch.Tensor, q2: torch.Tensor, orders: Sequence[int] = (0, 1)) -> bool:
+        """Whether the truncated series reaches TOLERANCE for sigma^(m), m in `orders`, at every variance in q1, q2
+        (finite, non-negative); otherwise the caller falls back to quadrature."""
+        for q in (q1, q2):
+            if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
+                return False
+            reps = _groups(q)[0]
+            if any(self.coefficients(reps, m).terms_for(TOLERANCE) is None for m in orders):
+                return False
+        return True
+
+    def evaluate(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
+                 orders: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        """[E[sigma^(m)(u) sigma^(n)(v)] for (m, n) in orders], each of the broadcast shape of c, q1, q2, in c's
+        dtype; no autograd (`_Maps` supplies the derivatives)."""
+        shape = torch.broadcast_shapes(c.shape, q1.shape, q2.shape)
+        reps1, index1 = _groups(q1)
+        reps2, index2 = _groups(q2)
+        rho = _correlation(c, q1, q2, shape)
+        if len(reps1) * len(reps2) <= MAX_TABLES:
+            return self._tabulated(rho, reps1, index1, reps2, index2, orders, shape)
+        return [self._series(rho, reps1, index1, reps2, index2, m, n) for m, n in orders]
+
+    def _terms(self, reps1, reps2, m, n) -> tuple[np.ndarray, np.ndarray, int]:
+        a, b = self.coefficients(reps1, m), self.coefficients(reps2, n)
+        if a.values is None or b.values is None:
+            raise ValueError(f"the derivative of order {max(m, n)} of the activation is not finite at the "
+                             f"quadrature nodes")
+        terms = max(a.terms_for(TOLERANCE) or TERMS, b.terms_for(TOLERANCE) or TERMS)
+        return a.values[:, :terms], b.values[:, :terms], terms
+
+    def _series(self, rho, reps1, index1, reps2, index2, m, n) -> torch.Tensor:
+        """sum_k a_k(q1) b_k(q2) rho^k by Horner for every pair (many distinct variances)."""
+        a, b, terms = self._terms(reps1, reps2, m, n)
+        a = torch.as_tensor(a, dtype=rho.dtype, device=rho.device)
+        b = torch.as_tensor(b, dtype=rho.dtype, device=rho.device)
+        total = a[:, terms - 1][index1] * b[:, terms - 1][index2] * torch.ones_like(rho)
+        for k in range(terms - 2, -1, -1):
+            total.mul_(rho).addcmul_(a[:, k][index1], b[:, k][index2])
+        return total
+
+    def _tabulated(self, rho, reps1, index1, reps2, index2, orders, shape) -> list[torch.Tensor]:
+        """The maps from tables of piecewise polynomials in rho, one per pair of distinct variances."""
+        tables = []
+        for m, n in orders:
+            a, b, _ = self._terms(reps1, reps2, m, n)
+            pairs = (a[:, None, :] * b[None, :, :]).reshape(-1, a.shape[1])       # (G1 G2, K)
+            tables.append([_table(p) for p in pairs])
+        panels = max(t.shape[0] for per in tables for t in per)
+        u = (rho + 1).mul_(panels / 2)
+        j = u.floor().clamp_(0, panels - 1)
+        t = u.sub_(j)
+        flat = j.long()
+        if len(reps1) * len(reps2) > 1:
+            flat = flat + (index1 * len(reps2) + index2) * panels
+        out = []
+        for per in tables:
+            table = np.concatenate([_refine(p, panels) for p in per])               # (pairs * panels, d + 1)
+            table = torch.as_tensor(table.T.copy(), dtype=rho.dtype, device=rho.device)
+            total = torch.take(table[-1], flat)
+            for k in range(table.shape[0] - 2, -1, -1):
+                total.mul_(t).add_(torch.take(table[k], flat))
+            out.append(total)
+        return out
+
+
+def _groups(q: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(distinct snapped variances, float64 NumPy (G,); index of each entry of q into them, long, q's shape)."""
+    snapped = _snap(q)
+    reps, index = torch.unique(snapped.reshape(-1), return_inverse=True)
+    return reps.cpu().numpy(), index.reshape(q.shape).to(q.device)
+
+
+def _correlation(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, shape) -> torch.Tensor:
+    """rho = c / sqrt(q1 q2) clamped to [-1, 1], 0 where a variance is 0, a new tensor of the broadcast shape."""
+    tiny = torch.finfo(c.dtype).tiny
+    r1 = torch.where(q1 > 0, torch.rsqrt(q1.clamp(min=tiny)), 0.0)
+    r2 = torch.where(q2 > 0, torch.rsqrt(q2.clamp(min=tiny)), 0.0)
+    return (c * r1).mul_(r2).expand(shape).clone().clamp_(-1.0, 1.0)
+
+
+def _series_at(coefficients: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    total = np.full_like(rho, coefficients[-1])
+    for value in coefficients[-2::-1]:
+        total = total * rho + value
+    return total
+
+
+@lru_cache(maxsize=1)
+def _local_rule(degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chebyshev points in [0, 1], the inverse of their Vandermonde matrix (values -> monomial coefficients in t)
+    and check points halfway between them."""
+    t = (1 - np.cos(np.pi * (np.arange(degree + 1) + 0.5) / (degree + 1))) / 2
+    check = np.concatenate([[0.0], (t[1:] + t[:-1]) / 2, [1.0]])
+    return t, np.linalg.inv(np.vander(t, increasing=True)), check
+
+
+def _table(coefficients: np.ndarray, panels: int = 64) -> np.ndarray:
+    """(panels, TABLE_DEGREE + 1) monomial coefficients in t in [0, 1] of the series on each of `panels` equal
+    panels of rho in [-1, 1], panels doubled until the table agrees with the series to TOLERANCE times its largest
+    value (sum |a_k|) at points between the interpolation nodes."""
+    t, inverse, check = _local_rule(TABLE_DEGREE)
+    scale = np.abs(coefficients).sum() + 1e-300
+    while True:
+        starts = -1 + 2 * np.arange(panels)[:, None] / panels
+        local = inverse @ _series_at(coefficients, starts + 2 * t[None, :] / panels).T   # (d + 1, panels)
+        table = local.T
+        exact = _series_at(coefficients, starts + 2 * check[None, :] / panels)
+        powers = check[:, None] ** np.arange(TABLE_DEGREE + 1)[None, :]
+        error = np.abs(table @ powers.T - exact).max()
+        if error <= TOLERANCE * scale or panels >= MAX_PANELS:
+            return table
+        panels *= 2
+
+
+def _refine(table: np.ndarray, panels: int) -> np.ndarray:
+    """A table on `panels` panels from one on fewer (a power of two fewer): each panel's polynomial re-expanded on
+    its sub-panels, t = (i + s) / r."""
+    ratio = panels // table.shape[0]
+    if ratio == 1:
+        return table
+    degree = table.shape[1] - 1
+    out = np.empty((panels, degree + 1))
+    for i in range(ratio):
+        # p(t) with t = (i + s) / ratio: coefficients in s by the binomial expansion
+        shift = np.zeros((degree + 1, degree + 1))
+        for k in range(degree + 1):
+            for j in range(k + 1):
+                shift[k, j] = math.comb(k, j) * (i / ratio) ** (k - j) * (1 / ratio) ** j
+        out[i::ratio] = table @ shift
+    return out
+
+
+class _Maps(torch.autograd.Function):
+    """E[sigma^(m)(u) sigma^(n)(v)] for several (m, n) with derivatives by Price's theorem (any order)."""
+
+    @staticmethod
+    def forward(ctx, c, q1, q2, maps: HermiteMaps, orders: tuple[tuple[int, int], ...]):  # type: ignore[override]
+        ctx.save_for_backward(c, q1, q2)
+        ctx.maps, ctx.orders = maps, orders
+        return tuple(maps.evaluate(c.detach(), q1.detach(), q2.detach(), orders))
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        c, q1, q2 = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        wanted: list[tuple[int, int]] = []
+        for (m, n), grad in zip(ctx.orders, grads, strict=True):
+            if grad is None:
+                continue
+            wanted += [(m + 1, n + 1)] * needs[0] + [(m + 2, n)] * needs[1] + [(m, n + 2)] * needs[2]
+        wanted = list(dict.fromkeys(wanted))
+        values = dict(zip(wanted, gaussian_maps(c, q1, q2, ctx.maps, wanted), strict=True)) if wanted else {}
+        gc = gq1 = gq2 = None
+        for (m, n), grad in zip(ctx.orders, grads, strict=True):
+            if grad is None:
+                continue
+            if needs[0]:
+                gc = _add(gc, grad * values[(m + 1, n + 1)])
+            if needs[1]:
+                gq1 = _add(gq1, 0.5 * grad * values[(m + 2, n)])
+            if needs[2]:
+                gq2 = _add(gq2, 0.5 * grad * values[(m, n + 2)])
+        return (_reduce(gc, c), _reduce(gq1, q1), _reduce(gq2, q2), None, None)
+
+
+def _add(total, value):
+    return value if total is None else total + value
+
+
+def _reduce(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if grad is None else grad.sum_to_size(like.shape)
+
+
+def gaussian_maps(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, maps: HermiteMaps,
+                  orders: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """[E[sigma^(m)(u) sigma^(n)(v)] for (m, n) in orders], (u, v) ~ N(0, [[q1, c], [c, q2]]), differentiable to
+    any order in c, q1 and q2 (tensors that broadcast; the results have their broadcast shape and c's dtype)."""
+    return list(_Maps.apply(c, q1, q2, maps, tuple(orders)))
