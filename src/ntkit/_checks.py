@@ -34,6 +34,9 @@ def as_tensor(
     if was_numpy:
         if isinstance(value, (str, bytes)) or value is None:
             raise TypeError(f"{name} must be an array or a tensor, got {type(value).__name__}")
+        if _is_sparse(value):
+            raise TypeError(f"{name} is a sparse matrix ({type(value).__name__}): sparse input is not supported, "
+                            "pass a dense array (value.toarray())")
         try:
             arr = np.asarray(value)
         except Exception as exc:  # ragged lists and the like
@@ -46,9 +49,15 @@ def as_tensor(
             arr = arr.astype(np.float64)
         if not arr.flags.writeable:  # torch cannot wrap read-only memory (memmaps, broadcast views)
             arr = arr.copy()
-        tensor = torch.from_numpy(np.ascontiguousarray(arr))
+        tensor = torch.from_numpy(np.require(arr, requirements="C"))  # (ascontiguousarray makes 0-d 1-d)
     else:
         tensor = value
+        if tensor.is_meta:
+            raise ValueError(f"{name} is a tensor on the meta device (it has a shape but no values): create it on "
+                             "'cpu' or 'cuda', or move it with .to_empty(device=...) and fill it")
+        if tensor.layout != torch.strided:
+            raise TypeError(f"{name} is a sparse tensor ({tensor.layout}): sparse input is not supported, pass a "
+                            "dense tensor (value.to_dense())")
         if tensor.is_complex():
             raise TypeError(f"{name} must be real, got complex dtype {tensor.dtype}")
         if not tensor.is_floating_point():
@@ -63,6 +72,12 @@ def as_tensor(
     if finite and not all_finite(tensor):
         raise ValueError(f"{name} contains NaN or infinite values")
     return tensor, was_numpy
+
+
+def _is_sparse(value: Any) -> bool:
+    """A SciPy sparse matrix or array (NumPy would read it as a 0-d object array)."""
+    sparse = __import__("sys").modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(value)
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

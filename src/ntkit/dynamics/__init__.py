@@ -11,6 +11,7 @@
 - `time_from_steps`, `steps_from_time`: converting between steps and time.
 """
 
+from . import solver_cg, solver_cholesky, solver_nystrom  # noqa: F401  (each registers its solver)
 from .early_stopping import EarlyStopping, converged_fraction, early_stopping_time
 from .flow import FlowResult, gradient_flow
 from .gaussian import InfiniteWidthGP

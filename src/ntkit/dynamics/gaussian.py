@@ -65,6 +65,26 @@ TRAINED = ("all", "last")
 Array = torch.Tensor | np.ndarray
 
 
+def check_interpolable(X: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
+    """With ridge = 0 the networks trained to t = inf interpolate the data, which is impossible when one point
+    appears twice with different targets: a ValueError naming two such rows, for the solvers that solve for t = inf
+    when built (Nystrom would otherwise return a least-squares fit where the exact solvers refuse). Rows are matched by a random projection first
+    (O(N d)), then compared exactly."""
+    if ridge > 0 or X.shape[0] < 2:
+        return
+    flat = X.reshape(X.shape[0], -1)
+    direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=flat.dtype)
+    keys = flat @ direction.to(flat.device)
+    order = torch.argsort(keys)
+    same = (keys[order[1:]] == keys[order[:-1]]).nonzero().flatten()
+    for k in same.tolist():
+        i, j = sorted((int(order[k]), int(order[k + 1])))
+        if torch.equal(flat[i], flat[j]) and not torch.equal(y[i], y[j]):
+            raise ValueError(f"X_train rows {i} and {j} are the same point with different targets: no trained "
+                             "network interpolates them with ridge = 0 (K is singular). Pass ridge > 0, or "
+                             "remove the duplicate")
+
+
 class InfiniteWidthGP:
     """The distribution of infinitely wide networks of `arch` trained on (X_train, y_train).
 
@@ -78,12 +98,14 @@ class InfiniteWidthGP:
             mean is kernel ridge regression.
         dtype: precision of all the linear algebra (float64 by default).
         progress: show progress bars (None: follow `ntkit.set_progress`).
-        solver: "cholesky" (the default: exact, everything below), "cg", "nystrom" or "auto" (`large_n.py`): the
-            iterative solvers reach N far beyond memory and give the mean; "nystrom" at t = inf only.
+        solver: "cholesky" (the default: exact, everything below), "cg", "nystrom", any other registered solver, or
+            "auto" (`large_n.py`: the first that fits the memory budget): the iterative solvers reach N far beyond
+            memory and give the mean; "nystrom" at t = inf only.
         n_centers, centers: Nystrom's centres (count; "uniform" or "rpcholesky"). tol, max_iter: the iterative
             solvers' relative residual (None: 1e-10 in float64, 1e-5 in float32) and iteration cap.
         memory_budget: bytes the solvers may use (None: 80% of the device's free memory); "cholesky" beyond it
-            raises MemoryError at once, "auto" then takes "nystrom", "cg" streams the Gram's tiles.
+            raises MemoryError at once, "auto" then takes "nystrom", or "cg" when even Nystrom's centres do not
+            fit; "cg" streams the Gram's tiles.
         client: a dask.distributed.Client: Grams and solver passes run on its workers.
 
     With solver="cholesky" construction computes Theta(X, X) only (Sigma(X, X) when a std or covariance first needs
@@ -101,20 +123,22 @@ class InfiniteWidthGP:
         check_choice(trained, "trained", TRAINED)
         Xt, numpy_in = as_matrix(X_train, "X_train", dtype=dtype)
         self.arch, self.X_train, self._progress, self._client = arch, Xt, progress, client
-        budget = large_n.memory_budget(memory_budget, Xt.device)
-        self.solver = large_n.resolve_solver(solver, Xt.shape[0], dtype, Xt.device, budget, progress)
+        tol, max_iter = cg.check_solver_options(tol, max_iter, dtype)  # for every solver, "auto" included
         get = "ntk" if trained == "all" else "nngp"
-        if self.solver == "cholesky":   # Theta only: Sigma(X, X) is computed when a std or covariance needs it
-            K = self._kernel(Xt, get=get)
-            self._setup(K if trained == "all" else None, None if trained == "all" else K, y_train, trained, ridge,
-                        dtype, numpy_in, checked=True)
-            self._owns_K = trained == "all"          # free to factor in place (recomputed if needed again)
-            self._iterative = None
-            return
         self._setup(None, None, y_train, trained, ridge, dtype, numpy_in, checked=True, n=Xt.shape[0])
-        self._iterative = large_n.IterativeGP(arch, Xt, self.y_train, get, self.solver, self.ridge, tol=tol,
-                                              max_iter=max_iter, n_centers=n_centers, centers=centers, budget=budget,
-                                              client=client, progress=progress)
+        problem = large_n.Problem(arch, Xt, self.y_train, get, self.ridge, tol, max_iter, n_centers, centers,
+                                  large_n.memory_budget(memory_budget, Xt.device), client, progress)
+        chosen = large_n.resolve_solver(solver, problem)
+        chosen.check(problem)
+        if not chosen.finite_times:  # solved for t = inf now (the others refuse a singular K at a t = inf prediction)
+            check_interpolable(Xt, self.y_train, self.ridge)
+        self.solver, self._iterative = chosen.name, None
+        if chosen.spread:   # the exact algebra below: Theta only (Sigma(X, X) when a std or covariance needs it)
+            self._K = self._kernel(Xt, get=get).detach().to(dtype)
+            self._Sigma = None if trained == "all" else self._K
+            self._owns_K = trained == "all"          # free to factor in place (recomputed if needed again)
+            return
+        self._iterative = chosen(problem)
 
     def _kernel(self, X: torch.Tensor, Y: torch.Tensor | None = None, get: Any = "ntk",
                 progress: bool | None = None) -> Any:
@@ -213,7 +237,7 @@ class InfiniteWidthGP:
 
     @property
     def iterations(self) -> int:
-        """CG iterations of the t = inf solve of solver "cg" (run on first access) or "nystrom"; 1 for "cholesky"."""
+        """Iterations of the t = inf solve of an iterative solver ("cg": run on first access); 1 for "cholesky"."""
         return 1 if self._iterative is None else self._iterative.iterations
 
     @property

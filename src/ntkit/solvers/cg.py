@@ -9,6 +9,7 @@ relative to the ridge (Diaz, Epperly, Frangella, Tropp and Webber 2023), typical
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +60,10 @@ def conjugate_gradient(matvec, B: torch.Tensor, precondition=None, *, tol: float
     """Solve A X = B for a symmetric positive definite A given by `matvec` (V -> A V), with the preconditioner
     `precondition` (R -> P^-1 R, symmetric positive definite) or none. Columns are independent CG runs sharing
     each product with A. Raises ValueError when A is found not positive definite on the first direction
-    (p^T A p <= 0); later, the same (rounding once the residual has stalled) ends the iteration where it is."""
+    (p^T A p <= 0); later, the same (rounding once the residual has stalled) ends the iteration where it is.
+    Each column is first scaled by a power of two to a largest entry near 1 (exact), so right-hand sides far from 1
+    (1e-170 or 1e160 in float64) neither underflow nor overflow in the inner products."""
+    B, unscale = unit_columns(B)
     X = torch.zeros_like(B)
     R = B.clone()
     scale = B.norm(dim=0)
@@ -97,12 +101,31 @@ def conjugate_gradient(matvec, B: torch.Tensor, precondition=None, *, tol: float
         P = Z + beta * P
     bar.close()
     final = float(residual.max()) if residual.numel() else 0.0
-    return CGResult(X, iterations, final, final <= tol)
+    if final != final:  # NaN: the operator or the preconditioner produced non-finite values
+        raise FloatingPointError(f"conjugate gradients produced a non-finite residual at iteration {iterations}: "
+                                 "the kernel or the preconditioner has non-finite values (check the Gram for inf "
+                                 "or NaN, or pass a larger ridge)")
+    return CGResult(unscale(X), iterations, final, final <= tol)
+
+
+def unit_columns(B: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(B with each column scaled by 2^-e so that its largest entry lies in [1/2, 1), the map that scales a solution
+    back). Powers of two are exact; all-zero columns are left as they are. Linear solves commute with it."""
+    top = B.abs().amax(dim=0) if B.numel() else B.new_zeros(B.shape[1:])
+    exponent = torch.where(top > 0, torch.frexp(top).exponent, torch.zeros_like(top, dtype=torch.int32))
+    bound = int(torch.frexp(torch.tensor(torch.finfo(B.dtype).max, dtype=B.dtype)).exponent) - 3  # 2^bound exists
+    exponent = exponent.clamp(-bound, bound)
+
+    def unscale(X: torch.Tensor) -> torch.Tensor:
+        return torch.ldexp(X, exponent)
+
+    return torch.ldexp(B, -exponent), unscale
 
 
 def warn_not_converged(result: CGResult, tol: float, max_iter: int, what: str = "conjugate gradients") -> None:
     if not result.converged:
-        warnings.warn(f"{what} stopped after max_iter = {max_iter} iterations with relative residual "
+        cause = f"max_iter = {max_iter}" if result.iterations >= max_iter else "a stalled residual"
+        warnings.warn(f"{what} stopped after {result.iterations} iterations ({cause}) with relative residual "
                       f"{result.residual:.3g} > tol = {tol:.3g}. Raise max_iter, raise the preconditioner's rank, "
                       "pass a larger ridge (a singular or ill-conditioned K converges slowly), or loosen tol",
                       ConvergenceWarning, stacklevel=3)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .. import gram
-from .cg import CGResult, conjugate_gradient, warn_not_converged
+from .cg import CGResult, conjugate_gradient, unit_columns, warn_not_converged
 
 
 class FalkonPreconditioner:
@@ -110,6 +110,7 @@ def falkon(K_nm: CrossOperator, K_mm: torch.Tensor, Y: torch.Tensor, ridge: floa
     system; the result's residual is that of the preconditioned system."""
     n = Y.shape[0]
     B = FalkonPreconditioner(K_mm, ridge, n)
+    Y, unscale = unit_columns(Y)  # targets far from 1 (1e-170, 1e160) neither underflow nor overflow in K_nm^T Y
 
     def matvec(V: torch.Tensor) -> torch.Tensor:
         BV = B.apply(V)
@@ -118,5 +119,5 @@ def falkon(K_nm: CrossOperator, K_mm: torch.Tensor, Y: torch.Tensor, ridge: floa
     result = conjugate_gradient(matvec, B.apply_transpose(K_nm.transpose_times(Y)), tol=tol, max_iter=max_iter,
                                 desc="Nystrom (Falkon) CG", show_progress=show_progress)
     warn_not_converged(result, tol, max_iter, "Nystrom conjugate gradients")
-    result.solution = B.apply(result.solution)
+    result.solution = unscale(B.apply(result.solution))
     return result
