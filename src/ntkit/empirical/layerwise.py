@@ -28,6 +28,9 @@ from .. import memory
 from . import attention, rules
 from .common import Problem, call, contract, fill, samples_per_block, working_memory
 
+#: Per-sample gradient blocks with at least this many numbers per output are contracted on their own.
+LARGE_PIECE = 1 << 14
+
 
 class Injector:
     """What the hooks do: record each site's input ("capture"), or add a shift to its output ("inject")."""
@@ -60,6 +63,7 @@ class Plan:
     dropped: dict[str, str]   # module -> why its rule is not used
     attention: dict[str, nn.MultiheadAttention]
     injector: Injector
+    batched: bool = False     # samples do not interact: cotangents from one batched pass (else one per sample)
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -149,11 +153,12 @@ def _batch_dim(one: tuple[int, ...], two: tuple[int, ...]) -> int | None:
     return diffs[0] if len(diffs) == 1 and one[diffs[0]] == 1 and two[diffs[0]] == 2 else None
 
 
-def _capture(problem: Problem, injector: Injector, X: torch.Tensor) -> None:
+def _capture(problem: Problem, injector: Injector, X: torch.Tensor) -> torch.Tensor:
     injector.reset("capture")
     with torch.no_grad():
-        call(problem.model, problem.all_values(), (X,))
+        out = call(problem.model, problem.all_values(), (X,))
     injector.mode = "off"
+    return out
 
 
 def make_plan(problem: Problem) -> Plan:
@@ -170,10 +175,14 @@ def make_plan(problem: Problem) -> Plan:
     if sites and problem.X.shape[0]:
         with instrumented(plan, problem) as injector:
             x1 = problem.X[:1]
-            _capture(problem, injector, x1)
+            alone = _capture(problem, injector, x1)
             one = ({k: [tuple(t.shape) for t in v] for k, v in injector.inputs.items()}, dict(injector.out_shapes))
-            _capture(problem, injector, x1.expand(2, *x1.shape[1:]))
+            x2 = torch.cat([x1, problem.cols[-1:] if problem.X.shape[0] < 2 else problem.X[1:2]])
+            pair = _capture(problem, injector, x2)
             two = ({k: [tuple(t.shape) for t in v] for k, v in injector.inputs.items()}, dict(injector.out_shapes))
+        # samples independent (eval mode): the first output does not depend on the second sample
+        plan.batched = bool(torch.allclose(alone.reshape(-1), pair[:1].reshape(-1), rtol=1e-5, atol=1e-6)) \
+            if pair.shape[:1] == (2,) else False
         for site in list(sites):
             why = _locate(site, one, two)
             if why:
@@ -218,18 +227,46 @@ def _locate(site: rules.Site, one: tuple, two: tuple) -> str | None:
 # ------------------------------------------------------------------------------- features
 @dataclass
 class BlockFeatures:
-    jac: torch.Tensor | None                 # (B, K, P): per-sample gradients (jacobian-order layers, fallback)
+    jac: list[torch.Tensor]                  # (B, K, P_i): per-sample gradients (jacobian-order layers, fallback)
     positions: list[rules.PositionFeatures]  # positions-order weights
 
     @property
     def nbytes(self) -> int:
-        jac = 0 if self.jac is None else self.jac.numel() * self.jac.element_size()
-        return jac + sum(p.nbytes for p in self.positions)
+        return sum(j.numel() * j.element_size() for j in self.jac) + sum(p.nbytes for p in self.positions)
+
+
+def _batched_cotangents(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
+                        ) -> dict[str, torch.Tensor]:
+    """site -> cotangents (B, K, *out without batch), from one pass of the whole batch: samples do not
+    interact, so d(sum_b F_k(x_b))/d shift_b = dF_k(x_b)/dz_b (K reverse passes, vmapped)."""
+    model, b, k = problem.model, X.shape[0], problem.n_outputs
+    shapes = {s.key: list(s.out_shape) for s in plan.sites}
+    for site in plan.sites:
+        shapes[site.key][site.batch_out] = b
+    deltas = {key: torch.zeros(shape, dtype=problem.dtype, device=problem.device) for key, shape in shapes.items()}
+    values = problem.all_values()
+
+    def f(deltas_: dict[str, torch.Tensor]) -> torch.Tensor:
+        injector.deltas, injector.mode = deltas_, "inject"
+        try:
+            return call(model, values, (X,)).reshape(b, k).sum(0)
+        finally:
+            injector.mode, injector.deltas = "off", {}
+
+    cot = jacrev(f)(deltas)  # (K, *out with the batch)
+    return {s.key: cot[s.key].movedim(1 + s.batch_out, 0) for s in plan.sites}
 
 
 def _cotangents(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """(site -> cotangents (B, K, *out without batch), fallback Jacobian (B, K, P_f) or None)."""
+    if plan.batched and plan.sites:
+        cots = _batched_cotangents(plan, problem, X, injector)
+        if not plan.fallback:
+            return cots, None
+        from .generic import jacobian
+
+        return cots, jacobian(problem, plan.fallback, X)
     trainable, frozen, model = problem.trainable, problem.frozen, problem.model
     chunk = {n: trainable[n] for n in plan.fallback}
     fixed = {n: v for n, v in trainable.items() if n not in chunk}
@@ -268,12 +305,17 @@ def block_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatur
             positions.append(rules.position_features(site, a, g))
     if fallback is not None:
         pieces.append(fallback)
-    jac = torch.cat(pieces, 2) if len(pieces) > 1 else pieces[0] if pieces else None
-    return BlockFeatures(jac, positions)
+    # large pieces are contracted one by one (no copy); the small ones (biases, norms) in one product
+    large = [piece for piece in pieces if piece.shape[2] >= LARGE_PIECE]
+    small = [piece for piece in pieces if piece.shape[2] < LARGE_PIECE]
+    return BlockFeatures(large + ([torch.cat(small, 2)] if small else []), positions)
 
 
 def tile(fx: BlockFeatures, fy: BlockFeatures, mode: str, n_outputs: int) -> torch.Tensor:
-    theta = None if fx.jac is None else contract(fx.jac, fy.jac, mode, n_outputs)
+    theta = None
+    for jx, jy in zip(fx.jac, fy.jac, strict=True):
+        part = contract(jx, jy, mode, n_outputs)
+        theta = part if theta is None else theta.add_(part)
     for px, py in zip(fx.positions, fy.positions, strict=True):
         part = rules.position_tile(px, py, mode, n_outputs)
         theta = part if theta is None else theta.add_(part)
