@@ -23,8 +23,10 @@ system maps into several processes. Dask is imported only here
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
@@ -85,11 +87,23 @@ def connect(address: str, *, timeout: float = 10.0, security: Any = None) -> Any
     answers within `timeout` seconds, and ValueError for an address Dask cannot read.
 
     The address is first probed with Dask's own comm under a hard timeout: a Client waits without end on a
-    socket that accepts connections but never answers Dask's handshake.
+    socket that accepts connections but never answers Dask's handshake, and something else listening there (an
+    SSH server, a web server) answers with bytes Dask misreads (a MemoryError for exabytes): both are a
+    ConnectionError saying what was found.
+
+    Security: a Dask scheduler runs whatever code its clients send, for anyone who can reach it. Over plain TCP
+    the traffic is neither encrypted nor authenticated, so a `tcp://` address that is not this machine's loopback
+    gives a `InsecureConnectionWarning`; beyond one machine use TLS ("tls://...", with `security`).
     """
     distributed = require_distributed()
     if not isinstance(address, str) or not address.strip():
         raise TypeError(f"scheduler address must be a non-empty string like 'tcp://HOST:PORT', got {address!r}")
+    if plain_remote(address):
+        warnings.warn(f"scheduler address {address!r} is plain TCP to another machine: anyone who can reach that "
+                      "scheduler can run code on its workers, and the traffic (your data and kernels) is neither "
+                      "encrypted nor authenticated. Use TLS ('tls://...' with security=distributed.security."
+                      "Security(...)), or reach it through an SSH tunnel to a loopback address",
+                      InsecureConnectionWarning, stacklevel=2)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
     connection_args = security.get_connection_args("client") if security is not None else {}
@@ -111,6 +125,27 @@ def connect(address: str, *, timeout: float = 10.0, security: Any = None) -> Any
             raise ConnectionError(f"no Dask scheduler answered at {address!r} within {timeout:g} s ({detail}); "
                                   "check the address, that `dask scheduler` runs there, and the network and TLS "
                                   "settings") from exc
+        except Exception as exc:  # MemoryError, decoding errors: the bytes that came back are not Dask's protocol
+            raise ConnectionError(f"something answered at {address!r}, but not a Dask scheduler (its reply could not "
+                                  f"be read as Dask's protocol: {type(exc).__name__}); check the address and port "
+                                  "(8786 by default) and that `dask scheduler` runs there") from exc
+
+
+class InsecureConnectionWarning(UserWarning):
+    """A Dask scheduler reached over plain TCP from another machine (no encryption, no authentication)."""
+
+
+def plain_remote(address: str) -> bool:
+    """Whether `address` is plain TCP ("tcp://", or no scheme, which Dask reads as TCP) to a host other than this
+    machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    if url.scheme != "tcp":
+        return False
+    host = url.hostname or ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return host != "localhost"
 
 
 # ------------------------------------------------------------------------ sending the tile function once
