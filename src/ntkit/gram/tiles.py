@@ -107,8 +107,8 @@ class KernelTiles:
         if start >= 0:
             part = self.describe[start:self.describe.find(">", start) + 1]
             raise ValueError(f"a Gram store needs a fingerprint of the kernel, and part of it has none ({part}). "
-                             "Name the function, e.g. nk.Activation(fn, fingerprint='my-activation-v1') or "
-                             "ntkit.activations.Quadrature(fn, fingerprint=...), or use a registered activation")
+                             "Name the function: activation=ntkit.activations.Quadrature(fn, "
+                             "fingerprint='my-activation-v1'), or use a registered activation name")
 
 
 def require_room(shape: tuple[int, int], count: int, dtype: torch.dtype, device: torch.device) -> None:
