@@ -200,3 +200,19 @@ def test_bad_inputs(problem):
         LeastSquares(K, y).train_outputs(steps=3)
     with pytest.raises(ValueError, match="ridge"):
         LeastSquares(K, y, ridge=-1.0)
+
+
+def test_numpy_in_gives_numpy_out_also_with_kernel_tiles():
+    """LeastSquares over matrix-free tiles, NumPy targets and a NumPy cross Gram: NumPy predictions, equal to the
+    exact solver's."""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    y = np.sin(X[:, 0])
+    arch = nk.MLP(2)
+    iterative = nk.LeastSquares(arch.kernel_tiles(torch.from_numpy(X)), y, solver="cg")
+    exact = nk.LeastSquares(arch.kernel(X), y)
+    K = arch.kernel(X[:5], X)
+    for t in (5.0, np.inf):
+        out = iterative.predict(K, t=t)
+        assert isinstance(out, np.ndarray) and out.shape == (5,)
+        np.testing.assert_allclose(out, exact.predict(K, t=t), rtol=1e-7, atol=1e-9)
+    assert isinstance(iterative.predict(torch.from_numpy(K), t=5.0), np.ndarray)  # the targets were NumPy

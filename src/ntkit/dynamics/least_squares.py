@@ -85,7 +85,8 @@ class LeastSquares:
         if isinstance(K_train, gram.KernelTiles):
             if solver != "cg":
                 raise ValueError("K_train given as kernel tiles (matrix-free) needs solver='cg'")
-            self._init_targets(K_train, y_train, f0_train, K_train.n, K_train.device, dtype, numpy=False)
+            self._init_targets(K_train, y_train, f0_train, K_train.n, K_train.device, dtype,
+                               numpy=not isinstance(y_train, torch.Tensor))
             self._iterative = IterativeLeastSquares(KernelOperator(K_train), self.y_train - self.f0_train,
                                                     self.ridge, tol=tol, max_iter=max_iter)
             return
@@ -177,6 +178,7 @@ class LeastSquares:
         """
         times, s, lr_value, scalar = resolve_schedule(t, steps, lr)
         n, dtype, device = self.y_train.shape[0], self.y_train.dtype, self.y_train.device
+        numpy = self._numpy or not isinstance(K_test_train, (torch.Tensor, gram.KernelTiles))  # NumPy in, NumPy out
         if isinstance(K_test_train, gram.KernelTiles):
             if self._iterative is None:
                 raise ValueError("K_test_train given as kernel tiles needs solver='cg'")
@@ -196,14 +198,14 @@ class LeastSquares:
             flat = W.permute(1, 0, 2).reshape(n, -1)
             KW = gram.matmul(Ks, flat) if isinstance(Ks, gram.KernelTiles) else Ks @ flat
             out = f0[None] + KW.reshape(m, len(times), k).transpose(0, 1)
-            return to_output(shape_output(out, scalar, self._vector), self._numpy)
+            return to_output(shape_output(out, scalar, self._vector), numpy)
         alpha = self._limit_weights(times, s)
         if alpha is not None:                  # kernel (ridge) regression, at each time
             out = (f0 + Ks @ alpha)[None].repeat(len(times), 1, 1)
-            return to_output(shape_output(out, scalar, self._vector), self._numpy)
+            return to_output(shape_output(out, scalar, self._vector), numpy)
         rates = self._rates(times)
         V = self.spectrum.eigenvectors
         phi = torch.as_tensor(integrated_decay(rates, times, s, lr_value) / n, dtype=V.dtype, device=V.device)
         weights = V @ (phi.T[:, :, None] * self._residual_hat[:, None, :]).reshape(n, -1)    # (N, T k)
         out = f0[None] + (Ks @ weights).reshape(m, len(times), k).transpose(0, 1)
-        return to_output(shape_output(out, scalar, self._vector), self._numpy)
+        return to_output(shape_output(out, scalar, self._vector), numpy)
