@@ -33,7 +33,7 @@ import torch
 NODES = 2048            # Gauss-Hermite nodes for the coefficients
 TERMS = 1024            # coefficients kept (half the nodes: the rest only measure the aliasing)
 TOLERANCE = 1e-11       # relative bound on a map's truncation and table error
-TABLE_DEGREE = 5        # local polynomial degree of the tables in rho
+TABLE_DEGREE = 3        # local polynomial degree of the tables in rho
 MAX_TABLES = 16         # pairs of distinct variances up to which maps are tabulated
 MAX_PANELS = 1 << 15
 _MANTISSA_BITS = 42     # variances equal to 2^-42 relative share their coefficients
@@ -128,7 +128,7 @@ class HermiteMaps:
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
         self.fn = fn
-        self._cache: dict[tuple[int, bytes], _Coefficients] = {}
+        self._cache: dict[tuple, object] = {}
 
     def coefficients(self, variances: np.ndarray, order: int) -> _Coefficients:
         key = (order, variances.tobytes())
@@ -181,27 +181,36 @@ class HermiteMaps:
 
     def _tabulated(self, rho, reps1, index1, reps2, index2, orders, shape) -> list[torch.Tensor]:
         """The maps from tables of piecewise polynomials in rho, one per pair of distinct variances."""
-        tables = []
-        for m, n in orders:
-            a, b, _ = self._terms(reps1, reps2, m, n)
-            pairs = (a[:, None, :] * b[None, :, :]).reshape(-1, a.shape[1])       # (G1 G2, K)
-            tables.append([_table(p) for p in pairs])
-        panels = max(t.shape[0] for per in tables for t in per)
-        u = (rho + 1).mul_(panels / 2)
+        tables = [self._tables(reps1, reps2, m, n) for m, n in orders]
+        panels = max(t.shape[0] for t in tables) // (len(reps1) * len(reps2))
+        u = rho.mul_(panels / 2).add_(panels / 2)                                  # (rho + 1) panels / 2
         j = u.floor().clamp_(0, panels - 1)
         t = u.sub_(j)
         flat = j.long()
         if len(reps1) * len(reps2) > 1:
-            flat = flat + (index1 * len(reps2) + index2) * panels
+            flat += (index1 * len(reps2) + index2) * panels
         out = []
-        for per in tables:
-            table = np.concatenate([_refine(p, panels) for p in per])               # (pairs * panels, d + 1)
-            table = torch.as_tensor(table.T.copy(), dtype=rho.dtype, device=rho.device)
+        for table in tables:
+            per_pair = table.shape[0] // (len(reps1) * len(reps2))
+            table = table if per_pair == panels else np.concatenate(
+                [_refine(part, panels) for part in np.split(table, len(reps1) * len(reps2))])
+            table = torch.as_tensor(table.T.copy(), dtype=rho.dtype, device=rho.device)   # (d + 1, pairs panels)
             total = torch.take(table[-1], flat)
             for k in range(table.shape[0] - 2, -1, -1):
-                total.mul_(t).add_(torch.take(table[k], flat))
+                total = torch.take(table[k], flat).addcmul_(total, t)
             out.append(total)
         return out
+
+    def _tables(self, reps1, reps2, m, n) -> np.ndarray:
+        """(pairs * panels, TABLE_DEGREE + 1): the tables of every pair of distinct variances on a common number of
+        panels, pairs in row-major order of (reps1, reps2); cached."""
+        key = ("table", m, n, reps1.tobytes(), reps2.tobytes())
+        if key not in self._cache:
+            a, b, _ = self._terms(reps1, reps2, m, n)
+            tables = [_table(p) for p in (a[:, None, :] * b[None, :, :]).reshape(-1, a.shape[1])]
+            panels = max(t.shape[0] for t in tables)
+            self._cache[key] = np.concatenate([_refine(t, panels) for t in tables])
+        return self._cache[key]
 
 
 def _groups(q: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -216,7 +225,8 @@ def _correlation(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, shape) -> 
     tiny = torch.finfo(c.dtype).tiny
     r1 = torch.where(q1 > 0, torch.rsqrt(q1.clamp(min=tiny)), 0.0)
     r2 = torch.where(q2 > 0, torch.rsqrt(q2.clamp(min=tiny)), 0.0)
-    return (c * r1).mul_(r2).expand(shape).clone().clamp_(-1.0, 1.0)
+    rho = (c * r1).mul_(r2)
+    return (rho if rho.shape == shape else rho.expand(shape).clone()).clamp_(-1.0, 1.0)
 
 
 def _series_at(coefficients: np.ndarray, rho: np.ndarray) -> np.ndarray:

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 
 from .. import _fingerprint
-
 from .base import Activation, angle, safe_sqrt
 from .hermite import HermiteMaps, gaussian_maps
 
@@ -95,16 +94,29 @@ def _angular_rule(degree: int, dtype: torch.dtype, device: torch.device) -> tupl
 
 
 class Quadrature(Activation):
-    """A nonlinearity given as a torch callable; its Gaussian expectations by quadrature."""
+    """A nonlinearity given as a torch callable; its Gaussian expectations from the Hermite expansion where it
+    converges, by 2-D quadrature otherwise.
+
+    fast: try the Hermite expansion first (`ntkit.activations.hermite`): each call whose variances the truncated
+    series resolves to a relative 1e-11 (smooth functions at moderate variances: tanh up to q of about 3, sigmoid,
+    softplus and SiLU up to about 10) takes it, at the cost of a few passes over the Gram; the others (a kink or
+    jump, as in elu, selu and relu, or larger variances) take the quadrature of `degree`. `last_path` says which
+    path the most recent map took ("hermite" or "quadrature"). fast=False: always the quadrature (the reference).
+    """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str | None = None,
-                 degree: int = DEFAULT_DEGREE, fingerprint: str | None = None):
+                 degree: int = DEFAULT_DEGREE, fingerprint: str | None = None, fast: bool = True):
         if not callable(fn):
             raise TypeError(f"activation must be a name or a callable, got {type(fn).__name__}")
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 2:
             raise ValueError(f"degree must be an integer >= 2, got {degree!r}")
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be True or False, got {type(fast).__name__}")
         self.fn = fn
         self.degree = degree
+        self.fast = fast
+        self.last_path: str | None = None
+        self._hermite = HermiteMaps(fn)
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint.strip()):
             raise TypeError(f"fingerprint must be a non-empty string naming the function, got {fingerprint!r}")
@@ -193,16 +205,35 @@ class Quadrature(Activation):
             errors.append((ours - exact).abs() / exact.abs().clamp(min=torch.finfo(q.dtype).tiny))
         return torch.stack(errors) if errors else q.new_zeros((0, 2))
 
+    def hermite_resolves(self, q: torch.Tensor, orders: tuple[int, ...] = (0, 1)) -> bool:
+        """Whether the Hermite series of sigma^(m), m in `orders`, reaches its tolerance at every variance in q
+        (then the maps at these variances take the fast path, and their derivatives exist to that order)."""
+        q = torch.as_tensor(q).detach()
+        return self._hermite.resolves(q, q, orders)
+
+    def _maps(self, c, q1, q2, derivatives: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Sigma map, SigmaDot map or None): the Hermite series where it resolves the variances, else `_expect`."""
+        c, q1, q2 = (torch.as_tensor(t) for t in (c, q1, q2))
+        if (self.fast and c.is_floating_point() and c.numel() and q1.numel() and q2.numel()
+                and self._hermite.resolves(q1.detach(), q2.detach(), (0, 1) if derivatives else (0,))):
+            self.last_path = "hermite"
+            maps = gaussian_maps(c, q1.to(c.dtype), q2.to(c.dtype), self._hermite,
+                                 ((0, 0), (1, 1)) if derivatives else ((0, 0),))
+            return maps[0], (maps[1] if derivatives else None)
+        self.last_path = "quadrature"
+        return self._expect(c, q1, q2, derivatives)
+
     def sigma(self, c, q1, q2):
-        return self._expect(c, q1, q2, derivatives=False)[0]
+        return self._maps(c, q1, q2, derivatives=False)[0]
 
     def sigma_dot(self, c, q1, q2):
-        return self._expect(c, q1, q2, derivatives=True)[1]
+        return self._maps(c, q1, q2, derivatives=True)[1]
 
     def sigma_both(self, c, q1, q2):
-        return self._expect(c, q1, q2, derivatives=True)
+        return self._maps(c, q1, q2, derivatives=True)
 
     def __repr__(self) -> str:
         code = f"code={self.fingerprint[:16]}" if self.fingerprint is not None else _fingerprint.unfingerprintable(
             f"the activation {self.name!r}; pass fingerprint='...' naming it, or use a registered activation name")
-        return f"Quadrature({self.name!r}, degree={self.degree}, {code})"
+        fast = "" if self.fast else ", fast=False"
+        return f"Quadrature({self.name!r}, degree={self.degree}{fast}, {code})"
