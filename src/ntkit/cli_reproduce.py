@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .cli_paths import check_folder
 from .experiments.runner import FIGURES, reproduce
 from .experiments.settings import get_settings
 from .progress import set_progress
@@ -29,7 +30,7 @@ Figure 3 (MNIST: convergence along the 2nd kernel principal component). Writes f
 metrics.json (every number) and report.md (settings, numbers, and whether each of the paper's claims is
 borne out) into --out.
 
-The default sizes finish in about ten minutes on a 2-core CPU; --full uses the paper's sizes (meant for a
+The default sizes finish in about two to three minutes on a 2-core CPU; --full uses the paper's sizes (meant for a
 GPU). MNIST is read from --data-dir, $NTKIT_DATA or the cache folder, downloaded there once if absent;
 offline, Figure 3 falls back to scikit-learn's 8x8 digits and the report says so."""
 
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         overrides = parse_overrides(args.overrides, args.full)
+        check_folder(args.out, "--out")   # before any work
         reproduce(args.figure, args.out, full=args.full, device=args.device, seed=args.seed,
                   data_dir=args.data_dir, download=not args.no_download,
                   progress=False if args.quiet else None,
