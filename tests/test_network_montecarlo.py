@@ -82,3 +82,20 @@ def test_empirical_ntk_converges_to_theta_like_one_over_sqrt_width():
     ratio = errors[64] / errors[1024]
     assert 2.0 < ratio < 8.0  # sqrt(1024 / 64) = 4
     assert errors[1024] < 0.1 * float(exact.norm())
+
+
+@pytest.mark.parametrize("get", ["ntk", "nngp"])
+def test_monte_carlo_of_a_convolutional_architecture(get):
+    # Theorem 1 / Proposition 1 for any architecture: the average over random finite CNNs (networks built from the
+    # same description, arch.network(in_shape=...)) tends to the exact kernel. Allowed: 4 standard errors of the
+    # average, plus the O(1/width) bias of width 48 (a few percent).
+    arch = nk.Sequential(nk.Conv2d(3), nk.ReLU(), nk.GlobalAvgPool(), nk.Linear())
+    X = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    estimate = nk.monte_carlo_ntk if get == "ntk" else nk.monte_carlo_nngp
+    mean, stderr = estimate(arch, X, width=48, n_samples=8, progress=False)
+    exact = arch.kernel(X, get=get)
+    assert mean.shape == exact.shape == (3, 3)
+    assert ((mean - exact).abs() <= 4 * stderr + 0.05 * exact.abs()).all()
+    flat = nk.MLP(2)
+    with pytest.raises(ValueError, match="flat inputs"):
+        nk.monte_carlo_ntk(flat, X, width=8, n_samples=2)
