@@ -31,6 +31,7 @@ from ntkit._range import (
     KernelUnderflowError,
     KernelUnderflowWarning,
 )
+from ntkit.layers import execute
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -345,7 +346,7 @@ def exact_diagonals(arch: nk.Sequential, X64: torch.Tensor, want_ntk: bool) -> t
     """Every layer's diagonals in float64 (the input's x.x / C first) and the variances fed to the activations and
     LayerNorm: the self pass of the implementation, in float64, without its range checks."""
     steps, need = arch.plan(tuple(X64.shape[1:]))
-    q, _, _, diagonals = arch._self_pass(X64, steps, need, want_ntk, len(X64) or 1)
+    q, _, _, diagonals = execute.self_pass(X64, steps, need, want_ntk, len(X64) or 1)
     return diagonals, [v.numpy() for v in q]
 
 

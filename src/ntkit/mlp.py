@@ -5,8 +5,9 @@
     K    = arch.kernel(X, get="ntk")                           # Theta^(L), Theorem 1
     S, K = arch.kernel(X, get=("nngp", "ntk"))                 # Sigma^(L) (Proposition 1) and Theta^(L)
 
-Its kernels are those of `arch.layers`, the same network as `ntkit.layers.Sequential` (Linear, Activation, ...,
-Linear), which runs the fused recursion of `ntkit.kernels` for such chains.
+Every view is that of `arch.layers`, the `ntkit.layers.Sequential` (Linear, Activation, ..., Linear) of the same
+network: the kernels, their diagonal, their tiles, the autograd path and the finite network. Its composer runs the
+fused recursion of `ntkit.kernels` for such chains.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import numpy as np
 import torch
 
 from . import gram
-from ._checks import as_matrix, check_choice, check_positive_int, check_real, to_output
+from ._checks import as_matrix, check_choice, check_positive_int, check_real
 from .activations import DEFAULT_DEGREE, Nonlinearity, get_activation
-from .kernels import Recursion, kernel_block, kernel_diag
+from .kernels import Recursion
 from .layers import Activation, Linear, Sequential
+from .layers.sequential import _return, check_get
 from .nets import NTKNetwork
 
-KERNELS = ("ntk", "nngp")
 PARAMETRIZATIONS = ("ntk", "standard")
 Array = torch.Tensor | np.ndarray
 
@@ -69,9 +70,12 @@ class MLP:
     @property
     def layers(self) -> Sequential:
         """This architecture as layers (Linear, Activation, Linear, ..., Linear; `depth` Linear layers)."""
-        layers: list = [Linear(self.W_std, self.b_std)]
+        def linear() -> Linear:
+            return Linear(self.W_std, self.b_std, parametrization=self.parametrization)
+
+        layers: list = [linear()]
         for _ in range(self.depth - 1):
-            layers += [Activation(self.activation), Linear(self.W_std, self.b_std)]
+            layers += [Activation(self.activation), linear()]
         return Sequential(*layers)
 
     # ----------------------------------------------------------------- the finite network
@@ -84,24 +88,14 @@ class MLP:
         (ignored, and may be None, when depth = 1). `seed` makes the initialization reproducible.
         """
         in_features = check_positive_int(in_features, "in_features")
-        out_features = check_positive_int(out_features, "out_features")
         hidden = self.depth - 1
-        if hidden == 0:
-            widths: list[int] = []
-        elif isinstance(width, (list, tuple)):
-            if len(width) != hidden:
-                raise ValueError(f"width must list {hidden} hidden widths for depth {self.depth}, got {len(width)}")
-            widths = [check_positive_int(w, "width") for w in width]
-        elif width is None:
+        if hidden and isinstance(width, (list, tuple)) and len(width) != hidden:
+            raise ValueError(f"width must list {hidden} hidden widths for depth {self.depth}, got {len(width)}")
+        if hidden and width is None:
             raise ValueError(f"width is required for depth {self.depth} (it has {hidden} hidden layers)")
-        else:
-            widths = [check_positive_int(width, "width")] * hidden
-        if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        net = NTKNetwork([in_features, *widths, out_features], self.activation, float(self.W_std),
-                         float(self.b_std), self.parametrization, generator, dtype)
-        return net.to(device) if device is not None else net
+        modules = self.layers.modules(in_features, width, out_features, seed, dtype, device)
+        widths = [in_features, *(module.out_features for module in modules[::2])]
+        return NTKNetwork.of(modules, widths)
 
     # ------------------------------------------------------------ the infinite-width kernels
     def kernel(self, X: Array, Y: Array | None = None, get: str | tuple[str, ...] = "ntk", *,
@@ -129,27 +123,9 @@ class MLP:
         names = self._check_get(get)
         Xt, numpy_in = as_matrix(X, "X")
         Yt = None if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
-        rec = self.recursion
-        needs_graph = torch.is_grad_enabled() and any(
-            isinstance(t, torch.Tensor) and t.requires_grad for t in (Xt, Yt, rec.W_std, rec.b_std))
-        if needs_graph:  # differentiable: one block, the autograd graph needs every tile anyway
-            if out is not None:
-                raise ValueError("out cannot be used while differentiating through the kernel")
-            symmetric = Yt is None
-            Xt, Yt = _same_features(Xt, Xt if Yt is None else Yt)
-            sigma, theta = kernel_block(Xt, Yt, rec, "ntk" in names)
-            if symmetric:   # the exact diagonal (no sqrt(eps) of the angle), as the tiled path has it
-                exact = kernel_diag(Xt, rec, "ntk" in names)
-                sigma = sigma.diagonal_scatter(exact[0])
-                theta = None if theta is None else theta.diagonal_scatter(exact[1])
-            results = [theta if name == "ntk" else sigma for name in names]
-            return self._return(results, get, numpy_in)
-
-        tiles = self.kernel_tiles(Xt, Yt, get=names, tile=tile, compile=compile)
-        outs = gram.evaluate(tiles, out, show_progress=progress, client=client)
-        if out is not None:  # the caller's own arrays, filled in place
-            return outs[0] if isinstance(get, str) else tuple(outs)
-        return self._return(outs, get, numpy_in)
+        Xt, Yt = _same_features(Xt, Yt)
+        return self.layers.evaluate(Xt, Yt, names, get, numpy_in, out=out, tile=tile, progress=progress,
+                                    client=client, compile=compile, describe=self.describe)
 
     def kernel_tiles(self, X: torch.Tensor, Y: torch.Tensor | None = None, get: str | tuple[str, ...] = "ntk", *,
                      tile: int | None = None, compile: bool = False) -> gram.KernelTiles:
@@ -163,41 +139,31 @@ class MLP:
         """
         names = self._check_get(get)
         Xt = as_matrix(X, "X")[0]
-        Yt = Xt if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
+        Yt = None if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
         Xt, Yt = _same_features(Xt, Yt)
-        return self.layers.tiles(Xt, None if Y is None else Yt, names, tile=tile, compile=compile,
-                                 describe=self.describe())
+        return self.layers.tiles(Xt, Yt, names, tile=tile, compile=compile, describe=self.describe())
 
     def kernel_diag(self, X: Array, get: str | tuple[str, ...] = "ntk") -> Array | tuple[Array, ...]:
         """The diagonal K(x_i, x_i) of the kernels of `kernel`, shape (N,), in O(N) memory."""
         names = self._check_get(get)
         Xt, numpy_in = as_matrix(X, "X")
-        sigma, theta = kernel_diag(Xt, self.recursion, "ntk" in names)
-        return self._return([theta if name == "ntk" else sigma for name in names], get, numpy_in)
+        sigma, theta = self.layers.diagonal(Xt, "ntk" in names)
+        return _return([theta if name == "ntk" else sigma for name in names], get, numpy_in)
 
     # ---------------------------------------------------------------------------- helpers
     def _check_get(self, get: Any) -> tuple[str, ...]:
-        names = (get,) if isinstance(get, str) else get
-        if not isinstance(names, tuple) or not names:
-            raise TypeError(f"get must be 'ntk', 'nngp' or a tuple of them, got {get!r}")
-        for name in names:
-            check_choice(name, "get", KERNELS)
+        names = check_get(get)
         if "ntk" in names and self.parametrization == "standard":
             raise ValueError("get='ntk' is not defined for parametrization='standard': its NTK grows with the "
                              "width (Remark 1). Use parametrization='ntk' (same functions at initialization), "
                              "or get='nngp'")
         return names
 
-    @staticmethod
-    def _return(results: list, get: Any, numpy_out: bool) -> Any:
-        converted = [to_output(r, numpy_out) for r in results]
-        return converted[0] if isinstance(get, str) else tuple(converted)
 
-
-def _same_features(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """X and Y with the same number of features, in float32 or float64."""
-    if Y.shape[1] != X.shape[1]:
+def _same_features(X: torch.Tensor, Y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """X and Y (None: X, symmetric) with the same number of features, in float32 or float64."""
+    if Y is not None and Y.shape[1] != X.shape[1]:
         raise ValueError(f"X and Y must have the same number of features, got {X.shape[1]} and {Y.shape[1]}")
     if X.dtype not in (torch.float32, torch.float64):
-        X, Y = X.float(), Y.float()
+        X, Y = X.float(), None if Y is None else Y.float()
     return X, Y

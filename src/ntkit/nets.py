@@ -79,3 +79,12 @@ class NTKNetwork(nn.Sequential):
             layers.append(NTKLinear(n_in, n_out, W_std, b_std, parametrization, generator, dtype))
         super().__init__(*layers)
         self.widths = list(widths)
+
+    @classmethod
+    def of(cls, modules: list[nn.Module], widths: list[int]) -> NTKNetwork:
+        """The network of the given modules (NTKLinear, ActivationLayer, ..., NTKLinear, as `ntkit.MLP.layers`
+        builds them), with its `widths` [n0, n1, ..., nL]."""
+        net = cls.__new__(cls)
+        nn.Sequential.__init__(net, *modules)
+        net.widths = list(widths)
+        return net

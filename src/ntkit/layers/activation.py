@@ -33,6 +33,10 @@ class Activation(Layer):
     def __init__(self, activation: str | Callable | Nonlinearity = "relu", quadrature_degree: int = DEFAULT_DEGREE):
         self.activation = get_activation(activation, degree=quadrature_degree)
 
+    @property
+    def elementwise(self) -> Nonlinearity:
+        return self.activation
+
     def describe(self) -> str:
         return f"Activation({self.activation!r})"
 

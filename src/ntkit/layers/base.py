@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..activations import Nonlinearity
 from .record import Record, broadcast_variances, self_variances
 
 #: the layouts ordered by how much of the spatial covariance they keep
@@ -66,10 +67,29 @@ class Pass:
 
 
 class Layer:
-    """Base class of the layers. Subclasses set `weights` (True for Linear and Conv) and implement
-    `out_shape`, `apply`, `module` and `describe`; `need` and `gaussian` have defaults."""
+    """Base class of the layers. Subclasses implement `out_shape`, `apply`, `module` and `describe`, and declare
+    what the composer (`ntkit.layers.plan`, `ntkit.layers.execute`) needs to know of them, instead of being
+    recognized by class:
+
+        weights          a weight layer (Linear, Conv): its channel count is the width, its output a Gaussian
+        pools            it averages over positions (the range checks judge small values only before pooling)
+        odd_preserving   its output stays odd in the weights of the layer before (pooling, Flatten, LayerNorm):
+                         it may follow the last weight layer of a Residual branch
+        branch           the layers of a parallel branch (Residual), run by the composer, combined by `merge`
+        dense_scales     (W_std, b_std) of a fully-connected weight layer, else None     } chains of these run the
+        elementwise      the `Nonlinearity` of an elementwise layer, else None           } fused recursion
+        has_ntk_limit    False where the NTK grows with the width (a Linear in the standard parametrization)
+        need, gaussian   the spatial covariance it needs of its input; whether its output is Gaussian
+        start            the record of its output straight from the inputs, when it is the first layer (or None)
+    """
 
     weights: bool = False
+    pools: bool = False
+    odd_preserving: bool = False
+    branch: tuple[Layer, ...] | None = None
+    dense_scales: tuple | None = None
+    elementwise: Nonlinearity | None = None
+    has_ntk_limit: bool = True
 
     @property
     def name(self) -> str:
@@ -102,6 +122,26 @@ class Layer:
     def module(self, in_shape: tuple[int, ...], out_channels: int | None, generator: torch.Generator | None,
                dtype: torch.dtype) -> nn.Module:
         """The finite layer in the NTK parametrization (weight layers get `out_channels`)."""
+        raise NotImplementedError
+
+    def start(self, X: torch.Tensor, Y: torch.Tensor | None, in_need: str, want_ntk: bool, paired: bool
+              ) -> Record | None:
+        """As the first layer: the record of its output straight from the inputs X (r, C, *S) and Y (c, C, *S)
+        (None: each example with itself; `paired`: the pairs (X[b], Y[b])) whose input record has layout `in_need`,
+        when that is cheaper than the input record and `apply`; None to let the composer do the latter."""
+        return None
+
+    # --------------------------------------------------------------- layers with a branch (`branch` set)
+    def check_branch(self, shape: tuple[int, ...], branch_shape: tuple[int, ...], where: str) -> None:
+        """Refuse a branch whose output cannot be combined with the input of `shape` (a LayerError)."""
+        raise NotImplementedError
+
+    def merge(self, skip: Record, branch: Record) -> Record:
+        """The record of the output from the records of the input (`skip`) and of the branch's output."""
+        raise NotImplementedError
+
+    def wrap(self, branch: nn.Module) -> nn.Module:
+        """The finite layer, given the finite modules of the branch."""
         raise NotImplementedError
 
 

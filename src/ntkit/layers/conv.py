@@ -79,6 +79,10 @@ class _Conv(Layer):
         spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
         return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 
+    def start(self, X, Y, in_need, want_ntk, paired):
+        """A first convolution whose output keeps every pair of positions: one product of the inputs' patches."""
+        return first_conv_record(self, X, Y, want_ntk, paired) if in_need == "full" else None
+
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return NTKConv(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, float(self.W_std),
                        float(self.b_std), generator, dtype)

@@ -16,6 +16,8 @@ from .record import Record, full_to_diag
 class Flatten(Layer):
     """Flattens channels and positions into features (the identity on flat inputs)."""
 
+    odd_preserving = True
+
     def out_shape(self, shape, where):
         size = 1
         for s in shape:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_positive_int, check_real
+from .._checks import check_choice, check_positive_int, check_real
 from ..nets import NTKLinear
 from .base import Layer, LayerError, check_channels
 from .record import Record
@@ -38,18 +38,26 @@ def affine(record: Record, W_std, b_std, total=None, taps: int = 1) -> Record:
 
 class Linear(Layer):
     """y = W_std / sqrt(d) W x + b_std b, with W and b standard normal; the input must be flat (N, d)
-    (use Flatten or GlobalAvgPool after convolutions)."""
+    (use Flatten or GlobalAvgPool after convolutions). parametrization="standard" (Remark 1 of the paper):
+    W ~ N(0, W_std^2 / d), b ~ N(0, b_std^2) in the finite layer, the same NNGP, and no NTK limit."""
 
     weights = True
 
     def __init__(self, W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor = 0.1,
-                 in_channels: int | None = None):
+                 in_channels: int | None = None, parametrization: str = "ntk"):
+        self.parametrization = check_choice(parametrization, "parametrization", ("ntk", "standard"))
         self.W_std = check_real(W_std, "W_std", minimum=0.0)
         self.b_std = check_real(b_std, "b_std", minimum=0.0)
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
 
+    @property
+    def dense_scales(self) -> tuple:
+        return self.W_std, self.b_std
+
     def describe(self) -> str:
         known = "" if self.in_channels is None else f", in_channels={self.in_channels}"
+        if self.parametrization != "ntk":
+            known += f", parametrization={self.parametrization!r}"
         return f"Linear(W_std={float(self.W_std)!r}, b_std={float(self.b_std)!r}{known})"
 
     def out_shape(self, shape, where):
@@ -65,8 +73,13 @@ class Linear(Layer):
     def gaussian(self, in_gaussian, where):
         return True
 
+    @property
+    def has_ntk_limit(self) -> bool:
+        return self.parametrization == "ntk"
+
     def apply(self, record, ctx):
         return affine(record, self.W_std, self.b_std)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
-        return NTKLinear(in_shape[0], out_channels, float(self.W_std), float(self.b_std), "ntk", generator, dtype)
+        return NTKLinear(in_shape[0], out_channels, float(self.W_std), float(self.b_std), self.parametrization,
+                         generator, dtype)

@@ -20,6 +20,8 @@ from .record import Record
 class LayerNorm(Layer):
     """Normalizes each position of `(N, C, *S)` (or each row of (N, d)) over its channels; eps as in torch."""
 
+    odd_preserving = True     # x / |x| is odd in the weights before it
+
     def __init__(self, eps: float = 1e-5, flat_only: bool = False):
         self.eps = float(check_real(eps, "eps", minimum=0.0))
         self.flat_only = bool(flat_only)  # translated from torch.nn.LayerNorm, which normalizes the last axis

@@ -24,6 +24,8 @@ from .record import Record, out_size, window_sum
 
 class _AvgPool(Layer):
     dims = 0
+    pools = True
+    odd_preserving = True
 
     def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] | None = None,
                  padding: str = "valid"):
@@ -81,6 +83,9 @@ class AvgPool2d(_AvgPool):
 
 class GlobalAvgPool(Layer):
     """The mean over all positions: `(N, C, *S) -> (N, C)`."""
+
+    pools = True
+    odd_preserving = True
 
     def out_shape(self, shape, where):
         spatial_only(shape, self, where)

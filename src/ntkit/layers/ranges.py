@@ -147,8 +147,7 @@ def advice_for(X: torch.Tensor, layers: Sequence[Layer]) -> tuple[str, str]:
 def _weight_layers(layers: Sequence[Layer], prefix: str):
     """(where, W_std, b_std) of every weight layer, those of Residual branches included."""
     for index, layer in enumerate(layers):
-        branch = getattr(layer, "layers", None)
-        if branch is not None:
-            yield from _weight_layers(branch, f"{prefix}{index}.")
+        if layer.branch is not None:
+            yield from _weight_layers(layer.branch, f"{prefix}{index}.")
         elif layer.weights:
             yield f"layer {prefix}{index} ({layer.name})", number(layer.W_std), number(layer.b_std)

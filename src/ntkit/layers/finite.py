@@ -1,0 +1,60 @@
+"""The finite network of an architecture: each layer's torch module, with the widths of its weight layers.
+
+Read from what each layer declares (`weights`, `branch`, `module`, `wrap`); no layer is recognized by its class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .._checks import check_positive_int
+from .base import Layer
+
+
+def hidden_widths(layers: Sequence[Layer], width: int | Sequence[int] | None) -> list[int]:
+    """The width of each hidden weight layer, in order, from one width or a list (errors name what is wrong)."""
+    hidden = count_hidden(layers, top=True)
+    if hidden == 0:
+        return []
+    if isinstance(width, (list, tuple)):
+        if len(width) != hidden:
+            raise ValueError(f"width must list {hidden} hidden widths, one per hidden weight layer, got {len(width)}")
+        return [check_positive_int(w, "width") for w in width]
+    if width is None:
+        raise ValueError(f"width is required: this architecture has {hidden} hidden weight layers")
+    return [check_positive_int(width, "width")] * hidden
+
+
+def modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, widths: Iterator[int],
+            generator: torch.Generator | None, dtype: torch.dtype, prefix: str = ""
+            ) -> tuple[list[nn.Module], tuple[int, ...]]:
+    """The finite modules of `layers` on inputs of `shape` (real channel counts); the last weight layer has
+    `last_out` outputs, the others take the next of `widths`; a branch's last weight layer has its input's
+    channel count."""
+    last = max((i for i, layer in enumerate(layers) if layer.weights), default=-1)
+    out_modules = []
+    for index, layer in enumerate(layers):
+        where = f"layer {prefix}{index}"
+        if layer.branch is not None:
+            inner, _ = modules(layer.branch, shape, shape[0], widths, generator, dtype, f"{prefix}{index}.")
+            out_modules.append(layer.wrap(nn.Sequential(*inner)))
+            continue
+        out = layer.out_shape(shape, where)
+        if layer.weights:
+            channels = last_out if index == last else next(widths)
+            out_modules.append(layer.module(shape, channels, generator, dtype))
+            shape = (channels, *out[1:])
+        else:
+            out_modules.append(layer.module(shape, None, generator, dtype))
+            shape = out
+    return out_modules, shape
+
+
+def count_hidden(layers: Sequence[Layer], top: bool) -> int:
+    """The weight layers that take a width: all but the last one at each level."""
+    weights = sum(1 for layer in layers if layer.weights)
+    inner = sum(count_hidden(layer.branch, False) for layer in layers if layer.branch is not None)
+    return max(weights - 1, 0) + inner

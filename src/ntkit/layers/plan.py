@@ -1,0 +1,128 @@
+"""Planning an architecture: shapes, the layout of spatial covariance each layer keeps, and the fused chains.
+
+Read from what each layer declares (`ntkit.layers.base.Layer`): its shape rule, `need`, `gaussian`, `weights`,
+`branch`, `dense_scales` and `elementwise`; no layer is recognized by its class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..activations import Quadrature, get_activation
+from ..kernels import Recursion
+from .base import Layer, wider
+
+
+@dataclass
+class Step:
+    """One layer of a plan: its shapes and the layout its output must keep (`sub`: the plan of its branch)."""
+
+    layer: Layer
+    where: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    out_need: str = "flat"
+    sub: list[Step] | None = field(default=None, repr=False)
+
+    @property
+    def place(self) -> str:
+        """The layer as the range errors name it: "layer 2 (Conv2d)"."""
+        return f"{self.where} ({self.layer.name})"
+
+    @property
+    def pools(self) -> bool:
+        """Whether the step averages over positions (itself, or a layer of its branch)."""
+        return self.layer.pools or any(s.pools for s in self.sub or ())
+
+
+def build(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str, gaussian: bool
+          ) -> tuple[list[Step], tuple[int, ...], bool]:
+    """Forward over the layers: shapes and Gaussianity, validated (errors name the layer)."""
+    steps = []
+    for index, layer in enumerate(layers):
+        where = f"layer {prefix}{index}"
+        if layer.branch is not None:     # a parallel branch, combined with the input by the layer (Residual)
+            sub, branch_shape, _ = build(layer.branch, shape, f"{prefix}{index}.", gaussian)
+            layer.check_branch(shape, branch_shape, where)
+            steps.append(Step(layer, where, shape, shape, sub=sub))
+            continue
+        out = layer.out_shape(shape, where)
+        if layer.weights:  # its channel count is the width: infinite here (0 stands for it)
+            out = (0, *out[1:])
+        gaussian = layer.gaussian(gaussian, where)
+        steps.append(Step(layer, where, shape, out))
+        shape = out
+    return steps, shape, gaussian
+
+
+def assign_needs(steps: list[Step], out_need: str) -> str:
+    """Backward over a plan: the layout each step's output must keep; returns what the input must have."""
+    for step in reversed(steps):
+        step.out_need = out_need if len(step.out_shape) > 1 else "flat"
+        if step.sub is not None:
+            need = wider(step.out_need, assign_needs(step.sub, step.out_need))
+        else:
+            need = step.layer.need(step.out_need)
+        out_need = need if len(step.in_shape) > 1 else "flat"
+    return out_need
+
+
+def elements(steps: list[Step], in_need: str, in_shape: tuple[int, ...]) -> int:
+    """The largest number of covariance entries one example pair holds along the plan."""
+    def size(need: str, shape: tuple[int, ...]) -> int:
+        positions = math.prod(shape[1:]) if len(shape) > 1 else 1
+        return {"flat": 1, "diag": positions, "full": positions * positions}[need]
+
+    largest, need = size(in_need, in_shape), in_need
+    for step in steps:
+        if step.sub is not None:
+            largest = max(largest, elements(step.sub, need, step.in_shape))
+        # a layer works on its input's layout before reducing to its own
+        largest = max(largest, size(need, step.out_shape), size(step.out_need, step.out_shape))
+        need = step.out_need
+    return largest
+
+
+def all_layers(layers: Sequence[Layer]) -> Iterator[Layer]:
+    """The layers and, depth first, those of their branches."""
+    for layer in layers:
+        yield layer
+        if layer.branch is not None:
+            yield from all_layers(layer.branch)
+
+
+def fused_recursion(layers: Sequence[Layer]) -> Recursion | None:
+    """The `ntkit.kernels.Recursion` of a fully-connected chain that the fused recursion computes: dense weight
+    layers (`dense_scales`) alternating with elementwise ones (`elementwise`), dense first and last, with one
+    nonlinearity and one (W_std, b_std) throughout; else None."""
+    dense = [layer.dense_scales for layer in layers[::2]]
+    acts = [layer.elementwise for layer in layers[1::2]]
+    if len(layers) % 2 == 0 or any(d is None for d in dense) or any(a is None for a in acts):
+        return None
+    W_std, b_std = dense[0]
+    if not all(_same(w, W_std) and _same(b, b_std) for w, b in dense):
+        return None
+    if not all(_same_activation(a, acts[0]) for a in acts):
+        return None
+    activation = acts[0] if acts else get_activation("identity")
+    return Recursion(activation, len(dense), W_std, b_std)
+
+
+def _same_activation(a: Any, b: Any) -> bool:
+    """The same nonlinearity: one object, or equal closed forms, or quadratures of one function and degree."""
+    if a is b:
+        return True
+    if isinstance(a, Quadrature) or isinstance(b, Quadrature):
+        return isinstance(a, Quadrature) and isinstance(b, Quadrature) and a.fn is b.fn and a.degree == b.degree
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return float(a) == float(b)
