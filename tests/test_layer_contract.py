@@ -86,10 +86,19 @@ LAYER_CASES: dict[str, Case] = {
                           {"b_std": 0.4}, nt="residual"),
 }
 
+def _other(value):
+    """Another value of a setting: the next integer, a float a quarter larger (or 0.25 for 0), the other bool."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    return value * 1.25 if value else 0.25
+
+
 #: every registered nonlinearity, as an Activation layer between two Linear layers (its settings from the registry)
 ACTIVATION_CASES: dict[str, Case] = {
     name: Case(lambda e=entry, **s: nk.Activation(e.build(nk.activations.DEFAULT_DEGREE, **s)), flat, (3,),
-               dict(entry.params), {key: 0.3 for key, _ in entry.params},
+               dict(entry.params), {key: _other(value) for key, value in entry.params},
                nt=name if name in ("relu", "erf", "gelu", "tanh") else None, monte_carlo=name == "relu")
     for name, entry in registry.REGISTRY.items()
 }
