@@ -15,6 +15,7 @@ handed to the Jacobian part, so the sum stays exact on any module.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ class Plan:
     attention: dict[str, nn.MultiheadAttention]
     injector: Injector
     batched: bool = False     # samples do not interact: cotangents from one batched pass (else one per sample)
+    chunk: int = 1 << 30      # samples per reverse pass (its intermediates are K times the activations)
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -212,6 +214,7 @@ def _locate(site: rules.Site, one: tuple, two: tuple) -> str | None:
         return "its input or output has no batch dimension"
     site.batch_in, site.batch_out, site.out_shape = bi, bo, out1
     rest_in = in1[:bi] + in1[bi + 1:]
+    site.shapes.update({"in": math.prod(rest_in), "out": math.prod(out1)})
     if site.kind == "conv":
         p = rules.patches(site.module, torch.zeros((1, *rest_in), dtype=site.module.weight.dtype))
         site.shapes.update(S=p.shape[1], G=p.shape[2], I=p.shape[3], O=site.module.out_channels // site.module.groups)
@@ -227,12 +230,14 @@ def _locate(site: rules.Site, one: tuple, two: tuple) -> str | None:
 # ------------------------------------------------------------------------------- features
 @dataclass
 class BlockFeatures:
-    jac: list[torch.Tensor]                  # (B, K, P_i): per-sample gradients (jacobian-order layers, fallback)
+    jac: list[torch.Tensor]                  # (B, K, P_i): per-sample gradients (small layers, fallback)
     positions: list[rules.PositionFeatures]  # positions-order weights
+    large: list[tuple[rules.Site, torch.Tensor, torch.Tensor]]  # (site, input, cotangents): gradients per tile
 
     @property
     def nbytes(self) -> int:
-        return sum(j.numel() * j.element_size() for j in self.jac) + sum(p.nbytes for p in self.positions)
+        tensors = [*self.jac, *(t for _, a, g in self.large for t in (a, g))]
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(p.nbytes for p in self.positions)
 
 
 def _batched_cotangents(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
@@ -292,23 +297,43 @@ def _inputs(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector) -
 
 
 def block_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatures:
-    """The per-sample gradients and positions features of a block of samples X (B, ...)."""
+    """The per-sample gradients and positions features of a block of samples X (B, ...), from reverse passes
+    over `plan.chunk` samples at a time."""
+    if X.shape[0] <= plan.chunk:
+        return _chunk_features(plan, problem, X)
+    parts = [_chunk_features(plan, problem, X[i:i + plan.chunk]) for i in range(0, X.shape[0], plan.chunk)]
+    return BlockFeatures(
+        [torch.cat(pieces) for pieces in zip(*(p.jac for p in parts), strict=True)],
+        [rules.PositionFeatures(ps[0].site, torch.cat([q.a for q in ps]), torch.cat([q.g for q in ps]))
+         for ps in zip(*(p.positions for p in parts), strict=True)],
+        [(ls[0][0], torch.cat([q[1] for q in ls]), torch.cat([q[2] for q in ls]))
+         for ls in zip(*(p.large for p in parts), strict=True)])
+
+
+def _chunk_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatures:
     with instrumented(plan, problem) as injector:
         inputs = _inputs(plan, problem, X, injector) if plan.sites else {}
         cots, fallback = _cotangents(plan, problem, X, injector)
-    pieces, positions = [], []
+    pieces, positions, large = [], [], []
     for site in plan.sites:
         a, g = inputs[site.key], cots[site.key]
-        use_positions = site.positions
-        pieces += rules.per_sample_grads(site, a, g, with_weight=not use_positions)
-        if use_positions:
+        if _is_large(site):  # its per-sample gradients are formed tile by tile: memory B K P for one layer
+            large.append((site, a, g))
+            continue
+        pieces += rules.per_sample_grads(site, a, g, with_weight=not site.positions)
+        if site.positions:
             positions.append(rules.position_features(site, a, g))
     if fallback is not None:
         pieces.append(fallback)
-    # large pieces are contracted one by one (no copy); the small ones (biases, norms) in one product
-    large = [piece for piece in pieces if piece.shape[2] >= LARGE_PIECE]
+    big = [piece for piece in pieces if piece.shape[2] >= LARGE_PIECE]  # contracted without a copy
     small = [piece for piece in pieces if piece.shape[2] < LARGE_PIECE]
-    return BlockFeatures(large + ([torch.cat(small, 2)] if small else []), positions)
+    return BlockFeatures(big + ([torch.cat(small, 2)] if small else []), positions, large)
+
+
+def _is_large(site: rules.Site) -> bool:
+    """A jacobian-order weight of at least LARGE_PIECE numbers."""
+    return not site.positions and site.weight is not None and site.kind != "norm" \
+        and site.shapes.get("G", 1) * site.shapes.get("O", 0) * site.shapes.get("I", 0) >= LARGE_PIECE
 
 
 def tile(fx: BlockFeatures, fy: BlockFeatures, mode: str, n_outputs: int) -> torch.Tensor:
@@ -319,6 +344,13 @@ def tile(fx: BlockFeatures, fy: BlockFeatures, mode: str, n_outputs: int) -> tor
     for px, py in zip(fx.positions, fy.positions, strict=True):
         part = rules.position_tile(px, py, mode, n_outputs)
         theta = part if theta is None else theta.add_(part)
+    for (site, ax, gx), (_, ay, gy) in zip(fx.large, fy.large, strict=True):
+        jxs = rules.per_sample_grads(site, ax, gx, with_weight=True)
+        jys = jxs if fx is fy else rules.per_sample_grads(site, ay, gy, with_weight=True)
+        for jx, jy in zip(jxs, jys, strict=True):  # weight and bias: no concatenation
+            part = contract(jx, jy, mode, n_outputs)
+            theta = part if theta is None else theta.add_(part)
+        del jxs, jys
     return theta
 
 
@@ -374,7 +406,14 @@ def plan_block(plan: Plan, problem: Problem, budget: int) -> int:
     """Samples per block; a MemoryError naming the budget when one sample does not fit it."""
     k, itemsize = problem.n_outputs, problem.itemsize
     p_jac = sum(problem.trainable[n].numel() for n in plan.fallback)
+    largest = 0  # the largest layer whose per-sample gradients are formed tile by tile
     for site in plan.sites:
+        if _is_large(site):
+            params = [p for p in (site.weight, site.bias) if p is not None]
+            largest = max(largest, sum(problem.trainable[n][r if r is not None else slice(None)].numel()
+                                       for n, r in params))
+            p_jac += site.shapes["in"] / k + site.shapes["out"]  # its input and cotangents are kept
+            continue
         for name, rows in (p for p in (site.weight, site.bias) if p is not None):
             if site.positions and name == site.weight[0]:
                 continue
@@ -382,12 +421,15 @@ def plan_block(plan: Plan, problem: Problem, budget: int) -> int:
             p_jac += value[rows].numel() if rows is not None else value.numel()
     positions = sum(2 * k * s.shapes["S"] * s.shapes["G"] * (s.shapes["I"] + s.shapes["O"])
                     for s in plan.sites if s.positions)
-    per_sample = (3 * k * p_jac + 3 * k * problem.activations + positions) * itemsize
+    per_sample = (k * (p_jac + 2 * largest) + positions) * itemsize  # kept, and one layer's gradients
+    passes = 3 * k * (problem.activations + sum(problem.trainable[n].numel() for n in plan.fallback)) * itemsize
     kk = k * k if problem.mode == "full" else k
     per_pair = max([3 * kk * itemsize] + [rules.position_pair_bytes(s, k, problem.mode, itemsize)
                                           for s in plan.sites if s.positions])
-    if 2 * per_sample + per_pair > budget:
-        raise MemoryError(f"the structured path needs about {memory.format_bytes(2 * per_sample + per_pair)} for "
+    plan.chunk = max(1, int((budget - 2 * per_sample - per_pair) // max(passes, 1)))  # samples per reverse pass
+    if 2 * per_sample + per_pair + passes > budget:
+        need = memory.format_bytes(2 * per_sample + per_pair + passes)
+        raise MemoryError(f"the structured path needs about {need} for "
                           f"one pair of samples ({k} outputs, {p_jac:,} parameters in Jacobian form), more than the "
                           f"working memory of {memory.format_bytes(budget)}: pass memory= of at least that, use "
                           "mode='trace', or method='ntk_vp' (no parameter-sized intermediates)")

@@ -154,6 +154,10 @@ def per_sample_grads(site: Site, a: torch.Tensor, g: torch.Tensor, with_weight: 
             dense = gc.new_zeros(b, k, num, dim)
             index = ids[:, None, :, None].expand(b, k, ids.shape[1], dim)
             out.append(dense.scatter_add_(2, index, gm).reshape(b, k, -1))
+        elif site.kind == "conv" and site.module.groups == 1:  # (B, K O, S) @ (B, S, I): one batched product
+            ac = weight_input(site, a)
+            ac = ac.reshape(b, ac.shape[1], -1)
+            out.append(torch.bmm(g.reshape(b, k * g.shape[2], -1), ac).reshape(b, k, -1))
         else:
             ac = weight_input(site, a)
             out.append(torch.einsum("bksgo,bsgi->bkgoi", gc, ac).reshape(b, k, -1))

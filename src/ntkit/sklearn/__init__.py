@@ -4,7 +4,8 @@ predict with an infinitely wide network trained by gradient descent (Section 5 o
     from ntkit.sklearn import NTK, NNGP, NTKRegressor, NTKClassifier
 """
 
+from .empirical import EmpiricalNTKClassifier, EmpiricalNTKRegressor
 from .estimators import NTKClassifier, NTKRegressor
 from .kernels import NNGP, NTK
 
-__all__ = ["NNGP", "NTK", "NTKClassifier", "NTKRegressor"]
+__all__ = ["NNGP", "NTK", "EmpiricalNTKClassifier", "EmpiricalNTKRegressor", "NTKClassifier", "NTKRegressor"]
