@@ -3,6 +3,7 @@
 Run with the python of an environment that has neural-tangents 0.6.5 (and JAX, float64 enabled here):
 
     NT_PYTHON benchmarks/make_nt_references.py [--out tests/data/nt_references.npz]
+    NT_PYTHON benchmarks/make_nt_references.py --activations    # tests/data/nt_references_activations.npz
 
 Each case is an architecture written as a small list (the tests build the same one with ntkit from it), small
 inputs X (N, C, *S) and Y (M, C, *S) in ntkit's NCHW layout (transposed to NHWC for stax), and stax's NNGP and
@@ -81,6 +82,38 @@ CASES = {
 }
 
 
+def _mlp(activation: list, W: float = 1.0, b: float = 0.1) -> list:
+    """Linear, activation, Linear, activation, Linear (three weight layers) with one scale throughout."""
+    dense = ["dense", {"W": W, "b": b}]
+    return [dense, activation, dense, activation, dense]
+
+
+#: fully-connected networks with each closed-form nonlinearity of stax that the cases above do not use, written
+#: to a separate file (tests/data/nt_references_activations.npz, `--activations`); "unit_norm": inputs scaled to
+#: |x|^2 = dimension (Hermite: stax assumes pre-activations of unit variance, which W = 1, b = 0 then keep)
+ACTIVATION_CASES = {
+    "exp": {"shape": [5], "layers": _mlp(["exp", {"a": 0.8, "b": 0.6}], W=0.9)},
+    "gaussian": {"shape": [5], "layers": _mlp(["gaussian", {"a": 1.2, "b": -0.7}], W=1.1)},
+    "gaussian_positive_b": {"shape": [5], "layers": _mlp(["gaussian", {"a": 0.7, "b": 0.2}], W=0.5)},
+    "rbf": {"shape": [5], "layers": _mlp(["rbf", {"gamma": 0.8}], W=1.2)},
+    **{f"monomial_{n}": {"shape": [5], "layers": _mlp(["monomial", {"degree": n}], W=0.7)} for n in range(6)},
+    # one activation: stax's RectifiedMonomial divides by sin(theta), NaN for a point with itself, which a second
+    # activation would spread to every pair (its diagonals are not compared)
+    **{f"rectified_monomial_{n}": {"shape": [5], "layers": _mlp(["rectified_monomial", {"degree": n}], W=0.9)[2:]}
+       for n in range(6)},
+    "polynomial": {"shape": [5], "layers": _mlp(["polynomial", {"coef": [0.5, -1.0, 0.3, 0.2]}], W=0.8)},
+    **{f"hermite_{n}": {"shape": [5], "unit_norm": True, "layers": _mlp(["hermite", {"degree": n}], W=1.0, b=0.0)}
+       for n in range(1, 6)},
+    "abrelu": {"shape": [5], "layers": _mlp(["abrelu", {"a": -0.4, "b": 1.3}])},
+    "abrelu_negative_b": {"shape": [5], "layers": _mlp(["abrelu", {"a": 0.5, "b": -2.0}], W=0.8)},
+}
+
+#: the stax layers of the nonlinearities in ACTIVATION_CASES, by name
+STAX_ACTIVATIONS = {"exp": "Exp", "gaussian": "Gaussian", "rbf": "Rbf", "monomial": "Monomial",
+                    "rectified_monomial": "RectifiedMonomial", "polynomial": "Polynomial", "hermite": "Hermite",
+                    "abrelu": "ABRelu"}
+
+
 def stax_layers(spec: list) -> list:
     layers = []
     for entry in spec:
@@ -106,6 +139,8 @@ def stax_layers(spec: list) -> list:
             layers.append(stax.Flatten())
         elif kind == "layernorm":
             layers.append(stax.LayerNorm(axis=-1, eps=opts["eps"]))
+        elif kind in STAX_ACTIVATIONS:
+            layers.append(getattr(stax, STAX_ACTIVATIONS[kind])(**opts))
         elif kind == "residual":
             branch = stax.serial(*stax_layers(opts))
             layers.append(stax.serial(stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum()))
@@ -120,14 +155,22 @@ def channels_last(x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests" / "data" /
-                                             "nt_references.npz"))
+    parser.add_argument("--out", default=None, help="the file to write (default: tests/data/nt_references.npz, "
+                                                    "or nt_references_activations.npz with --activations)")
+    parser.add_argument("--activations", action="store_true",
+                        help="the MLP cases of ACTIVATION_CASES (a separate file) instead of CASES")
     args = parser.parse_args()
-    arrays = {"cases": np.array(json.dumps(CASES)), "numerical_degree": np.array(NUMERICAL_DEGREE)}
+    data = Path(__file__).resolve().parents[1] / "tests" / "data"
+    out = args.out or str(data / ("nt_references_activations.npz" if args.activations else "nt_references.npz"))
+    cases = ACTIVATION_CASES if args.activations else CASES
+    arrays = {"cases": np.array(json.dumps(cases)), "numerical_degree": np.array(NUMERICAL_DEGREE)}
     rng = np.random.default_rng(0)
-    for name, case in CASES.items():
+    for name, case in cases.items():
         X = rng.standard_normal((4, *case["shape"]))
         Y = rng.standard_normal((3, *case["shape"]))
+        if case.get("unit_norm"):
+            X, Y = (Z * np.sqrt(Z[0].size / (Z**2).reshape(len(Z), -1).sum(1)).reshape(-1, *[1] * (Z.ndim - 1))
+                    for Z in (X, Y))
         kernel_fn = stax.serial(*stax_layers(case["layers"]))[2]
         xx = kernel_fn(channels_last(X), None, ("nngp", "ntk"))
         xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"))
@@ -135,8 +178,8 @@ def main() -> None:
                        f"{name}/ntk_xx": np.asarray(xx.ntk), f"{name}/nngp_xy": np.asarray(xy.nngp),
                        f"{name}/ntk_xy": np.asarray(xy.ntk)})
         print(f"{name}: K(X, X) {np.asarray(xx.ntk).shape}, ntk[0, 1] = {float(xx.ntk[0, 1]):.12g}")
-    np.savez_compressed(args.out, **arrays)
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1024:.0f} KB)")
+    np.savez_compressed(out, **arrays)
+    print(f"wrote {out} ({Path(out).stat().st_size / 1024:.0f} KB)")
 
 
 if __name__ == "__main__":

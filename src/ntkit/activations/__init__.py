@@ -13,8 +13,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-from . import (
-    by_quadrature,  # noqa: F401  (registers the named quadrature activations)
+from . import (  # noqa: F401  (abrelu, ..., rectified and by_quadrature register their nonlinearities)
+    abrelu,
+    by_quadrature,
+    exponential,
+    polynomial,
+    rectified,
     registry,
 )
 from .base import Nonlinearity, angle, safe_sqrt

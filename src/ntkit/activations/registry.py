@@ -50,8 +50,9 @@ class Entry:
     aliases: tuple[str, ...] = ()
     doc: str = ""
 
-    def build(self, degree: int, **params: Any) -> Nonlinearity:
-        """The maps, with `degree` radial nodes where they are by quadrature."""
+    def build(self, degree: int, /, **params: Any) -> Nonlinearity:
+        """The maps, with `degree` radial nodes where they are by quadrature (positional: a closed form's own
+        setting may be named degree, as monomial's)."""
         return self.make(**params) if self.closed_form else self.make(degree=degree, **params)
 
     def torch_params(self, module: Any) -> dict | None:
