@@ -15,10 +15,11 @@ very large variances of steep functions fail it and stay with the 2-D quadrature
 
 A map is then a function of rho alone for each pair of distinct variances: few pairs (inputs of one norm, as
 on the sphere) get a table of piecewise polynomials in rho (`_table`: TABLE_DEGREE on P equal panels, P doubled
-until the table agrees with the series to TOLERANCE), evaluated with one gather per coefficient; many pairs sum
-the truncated series for each pair (Horner). Derivatives come from Price's theorem, dE/dc = E[sigma^(m+1)
-sigma^(n+1)] and dE/dq1 = E[sigma^(m+2)(u) sigma^(n)(v)] / 2, through the same maps (`_Maps`), so the kernels are
-differentiable to any order in c, q1 and q2, hence in the inputs, W_std and b_std.
+until the table agrees with the series to TOLERANCE), evaluated with one gather per coefficient; many pairs, and
+small blocks (below SERIES_BELOW entries), sum the truncated series for each pair (Horner). Derivatives come
+from Price's theorem, dE/dc = E[sigma^(m+1) sigma^(n+1)] and dE/dq1 = E[sigma^(m+2)(u) sigma^(n)(v)] / 2,
+through the same maps (`_Maps`), so the kernels are differentiable to any order in c, q1 and q2, hence in
+the inputs, W_std and b_std.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ TERMS = 1024            # coefficients kept (half the nodes: the rest only measu
 TOLERANCE = 1e-11       # relative bound on a map's truncation and table error
 TABLE_DEGREE = 3        # local polynomial degree of the tables in rho
 MAX_TABLES = 16         # pairs of distinct variances up to which maps are tabulated
+SERIES_BELOW = 1 << 14  # fewer entries than this take the series directly (cheaper than building a table)
 MAX_PANELS = 1 << 15
 _MANTISSA_BITS = 42     # variances equal to 2^-42 relative share their coefficients
 
@@ -106,7 +108,7 @@ class _Coefficients:
             self.values = None
             return
         weighted = np.where(root_w > 0, values, 0.0) * root_w
-        every = weighted @ psi.T                                        # (G, NODES): all coefficients
+        every = (psi @ weighted.T).T                                    # (G, NODES): all coefficients
         self.values = every[:, :TERMS]
         self.norms = (weighted * weighted).sum(1)
         self.tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :TERMS + 1]
@@ -157,7 +159,7 @@ class HermiteMaps:
         reps1, index1 = _groups(q1)
         reps2, index2 = _groups(q2)
         rho = _correlation(c, q1, q2, shape)
-        if len(reps1) * len(reps2) <= MAX_TABLES:
+        if len(reps1) * len(reps2) <= MAX_TABLES and rho.numel() > SERIES_BELOW:
             return self._tabulated(rho, reps1, index1, reps2, index2, orders, shape)
         return [self._series(rho, reps1, index1, reps2, index2, m, n) for m, n in orders]
 
