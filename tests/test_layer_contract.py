@@ -87,9 +87,12 @@ LAYER_CASES: dict[str, Case] = {
 }
 
 def _other(value):
-    """Another value of a setting: the next integer, a float a quarter larger (or 0.25 for 0), the other bool."""
+    """Another value of a setting: the next integer, a float a quarter larger (or 0.25 for 0), the other bool, a
+    sequence one element longer."""
     if isinstance(value, bool):
         return not value
+    if isinstance(value, tuple):
+        return (*value, 0.25)
     if isinstance(value, int):
         return value + 1
     return value * 1.25 if value else 0.25
