@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .base import TWO_PI, Nonlinearity, angle, angle_from_sine
+from .base import TWO_PI, Nonlinearity, angle, angle_from_sine, variance_scale
 from .registry import register
 
 
@@ -86,6 +86,26 @@ class PiecewiseLinear(Nonlinearity):
         G = torch.where(positive, torch.where(theta < 0.5, small, large), 1.0).clamp(max=1.0)
         return E, (dot if flip is None else torch.where(flip, -dot, dot)), G
 
+    def pair_maps(self, c: torch.Tensor, theta: torch.Tensor | None, q1: torch.Tensor, q2: torch.Tensor,
+                  moderate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Sigma', Theta') on a block of pairs (the layers' records, `ntkit.layers.Activation` without autograd) in
+        a few passes over memory, leaving the inputs untouched. With s = sqrt(max(q1 q2 - c^2, 0)) and
+        ang = atan2(s, c) (exactly 0 for a position paired with itself, as in `angle`):
+            k = ((1 + a^2)(pi - ang) + 2 a ang) / (2 pi),   Sigma' = (1 - a)^2 s / (2 pi) + k c,   Theta' = Theta k
+        `moderate`: the variances are known to be 0 or well inside the dtype's range, so q1 q2 is formed as it is;
+        otherwise s comes from variances scaled by powers of two (`_root_gap`), which neither overflows nor
+        underflows."""
+        a = self.a
+        if moderate:
+            s = (q1 * q2).addcmul_(c, c, value=-1.0).clamp_(min=0.0).sqrt_()
+            k = torch.atan2(s, c)
+        else:
+            s, k = _root_gap(c, q1, q2)
+        k.mul_((2 * a - 1 - a * a) / (2 * math.pi)).add_(0.5 * (1 + a * a))
+        theta = None if theta is None else theta * k if theta.ndim else theta
+        sigma = s.mul_((1 - a) ** 2 / (2 * math.pi)).addcmul_(k, c)
+        return sigma, theta
+
     def __repr__(self) -> str:
         return f"PiecewiseLinear(negative_slope={self.a:g})"
 
@@ -102,6 +122,17 @@ def theta_cos_minus_sin_over_square(theta: torch.Tensor) -> torch.Tensor:
         power = power * t2
     return series
 
+
+
+def _root_gap(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """s = sqrt(max(q1 q2 - c^2, 0)) and atan2(s, c) for variances anywhere in the dtype's range, q1 q2 never
+    formed: with q_i 2^-k_i in [1/4, 2) and r_i = 2^-k_i/2 (`base.variance_scale`, powers of two, exact),
+    s = sqrt(q1 2^-k1 q2 2^-k2 - (c r1 r2)^2) / (r1 r2), and the angle is that of the scaled pair. Exact where
+    q1 = q2 = c."""
+    (s1, r1), (s2, r2) = variance_scale(q1), variance_scale(q2)
+    ch = c * (r1 * r2)
+    root = ((q1 * s1) * (q2 * s2)).addcmul_(ch, ch, value=-1.0).clamp_(min=0.0).sqrt_()
+    return root / (r1 * r2), torch.atan2(root, ch)
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Nonlinearity:

@@ -11,7 +11,6 @@ Its kernel map at each pair of positions (Proposition 1, Theorem 1; `ntkit.activ
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -19,7 +18,6 @@ from torch import nn
 
 from ..activations import DEFAULT_DEGREE, Nonlinearity, PiecewiseLinear, get_activation, registry
 from ..activations.base import moderate as variances_moderate
-from ..activations.base import variance_scale
 from ..nets import ActivationLayer
 from .base import Layer, LayerError
 from .record import Record
@@ -55,7 +53,7 @@ class Activation(Layer):
         elif isinstance(act, PiecewiseLinear) and not _needs_grad(record, q1, q2):
             if ctx.is_self and q1.device.type == "cpu":   # a synchronization costs nothing on a CPU
                 moderate = bool(variances_moderate(q1))
-            sigma, theta = _piecewise_linear(record.sigma, record.theta, q1, q2, act.a, moderate)
+            sigma, theta = act.pair_maps(record.sigma, record.theta, q1, q2, moderate)
         elif record.theta is None:
             sigma, theta = act.sigma(record.sigma, q1, q2), None
         else:
@@ -70,37 +68,6 @@ class Activation(Layer):
 def _needs_grad(record: Record, *more: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (record.sigma, record.theta,
                                                                                         *more))
-
-
-def _piecewise_linear(c: torch.Tensor, theta: torch.Tensor | None, q1: torch.Tensor, q2: torch.Tensor, a: float,
-                      moderate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The maps of sigma(x) = max(x, 0) + a min(x, 0) (`ntkit.activations.PiecewiseLinear`) in a few passes over
-    memory, leaving the inputs untouched. With s = sqrt(max(q1 q2 - c^2, 0)) and ang = atan2(s, c) (exactly 0 for
-    a position paired with itself, as in `ntkit.activations.angle`):
-        k = ((1 + a^2)(pi - ang) + 2 a ang) / (2 pi),   Sigma' = (1 - a)^2 s / (2 pi) + k c,   Theta' = Theta k
-    `moderate`: the variances are known to be 0 or well inside the dtype's range, so q1 q2 is formed as it is;
-    otherwise s comes from variances scaled by powers of two (`_root_gap`), which neither overflows nor underflows.
-    """
-    if moderate:
-        s = (q1 * q2).addcmul_(c, c, value=-1.0).clamp_(min=0.0).sqrt_()
-        k = torch.atan2(s, c)
-    else:
-        s, k = _root_gap(c, q1, q2)
-    k.mul_((2 * a - 1 - a * a) / (2 * math.pi)).add_(0.5 * (1 + a * a))
-    theta = None if theta is None else theta * k if theta.ndim else theta
-    sigma = s.mul_((1 - a) ** 2 / (2 * math.pi)).addcmul_(k, c)
-    return sigma, theta
-
-
-def _root_gap(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """s = sqrt(max(q1 q2 - c^2, 0)) and atan2(s, c) for variances anywhere in the dtype's range, q1 q2 never
-    formed: with q_i 2^-k_i in [1/4, 2) and r_i = 2^-k_i/2 (`activations.variance_scale`, powers of two, exact),
-    s = sqrt(q1 2^-k1 q2 2^-k2 - (c r1 r2)^2) / (r1 r2), and the angle is that of the scaled pair. Exact where
-    q1 = q2 = c."""
-    (s1, r1), (s2, r2) = variance_scale(q1), variance_scale(q2)
-    ch = c * (r1 * r2)
-    root = ((q1 * s1) * (q2 * s2)).addcmul_(ch, ch, value=-1.0).clamp_(min=0.0).sqrt_()
-    return root / (r1 * r2), torch.atan2(root, ch)
 
 
 def short_form(entry: registry.Entry) -> type[Activation]:
