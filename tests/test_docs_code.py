@@ -50,6 +50,8 @@ def test_page_code_runs(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = page.read_text()
     if "sklearn" in text:
         pytest.importorskip("sklearn")
+    if "botorch" in text:
+        pytest.importorskip("botorch", reason="the gpytorch extra is not installed")
     if "dask" in text:
         pytest.importorskip("distributed", reason="the dask extra is not installed")
         pytest.importorskip("zarr", reason="the dask extra is not installed")
