@@ -237,7 +237,8 @@ class InfiniteWidthGP:
 
     @property
     def iterations(self) -> int:
-        """Iterations of the t = inf solve of an iterative solver ("cg": run on first access); 1 for "cholesky"."""
+        """Iterations of the t = inf solve of an iterative solver (for "cg" run on first access), or 1 for
+        "cholesky"."""
         return 1 if self._iterative is None else self._iterative.iterations
 
     @property
