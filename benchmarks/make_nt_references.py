@@ -4,6 +4,7 @@ Run with the python of an environment that has neural-tangents 0.6.5 (and JAX, f
 
     NT_PYTHON benchmarks/make_nt_references.py [--out tests/data/nt_references.npz]
     NT_PYTHON benchmarks/make_nt_references.py --activations    # tests/data/nt_references_activations.npz
+    NT_PYTHON benchmarks/make_nt_references.py --attention      # tests/data/nt_references_attention.npz
 
 Each case is an architecture written as a small list (the tests build the same one with ntkit from it), small
 inputs X (N, C, *S) and Y (M, C, *S) in ntkit's NCHW layout (transposed to NHWC for stax), and stax's NNGP and
@@ -114,6 +115,64 @@ STAX_ACTIVATIONS = {"exp": "Exp", "gaussian": "Gaussian", "rbf": "Rbf", "monomia
                     "abrelu": "ABRelu"}
 
 
+def _block(att: dict) -> list:
+    """A transformer block on sequences: Residual(SelfAttention), LayerNorm, Residual(token-wise MLP), LayerNorm."""
+    token = ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}]
+    return [["residual", [["attention", att]]], ["layernorm", {"eps": 1e-5}],
+            ["residual", [token, ["relu"], token]], ["layernorm", {"eps": 1e-5}]]
+
+
+def _attention(att: dict, shape: list | None = None, first: bool = False, end: str = "gap") -> dict:
+    """Token-wise Linear (a 1x1 convolution), SelfAttention, ReLU, pooling or flattening, Linear."""
+    dims = len(shape or [2, 5]) - 1
+    token = ["conv", {"k": [1] * dims, "s": [1] * dims, "padding": "same", "W": 1.1, "b": 0.1}]
+    layers = ([] if first else [token]) + [["attention", att], ["relu"], [end], ["dense", {"W": 1.0, "b": 0.1}]]
+    return {"shape": shape or [2, 5], "layers": layers}
+
+
+#: SelfAttention in every setting stax computes (tests/data/nt_references_attention.npz, `--attention`); "decay":
+#: a pos_emb_decay_fn by name (POS_EMB_DECAYS, the same functions in the tests)
+ATTENTION_CASES = {
+    "softmax": _attention({}),
+    "softmax_bias_scales": _attention({"n_heads": 2, "W_key_std": 1.3, "W_query_std": 0.7, "W_value_std": 1.2,
+                                       "W_out_std": 0.9, "b_std": 0.2}),
+    "softmax_sum": _attention({"pos_emb_type": "SUM", "W_pos_emb_std": 0.8, "b_std": 0.1}),
+    "softmax_sum_values_decay": _attention({"pos_emb_type": "SUM", "val_pos_emb": True, "decay": "exp4"}),
+    "softmax_concat_decay": _attention({"pos_emb_type": "CONCAT", "decay": "power", "pos_emb_p_norm": 1.0,
+                                        "W_pos_emb_std": 1.3}),
+    "relu_concat_values": _attention({"attention_mechanism": "RELU", "pos_emb_type": "CONCAT", "val_pos_emb": True,
+                                      "decay": "exp4", "b_std": 0.3}),
+    "abs_sum_values": _attention({"attention_mechanism": "ABS", "pos_emb_type": "SUM", "val_pos_emb": True,
+                                  "decay": "power", "W_key_std": 0.8}),
+    "identity": _attention({"attention_mechanism": "IDENTITY", "b_std": 0.1}, end="flatten"),
+    "identity_sqrt": _attention({"attention_mechanism": "IDENTITY", "linear_scaling": False, "W_key_std": 0.9,
+                                 "b_std": 0.1}),
+    "identity_sqrt_sum": _attention({"attention_mechanism": "IDENTITY", "linear_scaling": False,
+                                     "pos_emb_type": "SUM", "decay": "exp4"}, end="flatten"),
+    "identity_sqrt_concat_values": _attention({"attention_mechanism": "IDENTITY", "linear_scaling": False,
+                                               "pos_emb_type": "CONCAT", "val_pos_emb": True, "b_std": 0.2}),
+    "softmax_first": _attention({"b_std": 0.1}, first=True),
+    "identity_sqrt_first_sum": _attention({"attention_mechanism": "IDENTITY", "linear_scaling": False,
+                                           "pos_emb_type": "SUM", "W_pos_emb_std": 0.5}, first=True),
+    "softmax_image_sum_decay": _attention({"pos_emb_type": "SUM", "decay": "exp4", "W_key_std": 1.5},
+                                          shape=[2, 3, 4]),
+    "transformer_2_blocks": {"shape": [3, 6], "layers": [
+        ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}],
+        *_block({"b_std": 0.1}), *_block({"b_std": 0.1, "pos_emb_type": "SUM", "W_pos_emb_std": 0.5}),
+        ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
+}
+
+#: the positional embeddings' covariance as a function of the distance |p - q|_p^p (jnp or torch alike)
+POS_EMB_DECAYS = {"exp4": lambda d: 2.718281828459045 ** (-d / 4), "power": lambda d: (1.0 + d) ** -1.5}
+
+
+def _stax_attention(opts: dict):
+    opts = dict(opts)
+    decay = opts.pop("decay", None)
+    return stax.GlobalSelfAttention(1, 1, 1, opts.pop("n_heads", 1), b_std=opts.pop("b_std", None),
+                                    pos_emb_decay_fn=None if decay is None else POS_EMB_DECAYS[decay], **opts)
+
+
 def stax_layers(spec: list) -> list:
     layers = []
     for entry in spec:
@@ -141,6 +200,8 @@ def stax_layers(spec: list) -> list:
             layers.append(stax.LayerNorm(axis=-1, eps=opts["eps"]))
         elif kind in STAX_ACTIVATIONS:
             layers.append(getattr(stax, STAX_ACTIVATIONS[kind])(**opts))
+        elif kind == "attention":
+            layers.append(_stax_attention(opts))
         elif kind == "residual":
             branch = stax.serial(*stax_layers(opts))
             layers.append(stax.serial(stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum()))
@@ -159,10 +220,13 @@ def main() -> None:
                                                     "or nt_references_activations.npz with --activations)")
     parser.add_argument("--activations", action="store_true",
                         help="the MLP cases of ACTIVATION_CASES (a separate file) instead of CASES")
+    parser.add_argument("--attention", action="store_true",
+                        help="the SelfAttention cases of ATTENTION_CASES (nt_references_attention.npz)")
     args = parser.parse_args()
     data = Path(__file__).resolve().parents[1] / "tests" / "data"
-    out = args.out or str(data / ("nt_references_activations.npz" if args.activations else "nt_references.npz"))
-    cases = ACTIVATION_CASES if args.activations else CASES
+    which = "attention" if args.attention else "activations" if args.activations else None
+    out = args.out or str(data / (f"nt_references_{which}.npz" if which else "nt_references.npz"))
+    cases = ATTENTION_CASES if args.attention else ACTIVATION_CASES if args.activations else CASES
     arrays = {"cases": np.array(json.dumps(cases)), "numerical_degree": np.array(NUMERICAL_DEGREE)}
     rng = np.random.default_rng(0)
     for name, case in cases.items():

@@ -11,6 +11,7 @@ of the network needs) and a finite module; `Sequential` composes them and tiles 
 """
 
 from .activation import SHORT_FORMS, Activation
+from .attention import SelfAttention
 from .base import Layer, LayerError
 from .conv import Conv1d, Conv2d, NTKConv
 from .flatten import Flatten
@@ -26,5 +27,5 @@ from .sequential import Sequential
 globals().update(SHORT_FORMS)
 
 __all__ = ["Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "Layer",
-           "LayerError", "LayerNorm", "Linear", "NTKConv", "Record", "Residual", "Sequential", "infinite",
-           *SHORT_FORMS]
+           "LayerError", "LayerNorm", "Linear", "NTKConv", "Record", "Residual", "SelfAttention", "Sequential",
+           "infinite", *SHORT_FORMS]
