@@ -74,7 +74,9 @@ def test_hyperparameters_learn() -> None:
     before = value()
     fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 30}})
     assert value() > before + 0.1
-    assert model.covar_module.base_kernel.b_std.item() != pytest.approx(0.1, rel=1e-3)   # it moved
+    kernel = model.covar_module.base_kernel
+    assert kernel.b_std.item() != pytest.approx(0.1, rel=1e-3)   # it moved
+    assert kernel.W_std.item() == pytest.approx(1.0, rel=1e-6)   # fixed by default: the ScaleKernel has the scale
 
 
 @pytest.mark.parametrize(("problem", "steps"), [
@@ -103,5 +105,7 @@ def test_bad_arguments() -> None:
     uneven = nk.Sequential(nk.Linear(W_std=1.0), nk.ReLU(), nk.Linear(W_std=2.0))
     with pytest.raises(ValueError, match="different W_std"):
         NTKKernel(uneven)
+    with pytest.raises(ValueError, match="learn must name"):
+        NTKKernel(nk.MLP(2), learn=("scale",))
     with pytest.raises(ValueError, match="b_std must be finite and > 0"):
         NTKKernel(nk.MLP(2)).b_std = -1.0

@@ -9,8 +9,11 @@
 covariance Sigma (Proposition 1) of `arch` (`nk.MLP`, `nk.Sequential`, `nk.infinite(model)`; `in_shape=` reshapes
 each row of features into an image or a sequence). Their hyperparameters are the weight scale W_std and the bias
 scale b_std of every weight layer, stored as raw parameters under GPyTorch's Positive constraint (one value per
-batch element with `batch_shape`); put the kernel in a `ScaleKernel` for an output scale. Needs the optional
-extra: `pip install "ntkit[gpytorch]"`.
+batch element with `batch_shape`); put the kernel in a `ScaleKernel` for an output scale. Only b_std is learnt by
+default: W_std's overall scale and the ScaleKernel's outputscale trade off (for a ReLU network with small biases,
+W_std -> c W_std scales the kernel by about c^(2L)), so learning both lets them drift together without end
+(`learn=("W_std", "b_std")` learns both, e.g. without a ScaleKernel). Needs the optional extra:
+`pip install "ntkit[gpytorch]"`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class _ArchKernel(gpytorch.kernels.Kernel):
         in_shape: the shape of one example, e.g. (1, 8, 8): each row of the inputs (..., n, d) is reshaped to it.
         W_std, b_std: initial values (default: the architecture's, which must then be shared by its weight layers).
         W_std_constraint, b_std_constraint: GPyTorch constraints (default Positive()).
+        learn: the hyperparameters to learn (default ("b_std",): the ScaleKernel around it carries the scale); the
+            others keep their values (their raw parameters do not require gradients).
         batch_shape and the other keyword arguments: as for `gpytorch.kernels.Kernel`.
 
     Inputs are (..., n, d) tensors; outputs (..., n, m) in their dtype (float64 recommended, as BoTorch uses).
@@ -42,12 +47,15 @@ class _ArchKernel(gpytorch.kernels.Kernel):
 
     def __init__(self, arch: Any = None, *, in_shape: Any = None, W_std: float | None = None,
                  b_std: float | None = None, W_std_constraint: Interval | None = None,
-                 b_std_constraint: Interval | None = None, **kwargs: Any):
+                 b_std_constraint: Interval | None = None, learn: tuple[str, ...] = ("b_std",), **kwargs: Any):
         super().__init__(**kwargs)
         from .mlp import MLP
 
         self.arch = check_arch(MLP(2) if arch is None else arch)
         self.in_shape = in_shape
+        learn = (learn,) if isinstance(learn, str) else tuple(learn)
+        if not set(learn) <= {"W_std", "b_std"}:
+            raise ValueError(f"learn must name hyperparameters among 'W_std' and 'b_std', got {learn!r}")
         for name, value in (("W_std", W_std), ("b_std", b_std)):
             if value is None:
                 own = scales(self.arch, name)
@@ -59,6 +67,7 @@ class _ArchKernel(gpytorch.kernels.Kernel):
             self.register_parameter(f"raw_{name}", torch.nn.Parameter(torch.zeros(*self.batch_shape, 1, 1)))
             self.register_constraint(f"raw_{name}", constraint)
             self.initialize(**{name: value})
+            getattr(self, f"raw_{name}").requires_grad_(name in learn)
 
     @property
     def W_std(self) -> torch.Tensor:
