@@ -3,6 +3,7 @@ leaky_relu (alpha, 1), abs (-1, 1)).
 
 Its maps are the arc-cosine kernel of degree 1 (Cho and Saul 2009) for the two slopes: with theta = atan2(s, c),
 s = sqrt(q1 q2 - c^2) (`ntkit.activations.base.angle`),
+
     E[sigma'(u) sigma'(v)] = (a^2 + b^2) / 2 - (a - b)^2 theta / (2 pi)
     E[sigma(u) sigma(v)]   = (a - b)^2 s / (2 pi) + E[sigma'(u) sigma'(v)] c
 """

@@ -61,8 +61,10 @@ class Exp(Nonlinearity):
 class Gaussian(Nonlinearity):
     """sigma(x) = a exp(b x^2), sigma'(x) = 2 a b x exp(b x^2). With P_i = 1 - 2 b q_i and
     D = P1 P2 - 4 b^2 c^2 = det(I - 2 b Sigma):
+
         E[sigma(u) sigma(v)]   = a^2 / sqrt(D)
         E[sigma'(u) sigma'(v)] = 4 a^2 b^2 c / D^(3/2)
+
     finite where I - 2 b Sigma is positive definite (always for b <= 0; for b > 0 where P1, P2 and D are positive,
     on the diagonal where q < 1 / (4b)); elsewhere the expectation is infinite and the maps return inf.
     """
@@ -123,6 +125,7 @@ class Rbf(Nonlinearity):
     """sigma(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4), whose NNGP map is the RBF kernel of the pre-activations:
         E[sigma(u) sigma(v)]   = exp(-gamma (q1 + q2 - 2c))       (1 on the diagonal)
         E[sigma'(u) sigma'(v)] = 2 gamma exp(-gamma (q1 + q2 - 2c))
+
     (gamma = 1 / (2 l^2) for a length scale l; gamma >= 0).
     """
 

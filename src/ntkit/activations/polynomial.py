@@ -4,10 +4,14 @@ of neural-tangents' `stax.Polynomial`, `stax.Monomial` and `stax.Hermite`.
 
 Every map comes from the Hermite expansion of sigma(sqrt(q) z), z ~ N(0, 1): x^n = sum_i n! / (2^i i! (n - 2i)!)
 He_{n-2i}(x), so sigma(sqrt(q) z) = sum_l q^(l/2) h_l(q) He_l(z) / sqrt(l!) with the polynomials
+
     h_l(q) = sum_i coef[l + 2i] (l + 2i)! / (2^i i! sqrt(l!)) q^i,
+
 and E[He_j(z1) He_l(z2)] = delta_jl l! rho^l (Mehler) gives, with c = rho sqrt(q1 q2),
+
     E[sigma(u) sigma(v)]   = sum_l h_l(q1) h_l(q2) c^l
     E[sigma'(u) sigma'(v)] = sum_{l >= 1} l h_l(q1) h_l(q2) c^(l-1)     (Price's theorem: d/dc of the first)
+
 polynomials in (c, q1, q2): no square root, no division, exact at q = 0 and at c = +-sqrt(q1 q2).
 """
 
@@ -115,6 +119,7 @@ def _degree(degree, allowed: range | None = None) -> int:
 class Monomial(Polynomial):
     """sigma(x) = x^degree, degree 0 to 5 (neural-tangents' `stax.Monomial`):
         E[u^n v^n] = sum_{l = n, n-2, ...} (n! / (2^i i! l!))^2 l! c^l (q1 q2)^i,   i = (n - l) / 2
+
     (degree 2: 2c^2 + q1 q2; degree 3: 6c^3 + 9 c q1 q2), the diagonal (2n - 1)!! q^n."""
 
     def __init__(self, degree: int = 2):

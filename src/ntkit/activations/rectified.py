@@ -4,6 +4,7 @@ their maps are the arc-cosine kernels of Cho and Saul (2009) of every degree n >
 With theta = atan2(s, c), s = sqrt(q1 q2 - c^2) (`ntkit.activations.base.angle`),
     E[sigma(u) sigma(v)] = (q1 q2)^(n/2) J_n(theta) / (2 pi),
     J_n(theta) = (-1)^n sin(theta)^(2n + 1) ((1 / sin(theta)) d/dtheta)^n ((pi - theta) / sin(theta)),
+
 and (q1 q2)^(n/2) J_n(theta) = (pi - theta) P_n(c, s) + Q_n(c, s) with P_n, Q_n homogeneous polynomials of degree n
 and nonnegative integer coefficients, derived once per degree (`arc_cosine_polynomials`; J_1 = sin + (pi - theta)
 cos gives ReLU's s + (pi - theta) c). No division: finite at q = 0 and at c = +-sqrt(q1 q2). The SigmaDot map is
