@@ -84,6 +84,16 @@ LAYER_CASES: dict[str, Case] = {
     "Residual_conv": Case(lambda **s: nk.Residual(nk.ReLU(), nk.Conv1d(3, **s)),
                           lambda r: conv1d(r, nk.ReLU(), end=nk.GlobalAvgPool()), (1, 5), {"b_std": 0.1},
                           {"b_std": 0.4}, nt="residual"),
+    "Parallel": Case(lambda **s: nk.layers.Parallel(nk.Linear(W_std=1.1), (nk.ReLU(), nk.Linear(b_std=0.3)), **s),
+                     lambda p: nk.Sequential(nk.Linear(), p, nk.Linear()), (3,), {"combine": "product"},
+                     {"combine": "sum"}, monte_carlo=True),
+    "Parallel_concat": Case(lambda **s: nk.layers.Parallel((nk.Erf(), nk.Conv1d(3)), (nk.ReLU(), nk.Conv1d(2)),
+                                                           combine="concat", **s),
+                            lambda p: conv1d(p, nk.AvgPool1d(2), end=nk.Flatten()), (1, 6), {"proportions": (1, 2)},
+                            {"proportions": (2, 1)}),
+    "Parallel_sum_conv": Case(lambda **s: nk.layers.Parallel((), (nk.ReLU(), nk.Conv2d(3, **s)), nk.Conv2d(1)),
+                              lambda p: conv2d(p, nk.ReLU(), end=nk.GlobalAvgPool()), (1, 4, 3), {"b_std": 0.1},
+                              {"b_std": 0.3}),
 }
 
 def _other(value):
@@ -130,7 +140,7 @@ def test_out_shape_is_the_finite_modules_output_shape(name):
         with torch.no_grad():
             x = module(x)
         expected = step.layer.out_shape(shape, f"layer {index}")
-        if step.layer.weights:    # its channel count is the width (or out_features for the last)
+        if step.layer.weights or step.layer.branches:  # its channel count is a width (or out_features for the last)
             assert tuple(x.shape[2:]) == tuple(expected[1:]) and len(x.shape) == len(expected) + 1, (index, step)
         else:
             assert tuple(x.shape[1:]) == tuple(expected), (index, step)

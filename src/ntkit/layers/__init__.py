@@ -18,6 +18,7 @@ from .flatten import Flatten
 from .infinite import infinite
 from .linear import Linear
 from .normalization import LayerNorm
+from .parallel import Parallel
 from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
 from .record import Record
 from .residual import Residual
@@ -27,5 +28,5 @@ from .sequential import Sequential
 globals().update(SHORT_FORMS)
 
 __all__ = ["Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "Layer",
-           "LayerError", "LayerNorm", "Linear", "NTKConv", "Record", "Residual", "SelfAttention", "Sequential",
-           "infinite", *SHORT_FORMS]
+           "LayerError", "LayerNorm", "Linear", "NTKConv", "Parallel", "Record", "Residual", "SelfAttention",
+           "Sequential", "infinite", *SHORT_FORMS]

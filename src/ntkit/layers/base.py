@@ -75,7 +75,8 @@ class Layer:
         pools            it averages over positions (the range checks judge small values only before pooling)
         odd_preserving   its output stays odd in the weights of the layer before (pooling, Flatten, LayerNorm):
                          it may follow the last weight layer of a Residual branch
-        branch           the layers of a parallel branch (Residual), run by the composer, combined by `merge`
+        branches         parallel branches (each a tuple of layers, () the identity), run by the composer on the
+                         layer's input and combined by `merge` (Parallel, Residual)
         dense_scales     (W_std, b_std) of a fully-connected weight layer, else None     } chains of these run the
         elementwise      the `Nonlinearity` of an elementwise layer, else None           } fused recursion
         has_ntk_limit    False where the NTK grows with the width (a Linear in the standard parametrization)
@@ -86,7 +87,7 @@ class Layer:
     weights: bool = False
     pools: bool = False
     odd_preserving: bool = False
-    branch: tuple[Layer, ...] | None = None
+    branches: tuple[tuple[Layer, ...], ...] | None = None
     dense_scales: tuple | None = None
     elementwise: Nonlinearity | None = None
     has_ntk_limit: bool = True
@@ -131,17 +132,27 @@ class Layer:
         when that is cheaper than the input record and `apply`; None to let the composer do the latter."""
         return None
 
-    # --------------------------------------------------------------- layers with a branch (`branch` set)
-    def check_branch(self, shape: tuple[int, ...], branch_shape: tuple[int, ...], where: str) -> None:
-        """Refuse a branch whose output cannot be combined with the input of `shape` (a LayerError)."""
+    # ------------------------------------------------------------- layers with branches (`branches` set)
+    def check_branches(self, shape: tuple[int, ...], outs: list[tuple[int, ...]], gaussians: list[bool],
+                       where: str) -> tuple[tuple[int, ...], bool]:
+        """The output shape and Gaussianity from those of the branches on an input of `shape`, or a LayerError."""
         raise NotImplementedError
 
-    def merge(self, skip: Record, branch: Record) -> Record:
-        """The record of the output from the records of the input (`skip`) and of the branch's output."""
+    def merge(self, records: list[Record]) -> Record:
+        """The record of the output from the records of the branches' outputs, in order."""
         raise NotImplementedError
 
-    def wrap(self, branch: nn.Module) -> nn.Module:
-        """The finite layer, given the finite modules of the branch."""
+    def branch_channels(self, shape: tuple[int, ...], widths) -> list[int]:
+        """In the finite network: the channel count of each branch's last weight layer (`widths`: an iterator over
+        the hidden widths, drawn from as many times as `count_widths` says)."""
+        raise NotImplementedError
+
+    def count_widths(self) -> int:
+        """How many hidden widths `branch_channels` draws."""
+        return 0
+
+    def wrap(self, branches: list[nn.Module]) -> nn.Module:
+        """The finite layer, given the finite modules of the branches (an empty nn.Sequential: the identity)."""
         raise NotImplementedError
 
 

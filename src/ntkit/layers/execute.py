@@ -34,9 +34,9 @@ def run(steps: list[Step], record: Record, ctx: Pass, pooled: bool = False) -> R
     """The kernel maps of a plan, one layer after the other, on one record. The self pass keeps each layer's
     diagonals for the range checks (`pooled`: a pooling layer came before)."""
     for step in steps:
-        if step.sub is not None:
-            branch = run(step.sub, record, ctx, pooled)
-            record = step.layer.merge(reduce(record, step.out_need), branch)
+        if step.subs is not None:   # each branch on the input (the identity: the input itself), then combined
+            record = step.layer.merge([run(sub, record, ctx, pooled) if sub else reduce(record, step.out_need)
+                                       for sub in step.subs])
         else:
             record = step.layer.apply(record, ctx)
         record = reduce(record, step.out_need)
@@ -245,7 +245,8 @@ def exact_pairs(tile_fn: Callable, Xt: torch.Tensor, Yt: torch.Tensor, symmetric
 
     def fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
         blocks = tile_fn(rows, cols)
-        a, b = coincident.identical_pairs(Xt, Yt, rows, cols, fx, fy)
+        on_diagonal = symmetric and isinstance(rows, slice) and rows == cols     # its diagonal is exact already
+        a, b = coincident.identical_pairs(Xt, Yt, rows, cols, fx, fy, skip_diagonal=on_diagonal)
         if len(a):
             index = torch.arange(Xt.shape[0], device=Xt.device)[rows][a]
             for block, values in zip(blocks, exact(index), strict=True):

@@ -1,6 +1,7 @@
 """The finite network of an architecture: each layer's torch module, with the widths of its weight layers.
 
-Read from what each layer declares (`weights`, `branch`, `module`, `wrap`); no layer is recognized by its class.
+Read from what each layer declares (`weights`, `branches`, `branch_channels`, `module`, `wrap`); no layer is
+recognized by its class.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from .._checks import check_positive_int
 from .base import Layer
+from .plan import prefix_of
 
 
 def hidden_widths(layers: Sequence[Layer], width: int | Sequence[int] | None) -> list[int]:
@@ -32,15 +34,21 @@ def modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, widt
             generator: torch.Generator | None, dtype: torch.dtype, prefix: str = ""
             ) -> tuple[list[nn.Module], tuple[int, ...]]:
     """The finite modules of `layers` on inputs of `shape` (real channel counts); the last weight layer has
-    `last_out` outputs, the others take the next of `widths`; a branch's last weight layer has its input's
-    channel count."""
+    `last_out` outputs, the others take the next of `widths`; a branch's last weight layer has the channel count
+    its layer gives (`Layer.branch_channels`: the input's for a Residual)."""
     last = max((i for i, layer in enumerate(layers) if layer.weights), default=-1)
     out_modules = []
     for index, layer in enumerate(layers):
         where = f"layer {prefix}{index}"
-        if layer.branch is not None:
-            inner, _ = modules(layer.branch, shape, shape[0], widths, generator, dtype, f"{prefix}{index}.")
-            out_modules.append(layer.wrap(nn.Sequential(*inner)))
+        if layer.branches is not None:
+            branches = []
+            for b, (branch, channels) in enumerate(zip(layer.branches, layer.branch_channels(shape, widths),
+                                                       strict=True)):
+                inner, out = modules(branch, shape, channels, widths, generator, dtype,
+                                     prefix_of(layer, f"{prefix}{index}", b))
+                branches.append((nn.Sequential(*inner), out))
+            out_modules.append(layer.wrap([module for module, _ in branches]))
+            shape, _ = layer.check_branches(shape, [out for _, out in branches], [True] * len(branches), where)
             continue
         out = layer.out_shape(shape, where)
         if layer.weights:
@@ -56,5 +64,6 @@ def modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, widt
 def count_hidden(layers: Sequence[Layer], top: bool) -> int:
     """The weight layers that take a width: all but the last one at each level."""
     weights = sum(1 for layer in layers if layer.weights)
-    inner = sum(count_hidden(layer.branch, False) for layer in layers if layer.branch is not None)
+    inner = sum(layer.count_widths() + sum(count_hidden(branch, False) for branch in layer.branches)
+                for layer in layers if layer.branches is not None)
     return max(weights - 1, 0) + inner

@@ -20,14 +20,14 @@ from .base import Layer, wider
 
 @dataclass
 class Step:
-    """One layer of a plan: its shapes and the layout its output must keep (`sub`: the plan of its branch)."""
+    """One layer of a plan: its shapes and the layout its output must keep (`subs`: the plans of its branches)."""
 
     layer: Layer
     where: str
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     out_need: str = "flat"
-    sub: list[Step] | None = field(default=None, repr=False)
+    subs: list[list[Step]] | None = field(default=None, repr=False)
 
     @property
     def place(self) -> str:
@@ -36,8 +36,8 @@ class Step:
 
     @property
     def pools(self) -> bool:
-        """Whether the step averages over positions (itself, or a layer of its branch)."""
-        return self.layer.pools or any(s.pools for s in self.sub or ())
+        """Whether the step averages over positions (itself, or a layer of one of its branches)."""
+        return self.layer.pools or any(s.pools for sub in self.subs or () for s in sub)
 
 
 def build(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str, gaussian: bool
@@ -46,10 +46,12 @@ def build(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str, gaussian
     steps = []
     for index, layer in enumerate(layers):
         where = f"layer {prefix}{index}"
-        if layer.branch is not None:     # a parallel branch, combined with the input by the layer (Residual)
-            sub, branch_shape, _ = build(layer.branch, shape, f"{prefix}{index}.", gaussian)
-            layer.check_branch(shape, branch_shape, where)
-            steps.append(Step(layer, where, shape, shape, sub=sub))
+        if layer.branches is not None:   # parallel branches on the input, combined by the layer (Parallel, Residual)
+            built = [build(branch, shape, prefix_of(layer, f"{prefix}{index}", b), gaussian)
+                     for b, branch in enumerate(layer.branches)]
+            out, gaussian = layer.check_branches(shape, [o for _, o, _ in built], [g for _, _, g in built], where)
+            steps.append(Step(layer, where, shape, out, subs=[sub for sub, _, _ in built]))
+            shape = out
             continue
         out = layer.out_shape(shape, where)
         if layer.weights:  # its channel count is the width: infinite here (0 stands for it)
@@ -64,8 +66,10 @@ def assign_needs(steps: list[Step], out_need: str) -> str:
     """Backward over a plan: the layout each step's output must keep; returns what the input must have."""
     for step in reversed(steps):
         step.out_need = out_need if len(step.out_shape) > 1 else "flat"
-        if step.sub is not None:
-            need = wider(step.out_need, assign_needs(step.sub, step.out_need))
+        if step.subs is not None:
+            need = step.out_need
+            for sub in step.subs:
+                need = wider(need, assign_needs(sub, step.out_need))
         else:
             need = step.layer.need(step.out_need)
         out_need = need if len(step.in_shape) > 1 else "flat"
@@ -80,8 +84,8 @@ def elements(steps: list[Step], in_need: str, in_shape: tuple[int, ...]) -> int:
 
     largest, need = size(in_need, in_shape), in_need
     for step in steps:
-        if step.sub is not None:
-            largest = max(largest, elements(step.sub, need, step.in_shape))
+        for sub in step.subs or ():
+            largest = max(largest, elements(sub, need, step.in_shape))
         # a layer works on its input's layout before reducing to its own
         largest = max(largest, size(need, step.out_shape), size(step.out_need, step.out_shape))
         need = step.out_need
@@ -92,8 +96,15 @@ def all_layers(layers: Sequence[Layer]) -> Iterator[Layer]:
     """The layers and, depth first, those of their branches."""
     for layer in layers:
         yield layer
-        if layer.branch is not None:
-            yield from all_layers(layer.branch)
+        for branch in layer.branches or ():
+            yield from all_layers(branch)
+
+
+def prefix_of(layer: Layer, at: str, b: int) -> str:
+    """The prefix naming the layers of branch `b` of `layer` (at "layer 2"): "2." when only one branch has layers (a
+    Residual), else "2.b." (its branches in order)."""
+    with_layers = sum(1 for branch in layer.branches if branch)
+    return f"{at}." if with_layers == 1 else f"{at}.{b}."
 
 
 def fused_recursion(layers: Sequence[Layer]) -> Recursion | None:

@@ -25,6 +25,7 @@ import torch
 from .._range import RangeTracker, advice, check_resolved, log10_norms, number
 from ..activations.base import moderate as variances_moderate
 from .base import Layer
+from .plan import prefix_of
 
 #: relative agreement with the float64 recomputation under which an underflow is harmless
 AGREE = 1e-3
@@ -147,7 +148,8 @@ def advice_for(X: torch.Tensor, layers: Sequence[Layer]) -> tuple[str, str]:
 def _weight_layers(layers: Sequence[Layer], prefix: str):
     """(where, W_std, b_std) of every weight layer, those of Residual branches included."""
     for index, layer in enumerate(layers):
-        if layer.branch is not None:
-            yield from _weight_layers(layer.branch, f"{prefix}{index}.")
+        if layer.branches is not None:
+            for b, branch in enumerate(layer.branches):
+                yield from _weight_layers(branch, prefix_of(layer, f"{prefix}{index}", b))
         elif layer.weights:
             yield f"layer {prefix}{index} ({layer.name})", number(layer.W_std), number(layer.b_std)

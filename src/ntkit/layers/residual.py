@@ -6,8 +6,8 @@ parallel(branch, Identity), FanInSum)
 
     Sigma'(x, y) = Sigma(x, y) + Sigma_branch(x, y),      Theta'(x, y) = Theta(x, y) + Theta_branch(x, y).
 
-The composer runs the branch (its plans and kernels, `ntkit.layers.plan` and `execute`); this layer declares it
-(`branch`), checks it (`check_branch`) and combines the two records (`merge`) and the two finite modules (`wrap`).
+It is `Parallel((), branch)` with combine="sum" (`ntkit.layers.parallel`): the composer runs the branches, this layer
+checks them (`check_branches`) and wraps the finite branch as x + branch(x).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from .base import Layer, LayerError
-from .record import Record
+from .parallel import Parallel, _positions, ends_with_weights
 
 
-class Residual(Layer):
-    """x + branch(x), the branch given as layers: Residual(nk.ReLU(), nk.Conv2d(3), nk.ReLU(), nk.Conv2d(3))."""
+class Residual(Parallel):
+    """x + branch(x), the branch given as layers: Residual(nk.ReLU(), nk.Conv2d(3), nk.ReLU(), nk.Conv2d(3)).
+    The special case Parallel((), branch) of `Parallel`."""
 
     def __init__(self, *branch: Layer):
         if not branch:
@@ -30,45 +31,25 @@ class Residual(Layer):
                 raise TypeError(f"layer {index} of the Residual branch must be an ntkit layer, got "
                                 f"{type(layer).__name__}")
         self.layers: tuple[Layer, ...] = tuple(branch)
-
-    @property
-    def branch(self) -> tuple[Layer, ...]:
-        return self.layers
+        self.combine, self.proportions = "sum", (1, 1)
+        self.parts = ((), self.layers)       # the skip first: x + branch(x)
 
     def describe(self) -> str:
         return f"Residual({', '.join(layer.describe() for layer in self.layers)})"
 
-    def check_branch(self, shape, branch_shape, where):
+    def check_branches(self, shape, outs, gaussians, where):
+        branch_shape = outs[1]
         if len(branch_shape) != len(shape) or branch_shape[1:] != shape[1:]:
             raise LayerError(f"Residual ({where}): its branch changes the shape per example from "
                              f"{_positions(shape)} to {_positions(branch_shape)}; x + branch(x) needs the same")
-        if not _ends_with_weights(self.layers):
+        if not ends_with_weights(self.layers):
             raise LayerError(f"Residual ({where}): its branch must end with a Linear or Conv layer (pooling, "
                              f"Flatten or LayerNorm may follow it), so that it is independent of the skip "
                              f"connection in the limit")
+        return shape, gaussians[0]
 
-    def merge(self, skip: Record, branch: Record) -> Record:
-        theta = None if skip.theta is None else skip.theta + branch.theta
-        return Record(skip.sigma + branch.sigma, theta, skip.layout, skip.nbatch, skip.spatial)
-
-    def wrap(self, branch: nn.Module) -> nn.Module:
-        return ResidualModule(branch)
-
-
-def _ends_with_weights(layers) -> bool:
-    """Whether the last weight layer is followed only by layers that keep their input odd in its weights (pooling,
-    Flatten, LayerNorm: `Layer.odd_preserving`): then the branch is odd in those weights and independent of the skip
-    connection in the limit."""
-    for layer in reversed(layers):
-        if layer.weights:
-            return True
-        if not layer.odd_preserving:
-            return False
-    return False
-
-
-def _positions(shape: tuple[int, ...]) -> str:
-    return "(d,)" if len(shape) == 1 else f"(C, {', '.join(map(str, shape[1:]))})"
+    def wrap(self, branches: list[nn.Module]) -> nn.Module:
+        return ResidualModule(branches[1])
 
 
 class ResidualModule(nn.Module):
