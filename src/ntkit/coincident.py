@@ -56,16 +56,22 @@ def fingerprints(X: torch.Tensor) -> torch.Tensor:
     return (flat * weights.to(flat.dtype).to(flat.device)).sum(1)
 
 
-def identical_pairs(X: torch.Tensor, Y: torch.Tensor, rows, cols, fx: torch.Tensor, fy: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def identical_pairs(X: torch.Tensor, Y: torch.Tensor, rows, cols, fx: torch.Tensor, fy: torch.Tensor,
+                    skip_diagonal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The pairs (a, b) of a tile (rows, cols) whose examples X[rows][a] and Y[cols][b] are equal entry by entry
     (1-D int64 tensors of positions in the tile; `fingerprints` fx of X and fy of Y select the candidates, which
-    are then compared in full): a point with itself, which gets its exact diagonal value."""
+    are then compared in full): a point with itself, which gets its exact diagonal value. `skip_diagonal`: the
+    tile's own diagonal (a == b) is left out (a diagonal tile of a symmetric Gram, which has it already)."""
     fr, fc = fx[rows], fy[cols]
     candidates = torch.nonzero(torch.isin(fr, fc))[:, 0]
     if not len(candidates):
         return candidates, candidates
-    a, b = torch.nonzero(fr[candidates][:, None] == fc[None, :], as_tuple=True)
+    same = fr[candidates][:, None] == fc[None, :]
+    if skip_diagonal:
+        same[torch.arange(len(candidates), device=same.device), candidates] = False
+    a, b = torch.nonzero(same, as_tuple=True)
+    if not len(a):
+        return a, b
     a = candidates[a]
     x, y = X[rows][a], Y[cols][b]
     same = (x == y).reshape(len(a), math.prod(x.shape[1:])).all(1)
