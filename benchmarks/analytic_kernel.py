@@ -3,8 +3,9 @@
 Fully-connected ReLU, L = 4, d = 784, beta = 0.1, standard normal inputs, the symmetric Gram
 K(X, X) for N in --sizes, float32 and float64. neural-tangents runs in its own environment
 (--nt-python, or the NT_PYTHON environment variable; its kernel_fn jit-compiled, compile time
-excluded). Also reported: the time of the X @ X.T matmul alone (the floor any method pays), and
-the agreement of the two libraries in float64.
+excluded). Also reported: the time of the X @ X.T matmul alone (the floor any method pays), the time of the
+same network written as layers, nk.Sequential(Linear, ReLU, ..., Linear), which runs the same fused recursion
+(its ratio to MLP should be 1 within noise), and the agreement of the two libraries in float64.
 
     python benchmarks/analytic_kernel.py --sizes 1000 4000 10000 --nt-python PATH/TO/venv/bin/python
     python benchmarks/analytic_kernel.py --device cuda --sizes 30000 --dtypes float32 --compile   # GPU goal
@@ -96,6 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     nk.set_progress(False)
     arch = nk.MLP(depth=args.depth, activation="relu", beta=args.beta)
+    chain = nk.Sequential(*[layer for _ in range(args.depth - 1) for layer in (nk.Linear(b_std=args.beta), nk.ReLU())],
+                          nk.Linear(b_std=args.beta))
     rows = []
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
@@ -104,17 +107,17 @@ def main() -> None:
             X = torch.as_tensor(x, dtype=dtype, device=args.device)
             ours = median_time(lambda X=X: arch.kernel(X, compile=args.compile), args.repeat)
             matmul = median_time(lambda X=X: X @ X.T, args.repeat)
+            layered = median_time(lambda X=X: chain.kernel(X, compile=args.compile), args.repeat)
             nt = run_nt(args.nt_python, n, args.d, args.depth, args.beta, dtype_name == "float64",
                         args.repeat, 0, None) if args.nt_python else None
             row = {"n": n, "dtype": dtype_name, "device": args.device, "compile": args.compile,
-                   "ntkit_s": ours, "matmul_s": matmul,
+                   "ntkit_s": ours, "matmul_s": matmul, "sequential_s": layered, "sequential_over_mlp": layered / ours,
                    "ntkit_over_matmul": ours / matmul, "neural_tangents_s": nt and nt["median_s"],
                    "ntkit_over_nt": nt and ours / nt["median_s"]}
             rows.append(row)
+            versus = f"  neural-tangents {nt['median_s']:8.3f}s  ntkit/nt {ours / nt['median_s']:5.2f}" if nt else ""
             print(f"N={n:6d} {dtype_name}: ntkit {ours:8.3f}s  matmul {matmul:7.3f}s  "
-                  f"ntkit/matmul {ours / matmul:5.2f}" + (f"  neural-tangents {nt['median_s']:8.3f}s  "
-                                                          f"ntkit/nt {ours / nt['median_s']:5.2f}" if nt else ""),
-                  flush=True)
+                  f"ntkit/matmul {ours / matmul:5.2f}  Sequential/MLP {layered / ours:5.2f}{versus}", flush=True)
 
     agreement = None
     if args.nt_python:
@@ -138,12 +141,13 @@ def main() -> None:
                       f"diagonal {agreement['max_rel_diagonal_vs_exact']:.2e} (its arccos rounding)")
 
     print()
-    print(f"{'N':>6} {'dtype':>8} {'ntkit s':>9} {'matmul s':>9} {'ntkit/mm':>9} {'NT s':>9} {'ntkit/NT':>9}")
+    print(f"{'N':>6} {'dtype':>8} {'ntkit s':>9} {'matmul s':>9} {'ntkit/mm':>9} {'seq/MLP':>9} {'NT s':>9} "
+          f"{'ntkit/NT':>9}")
     for r in rows:
         nt_s = f"{r['neural_tangents_s']:9.3f}" if r["neural_tangents_s"] else f"{'-':>9}"
         ratio = f"{r['ntkit_over_nt']:9.2f}" if r["ntkit_over_nt"] else f"{'-':>9}"
         print(f"{r['n']:6d} {r['dtype']:>8} {r['ntkit_s']:9.3f} {r['matmul_s']:9.3f} "
-              f"{r['ntkit_over_matmul']:9.2f} {nt_s} {ratio}")
+              f"{r['ntkit_over_matmul']:9.2f} {r['sequential_over_mlp']:9.2f} {nt_s} {ratio}")
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
