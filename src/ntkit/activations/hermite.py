@@ -9,8 +9,9 @@ the correlation rho = c / sqrt(q1 q2) (Han, Avron, Shoham, Kim and Shin 2022):
 The coefficients depend on the variances only, so they are computed once per distinct variance: NODES-point
 Gauss-Hermite quadrature, a_k = sum_i sqrt(w_i) h_k(z_i) sqrt(w_i) sigma^(m)(sqrt(q) z_i) (`_basis`), with
 sigma^(m) by autograd. Parseval bounds the truncation: |sum_{k >= K} a_k b_k rho^k| <= sqrt(T_a(K) T_b(K)),
-T_a(K) = sum_{k >= K} a_k^2, so the series is used only where that bound is below TOLERANCE times
-sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2]) at every variance (`HermiteMaps.resolves`); kinks (relu, elu, selu) and
+T_a(K) = sum_{k >= K} a_k^2, so the series is truncated where T_a(K) <= TOLERANCE E[sigma^(m)(u)^2] at every
+variance, which bounds a map's error by TOLERANCE sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2]), and used only where such
+a K exists (`HermiteMaps.resolves`); kinks (relu, elu, selu) and
 very large variances of steep functions fail it and stay with the 2-D quadrature.
 
 A map is then a function of rho alone for each pair of distinct variances: few pairs (inputs of one norm, as
@@ -30,14 +31,18 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from scipy.special import gammaln
 
 NODES = 2048            # Gauss-Hermite nodes for the coefficients
 TERMS = 1024            # coefficients kept (half the nodes: the rest only measure the aliasing)
-TOLERANCE = 1e-11       # relative bound on a map's truncation and table error
+TOLERANCE = 1e-12       # relative bound on a map's truncation and table error
 TABLE_DEGREE = 3        # local polynomial degree of the tables in rho
 MAX_TABLES = 16         # pairs of distinct variances up to which maps are tabulated
 SERIES_BELOW = 1 << 14  # fewer entries than this take the series directly (cheaper than building a table)
 MAX_PANELS = 1 << 15
+_DIRECT_ORDER = 3       # derivatives of sigma by autograd up to this order, by shifting coefficients beyond
+_SERIES_BLOCK = 1 << 22  # entries x terms per block of the series
+_LOOSE = 1e-9           # truncation of the higher derivatives' series (used in derivatives of the maps only)
 _MANTISSA_BITS = 42     # variances equal to 2^-42 relative share their coefficients
 
 
@@ -108,17 +113,41 @@ class _Coefficients:
             self.values = None
             return
         weighted = np.where(root_w > 0, values, 0.0) * root_w
-        every = (psi @ weighted.T).T                                    # (G, NODES): all coefficients
+        self._set((psi @ weighted.T).T, (weighted * weighted).sum(1))
+
+    def _set(self, every: np.ndarray, norms: np.ndarray) -> None:
+        self.every = every                                              # (G, NODES): all coefficients
         self.values = every[:, :TERMS]
-        self.norms = (weighted * weighted).sum(1)
+        self.norms = norms
         self.tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :TERMS + 1]
 
+    def shifted(self, fn, variances: np.ndarray, steps: int) -> _Coefficients:
+        """The coefficients of sigma^(m + steps) from these of sigma^(m) (d/dz h_k = sqrt(k) h_{k-1}):
+        a_j^(m+s) = a_{j+s}^(m) sqrt((j+s)! / j!) / q^(s/2); variance 0 by autograd at 0 (one point)."""
+        out = _Coefficients.__new__(_Coefficients)
+        if self.values is None:
+            out.values = None
+            return out
+        j = np.arange(NODES - steps, dtype=np.float64)
+        growth = np.exp(0.5 * (gammaln(j + steps + 1) - gammaln(j + 1)))
+        positive = variances > 0
+        scale = np.where(positive, np.maximum(variances, 1e-300) ** (-steps / 2), 0.0)
+        every = np.zeros_like(self.every)
+        every[:, :NODES - steps] = self.every[:, steps:] * growth * scale[:, None]
+        if not positive.all():       # sigma^(m)(0 z) is the constant sigma^(m)(0)
+            at_zero = float(_derivatives(fn, torch.zeros(1, dtype=torch.float64), _DIRECT_ORDER + steps)[0])
+            every[~positive] = 0.0
+            every[~positive, 0] = at_zero
+        out._set(every, (every * every).sum(1))
+        return out
+
     def terms_for(self, tolerance: float) -> int | None:
-        """The fewest terms K with tail(K) <= tolerance^2 E[sigma^(m)(u)^2] at every variance; None if TERMS do not
+        """The fewest terms K with tail(K) <= tolerance E[sigma^(m)(u)^2] at every variance (then the truncation
+        error of a map is at most tolerance sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2])); None if TERMS do not
         suffice (a kink, or a variance too large for the steepness of sigma)."""
         if self.values is None:
             return None
-        ok = self.tails <= (tolerance**2) * self.norms[:, None] + 1e-300
+        ok = self.tails <= tolerance * self.norms[:, None] + 1e-300
         if not ok[:, -1].all():
             return None
         return max(1, int(np.argmax(ok.all(0))))
@@ -133,11 +162,15 @@ class HermiteMaps:
         self._cache: dict[tuple, object] = {}
 
     def coefficients(self, variances: np.ndarray, order: int) -> _Coefficients:
+        """The coefficients of sigma^(order) at these variances: by autograd up to _DIRECT_ORDER (nested autograd
+        grows combinatorially past it), shifted from those beyond; cached."""
         key = (order, variances.tobytes())
         if key not in self._cache:
-            if len(self._cache) >= 64:
+            if len(self._cache) >= 256:
                 self._cache.clear()
-            self._cache[key] = _Coefficients(self.fn, variances, order)
+            self._cache[key] = (_Coefficients(self.fn, variances, order) if order <= _DIRECT_ORDER else
+                                self.coefficients(variances, _DIRECT_ORDER).shifted(self.fn, variances,
+                                                                                     order - _DIRECT_ORDER))
         return self._cache[key]
 
     def resolves(self, q1: torch.Tensor, q2: torch.Tensor, orders: Sequence[int] = (0, 1)) -> bool:
@@ -168,18 +201,27 @@ class HermiteMaps:
         if a.values is None or b.values is None:
             raise ValueError(f"the derivative of order {max(m, n)} of the activation is not finite at the "
                              f"quadrature nodes")
-        terms = max(a.terms_for(TOLERANCE) or TERMS, b.terms_for(TOLERANCE) or TERMS)
+        terms = max(a.terms_for(TOLERANCE) or a.terms_for(_LOOSE) or TERMS,
+                    b.terms_for(TOLERANCE) or b.terms_for(_LOOSE) or TERMS)
         return a.values[:, :terms], b.values[:, :terms], terms
 
     def _series(self, rho, reps1, index1, reps2, index2, m, n) -> torch.Tensor:
-        """sum_k a_k(q1) b_k(q2) rho^k by Horner for every pair (many distinct variances)."""
+        """sum_k a_k(q1) b_k(q2) rho^k for every pair (many distinct variances, or few entries), in blocks of
+        entries: the coefficient products and the powers of rho as (block, K) matrices."""
         a, b, terms = self._terms(reps1, reps2, m, n)
         a = torch.as_tensor(a, dtype=rho.dtype, device=rho.device)
         b = torch.as_tensor(b, dtype=rho.dtype, device=rho.device)
-        total = a[:, terms - 1][index1] * b[:, terms - 1][index2] * torch.ones_like(rho)
-        for k in range(terms - 2, -1, -1):
-            total.mul_(rho).addcmul_(a[:, k][index1], b[:, k][index2])
-        return total
+        flat_rho = rho.reshape(-1)
+        i1 = index1.expand(rho.shape).reshape(-1)
+        i2 = index2.expand(rho.shape).reshape(-1)
+        out = torch.empty_like(flat_rho)
+        block = max(1, _SERIES_BLOCK // terms)
+        for start in range(0, flat_rho.numel(), block):
+            part = slice(start, start + block)
+            products = a[i1[part]] * b[i2[part]]                                    # (block, K)
+            powers = flat_rho[part, None].expand(-1, terms - 1).cumprod(1)           # rho^1 .. rho^(K-1)
+            out[part] = products[:, 0] + (products[:, 1:] * powers).sum(1)
+        return out.reshape(rho.shape)
 
     def _tabulated(self, rho, reps1, index1, reps2, index2, orders, shape) -> list[torch.Tensor]:
         """The maps from tables of piecewise polynomials in rho, one per pair of distinct variances."""

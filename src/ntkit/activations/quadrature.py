@@ -116,6 +116,9 @@ class Quadrature(Activation):
         self.degree = degree
         self.fast = fast
         self.last_path: str | None = None
+        #: refuse the quadrature fallback (a ValueError instead): set while derivatives of the maps beyond the
+        #: first are taken (`ntkit.pinn`), which only the Hermite path gives
+        self.require_fast = False
         self._hermite = HermiteMaps(fn)
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint.strip()):
@@ -220,6 +223,12 @@ class Quadrature(Activation):
             maps = gaussian_maps(c, q1.to(c.dtype), q2.to(c.dtype), self._hermite,
                                  ((0, 0), (1, 1)) if derivatives else ((0, 0),))
             return maps[0], (maps[1] if derivatives else None)
+        if self.require_fast:
+            raise ValueError(
+                f"the Hermite expansion of activation {self.name!r} does not converge at these variances (largest "
+                f"{float(torch.cat([q1.detach().reshape(-1), q2.detach().reshape(-1)]).max()):.3g}): a kink or jump "
+                f"(relu, elu, selu, softsign), or variances too large for its steepness; the derivatives wanted here "
+                f"need a smooth activation (tanh, sigmoid, softplus, silu, erf, gelu, sin) at moderate variances")
         self.last_path = "quadrature"
         return self._expect(c, q1, q2, derivatives)
 
