@@ -1,7 +1,8 @@
 """Empirical NTK of real models: ntkit against torch.func's Jacobian contraction and neural-tangents, side by side.
 
-Cases (float32, one run, each method in a fresh subprocess: time of one call after a warm-up call on two
-samples, peak resident memory of the subprocess from os.wait4):
+Cases (float32, one run, each method in a fresh subprocess: wall time and CPU time of one call after a warm-up
+call on two samples, peak resident memory of the subprocess from os.wait4). On a shared machine the CPU time of
+a single-threaded run (--threads 1) is the fairer comparison; the ratios use it when it is there:
 
   cnn          3 conv 3x3 (128 channels, ReLU, 2x2 average pool), global average, Linear; N = 64, 32x32x3,
                10 outputs, mode="full"
@@ -48,8 +49,8 @@ x = np.random.default_rng(0).standard_normal((n, 32, 32, 3)).astype(np.float32)
 _, params = init_fn(jax.random.PRNGKey(0), x.shape)
 f = jax.jit(nt.empirical_ntk_fn(apply_fn, vmap_axes=0, implementation=impl, trace_axes=()))
 f(x[:2], None, params).block_until_ready()
-start = time.perf_counter(); f(x, None, params).block_until_ready()
-print(json.dumps({"seconds": time.perf_counter() - start}))
+start, cpu = time.perf_counter(), time.process_time(); f(x, None, params).block_until_ready()
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}))
 """
 
 
@@ -134,12 +135,12 @@ def worker(spec: dict) -> dict:
             return torch.diagonal(theta, dim1=2, dim2=3).mean(-1) if mode == "trace" else theta
 
     call(X[:2])  # warm-up: lazy imports, allocator
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     theta = call(X)
-    seconds = time.perf_counter() - start
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
     chosen = choose_method(model, X[:2], mode=mode) if method == "ntkit-auto" else None
-    return {"seconds": seconds, "theta_fro": float(torch.linalg.vector_norm(theta.double())), "chosen": chosen,
-            "n_params": sum(p.numel() for p in model.parameters())}
+    return {"seconds": seconds, "cpu_s": cpu_s, "theta_fro": float(torch.linalg.vector_norm(theta.double())),
+            "chosen": chosen, "n_params": sum(p.numel() for p in model.parameters())}
 
 
 def run(case: str, method: str, args: argparse.Namespace) -> dict:
@@ -161,16 +162,19 @@ def run(case: str, method: str, args: argparse.Namespace) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'case':<13}{'method':<20}{'time (s)':>10}{'peak RSS (MB)':>15}{'x ntkit-auto':>14}  note"]
+    head = f"{'case':<13}{'method':<20}{'wall (s)':>10}{'CPU (s)':>10}{'peak RSS (MB)':>15}{'x ntkit-auto':>14}  note"
+    lines = [head]
     for case in dict.fromkeys(r["case"] for r in results):
         rows = [r for r in results if r["case"] == case]
-        ours = next((r.get("seconds") for r in rows if r["method"] == "ntkit-auto"), None)
+        ours = next((r for r in rows if r["method"] == "ntkit-auto" and r.get("seconds")), None)
         for r in rows:
-            t = r.get("seconds")
-            ratio = f"{t / ours:14.2f}" if t and ours else f"{'':>14}"
+            t, c = r.get("seconds"), r.get("cpu_s")
+            ratio = f"{c / ours['cpu_s']:14.2f}" if c and ours else f"{'':>14}"
             rss = f"{r['peak_rss_mb']:15.0f}" if r.get("peak_rss_mb") else f"{'-':>15}"
             note = r.get("skip") or (f"auto chose {r['chosen']}" if r.get("chosen") else "")
-            lines.append(f"{case:<13}{r['method']:<20}{(f'{t:10.2f}' if t else f'{chr(45):>10}')}{rss}{ratio}  {note}")
+            wall = f"{t:10.2f}" if t else f"{'-':>10}"
+            cpu = f"{c:10.2f}" if c else f"{'-':>10}"
+            lines.append(f"{case:<13}{r['method']:<20}{wall}{cpu}{rss}{ratio}  {note}")
     return "\n".join(lines)
 
 

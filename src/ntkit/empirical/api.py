@@ -140,7 +140,8 @@ def _resolve(problem: Problem, method: str) -> str:
         return "stack"
     if method == "auto" and problem.X.shape[0]:
         with no_fused_attention():
-            if make_plan(problem).sites:
+            problem.plan = make_plan(problem)
+            if problem.plan.sites:
                 return "structured"
     if method != "auto":
         return method

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,6 +78,7 @@ class Problem:
     n_outputs: int
     activations: int
     mode: str
+    plan: Any = None  # the structured path's plan, once made (`plan.make_plan`)
 
     @property
     def n_params(self) -> int:

@@ -166,7 +166,7 @@ def layerwise_ntk(problem: Problem, block_size: int | None, show: bool | None, p
     """Theta for the whole problem by the structured rules, block pair by block pair (`plan`: one made
     for the same model, reused)."""
     budget = working_memory(problem.device)
-    plan = plan or make_plan(problem)
+    plan = plan or problem.plan or make_plan(problem)
     cache = FeatureCache(plan, problem, budget // 2)
     size = block_size or plan_block(plan, problem, budget)
     symmetric = problem.Y is None
