@@ -4,8 +4,9 @@
 table (`registry.py`), which also gives the layers' short forms (nk.ReLU(), ...), `nk.infinite`'s translation of
 torch modules and the names the estimators accept (`names()`).
 Closed forms: relu, leaky_relu, abs (`piecewise.py`), identity, erf, sign, step, gelu (`closed.py`), sin, cos
-(`trig.py`). Any other elementwise function goes through 2-D Gaussian quadrature in polar coordinates (`Quadrature`;
-the named ones in `by_quadrature.py`).
+(`trig.py`), and neural-tangents' exp, gaussian, rbf (`exponential.py`), polynomial, monomial, hermite
+(`polynomial.py`), rectified_monomial (`rectified.py`) and abrelu (`abrelu.py`). Any other elementwise function
+goes through 2-D Gaussian quadrature in polar coordinates (`Quadrature`; the named ones in `by_quadrature.py`).
 """
 
 from __future__ import annotations
