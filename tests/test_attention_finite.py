@@ -1,0 +1,91 @@
+"""The finite transformer (SelfAttention's torch module in the NTK parametrization, token-wise Linear layers,
+residuals, LayerNorm) converges to the infinite-attention kernel as the width grows (Monte Carlo over
+initializations, within standard errors plus the O(1/width) finite-width bias), and bad inputs are refused with an
+error naming the layer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ntkit as nk
+from ntkit.layers import LayerError, SelfAttention
+
+f64 = torch.float64
+
+
+def transformer(blocks: int = 1, **attention) -> nk.Sequential:
+    """Token-wise Linear embedding, then blocks of Residual(SelfAttention), LayerNorm, Residual(token-wise ReLU MLP),
+    LayerNorm; global average, Linear."""
+    layers = [nk.Conv1d(1, b_std=0.1)]
+    for _ in range(blocks):
+        layers += [nk.Residual(SelfAttention(b_std=0.1, **attention)), nk.LayerNorm(),
+                   nk.Residual(nk.Conv1d(1, b_std=0.1), nk.ReLU(), nk.Conv1d(1, b_std=0.1)), nk.LayerNorm()]
+    return nk.Sequential(*layers, nk.GlobalAvgPool(), nk.Linear())
+
+
+def inputs(n: int = 3, shape: tuple[int, ...] = (4, 5), seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, *shape, dtype=f64, generator=torch.Generator().manual_seed(seed))
+
+
+def monte_carlo_gap(arch: nk.Sequential, X: torch.Tensor, width: int, samples: int) -> float:
+    """max |mean empirical NTK - Theta| / (5 standard errors + 4 / width of the kernel's scale): <= 1 when the finite
+    networks agree with the kernel (Theorem 1; the bias of a width-n network is O(1 / n))."""
+    K = arch.kernel(X)
+    values = torch.stack([nk.empirical_ntk(arch.network(tuple(X.shape[1:]), width=width, seed=s, dtype=f64), X,
+                                           mode="trace", method="jacobian") for s in range(samples)])
+    mean, stderr = values.mean(0), values.std(0) / samples**0.5
+    allowed = 5 * stderr + 4.0 / width * float(K.abs().max())
+    return float(((mean - K).abs() / allowed).max())
+
+
+def test_transformer_block_converges_to_the_kernel():
+    assert monte_carlo_gap(transformer(n_heads=2, pos_emb_type="sum"), inputs(), width=256, samples=6) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [64, 512])
+@pytest.mark.parametrize("attention", [{},
+                                       {"attention_mechanism": "relu", "pos_emb_type": "concat", "val_pos_emb": True},
+                                       {"attention_mechanism": "identity", "linear_scaling": False}])
+def test_transformers_converge_at_two_widths(width, attention):
+    assert monte_carlo_gap(transformer(2, **attention), inputs(), width=width, samples=16) <= 1
+
+
+def test_output_covariance_is_the_nngp():
+    """The outputs of many finite networks (one attention layer on the inputs, a decaying positional embedding in the
+    values) have the NNGP as covariance: within 5 standard errors plus the O(1 / width) bias."""
+    arch = nk.Sequential(SelfAttention(b_std=0.2, pos_emb_type="sum", val_pos_emb=True,
+                                       pos_emb_decay_fn=lambda d: (1.0 + d) ** -1.0), nk.ReLU(), nk.GlobalAvgPool(),
+                         nk.Linear())
+    X, width, samples = inputs(3, (3, 4)), 128, 200
+    nngp = arch.kernel(X, get="nngp")
+    with torch.no_grad():
+        outs = torch.stack([arch.network((3, 4), width=width, seed=s, dtype=f64)(X)[:, 0] for s in range(samples)])
+    products = outs[:, :, None] * outs[:, None, :]
+    mean, stderr = products.mean(0), products.std(0) / samples**0.5
+    assert bool(((mean - nngp).abs() <= 5 * stderr + 4.0 / width * float(nngp.abs().max())).all())
+
+
+def test_attention_over_a_flat_input_is_refused():
+    with pytest.raises(LayerError, match=r"SelfAttention \(layer 1\).*positions"):
+        nk.Sequential(nk.Linear(), SelfAttention(), nk.Linear()).kernel(torch.randn(2, 3, dtype=f64))
+
+
+def test_settings_without_a_closed_form_are_refused():
+    with pytest.raises(LayerError, match="linear_scaling=False.*identity"):
+        SelfAttention(linear_scaling=False)
+    with pytest.raises(ValueError, match="attention_mechanism"):
+        SelfAttention(attention_mechanism="sigmoid")
+    with pytest.raises(ValueError, match="pos_emb_type"):
+        SelfAttention(pos_emb_type="rotary")
+    with pytest.raises(LayerError, match="n_chan_pos_emb"):
+        SelfAttention(pos_emb_type="concat", n_chan_pos_emb=3)
+    with pytest.raises(TypeError, match="pos_emb_decay_fn"):
+        SelfAttention(pos_emb_type="sum", pos_emb_decay_fn=2.0)
+
+
+def test_the_kernel_does_not_depend_on_the_heads():
+    X = inputs()
+    torch.testing.assert_close(transformer(n_heads=1).kernel(X), transformer(n_heads=3).kernel(X), rtol=0, atol=0)
