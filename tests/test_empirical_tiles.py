@@ -145,3 +145,22 @@ def test_function_of_the_parameters_must_return_a_tensor():
 def test_module_checks_for_the_tiles():
     with pytest.raises(ValueError, match="mode must be one of"):
         E.empirical_kernel_tiles(nn.Linear(2, 1), torch.randn(3, 2), mode="diagonal")
+
+
+def test_least_squares_dynamics_on_empirical_tiles_match_the_dense_gram():
+    """Kernel gradient descent with a finite net's NTK, matrix-free on its tiles (CG at t = inf, Lanczos at finite
+    t) against the eigendecomposition of the dense Gram."""
+    from ntkit.dynamics import LeastSquares
+
+    model, X, Xs = small_cnn(), inputs((1, 6, 6), 24, 4), inputs((1, 6, 6), 5, 5)
+    tiles = E.empirical_kernel_tiles(model, X, tile=8)
+    (K,) = gram.evaluate(tiles)
+    (K_cross,) = gram.evaluate(E.empirical_kernel_tiles(model, Xs, X, tile=8))
+    y = torch.randn(24, dtype=DT, generator=torch.Generator().manual_seed(1))
+    ridge = 1e-2 * float(K.diagonal().mean())
+    exact = LeastSquares(K, y, ridge=ridge)
+    matrix_free = LeastSquares(tiles, y, ridge=ridge, solver="cg", tol=1e-12)
+    # residual 1e-12 times cond(K + ridge I) <= 1 + N / 0.01 = 2401: a few 1e-9; 1e-7 leaves room for Lanczos
+    for t in (float("inf"), 3.0):
+        reference = exact.predict(K_cross, t)
+        assert_close(matrix_free.predict(K_cross, t), reference, 1e-7)
