@@ -92,12 +92,13 @@ class _ArchKernel(Kernel):
 
     def _values(self) -> dict[str, Any]:
         """W_std, b_std (floats, or arrays with one per weight layer) and scale, None resolved."""
-        base = self._base()
         values: dict[str, Any] = {}
         for name in ("W_std", "b_std"):
             value = getattr(self, name)
-            if value is None:
-                own = scales(base, name) if self.arch is not None else np.array([DEFAULTS[name]])
+            if value is None and self.arch is None:
+                value = DEFAULTS[name]
+            elif value is None:
+                own = scales(self._base(), name)
                 value = float(own[0]) if np.all(own == own[0]) else own
             elif np.iterable(value):
                 value = np.asarray(value, dtype=np.float64)
