@@ -5,6 +5,7 @@ Run with the python of an environment that has neural-tangents 0.6.5 (and JAX, f
     NT_PYTHON benchmarks/make_nt_references.py [--out tests/data/nt_references.npz]
     NT_PYTHON benchmarks/make_nt_references.py --activations    # tests/data/nt_references_activations.npz
     NT_PYTHON benchmarks/make_nt_references.py --attention      # tests/data/nt_references_attention.npz
+    NT_PYTHON benchmarks/make_nt_references.py --branches       # tests/data/nt_references_branches.npz
 
 Each case is an architecture written as a small list (the tests build the same one with ntkit from it), small
 inputs X (N, C, *S) and Y (M, C, *S) in ntkit's NCHW layout (transposed to NHWC for stax), and stax's NNGP and
@@ -178,10 +179,11 @@ def stax_layers(spec: list) -> list:
     for entry in spec:
         kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
         if kind == "conv":
-            layers.append(stax.Conv(1, tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(), W_std=opts["W"],
+            layers.append(stax.Conv(opts.get("out", 1), tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(),
+                                    W_std=opts["W"],
                                     b_std=opts["b"], parameterization="ntk"))
         elif kind == "dense":
-            layers.append(stax.Dense(1, W_std=opts["W"], b_std=opts["b"], parameterization="ntk"))
+            layers.append(stax.Dense(opts.get("out", 1), W_std=opts["W"], b_std=opts["b"], parameterization="ntk"))
         elif kind == "relu":
             layers.append(stax.Relu())
         elif kind == "erf":
@@ -202,12 +204,81 @@ def stax_layers(spec: list) -> list:
             layers.append(getattr(stax, STAX_ACTIVATIONS[kind])(**opts))
         elif kind == "attention":
             layers.append(_stax_attention(opts))
+        elif kind in BRANCH_KINDS:
+            layers.append(_stax_branching(kind, opts))
         elif kind == "residual":
             branch = stax.serial(*stax_layers(opts))
             layers.append(stax.serial(stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum()))
         else:
             raise ValueError(kind)
     return layers
+
+
+#: Parallel with each combination (a branch is a list of layers, [] the identity), Aggregate over graphs given with
+#: each example (weighted, with self-loops), sum pooling (tests/data/nt_references_branches.npz, `--branches`)
+BRANCH_CASES = {
+    "sum_dense": {"shape": [5], "layers": [
+        ["dense", {"W": 1.2, "b": 0.1}],
+        ["parallel", {"combine": "sum", "branches": [[["dense", {"W": 0.8, "b": 0.2}]],
+                                                     [["relu"], ["dense", {"W": 1.0, "b": 0.1}]],
+                                                     [["erf"], ["dense", {"W": 1.3, "b": 0.0}]]]}],
+        ["relu"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "concat_dense": {"shape": [4], "layers": [
+        ["dense", {"W": 1.0, "b": 0.1}],
+        ["parallel", {"combine": "concat", "branches": [[["relu"], ["dense", {"W": 1.0, "b": 0.1}]],
+                                                        [["erf"], ["dense", {"W": 1.4, "b": 0.3}]],
+                                                        [["dense", {"W": 0.9, "b": 0.0}]]]}],
+        ["dense", {"W": 1.0, "b": 0.1}], ["relu"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "concat_conv_strided_proportions": {"shape": [2, 7, 6], "layers": [
+        ["conv", {"k": [3, 3], "s": [1, 1], "padding": "same", "W": 1.0, "b": 0.1}],
+        ["parallel", {"combine": "concat", "proportions": [1, 2], "branches": [
+            [["relu"], ["conv", {"k": [3, 3], "s": [2, 2], "padding": "same", "W": 1.2, "b": 0.1, "out": 1}]],
+            [["erf"], ["conv", {"k": [2, 3], "s": [2, 2], "padding": "same", "W": 1.0, "b": 0.2, "out": 2}]]]}],
+        ["avgpool", {"k": [2, 2], "s": [1, 1]}], ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "product_conv1d_identity": {"shape": [2, 6], "layers": [
+        ["conv", {"k": [3], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}],
+        ["parallel", {"combine": "product", "branches": [
+            [], [["relu"], ["conv", {"k": [3], "s": [1], "padding": "circular", "W": 1.1, "b": 0.2}]],
+            [["conv", {"k": [2], "s": [1], "padding": "same", "W": 0.9, "b": 0.1}]]]}],
+        ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "sum_conv_identity_pool": {"shape": [1, 5, 5], "layers": [
+        ["conv", {"k": [3, 3], "s": [1, 1], "padding": "same", "W": 1.0, "b": 0.1}],
+        ["parallel", {"combine": "sum", "branches": [
+            [], [["relu"], ["conv", {"k": [3, 3], "s": [1, 1], "padding": "same", "W": 1.0, "b": 0.1}]],
+            [["erf"], ["conv", {"k": [1, 3], "s": [1, 1], "padding": "circular", "W": 0.7, "b": 0.0}]]]}],
+        ["relu"], ["sumpool", {"k": [2, 2], "s": [1, 2]}], ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    # a graph network (GNTK): aggregate, node-wise dense (a 1x1 convolution), ReLU; sum readout
+    "gntk": {"shape": [3, 6], "graph": True, "layers": [
+        ["aggregate"], ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}], ["relu"],
+        ["aggregate"], ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.2, "b": 0.0}], ["relu"],
+        ["aggregate"], ["gsp"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "gntk_parallel_flatten": {"shape": [2, 5], "graph": True, "layers": [
+        ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}],
+        ["parallel", {"combine": "sum", "branches": [
+            [], [["relu"], ["aggregate"], ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}]]]}],
+        ["erf"], ["aggregate"], ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+}
+
+BRANCH_KINDS = ("parallel", "aggregate", "gsp", "sumpool")
+
+
+def _stax_branching(kind: str, opts: dict):
+    if kind == "aggregate":
+        return stax.Aggregate()
+    if kind == "gsp":
+        return stax.GlobalSumPool()
+    if kind == "sumpool":
+        return stax.SumPool(tuple(opts["k"]), tuple(opts["s"]), "VALID")
+    branches = [stax.serial(*stax_layers(b)) if b else stax.Identity() for b in opts["branches"]]
+    fan_in = {"sum": stax.FanInSum(), "concat": stax.FanInConcat(), "product": stax.FanInProd()}[opts["combine"]]
+    return stax.serial(stax.FanOut(len(branches)), stax.parallel(*branches), fan_in)
+
+
+def _graphs(rng: np.random.Generator, n: int, shape: list) -> tuple[np.ndarray, np.ndarray]:
+    """n graphs of shape[1] nodes: features (n, *shape), adjacency with self-loops and weights in [0.5, 1.5]."""
+    V = shape[1]
+    A = (rng.random((n, V, V)) < 0.4) * rng.uniform(0.5, 1.5, (n, V, V)) + np.eye(V)
+    return rng.standard_normal((n, *shape)), A
 
 
 def channels_last(x: np.ndarray) -> np.ndarray:
@@ -222,11 +293,15 @@ def main() -> None:
                         help="the MLP cases of ACTIVATION_CASES (a separate file) instead of CASES")
     parser.add_argument("--attention", action="store_true",
                         help="the SelfAttention cases of ATTENTION_CASES (nt_references_attention.npz)")
+    parser.add_argument("--branches", action="store_true",
+                        help="the cases of BRANCH_CASES: Parallel, Aggregate, sum pooling (nt_references_branches.npz)")
     args = parser.parse_args()
     data = Path(__file__).resolve().parents[1] / "tests" / "data"
-    which = "attention" if args.attention else "activations" if args.activations else None
+    which = "attention" if args.attention else "activations" if args.activations else \
+        "branches" if args.branches else None
     out = args.out or str(data / (f"nt_references_{which}.npz" if which else "nt_references.npz"))
-    cases = ATTENTION_CASES if args.attention else ACTIVATION_CASES if args.activations else CASES
+    cases = ATTENTION_CASES if args.attention else ACTIVATION_CASES if args.activations else \
+        BRANCH_CASES if args.branches else CASES
     arrays = {"cases": np.array(json.dumps(cases)), "numerical_degree": np.array(NUMERICAL_DEGREE)}
     rng = np.random.default_rng(0)
     for name, case in cases.items():
@@ -236,8 +311,14 @@ def main() -> None:
             X, Y = (Z * np.sqrt(Z[0].size / (Z**2).reshape(len(Z), -1).sum(1)).reshape(-1, *[1] * (Z.ndim - 1))
                     for Z in (X, Y))
         kernel_fn = stax.serial(*stax_layers(case["layers"]))[2]
-        xx = kernel_fn(channels_last(X), None, ("nngp", "ntk"))
-        xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"))
+        if case.get("graph"):      # ntkit's graph inputs: the features (C, V), then the V x V adjacency
+            (X, A), (Y, B) = (_graphs(rng, len(Z), case["shape"]) for Z in (X, Y))
+            xx = kernel_fn(channels_last(X), None, ("nngp", "ntk"), pattern=(A, A))
+            xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"), pattern=(A, B))
+            X, Y = np.concatenate([X, A], axis=1), np.concatenate([Y, B], axis=1)
+        else:
+            xx = kernel_fn(channels_last(X), None, ("nngp", "ntk"))
+            xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"))
         arrays.update({f"{name}/X": X, f"{name}/Y": Y, f"{name}/nngp_xx": np.asarray(xx.nngp),
                        f"{name}/ntk_xx": np.asarray(xx.ntk), f"{name}/nngp_xy": np.asarray(xy.nngp),
                        f"{name}/ntk_xy": np.asarray(xy.ntk)})

@@ -24,6 +24,7 @@ import torch
 import ntkit as nk
 from ntkit.activations import registry
 from ntkit.layers import Layer
+from ntkit.layers.aggregate import AggregateModule, GraphSequential, split
 
 f64 = torch.float64
 
@@ -94,6 +95,15 @@ LAYER_CASES: dict[str, Case] = {
     "Parallel_sum_conv": Case(lambda **s: nk.layers.Parallel((), (nk.ReLU(), nk.Conv2d(3, **s)), nk.Conv2d(1)),
                               lambda p: conv2d(p, nk.ReLU(), end=nk.GlobalAvgPool()), (1, 4, 3), {"b_std": 0.1},
                               {"b_std": 0.3}),
+    "SumPool1d": Case(nk.layers.SumPool1d, lambda p: conv1d(nk.ReLU(), p), (1, 6), {"kernel_size": 2},
+                      {"kernel_size": 3, "stride": 1}),
+    "SumPool2d": Case(nk.layers.SumPool2d, lambda p: conv2d(nk.ReLU(), p), (1, 4, 4), {"kernel_size": 2, "stride": 1},
+                      {"kernel_size": 3, "stride": 2}),
+    "GlobalSumPool": Case(nk.layers.GlobalSumPool, lambda p: conv2d(nk.ReLU(), end=p), (1, 3, 3)),
+    # graphs: per example the features (2, 4) then a 4 x 4 (weighted) adjacency
+    "Aggregate": Case(nk.layers.Aggregate, lambda a: nk.Sequential(nk.Conv1d(1, b_std=0.2), a, nk.ReLU(), a,
+                                                                    nk.layers.GlobalSumPool(), nk.Linear()), (6, 4),
+                      monte_carlo=True),
 }
 
 def _other(value):
@@ -135,10 +145,13 @@ def test_out_shape_is_the_finite_modules_output_shape(name):
     x = inputs(case, 2)
     steps, _ = arch.plan(case.shape)
     assert len(net) == len(steps)
+    adjacency = None
+    if isinstance(net, GraphSequential):   # graphs: the layers see the node features, Aggregate the adjacency too
+        x, adjacency = split(x)
     for index, (module, step) in enumerate(zip(net, steps, strict=True)):
         shape = tuple(x.shape[1:])
         with torch.no_grad():
-            x = module(x)
+            x = module(x, adjacency) if isinstance(module, AggregateModule) else module(x)
         expected = step.layer.out_shape(shape, f"layer {index}")
         if step.layer.weights or step.layer.branches:  # its channel count is a width (or out_features for the last)
             assert tuple(x.shape[2:]) == tuple(expected[1:]) and len(x.shape) == len(expected) + 1, (index, step)

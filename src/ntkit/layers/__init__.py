@@ -11,6 +11,7 @@ of the network needs) and a finite module; `Sequential` composes them and tiles 
 """
 
 from .activation import SHORT_FORMS, Activation
+from .aggregate import Aggregate, graphs
 from .attention import SelfAttention
 from .base import Layer, LayerError
 from .conv import Conv1d, Conv2d, NTKConv
@@ -23,10 +24,11 @@ from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
 from .record import Record
 from .residual import Residual
 from .sequential import Sequential
+from .sum_pooling import GlobalSumPool, SumPool1d, SumPool2d
 
 #: the short forms of the registered nonlinearities (nk.ReLU, nk.Erf, nk.Tanh, ...: `ntkit.activations.registry`)
 globals().update(SHORT_FORMS)
 
-__all__ = ["Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "Layer",
-           "LayerError", "LayerNorm", "Linear", "NTKConv", "Parallel", "Record", "Residual", "SelfAttention",
-           "Sequential", "infinite", *SHORT_FORMS]
+__all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool",
+           "GlobalSumPool", "Layer", "LayerError", "LayerNorm", "Linear", "NTKConv", "Parallel", "Record", "Residual",
+           "SelfAttention", "Sequential", "SumPool1d", "SumPool2d", "graphs", "infinite", *SHORT_FORMS]

@@ -32,12 +32,13 @@ class Pass:
     layer's diagonal for the range checks (`ntkit.layers.ranges`); a pass over a tile of pairs reads the variances
     of its rows and columns back, in the same order. `moderate[i]`: whether the i-th variances of the rows and
     the columns are all 0 or well inside the dtype's range, so that products q(x_p) q(y_q) are too (when not
-    known, as in the self pass, the maps use their overflow-safe forms).
+    known, as in the self pass, the maps use their overflow-safe forms). `graphs`: the adjacencies (rows, columns)
+    of graph inputs (`ntkit.layers.aggregate`), else None.
     """
 
     def __init__(self, qx: list[torch.Tensor] | None = None, qy: list[torch.Tensor] | None = None,
-                 moderate: list[bool] | None = None):
-        self.qx, self.qy, self.moderate = qx, qy, moderate
+                 moderate: list[bool] | None = None, graphs: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.qx, self.qy, self.moderate, self.graphs = qx, qy, moderate, graphs
         self.kept: list[torch.Tensor] = []
         #: the self pass: (where, Sigma(x_p, x_p), Theta(x_p, x_p) or None, low, layer) after each layer
         self.diagonals: list[tuple[str, torch.Tensor, torch.Tensor | None, bool, Layer]] = []

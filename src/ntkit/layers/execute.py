@@ -18,6 +18,7 @@ import torch
 from .. import coincident, gram
 from .._checks import check_positive_int
 from ..kernels import Recursion, kernel_block, kernel_diag, sigma_diagonals
+from .aggregate import adjacencies, features
 from .base import Layer, Pass
 from .plan import Step, elements
 from .ranges import Diagonal, input_diagonal, moderate
@@ -50,7 +51,8 @@ def start(steps: list[Step], X: torch.Tensor, Y: torch.Tensor | None, in_need: s
           paired: bool = False) -> tuple[Record, list[Step]]:
     """The record the plan starts from and the steps left: a first layer may start it from the inputs itself
     (`Layer.start`, as a first convolution from the inputs' patches). `paired`: the pairs (X[b], Y[b]) only, in a
-    record with one batch axis."""
+    record with one batch axis. Graph inputs start from their node features (`ntkit.layers.aggregate`)."""
+    X, Y = features(steps, X), None if Y is None else features(steps, Y)
     if steps and not (X.requires_grad and torch.is_grad_enabled()):
         record = steps[0].layer.start(X, Y, in_need, want_ntk, paired)
         if record is not None:
@@ -86,9 +88,9 @@ def self_pass(X: torch.Tensor, steps: list[Step], in_need: str, want_ntk: bool, 
     checks (`ntkit.layers.ranges`; the input's x.x / C first)."""
     parts, kept, inputs = [], [], []
     for first in range(0, X.shape[0], chunk):
-        ctx = Pass()
         Xc = X[first:first + chunk]
-        inputs.append(input_diagonal(Xc))
+        ctx = Pass(graphs=adjacencies(steps, Xc, None))
+        inputs.append(input_diagonal(features(steps, Xc)))
         record, rest = start(steps, Xc, None, in_need, want_ntk)
         if len(rest) < len(steps):    # the first layer, started from the inputs
             ctx.keep(steps[0].place, record, True, steps[0].layer)
@@ -148,7 +150,8 @@ def layer_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, steps: list
         if symmetric and isinstance(rows, slice) and rows == cols:
             return triangle(rows)
         record, rest = start(steps, Xt[rows], Yt[cols], in_need, want_ntk)
-        out = run(rest, record, Pass([q[rows] for q in qx], [q[cols] for q in qy], flags))
+        out = run(rest, record, Pass([q[rows] for q in qx], [q[cols] for q in qy], flags,
+                                     adjacencies(steps, Xt[rows], Yt[cols])))
         tiles = {"nngp": out.sigma, "ntk": theta_of(out)}
         return [tiles[name] for name in names]
 
@@ -161,7 +164,8 @@ def layer_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, steps: list
         blocks = [torch.empty(n, n, dtype=Xr.dtype, device=Xr.device) for _ in names]
         if len(i):
             record, rest = start(steps, Xr[i], Xr[j], in_need, want_ntk, paired=True)
-            out = run(rest, record, Pass([q[rows][i] for q in qx], [q[rows][j] for q in qx], flags))
+            out = run(rest, record, Pass([q[rows][i] for q in qx], [q[rows][j] for q in qx], flags,
+                                         adjacencies(steps, Xr[i], Xr[j])))
             values = {"nngp": out.sigma, "ntk": theta_of(out)}
             for block, name in zip(blocks, names, strict=True):
                 block[i, j] = values[name]
@@ -182,7 +186,8 @@ def layer_block(X: torch.Tensor, Y: torch.Tensor, symmetric: bool, steps: list[S
     the exact diagonal of the self pass, as the tiles do."""
     qx, sx, tx = checked_self_pass(X, steps, in_need, want_ntk, X.shape[0] or 1, layers)
     qy = qx if symmetric else checked_self_pass(Y, steps, in_need, want_ntk, Y.shape[0] or 1, layers)[0]
-    out = run(steps, input_record(X, Y, in_need, want_ntk), Pass(qx, qy))
+    out = run(steps, input_record(features(steps, X), features(steps, Y), in_need, want_ntk),
+              Pass(qx, qy, graphs=adjacencies(steps, X, Y)))
     sigma, theta = out.sigma, theta_of(out)
     if symmetric:
         sigma = sigma.diagonal_scatter(sx)

@@ -27,6 +27,7 @@ from .. import gram
 from .._checks import as_tensor, check_choice, check_positive_int, to_output
 from ..kernels import Recursion, kernel_diag
 from . import execute, finite
+from .aggregate import GraphSequential, graph_shape, reads_graphs
 from .base import Layer, LayerError
 from .plan import Step, all_layers, assign_needs, build, fused_recursion
 
@@ -68,7 +69,7 @@ class Sequential:
     # ---------------------------------------------------------------------------------- plans
     def plan(self, in_shape: tuple[int, ...]) -> tuple[list[Step], str]:
         """The validated plan for inputs of `in_shape` per example, and the layout the input record needs."""
-        steps, out_shape, _ = build(self.layers, tuple(in_shape), "", False)
+        steps, out_shape, _ = build(self.layers, graph_shape(self.layers, tuple(in_shape)), "", False)
         if len(out_shape) != 1:
             raise LayerError(f"Sequential must end with flat outputs (Flatten or GlobalAvgPool, then Linear); its "
                              f"last layer {self.layers[-1].name} gives shape {out_shape} per example")
@@ -221,7 +222,8 @@ class Sequential:
         the last weight layer of a Residual branch its input's channel count. All parameters are standard normal
         (NTK parametrization: W_std / sqrt(fan_in) W, b_std b); `seed` makes them reproducible.
         """
-        return nn.Sequential(*self.modules(in_shape, width, out_features, seed, dtype, device))
+        modules = self.modules(in_shape, width, out_features, seed, dtype, device)
+        return GraphSequential(*modules) if reads_graphs(self.layers) else nn.Sequential(*modules)
 
     def modules(self, in_shape: int | tuple[int, ...], width: int | Sequence[int] | None, out_features: int,
                 seed: int | None, dtype: torch.dtype | None, device: torch.device | str | None) -> list[nn.Module]:
@@ -234,7 +236,7 @@ class Sequential:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         widths = finite.hidden_widths(self.layers, width)
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        modules, _ = finite.modules(self.layers, shape, out_features, iter(widths), generator,
+        modules, _ = finite.modules(self.layers, graph_shape(self.layers, shape), out_features, iter(widths), generator,
                                     dtype or torch.get_default_dtype())
         return modules if device is None else [module.to(device) for module in modules]
 

@@ -1,0 +1,108 @@
+"""Parallel branches (sum, concatenation along channels, product), Aggregate over graphs and sum pooling against
+neural-tangents' FanOut / parallel / FanInSum / FanInConcat / FanInProd, Aggregate and SumPool / GlobalSumPool
+(parameterization="ntk", float64), from tests/data/nt_references_branches.npz (benchmarks/make_nt_references.py
+--branches); the combinations' errors; Residual as the special case it is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ntkit as nk
+from ntkit.layers import Aggregate, GlobalSumPool, LayerError, Parallel, SumPool1d, SumPool2d
+from test_layers_reference import assert_close
+from test_layers_reference import build as build_plain
+
+DATA = np.load(Path(__file__).parent / "data" / "nt_references_branches.npz")
+CASES = json.loads(str(DATA["cases"]))
+f64 = torch.float64
+
+
+def build(spec: list) -> list:
+    """The ntkit layers of a case (the kinds of tests/test_layers_reference.py and the branching ones)."""
+    layers = []
+    for entry in spec:
+        kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
+        if kind == "parallel":
+            branches = [tuple(build(b)) for b in opts["branches"]]
+            layers.append(Parallel(*branches, combine=opts["combine"], proportions=opts.get("proportions")))
+        elif kind == "aggregate":
+            layers.append(Aggregate())
+        elif kind == "gsp":
+            layers.append(GlobalSumPool())
+        elif kind == "sumpool":
+            layers.append((SumPool1d if len(opts["k"]) == 1 else SumPool2d)(opts["k"], opts["s"]))
+        else:
+            layers.extend(build_plain([entry]))
+    return layers
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_neural_tangents(name):
+    """Off the diagonal to 1e-10 of the scale; the diagonal looser where neural-tangents takes the arc-cosine of a
+    correlation rounded near 1 (sqrt(eps) in the ReLU maps, as tests/test_layers_reference.py)."""
+    arch = nk.Sequential(*build(CASES[name]["layers"]))
+    X, Y = DATA[f"{name}/X"], DATA[f"{name}/Y"]
+    nngp_xy, ntk_xy = arch.kernel(X, Y, get=("nngp", "ntk"))
+    nngp_xx, ntk_xx = arch.kernel(X, get=("nngp", "ntk"))
+    for ours, key in ((nngp_xy, "nngp_xy"), (ntk_xy, "ntk_xy")):
+        assert_close(ours, DATA[f"{name}/{key}"], 1e-10)
+    for ours, key in ((nngp_xx, "nngp_xx"), (ntk_xx, "ntk_xx")):
+        assert_close(ours, DATA[f"{name}/{key}"], 1e-10, diagonal=False)
+        assert_close(np.diag(ours), np.diag(DATA[f"{name}/{key}"]), 1e-7)
+    np.testing.assert_allclose(arch.kernel_diag(X), np.diag(ntk_xx), rtol=1e-7)
+
+
+def test_residual_is_parallel_with_the_identity():
+    """Residual(branch) and Parallel((), branch) give the same kernels bitwise and the same finite networks."""
+    branch = (nk.ReLU(), nk.Conv1d(3, b_std=0.2))
+    a = nk.Sequential(nk.Conv1d(2), nk.layers.Residual(*branch), nk.ReLU(), nk.GlobalAvgPool(), nk.Linear())
+    b = nk.Sequential(nk.Conv1d(2), Parallel((), branch), nk.ReLU(), nk.GlobalAvgPool(), nk.Linear())
+    X = torch.randn(5, 2, 6, dtype=f64, generator=torch.Generator().manual_seed(0))
+    for get in ("nngp", "ntk"):
+        assert torch.equal(a.kernel(X, get=get), b.kernel(X, get=get))
+    na, nb = a.network((2, 6), width=7, seed=3, dtype=f64), b.network((2, 6), width=7, seed=3, dtype=f64)
+    assert torch.equal(na(X), nb(X))
+
+
+def test_finite_concat_has_the_proportions_of_channels():
+    arch = nk.Sequential(nk.Linear(), Parallel(nk.Linear(), (nk.ReLU(), nk.Linear()), combine="concat",
+                                               proportions=(1, 3)), nk.Linear())
+    net = arch.network(4, width=5, seed=0)
+    hidden = net[1](net[0](torch.randn(2, 4)))
+    assert hidden.shape == (2, 20)
+
+
+@pytest.mark.parametrize("make, shape, match", [
+    (lambda: nk.Sequential(nk.Conv2d(3), Parallel(nk.Conv2d(3), nk.Conv2d(3, stride=2), combine="concat"),
+                           nk.Flatten(), nk.Linear()), (1, 6, 6),
+     r"Parallel \(layer 1\): its branches give the shapes per example \(C, 6, 6\), \(C, 3, 3\)"),
+    (lambda: nk.Sequential(nk.Linear(), Parallel(nk.Linear(), (nk.Linear(), nk.ReLU())), nk.Linear()), (3,),
+     r"Parallel \(layer 1\): each branch of a sum must end with a Linear or Conv"),
+    (lambda: nk.Sequential(nk.Linear(), Parallel(nk.Linear(), nk.Linear(), combine="product"), nk.ReLU(),
+                           nk.Linear()), (3,), r"ReLU \(layer 2\) needs a Gaussian input"),
+    (lambda: nk.Sequential(nk.Linear(), Parallel(nk.ReLU(), nk.Linear(), combine="product"), nk.Linear()), (3,),
+     r"Parallel \(layer 1\): each branch of a product needs a weight layer"),
+])
+def test_bad_combinations_name_the_layer(make, shape, match):
+    with pytest.raises(LayerError, match=match):
+        make().kernel(torch.randn(2, *shape))
+
+
+def test_bad_settings():
+    with pytest.raises(LayerError, match="at least two branches"):
+        Parallel(nk.Linear())
+    with pytest.raises(LayerError, match="identity branches"):
+        Parallel((), (), nk.Linear())
+    with pytest.raises(LayerError, match="concat.*identity"):
+        Parallel((), nk.Linear(), combine="concat")
+    with pytest.raises(ValueError, match="proportions must have one entry per branch"):
+        Parallel(nk.Linear(), nk.Linear(), combine="concat", proportions=(1,))
+    with pytest.raises(ValueError, match="combine"):
+        Parallel(nk.Linear(), nk.Linear(), combine="mean")
+    with pytest.raises(TypeError, match="branch 1 of Parallel"):
+        Parallel(nk.Linear(), "relu")
