@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.layers import LayerError, SelfAttention
+from ntkit.layers import LayerError, SelfAttention, TokenLinear
 
 f64 = torch.float64
 
@@ -18,10 +18,10 @@ f64 = torch.float64
 def transformer(blocks: int = 1, **attention) -> nk.Sequential:
     """Token-wise Linear embedding, then blocks of Residual(SelfAttention), LayerNorm, Residual(token-wise ReLU MLP),
     LayerNorm; global average, Linear."""
-    layers = [nk.Conv1d(1, b_std=0.1)]
+    layers = [TokenLinear(b_std=0.1)]
     for _ in range(blocks):
         layers += [nk.Residual(SelfAttention(b_std=0.1, **attention)), nk.LayerNorm(),
-                   nk.Residual(nk.Conv1d(1, b_std=0.1), nk.ReLU(), nk.Conv1d(1, b_std=0.1)), nk.LayerNorm()]
+                   nk.Residual(TokenLinear(b_std=0.1), nk.ReLU(), TokenLinear(b_std=0.1)), nk.LayerNorm()]
     return nk.Sequential(*layers, nk.GlobalAvgPool(), nk.Linear())
 
 
@@ -89,3 +89,21 @@ def test_settings_without_a_closed_form_are_refused():
 def test_the_kernel_does_not_depend_on_the_heads():
     X = inputs()
     torch.testing.assert_close(transformer(n_heads=1).kernel(X), transformer(n_heads=3).kernel(X), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (2, 3, 4)])
+def test_token_linear_is_a_one_by_one_convolution(shape):
+    """TokenLinear's kernels equal Conv1d(1) / Conv2d(1)'s (the window map with one tap), bitwise, before pooling and
+    before attention."""
+    X, Y = inputs(3, shape), inputs(2, shape, seed=2)
+    conv = nk.Conv1d if len(shape) == 2 else nk.Conv2d
+    for tail in ([nk.ReLU(), nk.Flatten(), nk.Linear()], [SelfAttention(), nk.ReLU(), nk.GlobalAvgPool(), nk.Linear()]):
+        ours = nk.Sequential(nk.layers.TokenLinear(1.2, 0.3), *tail).kernel(X, Y, get=("nngp", "ntk"))
+        theirs = nk.Sequential(conv(1, W_std=1.2, b_std=0.3), *tail).kernel(X, Y, get=("nngp", "ntk"))
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_token_linear_refuses_flat_inputs():
+    with pytest.raises(LayerError, match=r"TokenLinear \(layer 1\).*use Linear"):
+        nk.Sequential(nk.Linear(), nk.layers.TokenLinear(), nk.Linear()).kernel(torch.randn(2, 3, dtype=f64))

@@ -60,6 +60,11 @@ def conv2d(*middle: Layer, end: Layer | None = None) -> nk.Sequential:
     return nk.Sequential(nk.Conv2d(2, b_std=0.2), *middle, end or nk.Flatten(), nk.Linear())
 
 
+def _decay(d):
+    """A positional embeddings' decay with distance (SelfAttention's pos_emb_decay_fn)."""
+    return (1.0 + d) ** -1.0
+
+
 LAYER_CASES: dict[str, Case] = {
     "Linear": Case(nk.Linear, dense_first, (3,), {"W_std": 1.3, "b_std": 0.2},
                    {"W_std": 0.7, "b_std": 0.0, "in_channels": 3}, nt="dense", monte_carlo=True),
@@ -104,6 +109,14 @@ LAYER_CASES: dict[str, Case] = {
     "Aggregate": Case(nk.layers.Aggregate, lambda a: nk.Sequential(nk.Conv1d(1, b_std=0.2), a, nk.ReLU(), a,
                                                                     nk.layers.GlobalSumPool(), nk.Linear()), (6, 4),
                       monte_carlo=True),
+    "SelfAttention": Case(nk.layers.SelfAttention, lambda a: conv1d(a, nk.ReLU(), end=nk.GlobalAvgPool()), (2, 4),
+                          {"b_std": 0.1, "pos_emb_type": "sum"},
+                          {"n_heads": 2, "W_key_std": 1.5, "W_value_std": 0.5, "W_query_std": 0.7, "W_out_std": 1.2,
+                           "b_std": 0.3, "attention_mechanism": "relu", "pos_emb_type": "concat",
+                           "pos_emb_p_norm": 1.0, "pos_emb_decay_fn": _decay, "W_pos_emb_std": 0.5,
+                           "val_pos_emb": True}),
+    "TokenLinear": Case(nk.layers.TokenLinear, lambda t: nk.Sequential(t, nk.ReLU(), nk.GlobalAvgPool(), nk.Linear()),
+                        (2, 4), {"W_std": 1.3, "b_std": 0.2}, {"W_std": 0.7, "b_std": 0.0, "in_channels": 2}),
 }
 
 def _other(value):

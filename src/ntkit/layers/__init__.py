@@ -25,10 +25,12 @@ from .record import Record
 from .residual import Residual
 from .sequential import Sequential
 from .sum_pooling import GlobalSumPool, SumPool1d, SumPool2d
+from .tokenwise import TokenLinear
 
 #: the short forms of the registered nonlinearities (nk.ReLU, nk.Erf, nk.Tanh, ...: `ntkit.activations.registry`)
 globals().update(SHORT_FORMS)
 
 __all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool",
            "GlobalSumPool", "Layer", "LayerError", "LayerNorm", "Linear", "NTKConv", "Parallel", "Record", "Residual",
-           "SelfAttention", "Sequential", "SumPool1d", "SumPool2d", "graphs", "infinite", *SHORT_FORMS]
+           "SelfAttention", "Sequential", "SumPool1d", "SumPool2d", "TokenLinear", "graphs", "infinite",
+           *SHORT_FORMS]
