@@ -1,0 +1,98 @@
+"""Operator kernels (derivatives of Theta in x and y) against finite differences, the errors for non-smooth
+activations and bad operators, and the infinitely wide physics-informed network on the 1-D Poisson equation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ntkit as nk
+from ntkit import pinn
+
+
+def _fd(f, X, a, h=1e-2):
+    """Fourth-order central difference of f(X) along coordinate a of every row of X (error O(h^4))."""
+    e = torch.zeros_like(X)
+    e[:, a] = h
+    return (-f(X + 2 * e) + 8 * f(X + e) - 8 * f(X - e) + f(X - 2 * e)) / (12 * h)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "erf"])
+def test_operator_kernels_match_finite_differences(activation):
+    """Each derivative level against a finite difference of the level below, in x and in y, 2-D inputs."""
+    arch = nk.MLP(depth=3, activation=activation, W_std=1.2, b_std=0.3)
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(4, 2, generator=g, dtype=torch.float64)
+    Y = torch.rand(3, 2, generator=g, dtype=torch.float64)
+
+    def K(left=None, right=None):
+        return lambda A: pinn.operator_kernel(arch, A, Y, left=left, right=right)
+
+    def KY(left=None, right=None):
+        return lambda B: pinn.operator_kernel(arch, X, B, left=left, right=right).T
+
+    d0, d1, d01 = pinn.derivative(0), pinn.derivative(1), pinn.derivative(0, 1)
+    lap = pinn.laplacian(2)
+    cases = [  # (operator kernel, finite difference of a lower one)
+        (K(d1)(X), _fd(K(), X, 1)),
+        (K(d01)(X), _fd(K(d0), X, 1)),
+        (K(d0 + 2 * d01)(X), _fd(K(), X, 0) + 2 * _fd(K(d0), X, 1)),
+        (K(lap, d1)(X), _fd(KY(lap), Y, 1).T),
+        (K(lap, lap)(X), _fd(KY(lap, d0), Y, 0).T + _fd(KY(lap, d1), Y, 1).T),
+    ]
+    for exact, approx in cases:
+        scale = float(exact.abs().max())
+        assert float((exact - approx).abs().max()) < 1e-6 * max(scale, 1.0)
+
+
+def test_zeroth_order_is_the_kernel_and_symmetry():
+    arch = nk.MLP(depth=3, activation="tanh")
+    X = torch.linspace(0, 1, 5, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(pinn.operator_kernel(arch, X), arch.kernel(X, get="ntk"), rtol=1e-12, atol=1e-14)
+    L = pinn.derivative(0, 0) + 3.0 * pinn.derivative(0)
+    Krr = pinn.operator_kernel(arch, X, left=L, right=L)
+    torch.testing.assert_close(Krr, Krr.T, rtol=1e-10, atol=1e-10)
+    assert bool((torch.linalg.eigvalsh(Krr) > -1e-8 * Krr.diagonal().max()).all())     # a Gram matrix: PSD
+    Kur = pinn.operator_kernel(arch, X, right=L)
+    torch.testing.assert_close(pinn.operator_kernel(arch, X, left=L), Kur.T, rtol=1e-10, atol=1e-10)
+
+
+def test_errors():
+    X = torch.rand(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="relu.*second derivative"):
+        pinn.operator_kernel(nk.MLP(depth=2, activation="relu"), X, left=pinn.laplacian(2))
+    with pytest.raises(ValueError, match="elu"):
+        pinn.operator_kernel(nk.MLP(depth=2, activation="elu"), X, left=pinn.laplacian(2))
+    with pytest.raises(ValueError, match="coordinate 2"):
+        pinn.operator_kernel(nk.MLP(depth=2, activation="tanh"), X, left=pinn.derivative(2))
+    with pytest.raises(TypeError, match="Operator"):
+        pinn.operator_kernel(nk.MLP(depth=2, activation="tanh"), X, left="laplacian")
+    with pytest.raises(ValueError, match="one or two"):
+        pinn.derivative(0, 0, 0)
+    act = nk.MLP(depth=2, activation="elu").recursion.activation
+    assert act.require_fast is False                     # restored after the refusal
+
+
+def test_poisson_1d_matches_the_exact_solution():
+    """u'' = g on [0, 1], u(0) = 0, u(1) = 1, exact u = sin(pi x) + x: the infinitely wide tanh network at
+    t = inf (kernel regression on the block Gram) against the exact solution; the residual is interpolated."""
+    arch = nk.MLP(depth=3, activation="tanh", W_std=1.0, b_std=0.5)
+    Xb = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    Xr = torch.linspace(0, 1, 14, dtype=torch.float64)[1:-1, None]
+    g = -math.pi**2 * torch.sin(math.pi * Xr[:, 0])
+    model = pinn.PhysicsInformed(arch, pinn.derivative(0, 0), Xb, torch.tensor([0.0, 1.0]), Xr, g, ridge=1e-10)
+    Xt = torch.linspace(0, 1, 41, dtype=torch.float64)[:, None]
+    exact = torch.sin(math.pi * Xt[:, 0]) + Xt[:, 0]
+    assert float((model.predict(Xt) - exact).abs().max()) < 2e-3
+    torch.testing.assert_close(model.predict_operator(Xr), g, rtol=0, atol=1e-4)
+    early = model.predict(Xt, t=1.0)
+    assert float((early - exact).abs().max()) > 10 * float((model.predict(Xt) - exact).abs().max())
+    # the stiffness: K_rr's largest eigenvalue dwarfs K_uu's
+    assert float(torch.linalg.eigvalsh(model.K_rr)[-1]) > 10 * float(torch.linalg.eigvalsh(model.K_uu)[-1])
+
+
+def test_numpy_in_numpy_out():
+    arch = nk.MLP(depth=2, activation="tanh")
+    out = pinn.operator_kernel(arch, np.linspace(0, 1, 3)[:, None], left=pinn.derivative(0))
+    assert isinstance(out, np.ndarray) and out.shape == (3, 3)
