@@ -88,8 +88,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    import botorch
-    import gpytorch
     from botorch.test_functions import Branin, Hartmann
 
     import ntkit as nk
@@ -99,36 +97,50 @@ def main() -> None:
     kinds = args.kernels.split(",")
     results: dict[str, Any] = {}
     for pname in args.problems.split(","):
-        problem = problems[pname]
-        optimum = -float(problem.optimal_value)
-        rows = {}
-        for kind in kinds:
-            regrets, seconds, name = [], [], ""
-            for seed in range(args.seeds):
-                best, took, name = run(problem, kind, seed, args)
-                regrets.append(optimum - best)
-                seconds.append(took)
-                print(f"{pname} {kind} seed {seed}: regret {optimum - best:.4g} ({took:.1f} s)", flush=True)
-            mean = statistics.fmean(regrets)
-            stderr = statistics.stdev(regrets) / len(regrets) ** 0.5 if len(regrets) > 1 else float("nan")
-            rows[kind] = {"kernel": name, "regrets": regrets, "mean_regret": mean, "stderr": stderr,
-                          "median_seconds": statistics.median(seconds)}
-        results[pname] = {"optimum": optimum, "kernels": rows}
-        print(f"\n{pname} (optimum {optimum:.4g}), simple regret after {args.evals} evaluations, {args.seeds} seeds")
-        print(f"{'kernel':<10} {'covariance':<40} {'regret mean':>12} {'stderr':>9} {'/ default':>10} {'s/run':>7}")
-        base = rows.get("default", {}).get("mean_regret")
-        for kind, row in rows.items():
-            ratio = f"{row['mean_regret'] / base:.2f}" if base else "-"
-            print(f"{kind:<10} {row['kernel']:<40} {row['mean_regret']:>12.4g} {row['stderr']:>9.3g} {ratio:>10} "
-                  f"{row['median_seconds']:>7.1f}")
-    record = {"benchmark": "botorch_ntk", "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        results[pname] = run_problem(pname, problems[pname], kinds, args)
+        write(args, results)     # after each problem: a long run keeps what it has done
+
+
+def run_problem(pname: str, problem: Any, kinds: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Every kernel on every seed of one problem; prints its table."""
+    optimum = -float(problem.optimal_value)
+    rows = {}
+    for kind in kinds:
+        regrets, seconds, name = [], [], ""
+        for seed in range(args.seeds):
+            best, took, name = run(problem, kind, seed, args)
+            regrets.append(optimum - best)
+            seconds.append(took)
+            print(f"{pname} {kind} seed {seed}: regret {optimum - best:.4g} ({took:.1f} s)", flush=True)
+        mean = statistics.fmean(regrets)
+        stderr = statistics.stdev(regrets) / len(regrets) ** 0.5 if len(regrets) > 1 else float("nan")
+        rows[kind] = {"kernel": name, "regrets": regrets, "mean_regret": mean, "stderr": stderr,
+                      "median_seconds": statistics.median(seconds)}
+    print(f"\n{pname} (optimum {optimum:.4g}), simple regret after {args.evals} evaluations, {args.seeds} seeds")
+    print(f"{'kernel':<10} {'covariance':<40} {'regret mean':>12} {'stderr':>9} {'/ default':>10} {'s/run':>7}")
+    base = rows.get("default", {}).get("mean_regret")
+    for kind, row in rows.items():
+        ratio = f"{row['mean_regret'] / base:.2f}" if base else "-"
+        print(f"{kind:<10} {row['kernel']:<40} {row['mean_regret']:>12.4g} {row['stderr']:>9.3g} {ratio:>10} "
+              f"{row['median_seconds']:>7.1f}")
+    return {"optimum": optimum, "kernels": rows}
+
+
+def write(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    import botorch
+    import gpytorch
+
+    import ntkit as nk
+
+    record = {"benchmark": "botorch_ntk", "settings": {k: str(v) if isinstance(v, Path) else v
+                                                       for k, v in vars(args).items() if k != "out"},
               "versions": {"ntkit": nk.__version__, "torch": torch.__version__, "botorch": botorch.__version__,
                            "gpytorch": gpytorch.__version__},
               "machine": {"processor": platform.processor() or platform.machine(), "threads": args.threads},
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}", flush=True)
 
 
 if __name__ == "__main__":
