@@ -169,9 +169,9 @@ class SelfAttention(Layer):
         if theta is None:
             return sigma_out, None
         t = self._interp(theta, R) if self.val_pos_emb else theta
-        theta_out = GSG * (2 * ov2) + b2
-        if t.ndim:
-            theta_out = theta_out + _sandwich(Gx, t, Gy, nbatch) * ov2
+        if not t.ndim:       # Theta = 0 before any weight layer
+            return sigma_out, GSG * (2 * ov2) + b2
+        theta_out = _sandwich(Gx, t, Gy, nbatch).mul_(ov2).add_(GSG, alpha=2 * ov2).add_(b2)
         return sigma_out, theta_out
 
     def _identity(self, sigma, theta, R, nbatch, ctx):
@@ -207,10 +207,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _sandwich(Gx: torch.Tensor, M: torch.Tensor, Gy: torch.Tensor, nbatch: int) -> torch.Tensor:
     """G(x) M(x, y) G(y)^T for each pair: Gx (r, P, P), Gy (c, P, P), M (r, c, P, P) when nbatch is 2; Gx, Gy, M
     (B, P, P) for pairs (x_b, y_b) when 1. M may be (P, P) (the embeddings' R)."""
-    if nbatch == 2:
-        if M.ndim == 2:
-            return torch.matmul(torch.matmul(Gx, M)[:, None], Gy.transpose(-1, -2)[None])
-        return torch.matmul(torch.matmul(Gx[:, None], M), Gy.transpose(-1, -2)[None])
+    if nbatch == 2:   # einsum orders the products into large GEMMs: about twice as fast as broadcast matmuls
+        return torch.einsum("rpi,ij,cqj->rcpq" if M.ndim == 2 else "rpi,rcij,cqj->rcpq", Gx, M, Gy)
     return torch.matmul(torch.matmul(Gx, M), Gy.transpose(-1, -2))
 
 

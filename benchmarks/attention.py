@@ -1,0 +1,183 @@
+"""Infinite-attention kernels: a 2-block transformer encoder, ntkit against neural-tangents' `stax`, side by side.
+
+Architecture (float64, channel counts infinite): a token-wise Linear embedding of 8 input features, then two blocks of
+Residual(SelfAttention: softmax, linear_scaling, b_std = 0.1), LayerNorm, Residual(token-wise Linear, ReLU, token-wise
+Linear), LayerNorm; global average over the positions; Linear. Inputs standard normal (N, 8, L) (NLC for
+neural-tangents); the symmetric Gram Theta(X, X).
+
+    speed:     N = 64, L = 32, both libraries (goal: ntkit at most 0.3x neural-tangents' time)
+    large:     N = 256, L = 128, ntkit (goal: within 4 GB peak; neural-tangents with --nt-large)
+    agreement: the float64 Grams of both at N = 8, L = 16
+
+Each library runs in a fresh process with --threads threads (default 1: on a shared machine two-thread timings vary
+several-fold from run to run); the first call (neural-tangents' jit compilation, ntkit's first-call set-up) is not
+timed. Peak memory is the process's maximum resident set.
+
+    python benchmarks/attention.py --nt-python PATH/TO/venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OUT = Path(__file__).resolve().parent / "results" / "attention.json"
+
+NT_SCRIPT = r"""
+import json, os, resource, statistics, sys, time
+os.environ["JAX_ENABLE_X64"] = "1"
+n, L, repeat, save = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import warnings; warnings.filterwarnings("ignore")
+import numpy as np, jax
+from neural_tangents import stax
+token = lambda: stax.Dense(1, W_std=1.0, b_std=0.1, parameterization="ntk")   # on NLC inputs: at every position
+block = lambda: [stax.serial(stax.FanOut(2), stax.parallel(stax.GlobalSelfAttention(1, 1, 1, 1, linear_scaling=True,
+                                                                                     b_std=0.1), stax.Identity()),
+                             stax.FanInSum()), stax.LayerNorm(axis=-1, eps=1e-5),
+                 stax.serial(stax.FanOut(2), stax.parallel(stax.serial(token(), stax.Relu(), token()),
+                                                           stax.Identity()), stax.FanInSum()),
+                 stax.LayerNorm(axis=-1, eps=1e-5)]
+kernel_fn = stax.serial(token(), *block(), *block(), stax.GlobalAvgPool(), token())[2]
+x = np.moveaxis(np.random.default_rng(0).standard_normal((n, 8, L)), 1, -1)
+f = jax.jit(lambda x: kernel_fn(x, None, "ntk"))
+k = f(x).block_until_ready()
+times = []
+for _ in range(repeat):
+    t = time.perf_counter(); f(x).block_until_ready(); times.append(time.perf_counter() - t)
+if save != "-":
+    np.save(save, np.asarray(k))
+print(json.dumps({"median_s": statistics.median(times),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+OURS_SCRIPT = r"""
+import json, resource, statistics, sys, time
+import numpy as np, torch, ntkit as nk
+sys.path.insert(0, sys.argv[5])
+from attention import transformer
+n, L, repeat, save = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+nk.set_progress(False)
+x = torch.as_tensor(np.random.default_rng(0).standard_normal((n, 8, L)))
+model = transformer()
+model.kernel(x[:2])      # first-call set-up, not timed
+times = []
+for _ in range(repeat):
+    t = time.perf_counter(); k = model.kernel(x); times.append(time.perf_counter() - t)
+if save != "-":
+    np.save(save, k.numpy())
+print(json.dumps({"median_s": statistics.median(times),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def transformer():
+    """The benchmark's encoder, as ntkit layers."""
+    import ntkit as nk
+    from ntkit.layers import SelfAttention, TokenLinear
+
+    def block() -> list:
+        return [nk.Residual(SelfAttention(linear_scaling=True, b_std=0.1)), nk.LayerNorm(eps=1e-5),
+                nk.Residual(TokenLinear(b_std=0.1), nk.ReLU(), TokenLinear(b_std=0.1)), nk.LayerNorm(eps=1e-5)]
+
+    return nk.Sequential(TokenLinear(b_std=0.1), *block(), *block(), nk.GlobalAvgPool(), nk.Linear(b_std=0.1))
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment of a subprocess limited to `threads` threads (torch and XLA alike)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if threads == 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
+    return env
+
+
+def run_json(cmd: list[str], what: str, threads: int) -> dict | None:
+    done = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
+    if done.returncode != 0:
+        print(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ours(n: int, L: int, repeat: int, threads: int, save: str = "-") -> dict | None:
+    return run_json([sys.executable, "-c", OURS_SCRIPT, str(n), str(L), str(repeat), save,
+                     str(Path(__file__).resolve().parent)], f"ntkit N={n} L={L}", threads)
+
+
+def neural_tangents(nt_python: str, n: int, L: int, repeat: int, threads: int, save: str = "-") -> dict | None:
+    return run_json([nt_python, "-c", NT_SCRIPT, str(n), str(L), str(repeat), save], f"neural-tangents N={n} L={L}",
+                    threads)
+
+
+def agreement(nt_python: str, n: int, L: int, threads: int) -> float | None:
+    """The largest difference of the float64 Grams, relative to the largest entry."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mine, theirs = str(Path(tmp) / "ours.npy"), str(Path(tmp) / "nt.npy")
+        if ours(n, L, 1, threads, mine) is None or neural_tangents(nt_python, n, L, 1, threads, theirs) is None:
+            return None
+        a, b = np.load(mine), np.load(theirs)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nt-python", default=os.environ.get("NT_PYTHON"),
+                        help="python of an environment with neural-tangents (default: $NT_PYTHON; skipped if unset)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--large-n", type=int, default=256)
+    parser.add_argument("--large-length", type=int, default=128)
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--nt-large", action="store_true", help="also try neural-tangents on the large case")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+
+    cases = [(64, 32, "at most 0.3x neural-tangents")]
+    if not args.skip_large:
+        cases.append((args.large_n, args.large_length, "completes within 4 GB peak"))
+    rows = []
+    for n, L, goal in cases:
+        large = (n, L) == (args.large_n, args.large_length)
+        mine = ours(n, L, 1 if large else args.repeat, args.threads)
+        nt = None
+        if args.nt_python and (not large or args.nt_large):
+            nt = neural_tangents(args.nt_python, n, L, 1 if large else args.repeat, args.threads)
+        row = {"n": n, "length": L, "goal": goal, "ntkit_s": mine and mine["median_s"],
+               "ntkit_peak_gb": mine and mine["peak_rss_gb"], "neural_tangents_s": nt and nt["median_s"],
+               "neural_tangents_peak_gb": nt and nt["peak_rss_gb"],
+               "ntkit_over_nt": (mine and nt) and mine["median_s"] / nt["median_s"]}
+        rows.append(row)
+        print(f"N={n:4d} L={L:4d}: ntkit {row['ntkit_s'] or float('nan'):8.2f} s "
+              f"({row['ntkit_peak_gb'] or float('nan'):.2f} GB)  neural-tangents "
+              f"{row['neural_tangents_s'] or float('nan'):8.2f} s  ratio {row['ntkit_over_nt'] or float('nan'):.2f}",
+              flush=True)
+    agree = agreement(args.nt_python, 8, 16, args.threads) if args.nt_python else None
+
+    print()
+    print(f"{'N':>5} {'L':>5} {'ntkit s':>9} {'peak GB':>8} {'NT s':>9} {'NT GB':>7} {'ntkit/NT':>9}  goal")
+    for r in rows:
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        print(f"{r['n']:5d} {r['length']:5d} {fmt(r['ntkit_s'], '9.2f'):>9} {fmt(r['ntkit_peak_gb'], '8.2f'):>8} "
+              f"{fmt(r['neural_tangents_s'], '9.2f'):>9} {fmt(r['neural_tangents_peak_gb'], '7.2f'):>7} "
+              f"{fmt(r['ntkit_over_nt'], '9.2f'):>9}  {r['goal']}")
+    if agree is not None:
+        print(f"float64 agreement (N = 8, L = 16): max |ntkit - NT| / max |NT| = {agree:.1e}")
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+               "threads": args.threads}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"benchmark": "attention", "machine": machine, "rows": rows,
+                                          "agreement_float64": agree}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
