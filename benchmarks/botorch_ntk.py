@@ -103,18 +103,19 @@ def main() -> None:
 
 def run_problem(pname: str, problem: Any, kinds: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Every kernel on every seed of one problem; prints its table."""
-    optimum = -float(problem.optimal_value)
+    optimum = float(problem.optimal_value)    # of the problem as posed (negated: a maximum)
     rows = {}
     for kind in kinds:
-        regrets, seconds, name = [], [], ""
+        regrets, bests, seconds, name = [], [], [], ""
         for seed in range(args.seeds):
             best, took, name = run(problem, kind, seed, args)
             regrets.append(optimum - best)
+            bests.append(best)
             seconds.append(took)
             print(f"{pname} {kind} seed {seed}: regret {optimum - best:.4g} ({took:.1f} s)", flush=True)
         mean = statistics.fmean(regrets)
         stderr = statistics.stdev(regrets) / len(regrets) ** 0.5 if len(regrets) > 1 else float("nan")
-        rows[kind] = {"kernel": name, "regrets": regrets, "mean_regret": mean, "stderr": stderr,
+        rows[kind] = {"kernel": name, "best_values": bests, "regrets": regrets, "mean_regret": mean, "stderr": stderr,
                       "median_seconds": statistics.median(seconds)}
     print(f"\n{pname} (optimum {optimum:.4g}), simple regret after {args.evals} evaluations, {args.seeds} seeds")
     print(f"{'kernel':<10} {'covariance':<40} {'regret mean':>12} {'stderr':>9} {'/ default':>10} {'s/run':>7}")
