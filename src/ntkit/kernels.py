@@ -9,8 +9,8 @@ b_std = beta), on a block of inputs X (N, n0) and Y (M, n0):
     Theta^(1)            = Sigma^(1)                                           (Theorem 1)
     Theta^(l+1)          = Theta^(l) SigmaDot^(l+1) + Sigma^(l+1)
 
-These functions work on one block of an already validated problem; `gram.py` tiles large
-problems and `mlp.py` is the public entry point.
+These functions work on one block of an already validated problem; `ntkit.gram` tiles large problems, and the
+layers' composer (`layers/execute.py`) runs them for every fully-connected chain, `MLP` included.
 """
 
 from __future__ import annotations
