@@ -107,3 +107,10 @@ def test_token_linear_is_a_one_by_one_convolution(shape):
 def test_token_linear_refuses_flat_inputs():
     with pytest.raises(LayerError, match=r"TokenLinear \(layer 1\).*use Linear"):
         nk.Sequential(nk.Linear(), nk.layers.TokenLinear(), nk.Linear()).kernel(torch.randn(2, 3, dtype=f64))
+
+
+@pytest.mark.parametrize("module", [torch.nn.MultiheadAttention(8, 2, batch_first=True),
+                                    torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)])
+def test_infinite_refuses_torch_attention_naming_the_module_and_the_alternative(module):
+    with pytest.raises(LayerError, match=r"module 1 \((MultiheadAttention|TransformerEncoderLayer)\).*SelfAttention"):
+        nk.infinite(torch.nn.Sequential(torch.nn.Linear(8, 8), module))

@@ -19,6 +19,7 @@ from .activation import SHORT_FORMS, Activation
 from .base import Layer, LayerError
 from .conv import Conv1d, Conv2d
 from .flatten import Flatten
+from .infinite_attention import attention_refusal
 from .linear import Linear
 from .normalization import LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
@@ -59,6 +60,8 @@ def _translate(seq: nn.Sequential, prefix: str, layers: list[Layer], W_std: floa
 def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
     if isinstance(m, nn.Identity):
         return None
+    if (refusal := attention_refusal(m, where)) is not None:
+        raise LayerError(refusal)
     if isinstance(m, nn.Linear):
         return Linear(W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_features)
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
