@@ -1,20 +1,22 @@
-"""NTK of activations without a simple closed form: ntkit's sector quadrature against neural-tangents'
-`stax.ElementwiseNumerical` (Gauss-Hermite), accuracy and time side by side.
+"""NTK of activations without a closed form: ntkit's Hermite fast path against its 2-D quadrature (the path before,
+and the reference) and against neural-tangents' `stax.ElementwiseNumerical` (Gauss-Hermite of degree 25 and 100),
+time and accuracy side by side; and the time of a physics-informed block K_rr = Laplacian_x Laplacian_y Theta.
 
-Fully-connected net, L = 3, W_std = 1.5 (the pre-activation variance grows to about 2 to 3), b_std = 0.1,
-d = 10, standard normal inputs, the symmetric NTK Gram on N points, float64. References: for erf the
-closed forms of both libraries (which agree to roundoff); for tanh, elu and selu ntkit's quadrature at
-degree 96, whose maps the test suite checks against adaptive integration. Errors are max |K - K_ref| /
-max |K_ref|. neural-tangents runs in its own environment (--nt-python or NT_PYTHON), jit-compiled, compile
-time excluded; it is skipped with a message when not given.
+The issue's case: MLP(depth=4, W_std=1.5, beta=0.1), N inputs of dimension 784 on the sphere of radius sqrt(784),
+the symmetric NTK Gram, float64 (and float32). Reference: ntkit's quadrature of degree 64 (fast=False), whose maps
+the test suite checks against adaptive integration, on the first --n-ref inputs (the degree-64 rule costs minutes on
+the full Gram); errors are max |K - K_ref| / max |K_ref| on that block. Times are medians of --repeat runs, in one
+process; neural-tangents runs in its own environment (--nt-python or $NT_PYTHON), jit-compiled, compile time
+excluded, on the same inputs; it is skipped with a message when not given.
 
-    python benchmarks/quadrature.py --n 300 --nt-python PATH/TO/venv/bin/python
+    python benchmarks/quadrature.py --nt-python PATH/TO/venv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -27,11 +29,14 @@ import numpy as np
 import torch
 
 import ntkit as nk
+from ntkit import pinn
+from ntkit.activations import Quadrature
 
 HERE = Path(__file__).resolve().parent
-DEPTH, W_STD, B_STD, D = 3, 1.5, 0.1, 10
-ACTIVATIONS = {"erf": torch.erf, "tanh": torch.tanh, "elu": torch.nn.functional.elu,
-               "selu": torch.nn.functional.selu}
+DEPTH, W_STD, B_STD, D = 4, 1.5, 0.1, 784
+F = torch.nn.functional
+ACTIVATIONS = {"erf": torch.erf, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": F.softplus,
+               "silu": F.silu}
 
 NT_SCRIPT = r"""
 import json, os, statistics, sys, time
@@ -41,7 +46,8 @@ import numpy as np, jax, jax.numpy as jnp
 from neural_tangents import stax
 args = json.loads(sys.argv[1])
 x = np.load(args["x"])
-fns = {"erf": jax.scipy.special.erf, "tanh": jnp.tanh, "elu": jax.nn.elu, "selu": jax.nn.selu}
+fns = {"erf": jax.scipy.special.erf, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus,
+       "silu": jax.nn.silu}
 out = {}
 for name in args["names"]:
     for deg in args["degrees"] + ([0] if name == "erf" else []):      # 0: the closed form stax.Erf
@@ -62,61 +68,105 @@ print(json.dumps(out))
 """
 
 
-def ntkit_kernel(name: str, degree: int | None, X: torch.Tensor, repeat: int) -> tuple[float, np.ndarray]:
-    """Median seconds and the NTK Gram; degree None is the closed form (erf only)."""
-    activation = name if degree is None else nk.activations.Quadrature(ACTIVATIONS[name], name=name, degree=degree)
-    arch = nk.MLP(DEPTH, activation, W_std=W_STD, b_std=B_STD)
+def sphere(n: int, seed: int) -> torch.Tensor:
+    X = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, D)))
+    return X / X.norm(dim=1, keepdim=True) * math.sqrt(D)
+
+
+def timed(arch, X: torch.Tensor, repeat: int) -> tuple[float, np.ndarray]:
+    """Median seconds of arch.kernel(X, get="ntk") and the Gram."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         K = arch.kernel(X, get="ntk", progress=False)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), K.numpy()
+    return statistics.median(times), K.double().numpy()
+
+
+def run_nt(python: str, X: torch.Tensor, names: list[str], degrees: list[int], repeat: int, tmp: str) -> dict:
+    np.save(Path(tmp, "x.npy"), X.numpy())
+    spec = {"x": str(Path(tmp, "x.npy")), "names": names, "degrees": degrees, "depth": DEPTH, "w": W_STD,
+            "b": B_STD, "repeat": repeat, "dir": tmp}
+    done = subprocess.run([python, "-c", NT_SCRIPT, json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"neural-tangents failed:\n{done.stderr[-3000:]}")
+    results = json.loads(done.stdout.splitlines()[-1])
+    return {key: (v["seconds"], np.load(v["path"])) for key, v in results.items()}
+
+
+def krr_time(n: int, repeat: int) -> float:
+    """Seconds for K_rr = Laplacian_x Laplacian_y Theta of a tanh MLP on n points of [0, 1]^2."""
+    X = torch.from_numpy(np.random.default_rng(1).random((n, 2)))
+    arch = nk.MLP(depth=3, activation="tanh", W_std=1.0, b_std=0.1)
+    lap = pinn.laplacian(2)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        pinn.operator_kernel(arch, X, left=lap, right=lap)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=300)
-    parser.add_argument("--degrees", default="16,20,32", help="ntkit quadrature degrees")
-    parser.add_argument("--nt-degrees", default="25,50", help="neural-tangents Gauss-Hermite degrees")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--n-ref", type=int, default=200, help="inputs of the degree-64 reference block")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--before", default="tanh", help="activations also timed on the quadrature path (slow)")
     parser.add_argument("--nt-python", default=os.environ.get("NT_PYTHON"))
+    parser.add_argument("--nt-degrees", default="25,100")
+    parser.add_argument("--nt-names", default="erf,tanh", help="activations run through neural-tangents")
+    parser.add_argument("--krr-n", type=int, default=1000, help="points of the K_rr timing (0: skip)")
     parser.add_argument("--out", default=str(HERE / "results" / "quadrature.json"))
     args = parser.parse_args()
-    X = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((args.n, D)))
-    degrees = [int(v) for v in args.degrees.split(",")]
-    nt_degrees = [int(v) for v in args.nt_degrees.split(",")]
+    X = sphere(args.n, args.seed)
+    nt_degrees = [int(v) for v in args.nt_degrees.split(",") if v]
+    nt_names = [v for v in args.nt_names.split(",") if v]
+    before = [v for v in args.before.split(",") if v]
     rows = []
+
+    def record(name, method, seconds, K, reference, scale, path=""):
+        error = float(np.abs(K[:len(reference), :len(reference)] - reference).max() / scale)
+        rows.append({"activation": name, "method": method, "path": path, "seconds": seconds, "relative_error": error,
+                     "n": args.n, "n_ref": args.n_ref, "depth": DEPTH, "W_std": W_STD, "b_std": B_STD})
+        print(f"{name:>9} {method:>30} {path:>10} {seconds:>9.3f} {error:>11.2e}", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        nt = {}
-        if args.nt_python:
-            np.save(Path(tmp, "x.npy"), X.numpy())
-            spec = {"x": str(Path(tmp, "x.npy")), "names": list(ACTIVATIONS), "degrees": nt_degrees, "depth": DEPTH,
-                    "w": W_STD, "b": B_STD, "repeat": args.repeat, "dir": tmp}
-            done = subprocess.run([args.nt_python, "-c", NT_SCRIPT, json.dumps(spec)], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"neural-tangents failed:\n{done.stderr[-3000:]}")
-            results = json.loads(done.stdout.splitlines()[-1])
-            nt = {key: (v["seconds"], np.load(v["path"])) for key, v in results.items()}
-        else:
+        nt = run_nt(args.nt_python, X, nt_names, nt_degrees, args.repeat, tmp) if args.nt_python and nt_names else {}
+        if not args.nt_python:
             print("neural-tangents comparison skipped: pass --nt-python or set NT_PYTHON", file=sys.stderr)
-        print(f"{'activation':>10} {'method':>24} {'seconds':>9} {'rel. error':>11}")
-        for name in ACTIVATIONS:
-            reference = ntkit_kernel(name, None if name == "erf" else 96, X, 1)[1]
+        print(f"{'activation':>9} {'method':>30} {'path':>10} {'seconds':>9} {'rel. error':>11}")
+        erf_seconds = None
+        for name, fn in ACTIVATIONS.items():
+            reference = nk.MLP(DEPTH, Quadrature(fn, name=name, degree=64, fast=False), W_std=W_STD,
+                               b_std=B_STD).kernel(X[:args.n_ref], get="ntk", progress=False).numpy()
             scale = np.abs(reference).max()
-            candidates = [(f"ntkit sectors, degree {deg}", *ntkit_kernel(name, deg, X, args.repeat)) for deg in degrees]
-            candidates += [(f"NT Gauss-Hermite, deg {deg}", *nt[f"{name}_{deg}"]) for deg in nt_degrees if nt]
-            if name == "erf" and nt:
-                candidates.append(("NT closed form", *nt["erf_0"]))
-            for method, seconds, K in candidates:
-                error = float(np.abs(K - reference).max() / scale)
-                rows.append({"activation": name, "method": method, "seconds": seconds, "relative_error": error,
-                             "n": args.n, "depth": DEPTH, "W_std": W_STD, "b_std": B_STD})
-                print(f"{name:>10} {method:>24} {seconds:>9.3f} {error:>11.2e}", flush=True)
+            act = nk.activations.get_activation(name)
+            arch = nk.MLP(DEPTH, act, W_std=W_STD, b_std=B_STD)
+            seconds, K = timed(arch, X, args.repeat)
+            path = getattr(act, "last_path", None) or "closed form"
+            record(name, "ntkit float64", seconds, K, reference, scale, path)
+            erf_seconds = seconds if name == "erf" else erf_seconds
+            if name != "erf":
+                rows[-1]["ratio_to_erf"] = seconds / erf_seconds
+            seconds32, K32 = timed(arch, X.float(), args.repeat)
+            record(name, "ntkit float32", seconds32, K32, reference, scale, getattr(act, "last_path", "") or "")
+            if name in before:
+                quad = nk.MLP(DEPTH, Quadrature(fn, name=name, fast=False), W_std=W_STD, b_std=B_STD)
+                record(name, "ntkit quadrature deg 20 (before)", *timed(quad, X, 1), reference, scale, "quadrature")
+            for deg in nt_degrees:
+                if f"{name}_{deg}" in nt:
+                    record(name, f"neural-tangents deg {deg}", *nt[f"{name}_{deg}"], reference, scale)
+            if name == "erf" and "erf_0" in nt:
+                record(name, "neural-tangents closed form", *nt["erf_0"], reference, scale)
+        krr = krr_time(args.krr_n, 1) if args.krr_n else None
+        if krr is not None:
+            print(f"K_rr = Laplacian_x Laplacian_y Theta, tanh MLP depth 3, {args.krr_n} points in 2-D: {krr:.2f} s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"benchmark": "quadrature", "machine_cpus": os.cpu_count(), "rows": rows},
-                                         indent=2))
+    Path(args.out).write_text(json.dumps({"benchmark": "quadrature", "machine_cpus": os.cpu_count(),
+                                          "torch_threads": torch.get_num_threads(), "rows": rows,
+                                          "krr": {"n": args.krr_n, "seconds": krr}}, indent=2))
     print(f"wrote {args.out}")
 
 
