@@ -122,7 +122,7 @@ def plan_block(plan: Plan, problem: Problem, budget: int) -> int:
             p_jac += value[rows].numel() if rows is not None else value.numel()
     positions = sum(2 * k * s.shapes["S"] * s.shapes["G"] * (s.shapes["I"] + s.shapes["O"])
                     for s in plan.sites if s.positions)
-    per_sample = (k * (p_jac + 2 * largest) + positions) * itemsize  # kept, and one layer's gradients
+    per_sample = (k * (p_jac + largest) + positions) * itemsize  # kept, and one layer's gradients
     passes = 3 * k * (problem.activations + sum(problem.trainable[n].numel() for n in plan.fallback)) * itemsize
     kk = k * k if problem.mode == "full" else k
     per_pair = max([3 * kk * itemsize] + [rules.position_pair_bytes(s, k, problem.mode, itemsize)
