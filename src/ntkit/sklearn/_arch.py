@@ -34,8 +34,15 @@ def check_arch(arch: Any, name: str = "arch") -> MLP | Sequential:
                     f"{type(arch).__name__}{hint}")
 
 
+def _scaled(layer: Layer) -> bool:
+    """A weight layer with one weight scale and one bias scale (Linear, Conv, TokenLinear); others (attention,
+    with scales of its own) keep theirs."""
+    return layer.weights and hasattr(layer, "W_std") and hasattr(layer, "b_std")
+
+
 def weight_layers(arch: MLP | Sequential) -> list[Layer]:
-    """The weight layers (Linear, Conv) of `arch` in order, those of Residual branches where they stand."""
+    """The weight layers with a W_std and a b_std (Linear, Conv, ...) of `arch` in order, those of Residual
+    branches where they stand."""
     layers = arch.layers if isinstance(arch, MLP) else arch
 
     def walk(items: Sequence[Layer]) -> list[Layer]:
@@ -43,7 +50,7 @@ def weight_layers(arch: MLP | Sequential) -> list[Layer]:
         for layer in items:
             if isinstance(layer, Residual):
                 found += walk(layer.layers)
-            elif layer.weights:
+            elif _scaled(layer):
                 found.append(layer)
         return found
 
@@ -74,7 +81,7 @@ def with_scales(arch: MLP | Sequential, W_std: Any, b_std: Any) -> MLP | Sequent
         for layer in items:
             if isinstance(layer, Residual):
                 out.append(Residual(*rebuild(layer.layers)))
-            elif layer.weights:
+            elif _scaled(layer):
                 index = next(position)
                 layer = copy.copy(layer)
                 layer.W_std, layer.b_std = W_all[index], b_all[index]
