@@ -181,9 +181,10 @@ def stax_layers(spec: list) -> list:
         if kind == "conv":
             layers.append(stax.Conv(opts.get("out", 1), tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(),
                                     W_std=opts["W"],
-                                    b_std=opts["b"], parameterization="ntk"))
+                                    b_std=opts["b"], parameterization=opts.get("param", "ntk")))
         elif kind == "dense":
-            layers.append(stax.Dense(opts.get("out", 1), W_std=opts["W"], b_std=opts["b"], parameterization="ntk"))
+            layers.append(stax.Dense(opts.get("out", 1), W_std=opts["W"], b_std=opts["b"],
+                                     parameterization=opts.get("param", "ntk")))
         elif kind == "relu":
             layers.append(stax.Relu())
         elif kind == "erf":
@@ -215,7 +216,8 @@ def stax_layers(spec: list) -> list:
 
 
 #: Parallel with each combination (a branch is a list of layers, [] the identity), Aggregate over graphs given with
-#: each example (weighted, with self-loops), sum pooling (tests/data/nt_references_branches.npz, `--branches`)
+#: each example (weighted, with self-loops), sum pooling, Dropout, 3-D convolutions and pooling, the standard
+#: parametrization (tests/data/nt_references_branches.npz, `--branches`)
 BRANCH_CASES = {
     "sum_dense": {"shape": [5], "layers": [
         ["dense", {"W": 1.2, "b": 0.1}],
@@ -257,9 +259,34 @@ BRANCH_CASES = {
         ["parallel", {"combine": "sum", "branches": [
             [], [["relu"], ["aggregate"], ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}]]]}],
         ["erf"], ["aggregate"], ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    # Dropout (keep rate; the kernel of train mode), on the positions' diagonal and with every pair of positions
+    "dropout_dense": {"shape": [4], "layers": [
+        ["dense", {"W": 1.0, "b": 0.1}], ["relu"], ["dropout", {"rate": 0.7}], ["dense", {"W": 1.2, "b": 0.1}],
+        ["erf"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "dropout_conv_pool": {"shape": [1, 4, 5], "layers": [
+        ["conv", {"k": [3, 3], "s": [1, 1], "padding": "same", "W": 1.0, "b": 0.1}], ["relu"],
+        ["dropout", {"rate": 0.6}], ["conv", {"k": [2, 2], "s": [1, 1], "padding": "valid", "W": 1.0, "b": 0.1}],
+        ["relu"], ["avgpool", {"k": [2, 2], "s": [1, 1]}], ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    # 3-D convolutions (strided, "valid", circular) and pooling
+    "conv3d_pools": {"shape": [2, 4, 5, 3], "layers": [
+        ["conv", {"k": [3, 3, 2], "s": [1, 1, 1], "padding": "same", "W": 1.1, "b": 0.1}], ["relu"],
+        ["avgpool", {"k": [2, 2, 1], "s": [1, 1, 1]}],
+        ["conv", {"k": [2, 2, 2], "s": [1, 2, 1], "padding": "valid", "W": 1.0, "b": 0.2}], ["erf"],
+        ["sumpool", {"k": [2, 1, 1], "s": [1, 1, 1]}], ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "conv3d_circular_strided": {"shape": [1, 5, 4, 4], "layers": [
+        ["conv", {"k": [3, 2, 3], "s": [2, 1, 2], "padding": "circular", "W": 1.0, "b": 0.1}], ["relu"],
+        ["conv", {"k": [2, 2, 2], "s": [1, 1, 1], "padding": "same", "W": 1.3, "b": 0.0}], ["relu"],
+        ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    # the standard parametrization: the same NNGP (its NTK depends on the finite widths: not compared)
+    "standard_dense": {"shape": [5], "nngp_only": True, "layers": [
+        ["dense", {"W": 1.3, "b": 0.2, "param": "standard"}], ["relu"],
+        ["dense", {"W": 0.9, "b": 0.1, "param": "standard"}], ["relu"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "standard_conv": {"shape": [2, 5, 4], "nngp_only": True, "layers": [
+        ["conv", {"k": [3, 3], "s": [1, 2], "padding": "same", "W": 1.2, "b": 0.1, "param": "standard"}], ["relu"],
+        ["avgpool", {"k": [2, 2], "s": [1, 1]}], ["flatten"], ["dense", {"W": 1.0, "b": 0.1, "param": "standard"}]]},
 }
 
-BRANCH_KINDS = ("parallel", "aggregate", "gsp", "sumpool")
+BRANCH_KINDS = ("parallel", "aggregate", "gsp", "sumpool", "dropout")
 
 
 def _stax_branching(kind: str, opts: dict):
@@ -269,6 +296,8 @@ def _stax_branching(kind: str, opts: dict):
         return stax.GlobalSumPool()
     if kind == "sumpool":
         return stax.SumPool(tuple(opts["k"]), tuple(opts["s"]), "VALID")
+    if kind == "dropout":
+        return stax.Dropout(opts["rate"], mode="train")
     branches = [stax.serial(*stax_layers(b)) if b else stax.Identity() for b in opts["branches"]]
     fan_in = {"sum": stax.FanInSum(), "concat": stax.FanInConcat(), "product": stax.FanInProd()}[opts["combine"]]
     return stax.serial(stax.FanOut(len(branches)), stax.parallel(*branches), fan_in)

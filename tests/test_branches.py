@@ -1,7 +1,8 @@
-"""Parallel branches (sum, concatenation along channels, product), Aggregate over graphs and sum pooling against
-neural-tangents' FanOut / parallel / FanInSum / FanInConcat / FanInProd, Aggregate and SumPool / GlobalSumPool
-(parameterization="ntk", float64), from tests/data/nt_references_branches.npz (benchmarks/make_nt_references.py
---branches); the combinations' errors; Residual as the special case it is."""
+"""Parallel branches (sum, concatenation along channels, product), Aggregate over graphs, sum pooling, Dropout, 3-D
+convolutions and pooling and the standard parametrization against neural-tangents' FanOut / parallel / FanInSum /
+FanInConcat / FanInProd, Aggregate, SumPool / GlobalSumPool, Dropout, N-D Conv / AvgPool (float64), stored in
+tests/data/nt_references_branches.npz (benchmarks/make_nt_references.py --branches); the combinations' errors;
+Residual as the special case it is."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.layers import Aggregate, GlobalSumPool, LayerError, Parallel, SumPool1d, SumPool2d
+from ntkit.layers import (
+    Aggregate,
+    AvgPool3d,
+    Conv3d,
+    Dropout,
+    GlobalSumPool,
+    LayerError,
+    Parallel,
+    SumPool1d,
+    SumPool2d,
+    SumPool3d,
+)
 from test_layers_reference import assert_close
 from test_layers_reference import build as build_plain
 
@@ -35,7 +47,17 @@ def build(spec: list) -> list:
         elif kind == "gsp":
             layers.append(GlobalSumPool())
         elif kind == "sumpool":
-            layers.append((SumPool1d if len(opts["k"]) == 1 else SumPool2d)(opts["k"], opts["s"]))
+            layers.append({1: SumPool1d, 2: SumPool2d, 3: SumPool3d}[len(opts["k"])](opts["k"], opts["s"]))
+        elif kind == "dropout":
+            layers.append(Dropout(opts["rate"]))
+        elif kind == "conv":
+            conv = {1: nk.Conv1d, 2: nk.Conv2d, 3: Conv3d}[len(opts["k"])]
+            layers.append(conv(opts["k"], opts["s"], opts["padding"], W_std=opts["W"], b_std=opts["b"],
+                               parametrization=opts.get("param", "ntk")))
+        elif kind == "dense":
+            layers.append(nk.Linear(W_std=opts["W"], b_std=opts["b"], parametrization=opts.get("param", "ntk")))
+        elif kind == "avgpool" and len(opts["k"]) == 3:
+            layers.append(AvgPool3d(opts["k"], opts["s"]))
         else:
             layers.extend(build_plain([entry]))
     return layers
@@ -47,14 +69,13 @@ def test_matches_neural_tangents(name):
     correlation rounded near 1 (sqrt(eps) in the ReLU maps, as tests/test_layers_reference.py)."""
     arch = nk.Sequential(*build(CASES[name]["layers"]))
     X, Y = DATA[f"{name}/X"], DATA[f"{name}/Y"]
-    nngp_xy, ntk_xy = arch.kernel(X, Y, get=("nngp", "ntk"))
-    nngp_xx, ntk_xx = arch.kernel(X, get=("nngp", "ntk"))
-    for ours, key in ((nngp_xy, "nngp_xy"), (ntk_xy, "ntk_xy")):
-        assert_close(ours, DATA[f"{name}/{key}"], 1e-10)
-    for ours, key in ((nngp_xx, "nngp_xx"), (ntk_xx, "ntk_xx")):
-        assert_close(ours, DATA[f"{name}/{key}"], 1e-10, diagonal=False)
-        assert_close(np.diag(ours), np.diag(DATA[f"{name}/{key}"]), 1e-7)
-    np.testing.assert_allclose(arch.kernel_diag(X), np.diag(ntk_xx), rtol=1e-7)
+    names = ("nngp",) if CASES[name].get("nngp_only") else ("nngp", "ntk")   # standard: no NTK limit
+    for ours, get in zip(arch.kernel(X, Y, get=names), names, strict=True):
+        assert_close(ours, DATA[f"{name}/{get}_xy"], 1e-10)
+    for ours, get in zip(arch.kernel(X, get=names), names, strict=True):
+        assert_close(ours, DATA[f"{name}/{get}_xx"], 1e-10, diagonal=False)
+        assert_close(np.diag(ours), np.diag(DATA[f"{name}/{get}_xx"]), 1e-7)
+        np.testing.assert_allclose(arch.kernel_diag(X, get=get), np.diag(ours), rtol=1e-12)
 
 
 def test_residual_is_parallel_with_the_identity():

@@ -14,23 +14,24 @@ from .activation import SHORT_FORMS, Activation
 from .aggregate import Aggregate, graphs
 from .attention import SelfAttention
 from .base import Layer, LayerError
-from .conv import Conv1d, Conv2d, NTKConv
+from .conv import Conv1d, Conv2d, Conv3d, NTKConv
+from .dropout import Dropout
 from .flatten import Flatten
 from .infinite import infinite
 from .linear import Linear
 from .normalization import LayerNorm
 from .parallel import Parallel
-from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
+from .pooling import AvgPool1d, AvgPool2d, AvgPool3d, GlobalAvgPool
 from .record import Record
 from .residual import Residual
 from .sequential import Sequential
-from .sum_pooling import GlobalSumPool, SumPool1d, SumPool2d
+from .sum_pooling import GlobalSumPool, SumPool1d, SumPool2d, SumPool3d
 from .tokenwise import TokenLinear
 
 #: the short forms of the registered nonlinearities (nk.ReLU, nk.Erf, nk.Tanh, ...: `ntkit.activations.registry`)
 globals().update(SHORT_FORMS)
 
-__all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool",
-           "GlobalSumPool", "Layer", "LayerError", "LayerNorm", "Linear", "NTKConv", "Parallel", "Record", "Residual",
-           "SelfAttention", "Sequential", "SumPool1d", "SumPool2d", "TokenLinear", "graphs", "infinite",
-           *SHORT_FORMS]
+__all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "Dropout",
+           "Flatten", "GlobalAvgPool", "GlobalSumPool", "Layer", "LayerError", "LayerNorm", "Linear", "NTKConv",
+           "Parallel", "Record", "Residual", "SelfAttention", "Sequential", "SumPool1d", "SumPool2d", "SumPool3d",
+           "TokenLinear", "graphs", "infinite", *SHORT_FORMS]

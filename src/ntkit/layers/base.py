@@ -163,7 +163,7 @@ def spatial_only(shape: tuple[int, ...], layer: Layer, where: str, dims: int | N
         raise LayerError(f"{layer.name} ({where}) needs inputs with positions, (C, L) or (C, H, W) per example; "
                          f"got shape {shape}")
     if dims is not None and len(shape) != dims + 1:
-        want = {1: "(C, L)", 2: "(C, H, W)"}[dims]
+        want = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}[dims]
         raise LayerError(f"{layer.name} ({where}) needs inputs of shape {want} per example, got shape {shape}")
 
 

@@ -1,4 +1,5 @@
-"""`Conv1d` and `Conv2d`: convolutions over (N, C, L) and (N, C, H, W) inputs, in the NTK parametrization.
+"""`Conv1d`, `Conv2d` and `Conv3d`: convolutions over (N, C, L), (N, C, H, W) and (N, C, D, H, W) inputs, in the NTK
+parametrization (or the standard one: the same NNGP, no NTK limit).
 
 The finite layer: y = W_std / sqrt(C k) conv(x, W) + b_std b, all parameters standard normal, k the number of
 taps. With infinitely many channels each output position is a Linear layer over its window of inputs, so
@@ -39,7 +40,9 @@ class _Conv(Layer):
     weights = True
 
     def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] = 1, padding: str = "same",
-                 W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor = 0.1, in_channels: int | None = None):
+                 W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor = 0.1, in_channels: int | None = None,
+                 parametrization: str = "ntk"):
+        self.parametrization = check_choice(parametrization, "parametrization", ("ntk", "standard"))
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
         self.kernel_size = _pair(kernel_size, self.dims, "kernel_size")
         self.stride = _pair(stride, self.dims, "stride")
@@ -50,7 +53,12 @@ class _Conv(Layer):
     def describe(self) -> str:
         return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
                 f"W_std={float(self.W_std)!r}, b_std={float(self.b_std)!r}"
-                + ("" if self.in_channels is None else f", in_channels={self.in_channels}") + ")")
+                + ("" if self.in_channels is None else f", in_channels={self.in_channels}")
+                + ("" if self.parametrization == "ntk" else f", parametrization={self.parametrization!r}") + ")")
+
+    @property
+    def has_ntk_limit(self) -> bool:
+        return self.parametrization == "ntk"
 
     def out_shape(self, shape, where):
         spatial_only(shape, self, where, self.dims)
@@ -85,7 +93,7 @@ class _Conv(Layer):
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return NTKConv(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, float(self.W_std),
-                       float(self.b_std), generator, dtype)
+                       float(self.b_std), generator, dtype, self.parametrization)
 
 
 class Conv1d(_Conv):
@@ -100,8 +108,15 @@ class Conv2d(_Conv):
     dims = 2
 
 
+class Conv3d(_Conv):
+    """A 3-D convolution over (N, C, D, H, W): kernel_size, stride, padding "same" | "valid" | "circular"."""
+
+    dims = 3
+
+
 class NTKConv(nn.Module):
-    """y = W_std / sqrt(C k) conv(pad(x), weight) + b_std bias, weight `(out, C, *kernel)` and bias standard normal.
+    """y = W_std / sqrt(C k) conv(pad(x), weight) + b_std bias, weight `(out, C, *kernel)` and bias standard normal
+    (parametrization="standard": weight ~ N(0, W_std^2 / (C k)), bias ~ N(0, b_std^2), both multipliers 1).
 
     "same" pads with zeros as XLA does (the extra position at the end when the total is odd), so any stride
     works; "circular" pads by the same amounts periodically; "valid" does not pad.
@@ -109,7 +124,7 @@ class NTKConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
                  padding: str, W_std: float, b_std: float, generator: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, parametrization: str = "ntk"):
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
@@ -118,6 +133,11 @@ class NTKConv(nn.Module):
         self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype))
         self.weight_multiplier = W_std / math.sqrt(in_channels * math.prod(kernel_size))
         self.bias_multiplier = b_std
+        if parametrization == "standard":     # the same functions at initialization, another gradient
+            with torch.no_grad():
+                self.weight.mul_(self.weight_multiplier)
+                self.bias.mul_(self.bias_multiplier)
+            self.weight_multiplier = self.bias_multiplier = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding != "valid":
@@ -125,7 +145,7 @@ class NTKConv(nn.Module):
             for size, k, s in reversed(list(zip(x.shape[2:], self.kernel_size, self.stride, strict=True))):
                 pads += list(same_pads(size, k, s))
             x = F.pad(x, pads, mode="constant" if self.padding == "same" else "circular")
-        conv = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(self.kernel_size)]
         return conv(x, self.weight * self.weight_multiplier, self.bias * self.bias_multiplier, stride=self.stride)
 
     def extra_repr(self) -> str:

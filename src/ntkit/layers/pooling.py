@@ -65,7 +65,7 @@ class _AvgPool(Layer):
                       tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims]))
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
-        pool = nn.AvgPool1d if self.dims == 1 else nn.AvgPool2d
+        pool = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[self.dims]
         return pool(self.kernel_size, self.stride)
 
 
@@ -79,6 +79,12 @@ class AvgPool2d(_AvgPool):
     """Average over windows of an image (N, C, H, W); stride defaults to kernel_size (as in torch)."""
 
     dims = 2
+
+
+class AvgPool3d(_AvgPool):
+    """Average over windows of a volume (N, C, D, H, W); stride defaults to kernel_size (as in torch)."""
+
+    dims = 3
 
 
 class GlobalAvgPool(Layer):

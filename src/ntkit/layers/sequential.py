@@ -194,7 +194,7 @@ class Sequential:
 
     @staticmethod
     def _inputs(X: Array, Y: Array | None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        Xt, numpy_in = as_tensor(X, "X", ndim=(1, 2, 3, 4))
+        Xt, numpy_in = as_tensor(X, "X", ndim=(1, 2, 3, 4, 5))
         if Xt.ndim == 1:
             Xt = Xt.unsqueeze(0)
         if Xt.dtype not in (torch.float32, torch.float64):
@@ -203,7 +203,7 @@ class Sequential:
             raise ValueError(f"X must have at least one channel or feature, got shape {tuple(Xt.shape)}")
         if Y is None:
             return Xt, None, numpy_in
-        Yt = as_tensor(Y, "Y", ndim=(1, 2, 3, 4), dtype=Xt.dtype, device=Xt.device)[0]
+        Yt = as_tensor(Y, "Y", ndim=(1, 2, 3, 4, 5), dtype=Xt.dtype, device=Xt.device)[0]
         if Yt.ndim == 1:
             Yt = Yt.unsqueeze(0)
         if Yt.shape[1:] != Xt.shape[1:]:

@@ -1,5 +1,5 @@
-"""`SumPool1d`, `SumPool2d` and `GlobalSumPool`: sums over positions (no parameters; neural-tangents' `stax.SumPool`
-and `stax.GlobalSumPool`). Sums mix positions, so the kernel needs every pair of positions before them:
+"""`SumPool1d`, `SumPool2d`, `SumPool3d` and `GlobalSumPool`: sums over positions (no parameters; neural-tangents'
+`stax.SumPool` and `stax.GlobalSumPool`). Sums mix positions, so the kernel needs every pair of positions before them:
 
     SumPool:        Sigma'(x_i, y_j) = sum_{d, e} Sigma(x_{s i + d}, y_{s j + e})
     GlobalSumPool:  Sigma'(x, y)     = sum_{p, q} Sigma(x_p, y_q)
@@ -39,6 +39,12 @@ class SumPool2d(_SumPool):
     """Sum over windows of an image (N, C, H, W); stride defaults to kernel_size."""
 
     dims = 2
+
+
+class SumPool3d(_SumPool):
+    """Sum over windows of a volume (N, C, D, H, W); stride defaults to kernel_size."""
+
+    dims = 3
 
 
 class GlobalSumPool(Layer):
