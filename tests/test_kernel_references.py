@@ -5,8 +5,9 @@ pin the results of every MLP activation and of convolution, pooling, residual an
 symmetric Gram). Regenerate them (only on purpose) with `python tests/test_kernel_references.py`.
 
 Tolerances: the closed forms are a few roundings per layer (1e-12 relative to the Gram's largest entry covers any
-BLAS summation order); the quadrature activations agree to the accuracy of the rule (about 1e-8 at the default
-degree, `ntkit.activations.quadrature`), which a faster rule may change within.
+BLAS summation order); for the activations without a closed form the stored values carry the error of the
+degree-20 quadrature they were made with (3e-8 relative on tanh's NTK diagonal here, against scipy's adaptive
+integration), which a more accurate rule removes: 1e-7.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def test_kernels_equal_the_stored_values(name, stored):
     for key, value in got.items():
         want = stored[f"{name}/{key}"]
         scale = float(np.abs(want).max())
-        tol = (1e-8 if quadrature else 1e-12) * scale
+        tol = (1e-7 if quadrature else 1e-12) * scale
         np.testing.assert_allclose(value, want, rtol=0, atol=tol, err_msg=f"{name}: {key}")
 
 
