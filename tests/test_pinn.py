@@ -81,11 +81,11 @@ def test_poisson_1d_matches_the_exact_solution():
     Xb = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     Xr = torch.linspace(0, 1, 14, dtype=torch.float64)[1:-1, None]
     g = -math.pi**2 * torch.sin(math.pi * Xr[:, 0])
-    model = pinn.PhysicsInformed(arch, pinn.derivative(0, 0), Xb, torch.tensor([0.0, 1.0]), Xr, g, ridge=1e-10)
+    model = pinn.PhysicsInformed(arch, pinn.derivative(0, 0), Xb, torch.tensor([0.0, 1.0]), Xr, g, ridge=1e-8)
     Xt = torch.linspace(0, 1, 41, dtype=torch.float64)[:, None]
     exact = torch.sin(math.pi * Xt[:, 0]) + Xt[:, 0]
     assert float((model.predict(Xt) - exact).abs().max()) < 2e-3
-    torch.testing.assert_close(model.predict_operator(Xr), g, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.predict_operator(Xr), g, rtol=0, atol=1e-3)   # |g| <= pi^2; ridge 1e-8
     early = model.predict(Xt, t=1.0)
     assert float((early - exact).abs().max()) > 10 * float((model.predict(Xt) - exact).abs().max())
     # the stiffness: K_rr's largest eigenvalue dwarfs K_uu's
