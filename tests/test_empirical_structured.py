@@ -250,3 +250,22 @@ def test_tracker_records_in_eval_mode_and_restores_training_flags():
     assert model.training and model[1].training and not model[3].training
     model.eval()
     assert_close(theta, explicit_ntk(model, X, None, "trace"), 1e-12)
+
+
+class KeywordCall(nn.Module):
+    """A linear layer called with a keyword argument (its forward hook sees no positional input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(input=x)))
+
+
+def test_a_layer_called_by_keyword_goes_to_the_jacobian():
+    torch.manual_seed(13)
+    model, X = KeywordCall().to(DT), inputs((3,), 3, 0)
+    plan = E.choose_method(model, X, per_layer=True)
+    assert plan["a"].startswith("jacobian") and plan["b"].startswith("structured")
+    assert_close(E.empirical_ntk(model, X, mode="trace"), explicit_ntk(model, X, None, "trace"), 1e-12)

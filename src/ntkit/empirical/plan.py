@@ -122,7 +122,8 @@ def instrumented(plan: Plan, problem: Problem) -> Iterator[Injector]:
             continue
 
         def hook(_m: nn.Module, args: tuple, output: torch.Tensor, key: str = site.key) -> torch.Tensor:
-            injector.capture(key, args[0])
+            if args and isinstance(args[0], torch.Tensor):  # else no capture: the site is dropped
+                injector.capture(key, args[0])
             return injector.shift(key, output)
 
         handles.append(site.module.register_forward_hook(hook))
