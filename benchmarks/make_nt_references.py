@@ -163,6 +163,24 @@ ATTENTION_CASES = {
         ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
 }
 
+#: padded sequences (`pad`: the lengths of X's and Y's examples; the positions after them are zero vectors, masked by
+#: stax's mask_constant=0 and by ntkit's Mask layer)
+MASKED_CASES = {
+    "masked_softmax_sum": {**_attention({"pos_emb_type": "SUM", "b_std": 0.1}, shape=[2, 6]),
+                           "pad": [[6, 4, 2, 5], [3, 6, 1]]},
+    "masked_relu_concat_values": {**_attention({"attention_mechanism": "RELU", "pos_emb_type": "CONCAT",
+                                                "val_pos_emb": True, "decay": "exp4"}, shape=[2, 6]),
+                                  "pad": [[5, 6, 3, 4], [2, 6, 4]]},
+    "masked_identity_sqrt_sum": {**_attention({"attention_mechanism": "IDENTITY", "linear_scaling": False,
+                                               "pos_emb_type": "SUM", "b_std": 0.1}, shape=[2, 6]),
+                                 "pad": [[6, 3, 5, 2], [4, 6, 1]]},
+    "masked_transformer": {"shape": [3, 7], "pad": [[7, 5, 3, 6], [2, 7, 4]], "layers": [
+        ["conv", {"k": [1], "s": [1], "padding": "same", "W": 1.0, "b": 0.1}],
+        *_block({"b_std": 0.1, "pos_emb_type": "SUM", "W_pos_emb_std": 0.5}), *_block({"b_std": 0.1}),
+        ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
+}
+ATTENTION_CASES.update(MASKED_CASES)
+
 #: the positional embeddings' covariance as a function of the distance |p - q|_p^p (jnp or torch alike)
 POS_EMB_DECAYS = {"exp4": lambda d: 2.718281828459045 ** (-d / 4), "power": lambda d: (1.0 + d) ** -1.5}
 
@@ -346,8 +364,14 @@ def main() -> None:
             xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"), pattern=(A, B))
             X, Y = np.concatenate([X, A], axis=1), np.concatenate([Y, B], axis=1)
         else:
-            xx = kernel_fn(channels_last(X), None, ("nngp", "ntk"))
-            xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"))
+            masking = {}
+            if "pad" in case:    # zero vectors after each example's length, masked
+                for Z, lengths in zip((X, Y), case["pad"], strict=True):
+                    for z, length in zip(Z, lengths, strict=True):
+                        z[:, length:] = 0.0
+                masking = {"mask_constant": 0.0}
+            xx = kernel_fn(channels_last(X), None, ("nngp", "ntk"), **masking)
+            xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"), **masking)
         arrays.update({f"{name}/X": X, f"{name}/Y": Y, f"{name}/nngp_xx": np.asarray(xx.nngp),
                        f"{name}/ntk_xx": np.asarray(xx.ntk), f"{name}/nngp_xy": np.asarray(xy.nngp),
                        f"{name}/ntk_xy": np.asarray(xy.ntk)})

@@ -11,6 +11,7 @@ import torch
 
 import ntkit as nk
 from ntkit.layers import LayerError, SelfAttention, TokenLinear
+from ntkit.layers.masking import Mask
 
 f64 = torch.float64
 
@@ -114,3 +115,60 @@ def test_token_linear_refuses_flat_inputs():
 def test_infinite_refuses_torch_attention_naming_the_module_and_the_alternative(module):
     with pytest.raises(LayerError, match=r"module 1 \((MultiheadAttention|TransformerEncoderLayer)\).*SelfAttention"):
         nk.infinite(torch.nn.Sequential(torch.nn.Linear(8, 8), module))
+
+
+def padded(lengths: list[int], shape: tuple[int, ...] = (2, 6), seed: int = 3) -> torch.Tensor:
+    """Sequences with zero vectors after each length (the padding a Mask layer reads)."""
+    X = inputs(len(lengths), shape, seed)
+    for x, length in zip(X, lengths, strict=True):
+        x[:, length:] = 0.0
+    return X
+
+
+def masked_encoder(mask: bool = True, **attention) -> nk.Sequential:
+    return nk.Sequential(*([Mask()] if mask else []), *transformer(**attention).layers)
+
+
+def test_a_padded_sequence_has_the_kernel_of_the_sequence_without_padding():
+    """Kernels of padded sequences (Mask) equal those of the truncated sequences (no padding at all), NNGP and NTK,
+    a pair of equal lengths and an example with itself, to float64 rounding."""
+    X = padded([6, 4, 4, 3])
+    full = masked_encoder().kernel(X, get=("nngp", "ntk"))
+    plain = masked_encoder(mask=False)
+    pair = plain.kernel(X[1:2, :, :4].clone(), X[2:3, :, :4].clone(), get=("nngp", "ntk"))
+    alone = plain.kernel(X[3:4, :, :3].clone(), get=("nngp", "ntk"))
+    for K, P, A in zip(full, pair, alone, strict=True):
+        torch.testing.assert_close(K[1, 2], P[0, 0], rtol=1e-12, atol=0)
+        torch.testing.assert_close(K[3, 3], A[0, 0], rtol=1e-12, atol=0)
+
+
+def test_the_finite_masked_network_ignores_the_padding():
+    """The finite network (no positional embeddings: its weights do not depend on the length) gives a padded sequence
+    the output of the sequence without padding, whatever the padding's length."""
+    X = padded([4, 4], (2, 7))
+    long_net = masked_encoder().network((2, 7), width=16, seed=0, dtype=f64)
+    short_net = masked_encoder().network((2, 4), width=16, seed=0, dtype=f64)
+    with torch.no_grad():
+        torch.testing.assert_close(long_net(X), short_net(X[:, :, :4].clone()), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_masked_transformers_converge_to_the_masked_kernel():
+    arch, X = masked_encoder(n_heads=2, pos_emb_type="sum"), padded([6, 3, 5])
+    for width in (64, 512):
+        assert monte_carlo_gap(arch, X, width=width, samples=16) <= 1
+
+
+def test_mask_must_be_the_first_layer_on_positions():
+    with pytest.raises(LayerError, match=r"Mask \(layer 1\) must be the first layer"):
+        nk.Sequential(TokenLinear(), Mask(), nk.GlobalAvgPool(), nk.Linear()).kernel(padded([6, 2]))
+    with pytest.raises(LayerError, match=r"Mask \(layer 0\) needs inputs with positions"):
+        nk.Sequential(Mask(), nk.Linear()).kernel(torch.randn(2, 3, dtype=f64))
+
+
+def test_a_mask_of_another_shape_is_refused_by_the_finite_layers():
+    net = masked_encoder().network((2, 6), width=8, seed=0, dtype=f64)
+    with torch.no_grad():
+        net[0](padded([6, 2]))                     # the Mask records positions of 2 examples of length 6
+        with pytest.raises(LayerError, match="Mask recorded positions of shape"):
+            net[2](torch.randn(3, 8, 5, dtype=f64))     # the attention block, fed 3 examples of length 5

@@ -1,6 +1,7 @@
 """SelfAttention's infinite-width kernels against neural-tangents' `stax.GlobalSelfAttention` (parameterization
 "ntk"), float64: every attention mechanism, both scalings, positional embeddings NONE / SUM / CONCAT with and without
-a decay and in the values, attention as the first layer, on images, and a two-block transformer encoder.
+a decay and in the values, attention as the first layer, on images, a two-block transformer encoder, and padded
+sequences of different lengths (masked).
 
 The references are stored in tests/data/nt_references_attention.npz, made by `benchmarks/make_nt_references.py
 --attention` with neural-tangents 0.6.5 and JAX in float64; each case lists its architecture, built here with ntkit.
@@ -17,6 +18,7 @@ import pytest
 
 import ntkit as nk
 from ntkit.layers import SelfAttention
+from ntkit.layers.masking import Mask
 
 DATA = np.load(Path(__file__).parent / "data" / "nt_references_attention.npz")
 CASES = json.loads(str(DATA["cases"]))
@@ -64,7 +66,8 @@ def relative_error(ours, reference) -> float:
 def test_matches_neural_tangents(name):
     """NNGP and NTK, K(X, X) and K(X, Y), to 1e-10 of the kernel's scale (float64 rounding through a few layers:
     measured below 1e-13); the Gram's diagonal is kernel_diag."""
-    arch = nk.Sequential(*build(CASES[name]["layers"]))
+    padded = "pad" in CASES[name]        # zero vectors after each length: masked (stax: mask_constant=0)
+    arch = nk.Sequential(*([Mask()] if padded else []), *build(CASES[name]["layers"]))
     X, Y = DATA[f"{name}/X"], DATA[f"{name}/Y"]
     nngp_xy, ntk_xy = arch.kernel(X, Y, get=("nngp", "ntk"))
     nngp_xx, ntk_xx = arch.kernel(X, get=("nngp", "ntk"))

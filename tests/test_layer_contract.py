@@ -129,6 +129,9 @@ LAYER_CASES: dict[str, Case] = {
                            "b_std": 0.3, "attention_mechanism": "relu", "pos_emb_type": "concat",
                            "pos_emb_p_norm": 1.0, "pos_emb_decay_fn": _decay, "W_pos_emb_std": 0.5,
                            "val_pos_emb": True}),
+    "Mask": Case(nk.layers.Mask, lambda m: nk.Sequential(m, nk.Conv1d(1, b_std=0.2),
+                                                        nk.Residual(nk.layers.SelfAttention(b_std=0.1)), nk.ReLU(),
+                                                        nk.GlobalAvgPool(), nk.Linear()), (2, 4)),
     "TokenLinear": Case(nk.layers.TokenLinear, lambda t: nk.Sequential(t, nk.ReLU(), nk.GlobalAvgPool(), nk.Linear()),
                         (2, 4), {"W_std": 1.3, "b_std": 0.2}, {"W_std": 0.7, "b_std": 0.0, "in_channels": 2}),
 }

@@ -19,6 +19,7 @@ from .dropout import Dropout
 from .flatten import Flatten
 from .infinite import infinite
 from .linear import Linear
+from .masking import Mask
 from .normalization import LayerNorm
 from .parallel import Parallel
 from .pooling import AvgPool1d, AvgPool2d, AvgPool3d, GlobalAvgPool
@@ -32,6 +33,6 @@ from .tokenwise import TokenLinear
 globals().update(SHORT_FORMS)
 
 __all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "Dropout",
-           "Flatten", "GlobalAvgPool", "GlobalSumPool", "Layer", "LayerError", "LayerNorm", "Linear", "NTKConv",
+           "Flatten", "GlobalAvgPool", "GlobalSumPool", "Layer", "LayerError", "LayerNorm", "Linear", "Mask", "NTKConv",
            "Parallel", "Record", "Residual", "SelfAttention", "Sequential", "SumPool1d", "SumPool2d", "SumPool3d",
            "TokenLinear", "graphs", "infinite", *SHORT_FORMS]

@@ -28,6 +28,7 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, LayerError, Pass, spatial_only
+from .masking import building_mask, keep, kept, masks_of, pair_mask, valid_positions
 from .record import Record
 
 MECHANISMS = ("softmax", "identity", "abs", "relu")
@@ -128,10 +129,17 @@ class SelfAttention(Layer):
         theta = record.theta
         if theta is not None and theta.ndim:
             theta = theta.reshape(*batch, P, P)
+        masks = masks_of(ctx)
+        if masks is not None:     # padding: kernels and embeddings zero there (neural-tangents' remasking)
+            valid = pair_mask(masks, record.nbatch)
+            sigma, R = sigma * valid, None if R is None else R * valid
+            theta = theta * valid if theta is not None and theta.ndim else theta
         if self.linear_scaling:
-            sigma, theta = self._linear(sigma, theta, R, record.nbatch, ctx)
+            sigma, theta = self._linear(sigma, theta, R, record.nbatch, ctx, masks)
         else:
             sigma, theta = self._identity(sigma, theta, R, record.nbatch, ctx)
+        if masks is not None:
+            sigma, theta = sigma * valid, None if theta is None else theta * valid
         out = Record(sigma.reshape(*batch, *S, *S), None if theta is None else theta.reshape(*batch, *S, *S),
                      "full", record.nbatch, S)
         return out
@@ -149,16 +157,15 @@ class SelfAttention(Layer):
             return t
         return w_in * t + w_pe * R
 
-    def _attention_weights(self, cov: torch.Tensor, R: torch.Tensor | None) -> torch.Tensor:
-        """G(x) (B, P, P) from the examples' own covariances (B, P, P)."""
+    def _attention_weights(self, cov: torch.Tensor, R: torch.Tensor | None, keys: torch.Tensor | None
+                           ) -> torch.Tensor:
+        """G(x) (B, P, P) from the examples' own covariances (B, P, P); `keys` (B, P): 0 at padding, or None."""
         scores = self.W_query_std * self.W_key_std * self._interp(cov, R)
-        if self.attention_mechanism == "softmax":
-            return torch.softmax(scores, dim=-1)
-        return _MECHANISM_FNS[self.attention_mechanism](scores)
+        return attention_weights(scores, self.attention_mechanism, keys)
 
-    def _linear(self, sigma, theta, R, nbatch, ctx):
+    def _linear(self, sigma, theta, R, nbatch, ctx, masks):
         if ctx.is_self:
-            G = self._attention_weights(sigma, R)
+            G = self._attention_weights(sigma, R, None if masks is None else masks[0])
             Gx = Gy = keep(ctx, G)
         else:
             Gx, Gy = kept(ctx)
@@ -212,21 +219,18 @@ def _sandwich(Gx: torch.Tensor, M: torch.Tensor, Gy: torch.Tensor, nbatch: int) 
     return torch.matmul(torch.matmul(Gx, M), Gy.transpose(-1, -2))
 
 
-def keep(ctx: Pass, value: torch.Tensor) -> torch.Tensor:
-    """In the self pass: keep a per-example tensor (first axis the examples) for the tiles, in the order the layers
-    ask (as `Pass.variances` keeps the variances)."""
-    ctx.kept.append(value)
-    return value
-
-
-def kept(ctx: Pass) -> tuple[torch.Tensor, torch.Tensor]:
-    """In a tile: what `keep` kept for the rows and for the columns."""
-    x, y = ctx.qx[ctx.index], ctx.qy[ctx.index]
-    ctx.index += 1
-    return x, y
-
-
 _MECHANISM_FNS = {"identity": lambda t: t, "abs": torch.abs, "relu": torch.relu}
+
+
+def attention_weights(scores: torch.Tensor, mechanism: str, keys: torch.Tensor | None) -> torch.Tensor:
+    """mech(scores) over the last axis (the keys); `keys` (B, P) or None: masked keys (0) get the score NEG_INF
+    before a softmax and 0 otherwise, as in neural-tangents."""
+    if keys is not None:
+        keys = keys.reshape(keys.shape[0], *(1,) * (scores.ndim - 2), keys.shape[-1])
+        scores = torch.where(keys == 0, NEG_INF if mechanism == "softmax" else 0.0, scores)
+    if mechanism == "softmax":
+        return torch.softmax(scores, dim=-1)
+    return _MECHANISM_FNS[mechanism](scores)
 
 
 def position_covariance(S: tuple[int, ...], p_norm: float, decay_fn, dtype: torch.dtype,
@@ -287,15 +291,18 @@ class NTKSelfAttention(nn.Module):
         self.W_value = normal(heads, c_vals, width)
         self.W_out = normal(heads * width, out_channels)
         self.b = normal(out_channels) if layer.bias else None
+        self._mask = [building_mask()]     # in a list: the network's MaskModule, not a submodule of this one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         n = x.shape[0]
         xs = x.flatten(2).transpose(1, 2)                                          # (n, P, C)
         inputs, values_in = xs, xs
+        valid = valid_positions(self._mask[0], x)                                  # (n, P) or None
         if layer.pos_emb_type != "none":
             pe = self.pos_emb if self.pos_chol is None else self.pos_chol @ self.pos_emb
             pe = (pe * layer.W_pos_emb_std).expand(n, -1, -1)
+            pe = pe if valid is None else pe * valid[:, :, None]
             inputs = xs + pe if layer.pos_emb_type == "sum" else torch.cat([xs, pe], -1)
             values_in = inputs if layer.val_pos_emb else xs
         keys = torch.einsum("npc,hck->nhpk", inputs, self.W_key)
@@ -303,10 +310,7 @@ class NTKSelfAttention(nn.Module):
         n_key = keys.shape[-1]
         norm = inputs.shape[-1] * (n_key if layer.linear_scaling else math.sqrt(n_key))
         scores = queries @ keys.transpose(-1, -2) * (layer.W_query_std * layer.W_key_std / norm)
-        if layer.attention_mechanism == "softmax":
-            G = torch.softmax(scores, dim=-1)
-        else:
-            G = _MECHANISM_FNS[layer.attention_mechanism](scores)
+        G = attention_weights(scores, layer.attention_mechanism, valid)
         values = torch.einsum("npc,hcv->nhpv", values_in, self.W_value)
         heads = (G @ values).permute(0, 2, 1, 3).reshape(n, xs.shape[1], -1)       # (n, P, heads * n_val)
         scale = layer.W_std / math.sqrt(heads.shape[-1] * values_in.shape[-1])

@@ -13,6 +13,7 @@ from torch import nn
 
 from .._checks import check_positive_int
 from .base import Layer
+from .masking import new_network
 from .plan import prefix_of
 
 
@@ -37,6 +38,8 @@ def modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, widt
     `last_out` outputs, the others take the next of `widths`; a branch's last weight layer has the channel count
     its layer gives (`Layer.branch_channels`: the input's for a Residual)."""
     last = max((i for i, layer in enumerate(layers) if layer.weights), default=-1)
+    if not prefix:
+        new_network()     # a Mask of an earlier network is not this one's (`ntkit.layers.masking`)
     out_modules = []
     for index, layer in enumerate(layers):
         where = f"layer {prefix}{index}"

@@ -19,6 +19,7 @@ from torch import nn
 from .._checks import all_finite
 from .base import Layer, LayerError, spatial_only
 from .conv import _pair
+from .masking import MaskedMean, building_mask, masked_mean, masks_of
 from .record import Record, out_size, window_sum
 
 
@@ -101,12 +102,15 @@ class GlobalAvgPool(Layer):
         return "full"
 
     def apply(self, record: Record, ctx) -> Record:
+        if (masks := masks_of(ctx)) is not None:      # after a Mask: the mean over the unmasked positions
+            return masked_mean(record, masks)
         axes = tuple(range(record.nbatch, record.sigma.ndim))
         out = record.map(lambda t: mean(t, axes))
         return Record(out.sigma, out.theta, "flat", record.nbatch, ())
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
-        return _MeanOverPositions()
+        source = building_mask()
+        return _MeanOverPositions() if source is None else MaskedMean(source)
 
 
 class _MeanOverPositions(nn.Module):
