@@ -96,3 +96,39 @@ def test_numpy_in_numpy_out():
     arch = nk.MLP(depth=2, activation="tanh")
     out = pinn.operator_kernel(arch, np.linspace(0, 1, 3)[:, None], left=pinn.derivative(0))
     assert isinstance(out, np.ndarray) and out.shape == (3, 3)
+
+
+@pytest.mark.slow
+def test_operator_kernels_match_wide_networks():
+    """Monte Carlo: the empirical operator kernels of wide tanh networks (parameter gradients of u'' and of u, by
+    torch.func) average to the exact ones within 4 standard errors plus the O(1/width) finite-width bias."""
+    from torch.func import functional_call, hessian, jacrev, vmap
+
+    arch = nk.MLP(depth=3, activation="tanh", W_std=1.0, b_std=0.5)
+    X = torch.tensor([[-0.6], [0.1], [0.8]], dtype=torch.float64)
+    L = pinn.derivative(0, 0)
+    exact = {"ur": pinn.operator_kernel(arch, X, right=L), "rr": pinn.operator_kernel(arch, X, left=L, right=L)}
+    width, seeds = 512, 12
+    samples: dict[str, list[torch.Tensor]] = {"ur": [], "rr": []}
+    for seed in range(seeds):
+        net = arch.network(in_features=1, width=width, seed=seed, dtype=torch.float64)
+        params = {k: v.detach() for k, v in net.named_parameters()}
+
+        def u(p, x, net=net):
+            return functional_call(net, p, (x[None, :],))[0, 0]
+
+        def second(p, x, u=u):
+            return hessian(lambda z: u(p, z))(x)[0, 0]
+
+        def flat(jac):
+            return torch.cat([v.reshape(X.shape[0], -1) for v in jac.values()], 1)
+
+        J_u = flat(vmap(jacrev(u), in_dims=(None, 0))(params, X))
+        J_r = flat(vmap(jacrev(second), in_dims=(None, 0))(params, X))
+        samples["ur"].append(J_u @ J_r.T)
+        samples["rr"].append(J_r @ J_r.T)
+    for key, values in samples.items():
+        stack = torch.stack(values)
+        mean, se = stack.mean(0), stack.std(0) / math.sqrt(seeds)
+        gap = (mean - exact[key]).abs()
+        assert bool((gap <= 4 * se + 0.05 * exact[key].abs().max()).all()), (key, gap, se)
