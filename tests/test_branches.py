@@ -127,3 +127,100 @@ def test_bad_settings():
         Parallel(nk.Linear(), nk.Linear(), combine="mean")
     with pytest.raises(TypeError, match="branch 1 of Parallel"):
         Parallel(nk.Linear(), "relu")
+
+
+# ------------------------------------------------------------------------------- nk.infinite by tracing
+class _Block(torch.nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class _Net(torch.nn.Module):
+    """A stem, an inception-like concatenation of 4 and 8 channels, a residual block, a pooled head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.a = torch.nn.Conv2d(8, 4, 1)
+        self.b = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1))
+        self.block = _Block(12)
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.cat([self.a(h), self.b(h)], dim=1)
+        return self.head(self.block(h))
+
+
+def test_infinite_traces_residual_additions_and_concatenations():
+    """The traced model is the description written by hand: the same describe() (every setting) and kernels."""
+    arch = nk.infinite(_Net())
+    conv = lambda k, c, padding="same": nk.Conv2d(k, padding=padding, in_channels=c)   # noqa: E731
+    expected = nk.Sequential(conv(3, 1), Parallel(conv(1, 8, "valid"), (nk.ReLU(), conv(3, 8)), combine="concat",
+                                                  proportions=(1, 2)),
+                             nk.layers.Residual(conv(3, 12), nk.ReLU(), conv(3, 12)), nk.GlobalAvgPool(), nk.Flatten(),
+                             nk.Linear(in_channels=12))
+    assert arch.describe() == expected.describe()
+    X = torch.randn(3, 1, 5, 5, dtype=f64)
+    assert torch.equal(arch.kernel(X), expected.kernel(X))
+
+
+class _Sum(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.d = torch.nn.Linear(3, 5), torch.nn.Linear(3, 5)
+        self.b, self.c = torch.nn.Linear(5, 5), torch.nn.Linear(5, 5)
+        self.out = torch.nn.Linear(5, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.out(torch.relu(self.b(h) + self.c(torch.relu(h))) * self.d(x))
+
+
+def test_infinite_traces_sums_and_products_of_branches():
+    inner = Parallel(nk.Linear(in_channels=5), (nk.ReLU(), nk.Linear(in_channels=5)))
+    expected = nk.Sequential(Parallel((nk.Linear(in_channels=3), inner, nk.ReLU()), nk.Linear(in_channels=3),
+                                      combine="product"), nk.Linear(in_channels=5))
+    assert nk.infinite(_Sum()).describe() == expected.describe()
+
+
+class _Shared(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = torch.nn.Linear(3, 5), torch.nn.Linear(5, 1)
+
+    def forward(self, x):
+        return self.out(self.a(x) * self.a(x))
+
+
+class _Bad(torch.nn.Module):
+    def __init__(self, forward):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(2, 2, 3, padding=1)
+        self.linear = torch.nn.Linear(8, 1)
+        self.fn = forward
+
+    def forward(self, x):
+        return self.linear(torch.flatten(self.fn(self, x), 1))
+
+
+@pytest.mark.parametrize("forward, match", [
+    (lambda m, x: m.conv(x) + 1.0, r"node add .* an operand is a constant"),
+    (lambda m, x: torch.cat([m.conv(x), x], dim=2), r"node cat .* only a concatenation .* along channels"),
+    (lambda m, x: torch.softmax(m.conv(x), 1), r"node softmax .* no infinite-width counterpart"),
+    (lambda m, x: x + torch.relu(m.conv(x)), r"Residual.*must end with a Linear or Conv"),
+])
+def test_infinite_names_what_it_cannot_translate(forward, match):
+    with pytest.raises(LayerError, match=match):
+        nk.infinite(_Bad(forward)).kernel(torch.randn(2, 2, 4))
+
+
+def test_infinite_refuses_shared_weights():
+    """One module called twice shares its weights: the two values are not independent branches."""
+    with pytest.raises(LayerError, match=r"module a \(Linear\) is called 2 times"):
+        nk.infinite(_Shared())

@@ -24,10 +24,12 @@ from .linear import Linear
 from .normalization import LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
 from .sequential import Sequential
+from .trace import traced
 
 
 def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Sequential:
-    """Translate `module` (an nn.Sequential, nested ones included) into an `ntkit.Sequential`.
+    """Translate `module` (an nn.Sequential, nested ones included, or any module torch.fx traces) into an
+    `ntkit.Sequential`.
 
     Supported: nn.Linear, nn.Conv1d / nn.Conv2d (padding 0, "valid", "same", or (k - 1) / 2 with an odd kernel and
     stride 1, zeros or circular; no dilation or groups), the elementwise modules of the registered nonlinearities
@@ -35,12 +37,16 @@ def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Seque
     nn.Softplus; with other settings, as nn.GELU(approximate="tanh"), the module by quadrature), nn.Identity,
     nn.AvgPool1d / nn.AvgPool2d (no padding), nn.AdaptiveAvgPool1d(1) / nn.AdaptiveAvgPool2d(1), nn.Flatten and
     nn.LayerNorm over the features of flat inputs without affine parameters. Anything else raises a LayerError
-    naming the module and its position.
+    naming the module and its position. Any other module is traced by torch.fx (`ntkit.layers.trace`): residual
+    additions, torch.cat along channels and products become `Residual` and `Parallel`.
     """
-    if not isinstance(module, nn.Sequential):
-        raise TypeError(f"infinite needs a torch.nn.Sequential, got {type(module).__name__}")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"infinite needs a torch.nn.Module, got {type(module).__name__}")
     layers: list[Layer] = []
-    _translate(module, "", layers, W_std, b_std)
+    if isinstance(module, nn.Sequential):
+        _translate(module, "", layers, W_std, b_std)
+    else:   # a model that branches: traced by torch.fx (`ntkit.layers.trace`)
+        layers = traced(module, lambda m, where: _one(m, where, W_std, b_std))
     if not layers:
         raise LayerError("infinite: the nn.Sequential has no layers to translate")
     return Sequential(*layers)
