@@ -164,3 +164,27 @@ def test_least_squares_dynamics_on_empirical_tiles_match_the_dense_gram():
     for t in (float("inf"), 3.0):
         reference = exact.predict(K_cross, t)
         assert_close(matrix_free.predict(K_cross, t), reference, 1e-7)
+
+
+def test_infinite_width_gp_mean_with_a_finite_models_kernel():
+    """`EmpiricalKernel` gives `InfiniteWidthGP` (unchanged) a trained model's NTK: its mean at t = inf and at a
+    finite t, by Cholesky and by matrix-free CG, equals least squares on the dense empirical Gram; a standard
+    deviation (which needs an NNGP) is refused."""
+    from ntkit.dynamics import InfiniteWidthGP, LeastSquares
+
+    model, X, Xs = small_cnn(), inputs((1, 6, 6), 20, 6), inputs((1, 6, 6), 4, 7)
+    flat, flat_s = X.reshape(20, -1), Xs.reshape(4, -1)
+    y = torch.randn(20, dtype=DT, generator=torch.Generator().manual_seed(2))
+    K = E.empirical_ntk(model, X, mode="trace")
+    K_cross = E.empirical_ntk(model, Xs, X, mode="trace")
+    ridge = 1e-2 * float(K.diagonal().mean())
+    reference = LeastSquares(K, y, ridge=ridge)
+    kernel = E.EmpiricalKernel(model, in_shape=(1, 6, 6))
+    exact = InfiniteWidthGP(kernel, flat, y, ridge=ridge)
+    for t in (float("inf"), 2.0):
+        assert_close(exact.predict(flat_s, t), reference.predict(K_cross, t), 1e-9)
+    iterative = InfiniteWidthGP(kernel, flat, y, ridge=ridge, solver="cg", tol=1e-12)
+    assert_close(iterative.predict(flat_s), reference.predict(K_cross, float("inf")), 1e-7)  # 1e-12 x cond <= 2001
+    assert_close(kernel.kernel_diag(flat), K.diagonal(), 1e-12)
+    with pytest.raises(ValueError, match="NTK only"):
+        exact.predict(flat_s, return_std=True)
