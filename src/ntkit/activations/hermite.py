@@ -147,6 +147,12 @@ class _Coefficients:
         suffice (a kink, or a variance too large for the steepness of sigma)."""
         if self.values is None:
             return None
+        memo = self.__dict__.setdefault("_terms", {})
+        if tolerance not in memo:
+            memo[tolerance] = self._count(tolerance)
+        return memo[tolerance]
+
+    def _count(self, tolerance: float) -> int | None:
         ok = self.tails <= tolerance * self.norms[:, None] + 1e-300
         if not ok[:, -1].all():
             return None
@@ -211,6 +217,8 @@ class HermiteMaps:
         a, b, terms = self._terms(reps1, reps2, m, n)
         a = torch.as_tensor(a, dtype=rho.dtype, device=rho.device)
         b = torch.as_tensor(b, dtype=rho.dtype, device=rho.device)
+        if rho.ndim == 2 and index1.shape == (rho.shape[0], 1) and index2.shape == (1, rho.shape[1]):
+            return _series_grid(rho, a[index1[:, 0]], b[index2[0]])
         flat_rho = rho.reshape(-1)
         i1 = index1.expand(rho.shape).reshape(-1)
         i2 = index2.expand(rho.shape).reshape(-1)
@@ -220,7 +228,7 @@ class HermiteMaps:
             part = slice(start, start + block)
             products = a[i1[part]] * b[i2[part]]                                    # (block, K)
             powers = flat_rho[part, None].expand(-1, terms - 1).cumprod(1)           # rho^1 .. rho^(K-1)
-            out[part] = products[:, 0] + (products[:, 1:] * powers).sum(1)
+            out[part] = products[:, 0] + torch.linalg.vecdot(products[:, 1:], powers)
         return out.reshape(rho.shape)
 
     def _tabulated(self, rho, reps1, index1, reps2, index2, orders, shape) -> list[torch.Tensor]:
@@ -255,6 +263,20 @@ class HermiteMaps:
             panels = max(t.shape[0] for t in tables)
             self._cache[key] = np.concatenate([_refine(t, panels) for t in tables])
         return self._cache[key]
+
+
+def _series_grid(rho: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """sum_k rows[i, k] cols[j, k] rho[i, j]^k for a block (N, M) whose variances vary along rows (rows: (N, K))
+    and columns (cols: (M, K)), in blocks of rows: no gather of (N M, K) coefficients."""
+    terms = rows.shape[1]
+    out = torch.empty_like(rho)
+    block = max(1, _SERIES_BLOCK // (terms * max(rho.shape[1], 1)))
+    for start in range(0, rho.shape[0], block):
+        part = slice(start, start + block)
+        products = rows[part, None, :] * cols[None, :, :]                             # (block, M, K)
+        powers = rho[part, :, None].expand(-1, -1, terms - 1).cumprod(2)               # rho^1 .. rho^(K-1)
+        out[part] = products[:, :, 0] + torch.linalg.vecdot(products[:, :, 1:], powers)
+    return out
 
 
 def _groups(q: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
