@@ -116,7 +116,7 @@ class SelfAttention(Layer):
         """(w_in, w_pe): the input's and the embeddings' shares of the keys' covariance."""
         if self.pos_emb_type == "none":
             return 1.0, 0.0
-        pe = self.W_pos_emb_std**2
+        pe = self.W_pos_emb_std * self.W_pos_emb_std     # a product: inf rather than OverflowError
         return (0.5, 0.5 * pe) if self.pos_emb_type == "concat" else (1.0, pe)
 
     def apply(self, record: Record, ctx: Pass) -> Record:
@@ -169,7 +169,7 @@ class SelfAttention(Layer):
             Gx = Gy = keep(ctx, G)
         else:
             Gx, Gy = kept(ctx)
-        ov2, b2 = self.W_std**2, self.b_std**2
+        ov2, b2 = self.W_std * self.W_std, self.b_std * self.b_std
         values = self._interp(sigma, R) if self.val_pos_emb else sigma
         GSG = _sandwich(Gx, values, Gy, nbatch)
         sigma_out = GSG * ov2 + b2
@@ -184,7 +184,8 @@ class SelfAttention(Layer):
     def _identity(self, sigma, theta, R, nbatch, ctx):
         """linear_scaling=False, identity mechanism: neural-tangents' closed form (dot products over all pairs of
         positions of nngp_interp and nngp, times nngp_interp)."""
-        std2, b2 = (self.W_query_std * self.W_key_std * self.W_out_std * self.W_value_std) ** 2, self.b_std**2
+        std = self.W_query_std * self.W_key_std * self.W_out_std * self.W_value_std
+        std2, b2 = std * std, self.b_std * self.b_std
         s_int = self._interp(sigma, R)
         s_val = s_int if self.val_pos_emb else sigma
         dot12 = _dot(s_int, s_val)
