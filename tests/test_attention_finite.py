@@ -172,3 +172,8 @@ def test_a_mask_of_another_shape_is_refused_by_the_finite_layers():
         net[0](padded([6, 2]))                     # the Mask records positions of 2 examples of length 6
         with pytest.raises(LayerError, match="Mask recorded positions of shape"):
             net[2](torch.randn(3, 8, 5, dtype=f64))     # the attention block, fed 3 examples of length 5
+
+
+def test_scales_beyond_the_range_are_a_kernel_overflow_naming_the_layer():
+    with pytest.raises(nk.KernelOverflowError, match=r"layer 1 \(SelfAttention\)"):
+        nk.Sequential(TokenLinear(), SelfAttention(W_out_std=1e200), nk.GlobalAvgPool(), nk.Linear()).kernel(inputs())
