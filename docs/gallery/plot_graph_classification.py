@@ -2,14 +2,14 @@
 Graph classification with the Graph Neural Tangent Kernel
 =========================================================
 
-Two kinds of random graphs with the same mean degree: Erdős–Rényi graphs (every edge with probability 0.3) and
-graphs of two communities (edges within a community with probability 0.55, across with 0.08). Each node's feature
-is its degree (one-hot), as in Du et al.; the degrees alone hardly tell the kinds apart. The GNTK (Du et al. 2019) of a graph network,
-:class:`ntkit.layers.Aggregate` then a node-wise Linear and ReLU, a few times, and a sum readout
-(:class:`ntkit.layers.GlobalSumPool`), is the kernel of the infinitely wide network trained by gradient descent;
-kernel regression with it classifies the graphs. Without aggregation (0 layers: a sum readout of the nodes' degrees)
-the kernel sees only the degree histogram and does little better than chance; each aggregation lets a node see its
-neighbourhood, and the communities show.
+Two kinds of random graphs of about the same mean degree: Erdős–Rényi graphs (every edge with probability 0.35)
+and graphs of two communities (edges within a community with probability 0.7, across with 0.03). Each node's feature
+is its degree (one-hot), as in Du et al. (2019). The GNTK of a graph network, :class:`ntkit.layers.Aggregate` then a
+node-wise Linear and ReLU, a few times, and a sum readout (:class:`ntkit.layers.GlobalSumPool`), is the kernel of the
+infinitely wide network trained by gradient descent; kernel regression with it (normalized, as Du et al.) classifies
+the graphs. Without aggregation (0 layers: a sum readout of the nodes' degrees) the kernel sees only the degree
+histogram and does little better than chance; with aggregation each node sees its neighbourhood, and the
+communities show.
 """
 
 # %%
