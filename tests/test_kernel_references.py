@@ -2,7 +2,10 @@
 
 The values were computed by this library in float64 before its kernel paths were merged into one recursion, and
 pin the results of every MLP activation and of convolution, pooling, residual and LayerNorm stacks (X != Y and the
-symmetric Gram). Regenerate them (only on purpose) with `python tests/test_kernel_references.py`.
+symmetric Gram). The three pooling stacks' entries were stored again when the ReLU family's maps on layer records
+stopped using a fused multiply-add for q1 q2 - c^2 (it left an angle of 1e-8 at a position paired with itself: their
+NTK diagonals moved by 1e-10 to 6e-10, to the exact values). Regenerate them (only on purpose) with
+`python tests/test_kernel_references.py`.
 
 Tolerances: the closed forms are a few roundings per layer (1e-12 relative to the Gram's largest entry covers any
 BLAS summation order); for the activations without a closed form the stored values carry the error of the

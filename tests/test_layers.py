@@ -300,3 +300,26 @@ def test_mean_over_positions_where_the_sum_overflows():
     out = mean(t, (1,))
     assert out[0] == torch.tensor((1 + 0.5 - 0.25 + 1) / 4 * big, dtype=torch.float64).float()
     assert out[1] == float("inf")  # an infinite entry stays infinite
+
+
+def test_autograd_path_has_the_exact_diagonal_and_the_standard_parametrization_no_ntk():
+    """The differentiable block of a symmetric Gram carries the exact diagonal on every path (as the tiles do), and a
+    Linear in the standard parametrization has an NNGP but no NTK limit, in MLP and Sequential alike."""
+    X = torch.randn(4, 1, 4, 4, dtype=f64)
+    arch = conv_pool_residual()
+    Xg = X.clone().requires_grad_(True)
+    K = arch.kernel(Xg)
+    # the self pass's diagonal formulas (no sqrt(eps) of the pair formulas at a point with itself); the first
+    # convolution runs through the input record under autograd, hence a few roundings
+    torch.testing.assert_close(K.detach().diagonal(), arch.kernel_diag(X), rtol=1e-13, atol=0)
+    K.sum().backward()
+    assert torch.isfinite(Xg.grad).all()
+    flat = torch.randn(5, 3, dtype=f64)
+    standard = nk.Sequential(nk.Linear(parametrization="standard"), nk.ReLU(), nk.Linear(parametrization="standard"))
+    torch.testing.assert_close(standard.kernel(flat, get="nngp"), nk.MLP(depth=2).kernel(flat, get="nngp"),
+                               rtol=0, atol=0)
+    for make in (lambda: standard.kernel(flat), lambda: nk.MLP(depth=2, parametrization="standard").kernel(flat)):
+        with pytest.raises(ValueError, match="parametrization='standard'"):
+            make()
+    net = standard.network(3, width=8, seed=0, dtype=f64)
+    assert net[0].parametrization == "standard" and net[0].weight_multiplier == 1.0

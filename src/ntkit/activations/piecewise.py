@@ -94,10 +94,11 @@ class PiecewiseLinear(Nonlinearity):
             k = ((1 + a^2)(pi - ang) + 2 a ang) / (2 pi),   Sigma' = (1 - a)^2 s / (2 pi) + k c,   Theta' = Theta k
         `moderate`: the variances are known to be 0 or well inside the dtype's range, so q1 q2 is formed as it is;
         otherwise s comes from variances scaled by powers of two (`_root_gap`), which neither overflows nor
-        underflows."""
+        underflows. q1 q2 and c^2 are rounded alike (no fused multiply-add, which would keep the rounding error of
+        one product only: s of sqrt(eps) q and an angle of 1e-8 at a position paired with itself)."""
         a = self.a
-        if moderate:
-            s = (q1 * q2).addcmul_(c, c, value=-1.0).clamp_(min=0.0).sqrt_()
+        if moderate:   # two rounded products, no fused multiply-add: exactly 0 where q1 = q2 = c
+            s = (q1 * q2).sub_(c * c).clamp_(min=0.0).sqrt_()
             k = torch.atan2(s, c)
         else:
             s, k = _root_gap(c, q1, q2)
@@ -131,7 +132,7 @@ def _root_gap(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torc
     q1 = q2 = c."""
     (s1, r1), (s2, r2) = variance_scale(q1), variance_scale(q2)
     ch = c * (r1 * r2)
-    root = ((q1 * s1) * (q2 * s2)).addcmul_(ch, ch, value=-1.0).clamp_(min=0.0).sqrt_()
+    root = ((q1 * s1) * (q2 * s2)).sub_(ch * ch).clamp_(min=0.0).sqrt_()     # no fused multiply-add (see pair_maps)
     return root / (r1 * r2), torch.atan2(root, ch)
 
 
