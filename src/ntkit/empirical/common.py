@@ -290,10 +290,28 @@ def contract(G1: torch.Tensor, G2: torch.Tensor, mode: str, n_outputs: int | Non
     b1, k, p = G1.shape
     b2 = G2.shape[0]
     if mode == "full":
-        return (G1.reshape(b1 * k, p) @ G2.reshape(b2 * k, p).T).reshape(b1, k, b2, k).permute(0, 2, 1, 3)
+        A = G1.reshape(b1 * k, p)
+        product = self_gram(A) if G1 is G2 else A @ G2.reshape(b2 * k, p).T
+        return product.reshape(b1, k, b2, k).permute(0, 2, 1, 3)
     if mode == "trace":
-        return (G1.reshape(b1, k * p) @ G2.reshape(b2, k * p).T) / (n_outputs or k)
+        A = G1.reshape(b1, k * p)
+        return (self_gram(A) if G1 is G2 else A @ G2.reshape(b2, k * p).T) / (n_outputs or k)
     return torch.bmm(G1.transpose(0, 1), G2.permute(1, 2, 0)).permute(1, 2, 0)
+
+
+def self_gram(A: torch.Tensor, smallest: int = 64) -> torch.Tensor:
+    """A A^T (rows, rows) from its two diagonal halves and one off-diagonal product (the other is its
+    transpose), recursively: about half the products of one A @ A.T for many rows."""
+    n = A.shape[0]
+    if n < 2 * smallest:
+        return A @ A.T
+    h = n // 2
+    out = A.new_empty(n, n)
+    out[:h, :h] = self_gram(A[:h], smallest)
+    out[h:, h:] = self_gram(A[h:], smallest)
+    out[:h, h:] = A[:h] @ A[h:].T
+    out[h:, :h] = out[:h, h:].T
+    return out
 
 
 def reduce_full(tile: torch.Tensor, mode: str) -> torch.Tensor:
