@@ -167,6 +167,10 @@ class HermiteMaps:
         self.fn = fn
         self._cache: dict[tuple, object] = {}
 
+    def __getstate__(self) -> dict:
+        """Pickled without the cache (sent to workers as the function alone)."""
+        return {"fn": self.fn, "_cache": {}}
+
     def coefficients(self, variances: np.ndarray, order: int) -> _Coefficients:
         """The coefficients of sigma^(order) at these variances: by autograd up to _DIRECT_ORDER (nested autograd
         grows combinatorially past it), shifted from those beyond; cached."""
