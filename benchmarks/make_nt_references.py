@@ -235,7 +235,7 @@ def stax_layers(spec: list) -> list:
 
 #: Parallel with each combination (a branch is a list of layers, [] the identity), Aggregate over graphs given with
 #: each example (weighted, with self-loops), sum pooling, Dropout, 3-D convolutions and pooling, the standard
-#: parametrization (tests/data/nt_references_branches.npz, `--branches`)
+#: parametrization, transposed convolutions (tests/data/nt_references_branches.npz, `--branches`)
 BRANCH_CASES = {
     "sum_dense": {"shape": [5], "layers": [
         ["dense", {"W": 1.2, "b": 0.1}],
@@ -302,9 +302,19 @@ BRANCH_CASES = {
     "standard_conv": {"shape": [2, 5, 4], "nngp_only": True, "layers": [
         ["conv", {"k": [3, 3], "s": [1, 2], "padding": "same", "W": 1.2, "b": 0.1, "param": "standard"}], ["relu"],
         ["avgpool", {"k": [2, 2], "s": [1, 1]}], ["flatten"], ["dense", {"W": 1.0, "b": 0.1, "param": "standard"}]]},
+    # transposed convolutions (XLA's output sizes), strided, with a kernel smaller than the stride, pooled
+    "convtranspose_1d": {"shape": [2, 5], "layers": [
+        ["convtranspose", {"k": [3], "s": [2], "padding": "valid", "W": 1.2, "b": 0.1}], ["relu"],
+        ["convtranspose", {"k": [2], "s": [1], "padding": "same", "W": 1.0, "b": 0.2}], ["erf"],
+        ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "convtranspose_2d_pool": {"shape": [1, 3, 4], "layers": [
+        ["conv", {"k": [2, 2], "s": [1, 1], "padding": "same", "W": 1.0, "b": 0.1}], ["relu"],
+        ["convtranspose", {"k": [3, 2], "s": [2, 2], "padding": "same", "W": 1.1, "b": 0.1}], ["relu"],
+        ["convtranspose", {"k": [1, 2], "s": [2, 3], "padding": "valid", "W": 0.9, "b": 0.0}], ["relu"],
+        ["avgpool", {"k": [2, 2], "s": [2, 2]}], ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
 }
 
-BRANCH_KINDS = ("parallel", "aggregate", "gsp", "sumpool", "dropout")
+BRANCH_KINDS = ("parallel", "aggregate", "gsp", "sumpool", "dropout", "convtranspose")
 
 
 def _stax_branching(kind: str, opts: dict):
@@ -316,6 +326,9 @@ def _stax_branching(kind: str, opts: dict):
         return stax.SumPool(tuple(opts["k"]), tuple(opts["s"]), "VALID")
     if kind == "dropout":
         return stax.Dropout(opts["rate"], mode="train")
+    if kind == "convtranspose":
+        return stax.ConvTranspose(1, tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(), W_std=opts["W"],
+                                  b_std=opts["b"], parameterization="ntk")
     branches = [stax.serial(*stax_layers(b)) if b else stax.Identity() for b in opts["branches"]]
     fan_in = {"sum": stax.FanInSum(), "concat": stax.FanInConcat(), "product": stax.FanInProd()}[opts["combine"]]
     return stax.serial(stax.FanOut(len(branches)), stax.parallel(*branches), fan_in)

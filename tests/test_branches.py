@@ -26,6 +26,7 @@ from ntkit.layers import (
     SumPool2d,
     SumPool3d,
 )
+from ntkit.layers.conv_transpose import ConvTranspose1d, ConvTranspose2d
 from test_layers_reference import assert_close
 from test_layers_reference import build as build_plain
 
@@ -50,6 +51,9 @@ def build(spec: list) -> list:
             layers.append({1: SumPool1d, 2: SumPool2d, 3: SumPool3d}[len(opts["k"])](opts["k"], opts["s"]))
         elif kind == "dropout":
             layers.append(Dropout(opts["rate"]))
+        elif kind == "convtranspose":
+            conv = ConvTranspose1d if len(opts["k"]) == 1 else ConvTranspose2d
+            layers.append(conv(opts["k"], opts["s"], opts["padding"], W_std=opts["W"], b_std=opts["b"]))
         elif kind == "conv":
             conv = {1: nk.Conv1d, 2: nk.Conv2d, 3: Conv3d}[len(opts["k"])]
             layers.append(conv(opts["k"], opts["s"], opts["padding"], W_std=opts["W"], b_std=opts["b"],

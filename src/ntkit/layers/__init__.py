@@ -15,6 +15,7 @@ from .aggregate import Aggregate, graphs
 from .attention import SelfAttention
 from .base import Layer, LayerError
 from .conv import Conv1d, Conv2d, Conv3d, NTKConv
+from .conv_transpose import ConvTranspose1d, ConvTranspose2d
 from .dropout import Dropout
 from .flatten import Flatten
 from .infinite import infinite
@@ -32,7 +33,7 @@ from .tokenwise import TokenLinear
 #: the short forms of the registered nonlinearities (nk.ReLU, nk.Erf, nk.Tanh, ...: `ntkit.activations.registry`)
 globals().update(SHORT_FORMS)
 
-__all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "Dropout",
-           "Flatten", "GlobalAvgPool", "GlobalSumPool", "Layer", "LayerError", "LayerNorm", "Linear", "Mask", "NTKConv",
-           "Parallel", "Record", "Residual", "SelfAttention", "Sequential", "SumPool1d", "SumPool2d", "SumPool3d",
-           "TokenLinear", "graphs", "infinite", *SHORT_FORMS]
+__all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d",
+           "ConvTranspose1d", "ConvTranspose2d", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "Layer",
+           "LayerError", "LayerNorm", "Linear", "Mask", "NTKConv", "Parallel", "Record", "Residual", "SelfAttention",
+           "Sequential", "SumPool1d", "SumPool2d", "SumPool3d", "TokenLinear", "graphs", "infinite", *SHORT_FORMS]

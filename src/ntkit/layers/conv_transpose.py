@@ -1,0 +1,142 @@
+"""`ConvTranspose1d`, `ConvTranspose2d`: transposed convolutions in the NTK parametrization (neural-tangents'
+`stax.ConvTranspose`, with XLA's output sizes: n s + max(k - s, 0) for "valid", n s for "same").
+
+Input position p reaches output position i = s p + d - o through tap d (o: the offset of the padding), so with
+infinitely many channels
+
+    Sigma'(x_i, y_j) = W_std^2 (1 / k) sum_d sum_{s p + d - o = i, s q + d - o = j} Sigma(x_p, y_q) + b_std^2
+
+and Theta' = W_std^2 (1 / k) (the same sum of Theta) + Sigma'. i = j needs p = q, so the positions' diagonal suffices
+when only it is wanted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_choice, check_positive_int, check_real
+from .base import Layer, check_channels, spatial_only
+from .conv import _pair
+from .linear import affine
+from .record import Record
+
+
+def _geometry(size: int, k: int, s: int, padding: str) -> tuple[int, int]:
+    """(output size, offset o) of one axis, as XLA's conv_transpose."""
+    if padding == "valid":
+        return size * s + max(k - s, 0), 0
+    pad_a = k - 1 if s > k - 1 else math.ceil((k + s - 2) / 2)
+    return size * s, k - 1 - pad_a
+
+
+class _ConvTranspose(Layer):
+    dims = 0
+    weights = True
+
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] = 1, padding: str = "same",
+                 W_std: float = 1.0, b_std: float = 0.1, in_channels: int | None = None):
+        self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
+        self.kernel_size = _pair(kernel_size, self.dims, "kernel_size")
+        self.stride = _pair(stride, self.dims, "stride")
+        self.padding = check_choice(padding, "padding", ("same", "valid"))
+        self.W_std = float(check_real(W_std, "W_std", minimum=0.0))
+        self.b_std = float(check_real(b_std, "b_std", minimum=0.0))
+
+    def describe(self) -> str:
+        return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
+                f"W_std={self.W_std!r}, b_std={self.b_std!r}"
+                + ("" if self.in_channels is None else f", in_channels={self.in_channels}") + ")")
+
+    def out_shape(self, shape, where):
+        spatial_only(shape, self, where, self.dims)
+        check_channels(self, shape, where)
+        return (shape[0], *(_geometry(n, k, s, self.padding)[0]
+                            for n, k, s in zip(shape[1:], self.kernel_size, self.stride, strict=True)))
+
+    def gaussian(self, in_gaussian, where):
+        return True
+
+    def apply(self, record: Record, ctx) -> Record:
+        full = record.layout == "full"
+
+        def total(t: torch.Tensor, scale: float) -> torch.Tensor:
+            for dim in range(self.dims):
+                axes = (record.x_axis(dim), record.y_axis(dim)) if full else (record.x_axis(dim),)
+                t = _spread(t, axes, self.kernel_size[dim], self.stride[dim], self.padding, scale if dim == 0 else 1.0)
+            return t
+
+        out = affine(record, self.W_std, self.b_std, total, taps=math.prod(self.kernel_size))
+        spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
+        return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
+
+    def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
+        return NTKConvTranspose(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, self.W_std,
+                                self.b_std, generator, dtype)
+
+
+def _spread(t: torch.Tensor, axes: tuple[int, ...], k: int, s: int, padding: str, scale: float) -> torch.Tensor:
+    """sum_d of t placed at i = s p + d - o on every axis of `axes` (the same tap d on each), times `scale`."""
+    n = t.shape[axes[0]]
+    size, offset = _geometry(n, k, s, padding)
+    shape = list(t.shape)
+    for axis in axes:
+        shape[axis] = size
+    out = t.new_zeros(shape)
+    for d in range(k):
+        first = max(0, -((d - offset) // s))            # the first p with s p + d - o >= 0
+        last = min(n - 1, (size - 1 + offset - d) // s)
+        if last < first:
+            continue
+        src, dst = [slice(None)] * t.ndim, [slice(None)] * t.ndim
+        for axis in axes:
+            src[axis] = slice(first, last + 1)
+            start = s * first + d - offset
+            dst[axis] = slice(start, start + s * (last - first) + 1, s)
+        out[tuple(dst)] += t[tuple(src)] * scale
+    return out
+
+
+class ConvTranspose1d(_ConvTranspose):
+    """A transposed 1-D convolution over (N, C, L): kernel_size, stride, padding "same" | "valid"."""
+
+    dims = 1
+
+
+class ConvTranspose2d(_ConvTranspose):
+    """A transposed 2-D convolution over (N, C, H, W): kernel_size, stride, padding "same" | "valid"."""
+
+    dims = 2
+
+
+class NTKConvTranspose(nn.Module):
+    """y = W_std / sqrt(C k) conv_transpose(x, weight) + b_std bias (weight `(C, out, *kernel)`, bias standard normal),
+    cropped or padded to XLA's output positions i = s p + d - o."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
+                 padding: str, W_std: float, b_std: float, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        dtype = dtype or torch.get_default_dtype()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.randn(in_channels, out_channels, *kernel_size, generator=generator,
+                                               dtype=dtype))
+        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype))
+        self.weight_multiplier = W_std / math.sqrt(in_channels * math.prod(kernel_size))
+        self.bias_multiplier = b_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv_transpose1d if len(self.kernel_size) == 1 else F.conv_transpose2d
+        y = conv(x, self.weight * self.weight_multiplier, stride=self.stride)     # positions s p + d
+        for dim, (n, k, s) in enumerate(zip(x.shape[2:], self.kernel_size, self.stride, strict=True)):
+            size, offset = _geometry(n, k, s, self.padding)
+            axis = 2 + dim
+            extra = offset + size - y.shape[axis]
+            if extra > 0:
+                pads = [0, 0] * (y.ndim - 1 - axis) + [0, extra]
+                y = F.pad(y, pads)
+            y = y.narrow(axis, offset, size)
+        return y + (self.bias * self.bias_multiplier).reshape(-1, *[1] * len(self.kernel_size))
