@@ -106,3 +106,12 @@ def test_an_adjacency_that_does_not_match_the_nodes_is_refused():
         graphs(F, edges=torch.zeros(2, 3, 2))
     with pytest.raises(ValueError, match="exactly one"):
         graphs(F)
+
+
+def test_an_aggregate_after_the_nodes_changed_names_the_layer():
+    """A strided convolution before an Aggregate leaves fewer positions than the adjacency has nodes."""
+    F, A = random_graphs(2, 3, 6)
+    arch = nk.Sequential(nk.Conv1d(1), Aggregate(), nk.Conv1d(3, stride=2), nk.ReLU(), Aggregate(), GlobalSumPool(),
+                         nk.Linear())
+    with pytest.raises(LayerError, match=r"Aggregate \(layer 4\): its input has 3 positions but the graphs have 6"):
+        arch.kernel(graphs(F, A))

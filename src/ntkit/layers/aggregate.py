@@ -138,6 +138,18 @@ def graph_shape(layers: Sequence[Layer], shape: tuple[int, ...]) -> tuple[int, .
     return (shape[0] - shape[1], shape[1])
 
 
+def check_nodes(steps, shape: tuple[int, ...]) -> None:
+    """Refuse an Aggregate whose input has another number of positions than the graphs have nodes (a layer before
+    it changed them: a strided or "valid" convolution, pooling)."""
+    for step in steps:
+        if getattr(step.layer, "reads_graphs", False) and step.in_shape[-1] != shape[-1]:
+            raise LayerError(f"Aggregate ({step.where}): its input has {step.in_shape[-1]} positions but the graphs "
+                             f"have {shape[-1]} nodes (the adjacency is {shape[-1]} x {shape[-1]}); keep the nodes "
+                             f"(Conv1d(1), stride 1) before it")
+        for sub in step.subs or ():
+            check_nodes(sub, shape)
+
+
 def adjacencies(steps, X: torch.Tensor, Y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The adjacencies of the examples X and Y (the rows and columns of a block) when the plan reads graphs."""
     if not reads_graphs([step.layer for step in steps]):

@@ -27,7 +27,7 @@ from .. import gram
 from .._checks import as_tensor, check_choice, check_positive_int, to_output
 from ..kernels import Recursion, kernel_diag
 from . import execute, finite
-from .aggregate import GraphSequential, graph_shape, reads_graphs
+from .aggregate import GraphSequential, check_nodes, graph_shape, reads_graphs
 from .base import Layer, LayerError
 from .plan import Step, all_layers, assign_needs, build, fused_recursion
 
@@ -70,6 +70,7 @@ class Sequential:
     def plan(self, in_shape: tuple[int, ...]) -> tuple[list[Step], str]:
         """The validated plan for inputs of `in_shape` per example, and the layout the input record needs."""
         steps, out_shape, _ = build(self.layers, graph_shape(self.layers, tuple(in_shape)), "", False)
+        check_nodes(steps, tuple(in_shape))
         if len(out_shape) != 1:
             raise LayerError(f"Sequential must end with flat outputs (Flatten or GlobalAvgPool, then Linear); its "
                              f"last layer {self.layers[-1].name} gives shape {out_shape} per example")
