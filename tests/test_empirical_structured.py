@@ -119,6 +119,10 @@ def test_integer_numpy_ids_and_output_selector():
     theta = E.empirical_ntk(model, X.numpy(), mode="trace")
     assert isinstance(theta, np.ndarray)
     assert_close(torch.from_numpy(theta), expected, 1e-12)
+    mlp = sequence_mlp()[:1]  # no embedding: integer NumPy inputs are numbers
+    counts = np.arange(6).reshape(2, 3)
+    assert_close(torch.from_numpy(E.empirical_ntk(mlp, counts)), explicit_ntk(mlp, torch.from_numpy(counts).to(DT),
+                                                                               None, "full"), 1e-12)
 
     class Pair(nn.Module):
         def __init__(self):

@@ -175,13 +175,14 @@ def check_deterministic(model: nn.Module) -> None:
                              "mode and the NTK is not defined")
 
 
-def as_inputs(value: object, name: str, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Inputs (N, ...) on `like`'s device; floating ones in its dtype, integer tensors (token ids) kept.
+def as_inputs(value: object, name: str, like: torch.Tensor, ids: bool = False) -> tuple[torch.Tensor, bool]:
+    """Inputs (N, ...) on `like`'s device; floating ones in its dtype, integer tensors (token ids) kept, and
+    integer NumPy arrays too when `ids` (the model has an nn.Embedding; else they are numbers, cast).
 
     A 1-D input is one sample; N = 0 samples are allowed (an empty batch). Returns the tensor and whether
     the caller gave NumPy.
     """
-    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
+    if ids and isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
         value = torch.from_numpy(value.astype(np.int64))  # token ids, as for an integer tensor
         tensor, numpy_in = value.to(like.device), True
     elif isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex() \
@@ -195,6 +196,12 @@ def as_inputs(value: object, name: str, like: torch.Tensor) -> tuple[torch.Tenso
     if tensor.ndim == 1:
         tensor = tensor.unsqueeze(0)
     return tensor, numpy_in
+
+
+def takes_ids(model: nn.Module) -> bool:
+    """Whether integer NumPy inputs are token ids (the model has an nn.Embedding), kept as int64 like integer tensors;
+    otherwise they are numbers, cast to the parameters' dtype."""
+    return any(isinstance(m, nn.Embedding) for m in model.modules())
 
 
 def probe(model: nn.Module, values: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[int, int]:
@@ -261,10 +268,11 @@ def make_problem(model: nn.Module | Callable, X: object, Y: object, mode: str,
     trainable, frozen = model_values(model, params)
     check_deterministic(model)
     like = next(iter(trainable.values()))
-    Xt, numpy_in = as_inputs(X, "X", like)
+    ids = takes_ids(model)
+    Xt, numpy_in = as_inputs(X, "X", like, ids)
     Yt = None
     if Y is not None:
-        Yt, _ = as_inputs(Y, "Y", like)
+        Yt, _ = as_inputs(Y, "Y", like, ids)
         if Yt.shape[1:] != Xt.shape[1:]:
             raise ValueError(f"X and Y must have the same sample shape, got {tuple(Xt.shape[1:])} "
                              f"and {tuple(Yt.shape[1:])}")

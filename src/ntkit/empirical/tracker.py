@@ -18,7 +18,7 @@ from torch import nn
 
 from .._checks import check_positive_int
 from .api import empirical_ntk
-from .common import as_inputs, model_values
+from .common import as_inputs, model_values, takes_ids
 
 
 class NTKTracker:
@@ -40,7 +40,7 @@ class NTKTracker:
                  method: str = "auto", block_size: int | None = None):
         trainable, _ = model_values(model, None)
         self.model = model
-        self.X_probe, _ = as_inputs(X_probe, "X_probe", next(iter(trainable.values())))
+        self.X_probe, _ = as_inputs(X_probe, "X_probe", next(iter(trainable.values())), takes_ids(model))
         self.every = check_positive_int(every, "every")
         self.mode, self.method, self.block_size = mode, method, block_size
         self.steps: list[int] = []
