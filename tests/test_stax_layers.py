@@ -105,3 +105,13 @@ def test_standard_parametrization_of_convolutions():
         std.kernel(X)
     with pytest.raises(ValueError, match="parametrization"):
         nk.Conv1d(3, parametrization="mup")
+
+
+def test_infinite_translates_3d_convolutions_and_pooling():
+    model = torch.nn.Sequential(torch.nn.Conv3d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool3d(2),
+                                torch.nn.Conv3d(8, 8, (2, 1, 2)), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    expected = nk.Sequential(Conv3d(3, padding="same", in_channels=2), nk.ReLU(), nk.layers.AvgPool3d(2),
+                             Conv3d((2, 1, 2), padding="valid", in_channels=8), nk.ReLU(), nk.GlobalAvgPool(),
+                             nk.Flatten(), nk.Linear(in_channels=8))
+    assert nk.infinite(model).describe() == expected.describe()

@@ -17,12 +17,12 @@ from torch import nn
 from ..activations import DEFAULT_DEGREE, registry
 from .activation import SHORT_FORMS, Activation
 from .base import Layer, LayerError
-from .conv import Conv1d, Conv2d
+from .conv import Conv1d, Conv2d, Conv3d
 from .flatten import Flatten
 from .infinite_attention import attention_refusal
 from .linear import Linear
 from .normalization import LayerNorm
-from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
+from .pooling import AvgPool1d, AvgPool2d, AvgPool3d, GlobalAvgPool
 from .sequential import Sequential
 from .trace import traced
 
@@ -31,11 +31,11 @@ def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Seque
     """Translate `module` (an nn.Sequential, nested ones included, or any module torch.fx traces) into an
     `ntkit.Sequential`.
 
-    Supported: nn.Linear, nn.Conv1d / nn.Conv2d (padding 0, "valid", "same", or (k - 1) / 2 with an odd kernel and
+    Supported: nn.Linear, nn.Conv1d / 2d / 3d (padding 0, "valid", "same", or (k - 1) / 2 with an odd kernel and
     stride 1, zeros or circular; no dilation or groups), the elementwise modules of the registered nonlinearities
     (`ntkit.activations.registry`: nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU,
     nn.Softplus; with other settings, as nn.GELU(approximate="tanh"), the module by quadrature), nn.Identity,
-    nn.AvgPool1d / nn.AvgPool2d (no padding), nn.AdaptiveAvgPool1d(1) / nn.AdaptiveAvgPool2d(1), nn.Flatten and
+    nn.AvgPool1d / 2d / 3d (no padding), nn.AdaptiveAvgPool1d / 2d / 3d(1), nn.Flatten and
     nn.LayerNorm over the features of flat inputs without affine parameters. Anything else raises a LayerError
     naming the module and its position. Any other module is traced by torch.fx (`ntkit.layers.trace`): residual
     additions, torch.cat along channels and products become `Residual` and `Parallel`.
@@ -70,19 +70,19 @@ def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
         raise LayerError(refusal)
     if isinstance(m, nn.Linear):
         return Linear(W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_features)
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return _conv(m, where, W_std, b_std)
     activation = _activation(m)
     if activation is not None:
         return activation
-    if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
+    if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
         padding = m.padding if isinstance(m.padding, tuple) else (m.padding,)
         if any(p != 0 for p in padding) or m.ceil_mode:
             raise LayerError(f"infinite: {where} has padding={m.padding} or ceil_mode=True; only unpadded pooling "
                              f"maps")
-        pool = AvgPool1d if isinstance(m, nn.AvgPool1d) else AvgPool2d
+        pool = {nn.AvgPool1d: AvgPool1d, nn.AvgPool2d: AvgPool2d, nn.AvgPool3d: AvgPool3d}[type(m)]
         return pool(m.kernel_size, m.stride)
-    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
         size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
         if any(s != 1 for s in size):
             raise LayerError(f"infinite: {where} has output_size={m.output_size}; only 1 (global pooling) maps")
@@ -104,8 +104,8 @@ def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
                      f"Conv1d, Conv2d, elementwise activations, AvgPool, AdaptiveAvgPool(1), Flatten, LayerNorm)")
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d, where: str, W_std: float, b_std: float) -> Layer:
-    dims = 1 if isinstance(m, nn.Conv1d) else 2
+def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, where: str, W_std: float, b_std: float) -> Layer:
+    dims = len(m.kernel_size)
     if any(d != 1 for d in m.dilation) or m.groups != 1:
         raise LayerError(f"infinite: {where} has dilation={m.dilation}, groups={m.groups}; only 1 and 1 map")
     if m.padding_mode not in ("zeros", "circular"):
@@ -119,7 +119,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, where: str, W_std: float, b_std: float) -> L
     else:
         raise LayerError(f"infinite: {where} has padding={m.padding} with kernel_size={k}, stride={s}; only 0 and "
                          f"'same' padding ((k - 1) / 2 for odd k, stride 1) map")
-    conv = Conv1d if dims == 1 else Conv2d
+    conv = {1: Conv1d, 2: Conv2d, 3: Conv3d}[dims]
     return conv(k, s, padding, W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_channels)
 
 
