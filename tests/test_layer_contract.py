@@ -93,44 +93,45 @@ LAYER_CASES: dict[str, Case] = {
                           {"b_std": 0.4}, nt="residual"),
     "Parallel": Case(lambda **s: nk.layers.Parallel(nk.Linear(W_std=1.1), (nk.ReLU(), nk.Linear(b_std=0.3)), **s),
                      lambda p: nk.Sequential(nk.Linear(), p, nk.Linear()), (3,), {"combine": "product"},
-                     {"combine": "sum"}, monte_carlo=True),
+                     {"combine": "sum"}, monte_carlo=True, nt="parallel"),
     "Parallel_concat": Case(lambda **s: nk.layers.Parallel((nk.Erf(), nk.Conv1d(3)), (nk.ReLU(), nk.Conv1d(2)),
                                                            combine="concat", **s),
                             lambda p: conv1d(p, nk.AvgPool1d(2), end=nk.Flatten()), (1, 6), {"proportions": (1, 2)},
-                            {"proportions": (2, 1)}),
+                            {"proportions": (2, 1)}, nt="parallel"),
     "Parallel_sum_conv": Case(lambda **s: nk.layers.Parallel((), (nk.ReLU(), nk.Conv2d(3, **s)), nk.Conv2d(1)),
                               lambda p: conv2d(p, nk.ReLU(), end=nk.GlobalAvgPool()), (1, 4, 3), {"b_std": 0.1},
-                              {"b_std": 0.3}),
+                              {"b_std": 0.3}, nt="parallel"),
     "SumPool1d": Case(nk.layers.SumPool1d, lambda p: conv1d(nk.ReLU(), p), (1, 6), {"kernel_size": 2},
-                      {"kernel_size": 3, "stride": 1}),
+                      {"kernel_size": 3, "stride": 1}, nt="sumpool"),
     "SumPool2d": Case(nk.layers.SumPool2d, lambda p: conv2d(nk.ReLU(), p), (1, 4, 4), {"kernel_size": 2, "stride": 1},
-                      {"kernel_size": 3, "stride": 2}),
-    "GlobalSumPool": Case(nk.layers.GlobalSumPool, lambda p: conv2d(nk.ReLU(), end=p), (1, 3, 3)),
+                      {"kernel_size": 3, "stride": 2}, nt="sumpool"),
+    "GlobalSumPool": Case(nk.layers.GlobalSumPool, lambda p: conv2d(nk.ReLU(), end=p), (1, 3, 3), nt="gsp"),
     # graphs: per example the features (2, 4) then a 4 x 4 (weighted) adjacency
     "Aggregate": Case(nk.layers.Aggregate, lambda a: nk.Sequential(nk.Conv1d(1, b_std=0.2), a, nk.ReLU(), a,
                                                                     nk.layers.GlobalSumPool(), nk.Linear()), (6, 4),
-                      monte_carlo=True),
+                      monte_carlo=True, nt="aggregate"),
     "Dropout": Case(nk.layers.Dropout, lambda d: nk.Sequential(nk.Linear(), nk.ReLU(), d, nk.Linear()), (3,),
-                    {"rate": 0.8}, {"rate": 0.5, "mode": "test"}, nugget=True),
+                    {"rate": 0.8}, {"rate": 0.5, "mode": "test"}, nugget=True, nt="dropout"),
     "Dropout_conv": Case(nk.layers.Dropout, lambda d: conv1d(nk.ReLU(), d, nk.Conv1d(2), end=nk.GlobalAvgPool()),
-                         (1, 5), {"rate": 0.7}, {"rate": 0.9}, nugget=True),
+                         (1, 5), {"rate": 0.7}, {"rate": 0.9}, nugget=True, nt="dropout"),
     "Conv3d": Case(nk.layers.Conv3d, lambda c: nk.Sequential(c, nk.ReLU(), nk.Flatten(), nk.Linear()), (1, 3, 4, 3),
                    {"kernel_size": (2, 3, 2), "padding": "valid"},
-                   {"kernel_size": 3, "stride": 2, "padding": "same", "W_std": 0.8, "b_std": 0.0, "in_channels": 1}),
+                   {"kernel_size": 3, "stride": 2, "padding": "same", "W_std": 0.8, "b_std": 0.0, "in_channels": 1},
+                   nt="conv"),
     "AvgPool3d": Case(nk.layers.AvgPool3d, lambda p: nk.Sequential(nk.layers.Conv3d(2), nk.ReLU(), p, nk.Flatten(),
                                                                     nk.Linear()), (1, 3, 3, 2),
-                      {"kernel_size": (2, 2, 1), "stride": 1}, {"kernel_size": (2, 1, 2)}),
+                      {"kernel_size": (2, 2, 1), "stride": 1}, {"kernel_size": (2, 1, 2)}, nt="avgpool"),
     "SumPool3d": Case(nk.layers.SumPool3d, lambda p: nk.Sequential(nk.layers.Conv3d(2), nk.ReLU(), p, nk.Flatten(),
                                                                     nk.Linear()), (1, 3, 3, 2),
-                      {"kernel_size": (2, 2, 1), "stride": 1}, {"kernel_size": (2, 1, 2)}),
+                      {"kernel_size": (2, 2, 1), "stride": 1}, {"kernel_size": (2, 1, 2)}, nt="sumpool"),
     "ConvTranspose1d": Case(nk.layers.ConvTranspose1d, lambda c: nk.Sequential(c, nk.ReLU(), nk.Flatten(), nk.Linear()),
                             (2, 4), {"kernel_size": 3, "stride": 2, "padding": "valid"},
                             {"kernel_size": 2, "stride": 3, "padding": "same", "W_std": 1.5, "b_std": 0.3,
-                             "in_channels": 2}, monte_carlo=True),
+                             "in_channels": 2}, monte_carlo=True, nt="convtranspose"),
     "ConvTranspose2d": Case(nk.layers.ConvTranspose2d, lambda c: conv2d(c, nk.ReLU(), end=nk.GlobalAvgPool()),
                             (1, 3, 2), {"kernel_size": (3, 2), "stride": 2},
                             {"kernel_size": 1, "stride": 1, "padding": "valid", "W_std": 0.8, "b_std": 0.0,
-                             "in_channels": 1}),
+                             "in_channels": 1}, nt="convtranspose"),
     "SelfAttention": Case(nk.layers.SelfAttention, lambda a: conv1d(a, nk.ReLU(), end=nk.GlobalAvgPool()), (2, 4),
                           {"b_std": 0.1, "pos_emb_type": "sum"},
                           {"n_heads": 2, "W_key_std": 1.5, "W_value_std": 0.5, "W_query_std": 0.7, "W_out_std": 1.2,
@@ -278,7 +279,6 @@ def test_wide_networks_converge_to_the_kernel_slow(name):
 
 
 def test_neural_tangents_references_cover_every_layer_it_has():
-    data = np.load(Path(__file__).parent / "data" / "nt_references.npz")
     kinds: set[str] = set()
 
     def walk(spec: list) -> None:
@@ -286,9 +286,13 @@ def test_neural_tangents_references_cover_every_layer_it_has():
             kinds.add(entry[0])
             if entry[0] == "residual":
                 walk(entry[1])
+            if entry[0] == "parallel":
+                for branch in entry[1]["branches"]:
+                    walk(branch)
 
-    for case in json.loads(str(data["cases"])).values():
-        walk(case["layers"])
+    for path in sorted((Path(__file__).parent / "data").glob("nt_references*.npz")):
+        for case in json.loads(str(np.load(path)["cases"])).values():
+            walk(case["layers"])
     wanted = {case.nt for case in CASES.values() if case.nt is not None}
     assert wanted <= kinds, f"no stored neural-tangents reference for {sorted(wanted - kinds)}"
 
