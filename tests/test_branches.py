@@ -112,6 +112,9 @@ def test_finite_concat_has_the_proportions_of_channels():
                            nk.Linear()), (3,), r"ReLU \(layer 2\) needs a Gaussian input"),
     (lambda: nk.Sequential(nk.Linear(), Parallel(nk.ReLU(), nk.Linear(), combine="product"), nk.Linear()), (3,),
      r"Parallel \(layer 1\): each branch of a product needs a weight layer"),
+    (lambda: nk.Sequential(nk.Conv1d(3), Parallel((nk.Conv1d(3), nk.Flatten()), (nk.Conv1d(3, stride=2), nk.Flatten()),
+                                                  combine="concat"), nk.Linear()), (1, 6),
+     r"Parallel \(layer 1\): its branches end flat"),
 ])
 def test_bad_combinations_name_the_layer(make, shape, match):
     with pytest.raises(LayerError, match=match):

@@ -91,6 +91,9 @@ class Parallel(Layer):
             if part and self.combine == "product" and not any(_has_weights(layer) for layer in part):
                 raise LayerError(f"{self.name} ({where}): each branch of a product needs a weight layer (Linear or "
                                  f"Conv), so that the branches are independent in the limit")
+        if len(shape) > 1 and len(outs[0]) == 1:     # flat outputs no longer show the positions they came from
+            raise LayerError(f"{self.name} ({where}): its branches end flat (Flatten or global pooling) on inputs "
+                             f"with positions; combine them before flattening")
         if self.combine == "concat":
             return (sum(out[0] for out in outs), *outs[0][1:]), False
         channels = next((o[0] for part, o in zip(self.parts, outs, strict=True) if not part), outs[0][0])
