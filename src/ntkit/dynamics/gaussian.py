@@ -68,8 +68,8 @@ Array = torch.Tensor | np.ndarray
 def check_interpolable(X: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
     """With ridge = 0 the networks trained to t = inf interpolate the data, which is impossible when one point
     appears twice with different targets: a ValueError naming two such rows, for the solvers that solve for t = inf
-    when built (Nystrom would otherwise return a least-squares fit where the exact solvers refuse). Rows are matched by a random projection first
-    (O(N d)), then compared exactly."""
+    when built (Nystrom would otherwise return a least-squares fit where the exact solvers refuse). Rows are
+    matched by a random projection first (O(N d)), then compared exactly."""
     if ridge > 0 or X.shape[0] < 2:
         return
     flat = X.reshape(X.shape[0], -1)

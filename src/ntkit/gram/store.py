@@ -362,7 +362,8 @@ def _open_read(out: Any) -> tuple[Any, dict[str, Any], str]:
             group = zarr.open_group(str(path), mode="r")
             info = group.attrs.get("ntkit")
         except Exception as exc:
-            raise ValueError(f"{where} is not an ntkit Gram store (cannot read it: {type(exc).__name__}: {exc})") from exc
+            raise ValueError(f"{where} is not an ntkit Gram store (cannot read it: {type(exc).__name__}: {exc})"
+                             ) from exc
     else:
         group = out
         info = group.attrs.get("ntkit")
