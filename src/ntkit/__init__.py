@@ -32,51 +32,63 @@ from .dynamics import (
     train_network,
 )
 from .empirical import (
+    EmpiricalKernel,
     LinearizedModel,
     NTKTracker,
     choose_method,
+    empirical_kernel_tiles,
     empirical_ntk,
     linearize,
     monte_carlo_nngp,
     monte_carlo_ntk,
 )
 from .layers import (
-    ELU,
-    GELU,
-    Abs,
     Activation,
+    Aggregate,
     AvgPool1d,
     AvgPool2d,
+    AvgPool3d,
     Conv1d,
     Conv2d,
-    Erf,
+    Conv3d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    Dropout,
     Flatten,
     GlobalAvgPool,
+    GlobalSumPool,
     LayerNorm,
-    LeakyReLU,
     Linear,
-    ReLU,
+    Mask,
+    Parallel,
     Residual,
+    SelfAttention,
     Sequential,
-    Sigmoid,
-    SiLU,
-    Softplus,
-    Tanh,
+    SumPool1d,
+    SumPool2d,
+    SumPool3d,
+    TokenLinear,
+    graphs,
     infinite,
 )
+from .layers.activation import SHORT_FORMS
 from .mlp import MLP
 from .nets import NTKLinear, NTKNetwork
 from .progress import set_progress
 
 __version__ = "0.1.0"
 
+#: the short forms of the registered nonlinearities (nk.ReLU, nk.Erf, nk.Tanh, ...: `ntkit.activations.registry`)
+globals().update(SHORT_FORMS)
+
 __all__ = [
-    "Abs", "Activation", "AvgPool1d", "AvgPool2d", "Conv1d", "Conv2d", "ELU", "EarlyStopping", "Erf", "Flatten",
-    "FlowResult", "GELU", "GlobalAvgPool", "IllConditionedWarning", "InfiniteWidthGP", "KernelOverflowError",
-    "KernelPCA", "KernelRangeError", "KernelUnderflowError", "KernelUnderflowWarning", "LayerNorm",
-    "LeakyReLU", "LeastSquares", "Linear", "LinearizedModel", "MLP", "NTKLinear", "NTKNetwork", "NTKTracker",
-    "ReLU", "Residual", "Sequential", "SiLU", "Sigmoid", "Softplus", "Spectrum", "Tanh", "TrainingHistory",
-    "choose_method", "converged_fraction", "decompose", "early_stopping_time", "empirical_ntk", "get_activation",
-    "gradient_flow", "gram_spectrum", "infinite", "kernel_pca", "leaky_relu", "linearize", "monte_carlo_nngp",
-    "monte_carlo_ntk", "set_progress", "steps_from_time", "time_from_steps", "train_network",
+    "Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+    "ConvTranspose2d", "Dropout", "EarlyStopping", "EmpiricalKernel", "Flatten", "FlowResult", "GlobalAvgPool",
+    "GlobalSumPool", "IllConditionedWarning", "InfiniteWidthGP", "KernelOverflowError", "KernelPCA", "KernelRangeError",
+    "KernelUnderflowError", "KernelUnderflowWarning", "LayerNorm", "LeastSquares", "Linear", "LinearizedModel", "MLP",
+    "Mask", "NTKLinear", "NTKNetwork", "NTKTracker", "Parallel", "Residual", "SelfAttention", "Sequential", "Spectrum",
+    "SumPool1d", "SumPool2d", "SumPool3d", "TokenLinear", "TrainingHistory", "choose_method", "converged_fraction",
+    "decompose", "early_stopping_time", "empirical_kernel_tiles", "empirical_ntk", "get_activation", "gradient_flow",
+    "gram_spectrum", "graphs", "infinite", "kernel_pca", "leaky_relu", "linearize", "monte_carlo_nngp",
+    "monte_carlo_ntk", "set_progress", "steps_from_time", "time_from_steps", "train_network", *sorted(SHORT_FORMS),
 ]
