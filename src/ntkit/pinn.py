@@ -262,14 +262,21 @@ class PhysicsInformed:
         return torch.cat([operator_kernel(self.arch, Xt, self.X_boundary, left=left),
                           operator_kernel(self.arch, Xt, self.X_residual, left=left, right=self.operator)], 1)
 
+    def _time(self, t: Any) -> Any:
+        """The flow on the summed loss at time t is `LeastSquares`' flow on the mean loss (the paper's clock, kernel
+        K / N) at time N t, N = N_b + N_r."""
+        return np.asarray(t, dtype=np.float64) * self.dynamics.y_train.shape[0]
+
     def predict(self, X: Array, t: Any = np.inf) -> Array:
-        """The mean u_t(x) at the points X (M, d): (M,), or (T, M) for an array of T times (t = inf by default)."""
-        out = self.dynamics.predict(self._cross(X, None), t)
+        """The mean u_t(x) at the points X (M, d): (M,), or (T, M) for an array of T times (t = inf by default).
+        t is the time of gradient flow on the summed loss of the module docstring: gradient descent with learning
+        rate lr for s steps reaches t = lr * s."""
+        out = self.dynamics.predict(self._cross(X, None), self._time(t))
         return out.numpy() if self._numpy and isinstance(out, torch.Tensor) else out
 
     def predict_operator(self, X: Array, t: Any = np.inf) -> Array:
-        """The mean of L u_t at the points X (M, d) (the residual's left side)."""
-        out = self.dynamics.predict(self._cross(X, self.operator), t)
+        """The mean of L u_t at the points X (M, d) (the residual's left side); t as in `predict`."""
+        out = self.dynamics.predict(self._cross(X, self.operator), self._time(t))
         return out.numpy() if self._numpy and isinstance(out, torch.Tensor) else out
 
 
