@@ -132,3 +132,20 @@ def test_operator_kernels_match_wide_networks():
         mean, se = stack.mean(0), stack.std(0) / math.sqrt(seeds)
         gap = (mean - exact[key]).abs()
         assert bool((gap <= 4 * se + 0.05 * exact[key].abs().max()).all()), (key, gap, se)
+
+
+def test_time_is_gradient_flow_on_the_summed_loss():
+    """At the training points the outputs z_t = [u_t(X_b); L u_t(X_r)] solve dz/dt = -K (z - z*), z_0 = 0: against
+    the eigendecomposition of the block Gram."""
+    arch = nk.MLP(depth=2, activation="tanh", W_std=1.0, b_std=0.5)
+    Xb = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    Xr = torch.linspace(0, 1, 6, dtype=torch.float64)[1:-1, None]
+    h, g = torch.tensor([0.0, 1.0], dtype=torch.float64), -torch.sin(math.pi * Xr[:, 0])
+    model = pinn.PhysicsInformed(arch, pinn.derivative(0, 0), Xb, h, Xr, g)
+    K = torch.cat([torch.cat([model.K_uu, model.K_ur], 1), torch.cat([model.K_ur.T, model.K_rr], 1)])
+    lam, V = torch.linalg.eigh((K + K.T) / 2)
+    target = torch.cat([h, g])
+    t = 0.7
+    z_t = target - V @ (torch.exp(-t * lam) * (V.T @ target))
+    torch.testing.assert_close(model.predict(Xb, t=t), z_t[:2], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(model.predict_operator(Xr, t=t), z_t[2:], rtol=1e-8, atol=1e-10)
