@@ -39,7 +39,7 @@ class Operator:
     """A linear differential operator with constant coefficients, L u = sum_j coef_j d^k u / dx_i1 .. dx_ik, k <= 2.
 
     Build it from `identity()`, `derivative(i)`, `derivative(i, j)`, `laplacian(dim)`, `advection(velocity)` with
-    +, - and scalar *: e.g. `laplacian(2) - 3 * derivative(0) + identity()`. `terms` holds (coef, coordinates)."""
+    sums, differences and multiples: e.g. `laplacian(2) - 3 * derivative(0) + identity()`. `terms` holds (coef, coordinates)."""
 
     def __init__(self, terms: Iterable[tuple[float, tuple[int, ...]]]):
         merged: dict[tuple[int, ...], float] = {}
@@ -224,8 +224,10 @@ class PhysicsInformed:
     Args:
         arch: the architecture (smooth activations), e.g. `nk.MLP(depth=3, activation="tanh")`.
         operator: L in L u = g.
-        X_boundary (N_b, d), u_boundary (N_b,): where u is given and its values h.
-        X_residual (N_r, d), g_residual (N_r,): collocation points and the right-hand side g.
+        X_boundary: the (N_b, d) points where u is given.
+        u_boundary: the (N_b,) values h of u there.
+        X_residual: the (N_r, d) collocation points.
+        g_residual: the (N_r,) values of the right-hand side g there.
         ridge: >= 0 added to the block Gram (0: the exact flow; a small ridge steadies t = inf when K_rr's spectrum
             spans many orders, as it does).
     Attributes K_uu, K_ur, K_rr: the blocks (float64 tensors); `dynamics`: the `ntkit.dynamics.LeastSquares` on K.

@@ -156,6 +156,6 @@ register("exp", Exp, layer="Exp", params=(("a", 1.0), ("b", 1.0)), doc="a exp(b 
 register("gaussian", Gaussian, layer="Gaussian", params=(("a", 1.0), ("b", -1.0)),
          doc="a exp(b x^2) (closed form; b > 0 needs variances below 1 / (4b)).")
 register("rbf", Rbf, layer="Rbf", params=(("gamma", 1.0),),
-         doc="sqrt(2) sin(sqrt(2 gamma) x + pi/4): the NNGP map is exp(-gamma |u - v|^2) (closed form).")
+         doc="sqrt(2) sin(sqrt(2 gamma) x + pi/4): the NNGP map is exp(-gamma (u - v)^2) (closed form).")
 
 __all__ = ["Exp", "Gaussian", "Rbf"]

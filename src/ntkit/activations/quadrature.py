@@ -116,7 +116,7 @@ class Quadrature(Activation):
         self.degree = degree
         self.fast = fast
         self.last_path: str | None = None
-        #: refuse the quadrature fallback (a ValueError instead): set while derivatives of the maps beyond the
+        #: whether to refuse the quadrature fallback with a ValueError, set while derivatives of the maps beyond the
         #: first are taken (`ntkit.pinn`), which only the Hermite path gives
         self.require_fast = False
         self._hermite = HermiteMaps(fn)
@@ -185,7 +185,7 @@ class Quadrature(Activation):
 
     def resolution_error(self, q: torch.Tensor) -> torch.Tensor:
         """(E, 2) relative errors of the diagonal maps E[sigma(u)^2] and E[sigma'(u)^2], u ~ N(0, q), at the E
-        variances q, against a 1-D rule that resolves any scale: 16-point Gauss-Legendre panels in |z| (u = sqrt(q) z)
+        variances q, against a 1-D rule that resolves any scale: 16-point Gauss-Legendre panels in abs(z) (u = sqrt(q) z)
         with edges growing geometrically from 1e-3 / sqrt(q) to 13. The 2-D rule samples u no closer to 0 than about
         sqrt(q) times its smallest node, so a nonlinearity that varies on a scale of 1 near 0 (the derivative of
         tanh, sigmoid, softsign) is lost at large variances: at degree 20 its SigmaDot map is off by 1e-3 at q = 100,

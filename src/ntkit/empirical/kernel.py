@@ -42,7 +42,7 @@ class EmpiricalKernel:
 
     Args:
         model: a torch.nn.Module (or a function f(params, X) with `params`).
-        in_shape: the sample shape the model takes; rows (N, d) are reshaped to (N, *in_shape) (None: as they are).
+        in_shape: the sample shape the model takes; rows (N, d) are reshaped to (N,) + in_shape (None: as they are).
         method, params, output, memory: as for `ntkit.empirical_ntk`.
     """
 

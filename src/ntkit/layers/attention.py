@@ -8,7 +8,7 @@ products scaled by 1 / n_key) the attention weights of an example converge to a 
     G(x)[p, p'] = mech(QK_std * S(x)[p, p'])        (softmax over p'),      QK_std = W_query_std * W_key_std
 
 where S(x) = w_in Sigma(x, x) + w_pe R is the input's own covariance, R the positional embeddings' covariance
-(identity, or decay_fn(|p - p'|_p^p)), and (w_in, w_pe) = (1, W_pos_emb_std^2) for "sum", halved for "concat". Then
+(identity, or decay_fn(norm_p(p - p')^p)), and (w_in, w_pe) = (1, W_pos_emb_std^2) for "sum", halved for "concat". Then
 
     Sigma'(x, y) = OV_std^2 G(x) Sigma_v(x, y) G(y)^T + b_std^2                 OV_std = W_out_std * W_value_std
     Theta'(x, y) = OV_std^2 G(x) Theta_v(x, y) G(y)^T + 2 (Sigma'(x, y) - b_std^2) + b_std^2
@@ -42,9 +42,9 @@ class SelfAttention(Layer):
 
     n_heads: heads of the finite layer (the kernel does not depend on it). linear_scaling: keys and queries tied,
     scaled by 1 / n_key (True, any mechanism) or independent, scaled by 1 / sqrt(n_key) (False: the kernel exists for
-    attention_mechanism="identity" only). attention_mechanism: "softmax" | "identity" | "abs" | "relu".
-    pos_emb_type: "none" | "sum" | "concat" (trainable embeddings of std W_pos_emb_std, covariance between positions
-    pos_emb_decay_fn(|p - p'|_p^p) with p = pos_emb_p_norm, or the identity when None); val_pos_emb: the values see
+    attention_mechanism="identity" only). attention_mechanism: "softmax", "identity", "abs", "relu".
+    pos_emb_type: "none", "sum", "concat" (trainable embeddings of std W_pos_emb_std, covariance between positions
+    pos_emb_decay_fn(norm_p(p - p')^p) with p = pos_emb_p_norm, or the identity when None); val_pos_emb: the values see
     them too. b_std None: no bias. The finite layer's key and value channels per head are its width.
     """
 
@@ -84,7 +84,7 @@ class SelfAttention(Layer):
     # ------------------------------------------------------------------ what the composer reads
     @property
     def W_std(self) -> float:
-        """The scale of the output (the range checks read it): W_out_std * W_value_std."""
+        """The scale of the output, W_out_std * W_value_std (the range checks read it)."""
         return self.W_out_std * self.W_value_std
 
     def describe(self) -> str:

@@ -88,7 +88,7 @@ class EmpiricalNTKRegressor(RegressorMixin, _EmpiricalKernelMachine):
     """Kernel regression with the empirical NTK (trace over outputs) of a fitted torch model.
 
     Args:
-        model: a torch.nn.Module taking (N, *in_shape) (its current parameters are used; eval mode).
+        model: a torch.nn.Module taking inputs of shape (N,) + in_shape (its current parameters are used; eval mode).
         ridge: relative ridge: ridge * mean(diag Theta) is added to the Gram's diagonal (>= 0).
         in_shape: the sample shape the model takes (e.g. (1, 28, 28)); flat rows of X are reshaped to it.
         method: as for `ntkit.empirical_ntk` ("auto", "structured", "jacobian").
