@@ -39,7 +39,8 @@ class Operator:
     """A linear differential operator with constant coefficients, L u = sum_j coef_j d^k u / dx_i1 .. dx_ik, k <= 2.
 
     Build it from `identity()`, `derivative(i)`, `derivative(i, j)`, `laplacian(dim)`, `advection(velocity)` with
-    sums, differences and multiples: e.g. `laplacian(2) - 3 * derivative(0) + identity()`. `terms` holds (coef, coordinates)."""
+    sums, differences and multiples: e.g. `laplacian(2) - 3 * derivative(0) + identity()`. `terms` holds
+    (coef, coordinates)."""
 
     def __init__(self, terms: Iterable[tuple[float, tuple[int, ...]]]):
         merged: dict[tuple[int, ...], float] = {}

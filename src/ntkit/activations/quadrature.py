@@ -185,11 +185,12 @@ class Quadrature(Activation):
 
     def resolution_error(self, q: torch.Tensor) -> torch.Tensor:
         """(E, 2) relative errors of the diagonal maps E[sigma(u)^2] and E[sigma'(u)^2], u ~ N(0, q), at the E
-        variances q, against a 1-D rule that resolves any scale: 16-point Gauss-Legendre panels in abs(z) (u = sqrt(q) z)
-        with edges growing geometrically from 1e-3 / sqrt(q) to 13. The 2-D rule samples u no closer to 0 than about
-        sqrt(q) times its smallest node, so a nonlinearity that varies on a scale of 1 near 0 (the derivative of
-        tanh, sigmoid, softsign) is lost at large variances: at degree 20 its SigmaDot map is off by 1e-3 at q = 100,
-        4e-2 at 1e3, all of it at 1e10 (elu, selu, silu, softplus, mish: below 3e-3 at any variance)."""
+        variances q, against a 1-D rule that resolves any scale (16-point Gauss-Legendre panels in abs(z), u = sqrt(q) z
+        with edges growing geometrically from 1e-3 / sqrt(q) to 13). The 2-D rule samples u no closer to 0 than
+        about sqrt(q) times its smallest node, so a nonlinearity that varies on a scale of 1 near 0 (the
+        derivative of tanh, sigmoid, softsign) is lost at large variances: at degree 20 its SigmaDot map is off
+        by 1e-3 at q = 100, 4e-2 at 1e3, all of it at 1e10 (elu, selu, silu, softplus, mish: below 3e-3 at any
+        variance)."""
         q = q.detach().reshape(-1)
         nodes, weights = np.polynomial.legendre.leggauss(16)
         errors = []
