@@ -67,7 +67,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Array|Bounds|Index|Hyperparameter|Kernel|BaseEstimator|Callable|Mapping|Any|Path|optional)"),
     (r"py:.*", r"(int|float|str|bool|tuple|list|dict|None|object|callable)"),
     # internal records in signatures of public methods (the recursion of a fully-connected chain, a plan step)
-    (r"py:class", r"ntkit\.kernels\.Recursion|ntkit\.layers\.sequential\.Step|ntkit\.layers\.base\.Pass"),
+    (r"py:class", r"ntkit\.kernels\.Recursion|ntkit\.layers\.(sequential|plan)\.Step|ntkit\.layers\.base\.Pass"),
 ]
 suppress_warnings: list[str] = []
 
