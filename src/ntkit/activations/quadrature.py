@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .. import _fingerprint
-from .base import Activation, angle, safe_sqrt
+from .base import Nonlinearity, angle, safe_sqrt
 from .hermite import HermiteMaps, gaussian_maps
 
 DEFAULT_DEGREE = 20
@@ -93,7 +93,7 @@ def _angular_rule(degree: int, dtype: torch.dtype, device: torch.device) -> tupl
     return torch.as_tensor((x + 1) / 2, dtype=dtype, device=device), torch.as_tensor(w / 2, dtype=dtype, device=device)
 
 
-class Quadrature(Activation):
+class Quadrature(Nonlinearity):
     """A nonlinearity given as a torch callable; its Gaussian expectations from the Hermite expansion where it
     converges, by 2-D quadrature otherwise.
 
