@@ -70,7 +70,7 @@ class Pass:
 class Layer:
     """Base class of the layers. Subclasses implement `out_shape`, `apply`, `module` and `describe`, and declare
     what the composer (`ntkit.layers.plan`, `ntkit.layers.execute`) needs to know of them, instead of being
-    recognized by class:
+    recognized by class::
 
         weights          a weight layer (Linear, Conv): its channel count is the width, its output a Gaussian
         pools            it averages over positions (the range checks judge small values only before pooling)
@@ -128,7 +128,7 @@ class Layer:
 
     def start(self, X: torch.Tensor, Y: torch.Tensor | None, in_need: str, want_ntk: bool, paired: bool
               ) -> Record | None:
-        """As the first layer: the record of its output straight from the inputs X (r, C, *S) and Y (c, C, *S)
+        """As the first layer: the record of its output straight from the inputs X (r, C, S...) and Y (c, C, S...)
         (None: each example with itself; `paired`: the pairs (X[b], Y[b])) whose input record has layout `in_need`,
         when that is cheaper than the input record and `apply`; None to let the composer do the latter."""
         return None
