@@ -31,13 +31,15 @@ ALIASES: dict[str, str] = {}
 class Entry:
     """One named nonlinearity.
 
-    make: the factory of its maps: make(**params) for a closed form, make(degree=..., **params) otherwise.
-    closed_form: whether the maps are exact (else by quadrature of `degree` radial nodes).
-    layer: the class name of its short form in `ntkit.layers` (nk.<layer>()), or None.
-    params: the keyword settings of `make` that the short form takes too (leaky_relu: "negative_slope").
-    torch_module: the torch module that `nk.infinite` translates to this entry, or None.
-    from_torch: the settings of such a module as `params` (a dict), or None where the module's settings are
-        not this entry's (then `nk.infinite` integrates the module itself by quadrature); None: always {}.
+    Attributes:
+        make: the factory of its maps, called with the settings `params` as keywords for a closed form, and with
+            `degree` too otherwise.
+        closed_form: whether the maps are exact (else by quadrature of `degree` radial nodes).
+        layer: the class name of its short form in `ntkit.layers` (``nk.<layer>()``), or None.
+        params: the keyword settings of `make` that the short form takes too (leaky_relu: "negative_slope").
+        torch_module: the torch module that `nk.infinite` translates to this entry, or None.
+        from_torch: the settings of such a module as `params` (a dict), or None where the module's settings are
+            not this entry's (then `nk.infinite` integrates the module itself by quadrature); None: always {}.
     """
 
     name: str
