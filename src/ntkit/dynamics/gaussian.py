@@ -65,26 +65,6 @@ TRAINED = ("all", "last")
 Array = torch.Tensor | np.ndarray
 
 
-def check_interpolable(X: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
-    """With ridge = 0 the networks trained to t = inf interpolate the data, which is impossible when one point
-    appears twice with different targets: a ValueError naming two such rows, for the solvers that solve for t = inf
-    when built (Nystrom would otherwise return a least-squares fit where the exact solvers refuse). Rows are
-    matched by a random projection first (O(N d)), then compared exactly."""
-    if ridge > 0 or X.shape[0] < 2:
-        return
-    flat = X.reshape(X.shape[0], -1)
-    direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=flat.dtype)
-    keys = flat @ direction.to(flat.device)
-    order = torch.argsort(keys)
-    same = (keys[order[1:]] == keys[order[:-1]]).nonzero().flatten()
-    for k in same.tolist():
-        i, j = sorted((int(order[k]), int(order[k + 1])))
-        if torch.equal(flat[i], flat[j]) and not torch.equal(y[i], y[j]):
-            raise ValueError(f"X_train rows {i} and {j} are the same point with different targets: no trained "
-                             "network interpolates them with ridge = 0 (K is singular). Pass ridge > 0, or "
-                             "remove the duplicate")
-
-
 class InfiniteWidthGP:
     """The distribution of infinitely wide networks of `arch` trained on (X_train, y_train).
 
@@ -131,7 +111,7 @@ class InfiniteWidthGP:
         chosen = large_n.resolve_solver(solver, problem)
         chosen.check(problem)
         if not chosen.finite_times:  # solved for t = inf now (the others refuse a singular K at a t = inf prediction)
-            check_interpolable(Xt, self.y_train, self.ridge)
+            large_n.check_interpolable(Xt, self.y_train, self.ridge)
         self.solver, self._iterative = chosen.name, None
         if chosen.spread:   # the exact algebra below: Theta only (Sigma(X, X) when a std or covariance needs it)
             self._K = self._kernel(Xt, get=get).detach().to(dtype)

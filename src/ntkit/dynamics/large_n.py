@@ -130,3 +130,23 @@ def resolve_solver(solver: str, problem: Problem) -> type[Solver]:
     note(f"solver='auto' chose {chosen.name!r} for N = {problem.n:,} (needs: {estimates}; budget "
          f"{memory.format_bytes(problem.budget)})", problem.progress)
     return chosen
+
+
+def check_interpolable(X: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
+    """With ridge = 0 the networks trained to t = inf interpolate the data, which is impossible when one point
+    appears twice with different targets: a ValueError naming two such rows, for the solvers that solve for t = inf
+    when built (Nystrom would otherwise return a least-squares fit where the exact solvers refuse). Rows are
+    matched by a random projection first (O(N d)), then compared exactly."""
+    if ridge > 0 or X.shape[0] < 2:
+        return
+    flat = X.reshape(X.shape[0], -1)
+    direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=flat.dtype)
+    keys = flat @ direction.to(flat.device)
+    order = torch.argsort(keys)
+    same = (keys[order[1:]] == keys[order[:-1]]).nonzero().flatten()
+    for k in same.tolist():
+        i, j = sorted((int(order[k]), int(order[k + 1])))
+        if torch.equal(flat[i], flat[j]) and not torch.equal(y[i], y[j]):
+            raise ValueError(f"X_train rows {i} and {j} are the same point with different targets: no trained "
+                             "network interpolates them with ridge = 0 (K is singular). Pass ridge > 0, or "
+                             "remove the duplicate")
