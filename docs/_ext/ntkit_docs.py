@@ -108,11 +108,26 @@ def machine_of(data: dict[str, Any]) -> str:
     return "Measured on: " + "; ".join(dict.fromkeys(parts)) + "."
 
 
+CONTEXT = ("machine", "meta", "versions", "settings")  # described around the table, not rows of it
+
+
 def rows_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a results file: its "rows" or "results" list; or, keyed by name, the entries of a "results"
+    dict or the top-level dicts (one row each, "name" first); or else one row of its top-level values."""
+    def named(items: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": name, **value} if isinstance(value, dict) else {"name": name, "value": value}
+                for name, value in items.items()]
+
     for key in ("rows", "results"):
         if isinstance(data.get(key), list):
             return [row for row in data[key] if isinstance(row, dict)]
-    return []
+        if isinstance(data.get(key), dict) and data[key]:
+            return named(data[key])
+    nested = {key: value for key, value in data.items() if isinstance(value, dict) and key not in CONTEXT}
+    if nested:
+        return named(nested)
+    scalars = {key: value for key, value in data.items() if not isinstance(value, (list, dict))}
+    return [scalars] if scalars else []
 
 
 def table_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
