@@ -2,7 +2,7 @@
 and the reference) and against neural-tangents' `stax.ElementwiseNumerical` (Gauss-Hermite of degree 25 and 100),
 time and accuracy side by side; and the time of a physics-informed block K_rr = Laplacian_x Laplacian_y Theta.
 
-The issue's case: MLP(depth=4, W_std=1.5, beta=0.1), N inputs of dimension 784 on the sphere of radius sqrt(784),
+The reference case: MLP(depth=4, W_std=1.5, beta=0.1), N inputs of dimension 784 on the sphere of radius sqrt(784),
 the symmetric NTK Gram, float64 (and float32). Reference: ntkit's quadrature of degree 64 (fast=False), whose maps
 the test suite checks against adaptive integration, on the first --n-ref inputs (the degree-64 rule costs minutes on
 the full Gram); errors are max |K - K_ref| / max |K_ref| on that block. Times are medians of --repeat runs, in one

@@ -96,7 +96,7 @@ def _sphere(n, d, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize("name", ["tanh", *(pytest.param(n, marks=pytest.mark.slow)
                                             for n in ("sigmoid", "softplus", "silu"))])
 def test_mlp_kernels_match_quadrature(name):
-    """The issue's network (depth 4, W_std 1.5, beta 0.1) on the sphere: NTK and NNGP against degree 64, to 1e-10
+    """The reference network (depth 4, W_std 1.5, beta 0.1) on the sphere: NTK and NNGP against degree 64, to 1e-10
     of the largest entry, and float32 to float32's accuracy."""
     X = _sphere(12, 20)
     fast = nk.MLP(depth=4, activation=name, W_std=1.5, beta=0.1)
