@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, WhiteKernel
@@ -163,3 +164,18 @@ def test_bad_architectures_and_shapes_are_rejected(rng) -> None:
         NTKRegressor(solver="nystrom", centers="best").fit(X, X[:, 0])
     with pytest.raises(ValueError, match="b_std must be > 0"):
         NTK(arch=nk.Sequential(nk.Linear(b_std=0.0)))(X, eval_gradient=True)
+
+
+def test_an_attention_architecture_keeps_its_own_scales_in_the_sklearn_kernel() -> None:
+    """SelfAttention derives its W_std from its own settings: the per-layer scales skip it (they set those of the
+    token-wise and dense layers), and the kernel with the architecture's own values is the architecture's."""
+    from ntkit.sklearn._arch import weight_layers, with_scales
+
+    arch = nk.Sequential(nk.TokenLinear(), nk.Residual(nk.SelfAttention(linear_scaling=True)), nk.LayerNorm(),
+                         nk.Residual(nk.TokenLinear(), nk.ReLU(), nk.TokenLinear()), nk.GlobalAvgPool(), nk.Linear())
+    assert [type(layer).__name__ for layer in weight_layers(arch)] == ["TokenLinear"] * 3 + ["Linear"]
+    rescaled = with_scales(arch, 1.5, 0.2)
+    assert "W_std=1.5" in rescaled.describe() and rescaled.describe().count("SelfAttention") == 1
+    X = np.random.default_rng(0).normal(size=(6, 15))
+    K = NTK(arch=arch, in_shape=(3, 5))(X)
+    np.testing.assert_allclose(K, arch.kernel(torch.from_numpy(X).reshape(6, 3, 5)).numpy(), rtol=1e-12)

@@ -37,7 +37,8 @@ def check_arch(arch: Any, name: str = "arch") -> MLP | Sequential:
 def _scaled(layer: Layer) -> bool:
     """A weight layer with one weight scale and one bias scale (Linear, Conv, TokenLinear); others (attention,
     with scales of its own) keep theirs."""
-    return layer.weights and hasattr(layer, "W_std") and hasattr(layer, "b_std")
+    settable = not isinstance(getattr(type(layer), "W_std", None), property)  # attention derives its W_std
+    return layer.weights and settable and hasattr(layer, "W_std") and hasattr(layer, "b_std")
 
 
 def weight_layers(arch: MLP | Sequential) -> list[Layer]:
