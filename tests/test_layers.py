@@ -186,6 +186,23 @@ def test_infinite_translates_a_torch_network():
         arch.kernel(torch.randn(2, 1, 6, 6))
 
 
+def test_infinite_takes_dropout_and_tanh_gelu_as_the_evaluated_network_sees_them():
+    """nn.Dropout is the identity of the evaluated network (the NTK is taken in eval mode); nn.GELU's tanh
+    approximation is integrated as the function it is (a maps' error below 1e-6 of the exact GELU's would hide it)."""
+    plain = nk.infinite(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)))
+    dropped = nk.infinite(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1)))
+    X = torch.randn(5, 4, dtype=f64)
+    assert torch.equal(dropped.kernel(X), plain.kernel(X))
+    with pytest.raises(LayerError, match=r"module 1 \(Dropout\) drops every unit"):
+        nk.infinite(nn.Sequential(nn.Linear(4, 8), nn.Dropout(1.0), nn.Linear(8, 1)))
+    tanh_gelu = nk.infinite(nn.Sequential(nn.Linear(4, 8), nn.GELU(approximate="tanh"), nn.Linear(8, 1)))
+    exact_gelu = nk.infinite(nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1)))
+    gelu = nn.GELU(approximate="tanh")
+    by_quadrature = nk.Sequential(nk.Linear(), nk.Activation(lambda x: gelu(x)), nk.Linear())
+    torch.testing.assert_close(tanh_gelu.kernel(X), by_quadrature.kernel(X), rtol=1e-9, atol=0)
+    assert not torch.allclose(tanh_gelu.kernel(X), exact_gelu.kernel(X), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("module, match", [
     (nn.BatchNorm2d(4), r"module 1 \(BatchNorm2d\)"),
     (nn.MaxPool2d(2), r"module 1 \(MaxPool2d\)"),

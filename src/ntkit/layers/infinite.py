@@ -35,6 +35,7 @@ def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Seque
     stride 1, zeros or circular; no dilation or groups), the elementwise modules of the registered nonlinearities
     (`ntkit.activations.registry`: nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU,
     nn.Softplus; with other settings, as nn.GELU(approximate="tanh"), the module by quadrature), nn.Identity,
+    nn.Dropout (as the evaluated network sees it: the identity; `nk.Dropout` is the training-mode kernel),
     nn.AvgPool1d / 2d / 3d (no padding), nn.AdaptiveAvgPool1d / 2d / 3d(1), nn.Flatten and
     nn.LayerNorm over the features of flat inputs without affine parameters. Anything else raises a LayerError
     naming the module and its position. Any other module is traced by torch.fx (`ntkit.layers.trace`): residual
@@ -52,6 +53,10 @@ def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Seque
     return Sequential(*layers)
 
 
+def _refuse_dropout(where: str) -> Layer:
+    raise LayerError(f"infinite: {where} drops every unit (p = 1): the network's output is constant")
+
+
 def _translate(seq: nn.Sequential, prefix: str, layers: list[Layer], W_std: float, b_std: float) -> None:
     for name, child in seq.named_children():
         where = f"module {prefix}{name} ({type(child).__name__})"
@@ -66,6 +71,8 @@ def _translate(seq: nn.Sequential, prefix: str, layers: list[Layer], W_std: floa
 def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
     if isinstance(m, nn.Identity):
         return None
+    if isinstance(m, nn.Dropout):  # the identity of the evaluated network (the NTK is taken in eval mode)
+        return None if m.p < 1 else _refuse_dropout(where)
     if (refusal := attention_refusal(m, where)) is not None:
         raise LayerError(refusal)
     if isinstance(m, nn.Linear):
