@@ -41,21 +41,19 @@ def check_file(path: str | Path, option: str, suffixes: tuple[str, ...]) -> Path
 
 def check_store(path: str | Path, option: str) -> Path:
     """An output zarr store (a folder): not a regular file, and creatable or writable."""
-    store = Path(str(path).rstrip("/"))
-    if store.exists() and not store.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a file, not a zarr store (a folder)")
-    if store.exists() and not os.access(store, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {str(path)!r}: the store is not writable")
-    check_creatable(store, option, "store")
-    return store
+    return _check_directory(Path(str(path).rstrip("/")), path, option, "store", "zarr store (a folder)")
 
 
 def check_folder(path: str | Path, option: str) -> Path:
     """An output folder: not a file, and creatable or writable."""
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a file, not a folder")
-    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {str(path)!r}: the folder is not writable")
-    check_creatable(folder, option, "folder")
-    return folder
+    return _check_directory(Path(path), path, option, "folder", "folder")
+
+
+def _check_directory(directory: Path, given: str | Path, option: str, kind: str, what: str) -> Path:
+    """`directory` (given as `given`) is not a file, and is writable when it exists, or creatable."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{option} {str(given)!r} is a file, not a {what}")
+    if directory.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {str(given)!r}: the {kind} is not writable")
+    check_creatable(directory, option, kind)
+    return directory
