@@ -6,8 +6,8 @@ An architecture describes its kernel on inputs (X, Y) as a `KernelTiles`: a tile
 the architectures. The solvers (`ntkit.solvers`) work on the same record. `store` keeps a Gram in a
 resumable zarr store (checksummed: `store.verify`) and `distributed` runs the tiles on Dask; both import zarr
 and Dask only when used. Modules, lowest first: `tiles` (the record, in one process), `integrity`, `store`,
-`packed`, `shared`, `distributed`, and `dispatch` (the public `evaluate`, `matmul`, `map_row_blocks`, which
-choose among them); none imports one above it.
+`packed`, `shared`, `cluster` (reaching Dask), `distributed`, and `dispatch` (the public `evaluate`, `matmul`,
+`map_row_blocks`, which choose among them); none imports one above it.
 """
 
 from . import distributed, store
