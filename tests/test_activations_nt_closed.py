@@ -136,10 +136,19 @@ def test_overflow_is_refused_with_the_layer():
     X = torch.full((2, 3), 30.0, dtype=f64)
     with pytest.raises(nk.KernelOverflowError, match="layer"):
         nk.MLP(3, Exp(1.0, 2.0)).kernel(X)
-    # gaussian with b > 0: E[exp(2 b u^2)] is infinite once 4 b q >= 1 (here q = 2.25 at layer 1)
-    with pytest.raises(nk.KernelOverflowError, match="layer 2"):
+
+
+def test_gaussian_past_its_domain_is_refused_as_such():
+    # gaussian with b > 0: E[exp(2 b u^2)] is infinite once 4 b q >= 1 (here q = 2.25 at layer 1, bound 1.25)
+    with pytest.raises(ValueError, match=r"infinite for a pre-activation variance q >= 1 / \(4b\) = 1.25.*2.25"):
         nk.MLP(2, Gaussian(1.0, 0.2), b_std=0.0).kernel(torch.full((2, 3), 1.5, dtype=f64))
-    assert torch.isinf(Gaussian(1.0, 0.2).sigma_diag(torch.tensor([2.25], dtype=f64))).all()
+    with pytest.raises(ValueError, match="reaches 1.25"):
+        Gaussian(1.0, 0.2).sigma_diag(torch.tensor([1.0, 1.25], dtype=f64))
+    # inside the domain: a^2 / sqrt(1 - 4 b q) and 4 a^2 b^2 q / (1 - 4 b q)^(3/2)
+    q = torch.tensor([0.0, 0.5, 1.2], dtype=f64)
+    root = torch.sqrt(1 - 0.8 * q)
+    assert torch.allclose(Gaussian(1.0, 0.2).sigma_diag(q), 1 / root, rtol=1e-15)
+    assert torch.allclose(Gaussian(1.0, 0.2).sigma_dot_diag(q), 0.16 * q / root**3, rtol=1e-15)
 
 
 @pytest.mark.parametrize("make, error, match", [

@@ -66,7 +66,8 @@ class Gaussian(Nonlinearity):
         E[sigma'(u) sigma'(v)] = 4 a^2 b^2 c / D^(3/2)
 
     finite where I - 2 b Sigma is positive definite (always for b <= 0; for b > 0 where P1, P2 and D are positive,
-    on the diagonal where q < 1 / (4b)); elsewhere the expectation is infinite and the maps return inf.
+    on the diagonal where q < 1 / (4b)); elsewhere the expectation is infinite: the diagonal maps refuse such
+    variances (`check_domain`), the pair maps return inf.
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0):
@@ -110,9 +111,23 @@ class Gaussian(Nonlinearity):
         return self.sigma_both(c, q1, q2)[1]
 
     def _root_diag(self, q):
-        """sqrt(1 - 4 b q), 0 where it is not positive."""
-        det = 1 - 4 * self.b * q
-        return torch.where(det > 0, torch.sqrt(torch.where(det > 0, det, 1.0)), 0.0)
+        """sqrt(1 - 4 b q); for b > 0 a variance q >= 1 / (4b) is refused (`check_domain`)."""
+        self.check_domain(q)
+        return torch.sqrt(1 - 4 * self.b * q)
+
+    def check_domain(self, q: torch.Tensor) -> None:
+        """For b > 0, E[sigma(u)^2] = a^2 / sqrt(1 - 4 b q) is infinite once the variance q of u reaches 1 / (4b):
+        not a number too large for the dtype but a network whose outputs have no second moment. Raises a
+        ValueError naming the bound and the largest variance (the off-diagonal maps are finite wherever both
+        diagonals are in range: I - 2b Sigma is positive definite when q1 + q2 < 1 / (2b))."""
+        if self.b <= 0 or not q.numel():
+            return
+        largest = float(q.detach().max())
+        if not largest < 1 / (4 * self.b):
+            raise ValueError(
+                f"{self.name}: E[sigma(u)^2] = a^2 / sqrt(1 - 4 b q) is infinite for a pre-activation variance q >= "
+                f"1 / (4b) = {1 / (4 * self.b):.4g}, and a variance here reaches {largest:.4g}: use b <= 0, or a "
+                "smaller W_std, b_std or input norm so that the variances stay below the bound")
 
     def sigma_diag(self, q):
         return self._maps(q, self._root_diag(q))[0]
