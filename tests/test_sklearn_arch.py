@@ -179,3 +179,30 @@ def test_an_attention_architecture_keeps_its_own_scales_in_the_sklearn_kernel() 
     X = np.random.default_rng(0).normal(size=(6, 15))
     K = NTK(arch=arch, in_shape=(3, 5))(X)
     np.testing.assert_allclose(K, arch.kernel(torch.from_numpy(X).reshape(6, 3, 5)).numpy(), rtol=1e-12)
+
+
+def branched(combine: str, W: list[float], b: list[float]) -> nk.Sequential:
+    """A Linear, then a Parallel of two branches with weight layers of their own, then a Linear: scales W, b."""
+    one = (nk.Linear(W_std=W[1], b_std=b[1]),)
+    two = (nk.Residual(nk.ReLU(), nk.Linear(W_std=W[2], b_std=b[2])), nk.ReLU(), nk.Linear(W_std=W[3], b_std=b[3]))
+    return nk.Sequential(nk.Linear(W_std=W[0], b_std=b[0]), nk.Parallel(one, two, combine=combine),
+                         nk.Linear(W_std=W[4], b_std=b[4]))
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat", "product"])
+def test_per_layer_scales_reach_every_parallel_branch(rng, combine) -> None:
+    X = rng.standard_normal((5, 3)) + 0.4
+    W, b = [1.1, 0.7, 1.4, 0.9, 1.2], [0.2, 0.5, 0.1, 0.3, 0.25]
+    kernel = NTK(arch=branched(combine, [1.0] * 5, [0.1] * 5), W_std=W, b_std=b)
+    assert kernel.theta.shape == (10,)
+    # the reference: the architecture written with those scales by hand
+    np.testing.assert_allclose(kernel(X), branched(combine, W, b).kernel(X), rtol=1e-12)
+    copy = clone(kernel)
+    assert copy.get_params()["W_std"] == W and np.allclose(np.exp(copy.theta), W + b)
+    np.testing.assert_allclose(copy(X), kernel(X), rtol=0)
+    own = NTK(arch=branched(combine, W, b))     # W_std=None: the scales of every branch, in order
+    np.testing.assert_allclose(np.exp(own.theta), W + b, rtol=1e-15)
+    K, K_gradient = kernel(X, eval_gradient=True)
+    for index in (1, 2, 3, 6, 8):      # W_std and b_std of the branches' layers
+        assert np.abs(K_gradient[:, :, index]).max() > 1e-3   # each branch's scales move the kernel
+        assert_gradient(K_gradient[:, :, index], finite_differences(kernel, X, index), K)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._checks import check_positive_int
-from ..layers import Layer, Residual, Sequential
+from ..layers import Layer, Parallel, Residual, Sequential
 from ..mlp import MLP
 
 
@@ -42,15 +42,16 @@ def _scaled(layer: Layer) -> bool:
 
 
 def weight_layers(arch: MLP | Sequential) -> list[Layer]:
-    """The weight layers with a W_std and a b_std (Linear, Conv, ...) of `arch` in order, those of Residual
-    branches where they stand."""
+    """The weight layers with a W_std and a b_std (Linear, Conv, ...) of `arch` in order, those of the branches of a
+    `Parallel` or `Residual` where it stands (branch after branch)."""
     layers = arch.layers if isinstance(arch, MLP) else arch
 
     def walk(items: Sequence[Layer]) -> list[Layer]:
         found = []
         for layer in items:
-            if isinstance(layer, Residual):
-                found += walk(layer.layers)
+            if isinstance(layer, Parallel):    # Residual included: its parts are ((), branch)
+                for part in layer.branches:
+                    found += walk(part)
             elif _scaled(layer):
                 found.append(layer)
         return found
@@ -82,6 +83,9 @@ def with_scales(arch: MLP | Sequential, W_std: Any, b_std: Any) -> MLP | Sequent
         for layer in items:
             if isinstance(layer, Residual):
                 out.append(Residual(*rebuild(layer.layers)))
+            elif isinstance(layer, Parallel):
+                out.append(Parallel(*(tuple(rebuild(part)) for part in layer.branches), combine=layer.combine,
+                                    proportions=layer.proportions if layer.combine == "concat" else None))
             elif _scaled(layer):
                 index = next(position)
                 layer = copy.copy(layer)

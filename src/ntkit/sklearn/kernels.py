@@ -41,8 +41,9 @@ class _ArchKernel(Kernel):
     Args:
         depth, activation: the MLP shorthand, `MLP(depth, activation)` (used when `arch` is None).
         W_std, b_std: the weight and bias scales of every weight layer: a float shared by all of them, or an array
-            with one per weight layer (in order, Residual branches where they stand). None: the architecture's own
-            (1 and 0.1 for the shorthand; an array when `arch`'s layers differ).
+            with one per weight layer (in order; those in every branch of a Parallel or Residual where it stands,
+            branch after branch). None: the architecture's own (1 and 0.1 for the shorthand; an array when
+            `arch`'s layers differ).
         W_std_bounds, b_std_bounds, scale_bounds: (low, high) bounds for the optimizer, or "fixed".
         arch: any ntkit architecture (`nk.MLP`, `nk.Sequential`, `nk.infinite(model)`); its scales are replaced by
             W_std and b_std when given.
