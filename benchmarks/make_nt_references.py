@@ -6,6 +6,7 @@ Run with the python of an environment that has neural-tangents 0.6.5 (and JAX, f
     NT_PYTHON benchmarks/make_nt_references.py --activations    # tests/data/nt_references_activations.npz
     NT_PYTHON benchmarks/make_nt_references.py --attention      # tests/data/nt_references_attention.npz
     NT_PYTHON benchmarks/make_nt_references.py --branches       # tests/data/nt_references_branches.npz
+    NT_PYTHON benchmarks/make_nt_references.py --widths         # tests/data/nt_references_widths.npz
 
 Each case is an architecture written as a small list (the tests build the same one with ntkit from it), small
 inputs X (N, C, *S) and Y (M, C, *S) in ntkit's NCHW layout (transposed to NHWC for stax), and stax's NNGP and
@@ -198,8 +199,7 @@ def stax_layers(spec: list) -> list:
         kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
         if kind == "conv":
             layers.append(stax.Conv(opts.get("out", 1), tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(),
-                                    W_std=opts["W"],
-                                    b_std=opts["b"], parameterization=opts.get("param", "ntk")))
+                                    W_std=opts["W"], b_std=opts["b"], parameterization=opts.get("param", "ntk")))
         elif kind == "dense":
             layers.append(stax.Dense(opts.get("out", 1), W_std=opts["W"], b_std=opts["b"],
                                      parameterization=opts.get("param", "ntk")))
@@ -317,6 +317,55 @@ BRANCH_CASES = {
 BRANCH_KINDS = ("parallel", "aggregate", "gsp", "sumpool", "dropout", "convtranspose")
 
 
+def _std(kind: str, n_in: int, out: int, b: float | None = 0.1, W: float = 1.0, **conv) -> list:
+    """A weight layer in the standard parametrization with `out` finite channels; "in": the finite fan-in channels
+    (the `out` of the weight layer before, times the positions a Flatten joins), which ntkit's layer takes."""
+    return [kind, {"W": W, "b": b, "param": "standard", "out": out, "in": n_in, **conv}]
+
+
+#: the standard parametrization's NTK at finite widths (each weight layer's "out"; b None: no bias), Aggregate over
+#: the positions of images (graphs whose nodes are pixels, adjacency (H, W, H, W)), transposed convolutions with
+#: circular padding (tests/data/nt_references_widths.npz, `--widths`)
+WIDTH_CASES = {
+    "standard_dense": {"shape": [5], "layers": [
+        _std("dense", 5, 7, b=0.2, W=1.3), ["relu"], _std("dense", 7, 11, b=None, W=0.9), ["erf"],
+        _std("dense", 11, 1, b=0.1)]},
+    "standard_after_ntk": {"shape": [4], "layers": [
+        ["dense", {"W": 1.1, "b": 0.1, "out": 3}], ["relu"], _std("dense", 3, 6, b=0.0), ["relu"],
+        ["dense", {"W": 1.0, "b": 0.2, "out": 1}]]},
+    "standard_conv_flatten": {"shape": [2, 5, 4], "layers": [
+        _std("conv", 2, 3, W=1.2, k=[3, 3], s=[1, 2], padding="same"), ["relu"],
+        _std("conv", 3, 4, b=None, k=[2, 2], s=[1, 1], padding="valid"), ["relu"], ["flatten"],
+        _std("dense", 16, 1, b=0.1)]},
+    "standard_conv_pool": {"shape": [2, 6, 5], "layers": [
+        _std("conv", 2, 3, k=[3, 3], s=[1, 1], padding="same"), ["relu"], ["avgpool", {"k": [2, 2], "s": [1, 1]}],
+        _std("conv", 3, 5, W=0.8, b=0.3, k=[2, 3], s=[1, 1], padding="circular"), ["erf"], ["gap"],
+        _std("dense", 5, 1, b=None)]},
+    "standard_conv1d_first_bias_free": {"shape": [3, 7], "layers": [
+        _std("conv", 3, 2, b=None, k=[3], s=[2], padding="circular"), ["relu"], ["gap"],
+        _std("dense", 2, 1, b=0.1, W=1.4)]},
+    "aggregate_image": {"shape": [2, 3, 4], "graph": True, "layers": [
+        ["aggregate"], ["conv", {"k": [1, 1], "s": [1, 1], "padding": "same", "W": 1.0, "b": 0.1}], ["relu"],
+        ["aggregate"], ["conv", {"k": [2, 2], "s": [1, 1], "padding": "circular", "W": 1.2, "b": 0.1}], ["relu"],
+        ["aggregate"], ["gsp"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "aggregate_volume_flatten": {"shape": [1, 2, 3, 2], "graph": True, "layers": [
+        ["conv", {"k": [1, 1, 1], "s": [1, 1, 1], "padding": "same", "W": 1.0, "b": 0.1}], ["erf"],
+        ["aggregate"], ["conv", {"k": [1, 1, 1], "s": [1, 1, 1], "padding": "same", "W": 0.9, "b": 0.2}],
+        ["relu"], ["aggregate"], ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "convtranspose_circular_1d": {"shape": [2, 5], "layers": [
+        ["convtranspose", {"k": [3], "s": [2], "padding": "circular", "W": 1.2, "b": 0.1}], ["relu"],
+        ["convtranspose", {"k": [5], "s": [1], "padding": "circular", "W": 1.0, "b": 0.2}], ["erf"],
+        ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "convtranspose_circular_2d_pool": {"shape": [1, 3, 2], "layers": [
+        ["convtranspose", {"k": [4, 1], "s": [1, 3], "padding": "circular", "W": 1.0, "b": 0.1}], ["relu"],
+        ["convtranspose", {"k": [2, 5], "s": [2, 2], "padding": "circular", "W": 1.1, "b": 0.0}], ["relu"],
+        ["avgpool", {"k": [2, 2], "s": [1, 1]}], ["gap"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "convtranspose_circular_small_input": {"shape": [2, 1, 2], "layers": [
+        ["convtranspose", {"k": [3, 7], "s": [1, 2], "padding": "circular", "W": 1.0, "b": 0.1}], ["relu"],
+        ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+}
+
+
 def _stax_branching(kind: str, opts: dict):
     if kind == "aggregate":
         return stax.Aggregate()
@@ -335,10 +384,12 @@ def _stax_branching(kind: str, opts: dict):
 
 
 def _graphs(rng: np.random.Generator, n: int, shape: list) -> tuple[np.ndarray, np.ndarray]:
-    """n graphs of shape[1] nodes: features (n, *shape), adjacency with self-loops and weights in [0.5, 1.5]."""
-    V = shape[1]
+    """n graphs whose nodes are the positions shape[1:]: features (n, *shape), adjacency (n, *S, *S) with self-loops
+    and weights in [0.5, 1.5]."""
+    S = tuple(shape[1:])
+    V = int(np.prod(S))
     A = (rng.random((n, V, V)) < 0.4) * rng.uniform(0.5, 1.5, (n, V, V)) + np.eye(V)
-    return rng.standard_normal((n, *shape)), A
+    return rng.standard_normal((n, *shape)), A.reshape(n, *S, *S)
 
 
 def channels_last(x: np.ndarray) -> np.ndarray:
@@ -355,13 +406,16 @@ def main() -> None:
                         help="the SelfAttention cases of ATTENTION_CASES (nt_references_attention.npz)")
     parser.add_argument("--branches", action="store_true",
                         help="the cases of BRANCH_CASES: Parallel, Aggregate, sum pooling (nt_references_branches.npz)")
+    parser.add_argument("--widths", action="store_true",
+                        help="the cases of WIDTH_CASES: the standard parametrization's NTK, Aggregate over images, "
+                             "circular transposed convolutions (nt_references_widths.npz)")
     args = parser.parse_args()
     data = Path(__file__).resolve().parents[1] / "tests" / "data"
     which = "attention" if args.attention else "activations" if args.activations else \
-        "branches" if args.branches else None
+        "branches" if args.branches else "widths" if args.widths else None
     out = args.out or str(data / (f"nt_references_{which}.npz" if which else "nt_references.npz"))
-    cases = ATTENTION_CASES if args.attention else ACTIVATION_CASES if args.activations else \
-        BRANCH_CASES if args.branches else CASES
+    cases = {"attention": ATTENTION_CASES, "activations": ACTIVATION_CASES, "branches": BRANCH_CASES,
+             "widths": WIDTH_CASES, None: CASES}[which]
     arrays = {"cases": np.array(json.dumps(cases)), "numerical_degree": np.array(NUMERICAL_DEGREE)}
     rng = np.random.default_rng(0)
     for name, case in cases.items():
@@ -375,7 +429,8 @@ def main() -> None:
             (X, A), (Y, B) = (_graphs(rng, len(Z), case["shape"]) for Z in (X, Y))
             xx = kernel_fn(channels_last(X), None, ("nngp", "ntk"), pattern=(A, A))
             xy = kernel_fn(channels_last(X), channels_last(Y), ("nngp", "ntk"), pattern=(A, B))
-            X, Y = np.concatenate([X, A], axis=1), np.concatenate([Y, B], axis=1)
+            flat = [Z.reshape(len(Z), -1, *Z.shape[1 + (Z.ndim - 1) // 2:]) for Z in (A, B)]    # (n, P, *S)
+            X, Y = np.concatenate([X, flat[0]], axis=1), np.concatenate([Y, flat[1]], axis=1)
         else:
             masking = {}
             if "pad" in case:    # zero vectors after each example's length, masked

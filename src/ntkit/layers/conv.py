@@ -10,6 +10,9 @@ taps. With infinitely many channels each output position is a Linear layer over 
 
 with positions outside the image zero ("same", zero padding) or wrapped ("circular"). The window mean needs only
 the positions' diagonal when the output's is all that is wanted: O(HW) per pair, else O((HW)^2).
+
+In the standard parametrization the NTK is that of the finite fan-in C k (C = `in_channels`, see `linear`):
+Theta'(x_i, y_j) = C sum_d Sigma(x_{s i + d}, y_{s j + d}) + W_std^2 (1 / k) sum_d Theta(...) + 1.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, LayerError, check_channels, spatial_only
-from .linear import affine
+from .linear import affine, check_bias, fan_in_known, standard_affine
 from .record import Record, out_size, same_pads, window_sum
 
 PADDINGS = ("same", "valid", "circular")
@@ -40,25 +43,25 @@ class _Conv(Layer):
     weights = True
 
     def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] = 1, padding: str = "same",
-                 W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor = 0.1, in_channels: int | None = None,
-                 parametrization: str = "ntk"):
+                 W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor | None = 0.1,
+                 in_channels: int | None = None, parametrization: str = "ntk"):
         self.parametrization = check_choice(parametrization, "parametrization", ("ntk", "standard"))
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
         self.kernel_size = _pair(kernel_size, self.dims, "kernel_size")
         self.stride = _pair(stride, self.dims, "stride")
         self.padding = check_choice(padding, "padding", PADDINGS)
         self.W_std = check_real(W_std, "W_std", minimum=0.0)
-        self.b_std = check_real(b_std, "b_std", minimum=0.0)
+        self.b_std, self.bias = check_bias(b_std)
 
     def describe(self) -> str:
         return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
-                f"W_std={float(self.W_std)!r}, b_std={float(self.b_std)!r}"
+                f"W_std={float(self.W_std)!r}, b_std={float(self.b_std) if self.bias else None!r}"
                 + ("" if self.in_channels is None else f", in_channels={self.in_channels}")
                 + ("" if self.parametrization == "ntk" else f", parametrization={self.parametrization!r}") + ")")
 
     @property
     def has_ntk_limit(self) -> bool:
-        return self.parametrization == "ntk"
+        return fan_in_known(self)
 
     def out_shape(self, shape, where):
         spatial_only(shape, self, where, self.dims)
@@ -83,7 +86,11 @@ class _Conv(Layer):
                 t = window_sum(t, axes, self.kernel_size[k], self.stride[k], self.padding, scale if k == 0 else 1.0)
             return t
 
-        out = affine(record, self.W_std, self.b_std, total, taps=math.prod(self.kernel_size))
+        taps = math.prod(self.kernel_size)
+        if self.parametrization == "standard" and record.theta is not None:
+            out = standard_affine(record, self.W_std, self.b_std, self.in_channels, self.bias, total, taps)
+        else:
+            out = affine(record, self.W_std, self.b_std, total, taps=taps)
         spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
         return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 
@@ -93,7 +100,7 @@ class _Conv(Layer):
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return NTKConv(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, float(self.W_std),
-                       float(self.b_std), generator, dtype, self.parametrization)
+                       float(self.b_std), generator, dtype, self.parametrization, self.bias)
 
 
 class Conv1d(_Conv):
@@ -116,7 +123,8 @@ class Conv3d(_Conv):
 
 class NTKConv(nn.Module):
     """y = W_std / sqrt(C k) conv(pad(x), weight) + b_std bias, weight `(out, C, *kernel)` and bias standard normal
-    (parametrization="standard": weight ~ N(0, W_std^2 / (C k)), bias ~ N(0, b_std^2), both multipliers 1).
+    (parametrization="standard": weight ~ N(0, W_std^2 / (C k)), bias ~ N(0, b_std^2), both multipliers 1;
+    bias=False: no bias parameter).
 
     "same" pads with zeros as XLA does (the extra position at the end when the total is odd), so any stride
     works; "circular" pads by the same amounts periodically; "valid" does not pad.
@@ -124,19 +132,20 @@ class NTKConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
                  padding: str, W_std: float, b_std: float, generator: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, parametrization: str = "ntk"):
+                 dtype: torch.dtype | None = None, parametrization: str = "ntk", bias: bool = True):
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel_size, generator=generator,
                                                dtype=dtype))
-        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype))
+        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype)) if bias else None
         self.weight_multiplier = W_std / math.sqrt(in_channels * math.prod(kernel_size))
         self.bias_multiplier = b_std
         if parametrization == "standard":     # the same functions at initialization, another gradient
             with torch.no_grad():
                 self.weight.mul_(self.weight_multiplier)
-                self.bias.mul_(self.bias_multiplier)
+                if bias:
+                    self.bias.mul_(self.bias_multiplier)
             self.weight_multiplier = self.bias_multiplier = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +155,8 @@ class NTKConv(nn.Module):
                 pads += list(same_pads(size, k, s))
             x = F.pad(x, pads, mode="constant" if self.padding == "same" else "circular")
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(self.kernel_size)]
-        return conv(x, self.weight * self.weight_multiplier, self.bias * self.bias_multiplier, stride=self.stride)
+        bias = None if self.bias is None else self.bias * self.bias_multiplier
+        return conv(x, self.weight * self.weight_multiplier, bias, stride=self.stride)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, "
@@ -192,8 +202,11 @@ def first_conv_record(conv: _Conv, X: torch.Tensor, Y: torch.Tensor | None, want
         sigma = (Ux.reshape(r * P, width) @ Uy.reshape(c * P, width).T).reshape(r, P, c, P)
         sigma = sigma.permute(0, 2, 1, 3).reshape(r, c, *spatial, *spatial)
         nbatch = 2
+    standard = want_ntk and conv.parametrization == "standard"     # Theta' = C k mean(Sigma) + 1 (`standard_affine`)
+    theta = (sigma + 1.0 if conv.bias else sigma.clone()) if standard else None
     sigma = sigma.mul_(scale).add_(conv.b_std**2) if _plain(conv) else sigma * scale + conv.b_std**2
-    theta = sigma.clone() if want_ntk else None
+    if want_ntk and not standard:
+        theta = sigma.clone()
     return Record(sigma, theta, "full", nbatch, spatial)
 
 
