@@ -115,3 +115,26 @@ def test_an_aggregate_after_the_nodes_changed_names_the_layer():
                          nk.Linear())
     with pytest.raises(LayerError, match=r"Aggregate \(layer 4\): its input has 3 positions but the graphs have 6"):
         arch.kernel(graphs(F, A))
+
+
+def test_images_as_graphs_from_coordinates_and_to_dense():
+    """Pixels as nodes (neural-tangents' pattern (H, W, H, W)): edges given by coordinates, a dense adjacency and a
+    format of one's own through to_dense give the same inputs; the finite network aggregates over the pixels."""
+    F = torch.randn(2, 3, 2, 3, dtype=f64)
+    edges = torch.tensor([[[[0, 1], [0, 2]], [[1, 1], [2, 2]], [[1, 1], [2, 2]]],   # (0,0)->(1,2), (1,2)->(1,2) twice
+                          [[[0, 0], [1, 0]], [[0, -1], [0, 0]], [[1, 0], [0, 1]]]])        # padding: a negative head
+    A = torch.zeros(2, 2, 3, 2, 3, dtype=f64)
+    A[0, 0, 0, 1, 2], A[0, 1, 2, 1, 2], A[1, 0, 1, 0, 0], A[1, 1, 0, 0, 1] = 1, 2, 1, 1
+    X = graphs(F, A)
+    assert X.shape == (2, 3 + 6, 2, 3)
+    assert torch.equal(graphs(F, edges=edges), X)
+    assert torch.equal(graphs(F, A.to_sparse(), to_dense=lambda a: a.to_dense()), X)
+    arch = nk.Sequential(Aggregate(), GlobalSumPool(), nk.Linear(W_std=1.0, b_std=0.0))
+    net = arch.network((9, 2, 3), seed=0, dtype=f64)
+    H = torch.einsum("ncij,nijkl->nckl", F, A)                   # each pixel the sum of its predecessors
+    expected = H.sum((2, 3)) @ net[-1].weight.T / 3**0.5
+    torch.testing.assert_close(net(X), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"adjacency must be \(N, \*S, \*S\) = \(2, 2, 3, 2, 3\)"):
+        graphs(F, torch.ones(2, 6, 6))
+    with pytest.raises(ValueError, match=r"edges name positions outside \(2, 3\)"):
+        graphs(F, edges=torch.tensor([[[[0, 2], [0, 0]]], [[[0, 0], [0, 3]]]]))

@@ -37,7 +37,7 @@ def build(spec: list) -> list:
     return layers
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("standard")))
+@pytest.mark.parametrize("name", sorted(n for n in CASES if not n.startswith("convtranspose")))
 def test_matches_neural_tangents(name):
     """Off the diagonal to 1e-10 of the scale; the diagonal looser where neural-tangents takes the arc-cosine of a
     correlation rounded near 1 (as tests/test_layers_reference.py)."""
