@@ -37,7 +37,7 @@ def build(spec: list) -> list:
     return layers
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if not n.startswith("convtranspose")))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_neural_tangents(name):
     """Off the diagonal to 1e-10 of the scale; the diagonal looser where neural-tangents takes the arc-cosine of a
     correlation rounded near 1 (as tests/test_layers_reference.py)."""
@@ -96,3 +96,26 @@ def test_standard_ntk_needs_the_fan_in():
                           nk.Linear(parametrization="standard", in_channels=8))
     with pytest.raises(nk.layers.LayerError, match=r"Linear \(layer 2\) expects 8 input channels, got 5"):
         wrong.network(4, width=5)
+
+
+@pytest.mark.parametrize("kernel_size, stride, size", [((3,), (2,), (5,)), ((4, 1), (1, 3), (3, 2)),
+                                                       ((3, 7), (1, 2), (1, 2))])
+def test_circular_transposed_convolution_layer_is_its_kernel(kernel_size, stride, size):
+    """The finite circular ConvTranspose on the inputs is Gaussian over its weights with covariance J J^T (J its
+    Jacobian in the standard-normal weight and bias): the kernel's Sigma at every pair of positions (read through a
+    global average) and at each position (through Flatten), to rounding."""
+    from torch.func import functional_call, jacrev
+
+    conv = {1: nk.layers.ConvTranspose1d, 2: nk.layers.ConvTranspose2d}[len(kernel_size)]
+    layer = conv(kernel_size, stride, "circular", W_std=1.3, b_std=0.2)
+    X = torch.randn(3, 2, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    module = layer.module((2, *size), 1, None, torch.float64)
+    jac = jacrev(lambda p: functional_call(module, p, (X,)))(dict(module.named_parameters()))
+    positions = module(X)[0].numel()
+    J = torch.cat([j.reshape(len(X), positions, -1) for j in jac.values()], dim=-1)     # (N, P, parameters)
+    cov = torch.einsum("apk,bqk->abpq", J, J)
+    head = nk.Linear(W_std=1.0, b_std=0.0)
+    gap = nk.Sequential(layer, nk.GlobalAvgPool(), head).kernel(X, get="nngp")
+    flat = nk.Sequential(layer, nk.Flatten(), head).kernel(X, get="nngp")
+    torch.testing.assert_close(gap, cov.mean((2, 3)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(flat, cov.diagonal(dim1=2, dim2=3).mean(-1), rtol=1e-12, atol=0)

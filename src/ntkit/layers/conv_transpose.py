@@ -8,6 +8,12 @@ infinitely many channels
 
 and Theta' = W_std^2 (1 / k) (the same sum of Theta) + Sigma'. i = j needs p = q, so the positions' diagonal suffices
 when only it is wanted.
+
+"circular" (neural-tangents' CIRCULAR, the transpose of a circular convolution): the "valid" output, V = n s +
+max(k - s, 0) positions, folded onto n s positions periodically, position j added to (j - c) mod n s with
+c = (V - n s) // 2 (within neural-tangents' window of 2h + 1 periods, h = ceil(V / n s) // 2). The fold is linear,
+so the covariance is folded on both positions; on the diagonal, two positions that fold together are never reached
+by the same tap, so folding the diagonal alone is exact.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ from .conv import _pair
 from .linear import affine
 from .record import Record
 
+PADDINGS = ("same", "valid", "circular")
+
 
 def _geometry(size: int, k: int, s: int, padding: str) -> tuple[int, int]:
-    """(output size, offset o) of one axis, as XLA's conv_transpose."""
+    """(output size, offset o) of one axis, as XLA's conv_transpose ("circular": the size after folding)."""
+    if padding == "circular":
+        return size * s, 0
     if padding == "valid":
         return size * s + max(k - s, 0), 0
     pad_a = k - 1 if s > k - 1 else math.ceil((k + s - 2) / 2)
@@ -42,7 +52,7 @@ class _ConvTranspose(Layer):
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
         self.kernel_size = _pair(kernel_size, self.dims, "kernel_size")
         self.stride = _pair(stride, self.dims, "stride")
-        self.padding = check_choice(padding, "padding", ("same", "valid"))
+        self.padding = check_choice(padding, "padding", PADDINGS)
         self.W_std = float(check_real(W_std, "W_std", minimum=0.0))
         self.b_std = float(check_real(b_std, "b_std", minimum=0.0))
 
@@ -79,8 +89,14 @@ class _ConvTranspose(Layer):
 
 
 def _spread(t: torch.Tensor, axes: tuple[int, ...], k: int, s: int, padding: str, scale: float) -> torch.Tensor:
-    """sum_d of t placed at i = s p + d - o on every axis of `axes` (the same tap d on each), times `scale`."""
+    """sum_d of t placed at i = s p + d - o on every axis of `axes` (the same tap d on each), times `scale`;
+    "circular": the "valid" spread folded (`_fold`)."""
     n = t.shape[axes[0]]
+    if padding == "circular":
+        out = _spread(t, axes, k, s, "valid", scale)
+        for axis in axes:
+            out = _fold(out, axis, n * s)
+        return out
     size, offset = _geometry(n, k, s, padding)
     shape = list(t.shape)
     for axis in axes:
@@ -100,14 +116,33 @@ def _spread(t: torch.Tensor, axes: tuple[int, ...], k: int, s: int, padding: str
     return out
 
 
+def _fold(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """Fold `axis` (V positions) onto `size` positions as neural-tangents' circular transpose: out[i] = sum over
+    |m| <= h of t[i + c + m size] (positions within 0..V-1), c = (V - size) // 2, h = ceil(V / size) // 2."""
+    V = t.shape[axis]
+    c, h = (V - size) // 2, math.ceil(V / size) // 2
+    shape = list(t.shape)
+    shape[axis] = size
+    out = t.new_zeros(shape)
+    for m in range(-h, h + 1):
+        shift = c + m * size                    # out[i] += t[i + shift] for 0 <= i + shift < V
+        first, last = max(0, -shift), min(size, V - shift)
+        if first < last:
+            out.narrow(axis, first, last - first).add_(t.narrow(axis, first + shift, last - first))
+    return out
+
+
 class ConvTranspose1d(_ConvTranspose):
-    """A transposed 1-D convolution over (N, C, L): kernel_size, stride, padding "same" | "valid"."""
+    """A transposed 1-D convolution over (N, C, L): kernel_size, stride, padding "same" | "valid" | "circular".
+
+    The finite layer, like torch's nn.ConvTranspose1d, is cropped or padded to XLA's output positions ("circular":
+    folded periodically, see the module docstring)."""
 
     dims = 1
 
 
 class ConvTranspose2d(_ConvTranspose):
-    """A transposed 2-D convolution over (N, C, H, W): kernel_size, stride, padding "same" | "valid"."""
+    """A transposed 2-D convolution over (N, C, H, W): kernel_size, stride, padding "same" | "valid" | "circular"."""
 
     dims = 2
 
@@ -131,12 +166,15 @@ class NTKConvTranspose(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv_transpose1d if len(self.kernel_size) == 1 else F.conv_transpose2d
         y = conv(x, self.weight * self.weight_multiplier, stride=self.stride)     # positions s p + d
+        circular = self.padding == "circular"
         for dim, (n, k, s) in enumerate(zip(x.shape[2:], self.kernel_size, self.stride, strict=True)):
-            size, offset = _geometry(n, k, s, self.padding)
+            size, offset = _geometry(n, k, s, "valid" if circular else self.padding)
             axis = 2 + dim
             extra = offset + size - y.shape[axis]
             if extra > 0:
                 pads = [0, 0] * (y.ndim - 1 - axis) + [0, extra]
                 y = F.pad(y, pads)
             y = y.narrow(axis, offset, size)
+            if circular:
+                y = _fold(y, axis, n * s)
         return y + (self.bias * self.bias_multiplier).reshape(-1, *[1] * len(self.kernel_size))
