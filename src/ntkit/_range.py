@@ -143,7 +143,8 @@ def advice(dtype: torch.dtype, against_overflow: str, against_underflow: str) ->
 
 
 # ---------------------------------------------------------------- the checks of a fully-connected recursion
-# `rec` has activation, depth, W_std, b_std (`ntkit.kernels.Recursion`); the diagonals are its Sigma^(l)(x, x).
+# `rec` is a `ntkit.kernels.Recursion` (its `scales` per weight layer, its `activations` per map, its `depth`); the
+# diagonals are its Sigma^(l)(x, x).
 RESOLVED_VARIANCE = 2.0      # quadrature is accurate to about 1e-8 up to here (`activations.quadrature`)
 RESOLUTION_TOL = 1e-2        # relative error of a quadrature map above which the kernel is refused
 
@@ -153,8 +154,8 @@ def check_resolution(rec: Any, diagonals: list[torch.Tensor], want_ntk: bool) ->
     each layer, checked against a 1-D rule that resolves any scale (`Quadrature.resolution_error`); a map off by
     more than RESOLUTION_TOL raises a ValueError naming the layer, the variance and the fixes. The SigmaDot map
     enters only the NTK, so it is checked only when the NTK is wanted."""
-    for layer, q in enumerate(diagonals[:-1], start=2):
-        check_resolved(rec.activation, q, f"layer {layer}", want_ntk)
+    for layer, (q, activation) in enumerate(zip(diagonals[:-1], rec.activations, strict=True), start=2):
+        check_resolved(activation, q, f"layer {layer}", want_ntk)
 
 
 def check_resolved(activation: Any, q: torch.Tensor, layer: str, want_ntk: bool) -> None:
@@ -185,12 +186,17 @@ def advice_for(X: torch.Tensor, rec: Any) -> tuple[str, str]:
     finite = norms[torch.isfinite(norms)]
     largest = f"1e{float(finite.max()):.0f}" if finite.numel() else "-"
     smallest = f"1e{float(finite.min()):.0f}" if finite.numel() else "-"
-    w, b = number(rec.W_std), number(rec.b_std)
+    w, b = (_settings([number(pair[i]) for pair in rec.scales]) for i in (0, 1))
     return advice(X.dtype,
-                  f"a smaller W_std (now {w:g}) or b_std (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                  f"a smaller W_std (now {w}) or b_std (now {b}), fewer layers (now {rec.depth}), or inputs "
                   f"of smaller norm (the largest row norm is about {largest})",
-                  f"a larger W_std (now {w:g}), b_std > 0 (now {b:g}), fewer layers (now {rec.depth}), or inputs "
+                  f"a larger W_std (now {w}), b_std > 0 (now {b}), fewer layers (now {rec.depth}), or inputs "
                   f"of larger norm (the smallest nonzero row norm is about {smallest})")
+
+
+def _settings(values: list[float]) -> str:
+    """One setting of every weight layer as the advice names it: "1" when all agree, else "1.5, 0.9, 1"."""
+    return f"{values[0]:g}" if len(set(values)) == 1 else ", ".join(f"{v:g}" for v in values)
 
 
 def log10_norms(X: torch.Tensor) -> torch.Tensor:
@@ -213,18 +219,22 @@ def underflow_verdict(X: torch.Tensor, rec: Any, diagonals: list[torch.Tensor], 
     small = small & ~exact_zeros(X, rec, layer)
     if not bool(small.any()):
         return None
-    w2, b2 = number(rec.W_std) ** 2, number(rec.b_std) ** 2
-    at_zero = float(rec.activation.sigma_diag(X.new_zeros(1))[0])
+    w2s = [number(w) ** 2 for w, _ in rec.scales]
+    unbiased = all(number(b) == 0 for _, b in rec.scales)
+    acts = rec.activations
+    at_zero = any(float(act.sigma_diag(X.new_zeros(1))[0]) != 0 for act in acts)
     final_small = diagonals[-1] < info.tiny
-    if bool((small & ~final_small).any()) and b2 == 0 and at_zero == 0:
+    if bool((small & ~final_small).any()) and unbiased and not at_zero:
         return "error"                       # a subnormal value scaled back into range: its digits are lost
     rows = small & final_small
     if not bool(rows.any()):
         return None
+    if min(w2s) == 0:
+        return "warn"
     probe = torch.tensor([info.tiny * 2.0**20], dtype=X.dtype, device=X.device)
-    gain = math.log10(max(float(rec.activation.sigma_diag(probe)[0] / probe[0]), 1e-300))
-    estimate = math.log10(w2 / X.shape[1]) + 2 * float(log10_norms(X[rows]).max()) if w2 > 0 else -math.inf
-    estimate += (rec.depth - 1) * (math.log10(w2) + gain) if w2 > 0 else 0.0
+    gains = [math.log10(max(float(act.sigma_diag(probe)[0] / probe[0]), 1e-300)) for act in acts]
+    estimate = math.log10(w2s[0] / X.shape[1]) + 2 * float(log10_norms(X[rows]).max())
+    estimate += sum(math.log10(w2) + gain for w2, gain in zip(w2s[1:], gains, strict=True))
     return "error" if estimate >= math.log10(info.tiny) else "warn"
 
 
@@ -232,15 +242,16 @@ def exact_zeros(X: torch.Tensor, rec: Any, layer: int) -> torch.Tensor:
     """Which rows have Sigma^(layer)(x, x) = 0 in exact arithmetic: no bias, and a zero input (or zero
     weights), carried through layers whose activation has sigma(0) = 0 (E[sigma(u)^2] = sigma(0)^2 at
     u ~ N(0, 0)). Positive variances give positive E[sigma(u)^2] unless sigma vanishes almost everywhere."""
-    zero_w, zero_b = number(rec.W_std) == 0, number(rec.b_std) == 0
-    zeros = (X.detach() == 0).all(1) | zero_w
-    if layer > 1:
-        probe = torch.tensor([0.0, 1.0], dtype=X.dtype, device=X.device)
-        at_zero, at_one = (float(v) for v in rec.activation.sigma_diag(probe))
+    scales = [(number(w) == 0, number(b) == 0) for w, b in rec.scales]
+    zero_w, zero_b = scales[0]
+    zeros = ((X.detach() == 0).all(1) | zero_w) & zero_b
+    probe = torch.tensor([0.0, 1.0], dtype=X.dtype, device=X.device)
+    for activation, (zero_w, zero_b) in zip(rec.activations[:layer - 1], scales[1:layer], strict=True):
+        at_zero, at_one = (float(v) for v in activation.sigma_diag(probe))
         vanishing = at_one == 0                                          # sigma = 0 almost everywhere
         zeros = zeros if at_zero == 0 else torch.zeros_like(zeros)
-        zeros = zeros | zero_w | vanishing
-    return zeros & zero_b
+        zeros = (zeros | zero_w | vanishing) & zero_b
+    return zeros
 
 
 def number(value: float | torch.Tensor) -> float:

@@ -243,12 +243,12 @@ def recursion(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, sine: torch.T
               want_ntk: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(Sigma^(L), Theta^(L)) of pairs from their layer-1 (c, q1, q2, S, delta) (`first_layer`), with the angle and
     the difference of the variances delta = q1 - q2 carried exactly (module docstring); shapes (P,)."""
-    w2, b2 = float(rec.W_std) ** 2, float(rec.b_std) ** 2
     theta = c.clone() if want_ntk else None
-    for _ in range(rec.depth - 1):
-        E, dot, G = rec.activation.sigma_both_gap(c, q1, q2, sine, delta)
-        e1, e2 = rec.activation.sigma_diag(q1), rec.activation.sigma_diag(q2)
-        difference = rec.activation.sigma_diag_difference(q1, q2, delta)     # e1 - e2
+    for step in rec.steps:
+        act, w2, b2 = step.activation, float(step.W_std) ** 2, float(step.b_std) ** 2
+        E, dot, G = act.sigma_both_gap(c, q1, q2, sine, delta)
+        e1, e2 = act.sigma_diag(q1), act.sigma_diag(q2)
+        difference = act.sigma_diag_difference(q1, q2, delta)     # e1 - e2
         c, q1, q2 = w2 * E + b2, w2 * e1 + b2, w2 * e2 + b2
         sine = next_sine(E, e1, e2, G, w2, b2, q1, q2, difference)
         delta = w2 * difference
@@ -279,15 +279,14 @@ def widen(X: torch.Tensor, Y: torch.Tensor, rec, rows: torch.Tensor, cols: torch
     network grows it layer by layer), float64's resolution holds it. O(P (d + L)) for P pairs:
         Sigma^(l+1) = W^2 E[sigma(u) sigma(v)] + b^2,  Theta^(l+1) = Theta^(l) W^2 E[sigma'(u) sigma'(v)] + Sigma^(l+1)
     (Theorem 1), with the diagonals q^(l+1) = W^2 E[sigma(u)^2] + b^2 of each row."""
-    w2, b2, wide = float(rec.W_std) ** 2, float(rec.b_std) ** 2, torch.float64
-    act = rec.activation
+    a, b0, wide = float(rec.W_std) ** 2 / X.shape[1], float(rec.b_std) ** 2, torch.float64
     for start in range(0, len(rows), PAIRS):
         r, k = rows[start:start + PAIRS], cols[start:start + PAIRS]
         x, y = X[r].to(wide), Y[k].to(wide)
-        a = w2 / X.shape[1]
-        c, q1, q2 = a * (x * y).sum(1) + b2, a * (x * x).sum(1) + b2, a * (y * y).sum(1) + b2   # Sigma^(1)
+        c, q1, q2 = a * (x * y).sum(1) + b0, a * (x * x).sum(1) + b0, a * (y * y).sum(1) + b0   # Sigma^(1)
         t = c if theta is not None else None
-        for _ in range(rec.depth - 1):
+        for step in rec.steps:
+            act, w2, b2 = step.activation, float(step.W_std) ** 2, float(step.b_std) ** 2
             E, dot = act.sigma_both(c, q1, q2)
             c, q1, q2 = w2 * E + b2, w2 * act.sigma_diag(q1) + b2, w2 * act.sigma_diag(q2) + b2
             if t is not None:

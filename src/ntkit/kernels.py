@@ -9,6 +9,9 @@ b_std = beta), on a block of inputs X (N, n0) and Y (M, n0):
     Theta^(1)            = Sigma^(1)                                           (Theorem 1)
     Theta^(l+1)          = Theta^(l) SigmaDot^(l+1) + Sigma^(l+1)
 
+A chain whose layers differ (each weight layer its own W_std, b_std, each nonlinearity its own: `Recursion.chain`)
+runs the same recursion with each layer's settings in place of the common ones.
+
 These functions work on one block of an already validated problem; `ntkit.gram` tiles large problems, and the
 layers' composer (`layers/execute.py`) runs them for every fully-connected chain, `MLP` included.
 """
@@ -23,17 +26,61 @@ import torch
 
 from . import coincident
 from ._range import RangeTracker, advice_for, check_resolution, underflow_verdict
-from .activations import Nonlinearity, PiecewiseLinear
+from .activations import Nonlinearity, PiecewiseLinear, get_activation
+
+
+@dataclass(frozen=True)
+class Map:
+    """One step Sigma^(l) -> Sigma^(l+1) of the recursion: the nonlinearity applied to the outputs of weight layer l,
+    then the scales of weight layer l + 1."""
+
+    activation: Nonlinearity
+    W_std: float | torch.Tensor
+    b_std: float | torch.Tensor
 
 
 @dataclass(frozen=True)
 class Recursion:
-    """The numbers that fix the infinite-width kernels of a fully-connected network."""
+    """The numbers that fix the infinite-width kernels of a fully-connected network.
+
+    `W_std`, `b_std` are the scales of weight layer 1; `maps` (depth - 1 of them) the nonlinearity and the next
+    layer's scales of each later step, for a chain whose layers differ (`chain`); None: `activation`, `W_std`,
+    `b_std` at every layer (the paper's network).
+    """
 
     activation: Nonlinearity
     depth: int
     W_std: float | torch.Tensor = 1.0
     b_std: float | torch.Tensor = 0.1
+    maps: tuple[Map, ...] | None = None
+
+    def __post_init__(self):
+        if self.maps is not None and len(self.maps) != self.depth - 1:
+            raise ValueError(f"a Recursion of depth {self.depth} needs {self.depth - 1} maps, got {len(self.maps)}")
+
+    @classmethod
+    def chain(cls, W_std: float | torch.Tensor, b_std: float | torch.Tensor, maps: list[Map]) -> Recursion:
+        """The recursion of a chain with its own settings per layer: weight layer 1's scales, then one `Map` per
+        later weight layer (`activation` is the first map's, the identity for depth 1)."""
+        activation = maps[0].activation if maps else get_activation("identity")
+        return cls(activation, len(maps) + 1, W_std, b_std, tuple(maps))
+
+    @property
+    def steps(self) -> tuple[Map, ...]:
+        """The depth - 1 maps, in order (the same one repeated for the paper's network)."""
+        if self.maps is not None:
+            return self.maps
+        return (Map(self.activation, self.W_std, self.b_std),) * (self.depth - 1)
+
+    @property
+    def activations(self) -> list[Nonlinearity]:
+        """The nonlinearity of each map, in order."""
+        return [m.activation for m in self.steps]
+
+    @property
+    def scales(self) -> list[tuple[float | torch.Tensor, float | torch.Tensor]]:
+        """(W_std, b_std) of every weight layer, 1 .. depth."""
+        return [(self.W_std, self.b_std), *((m.W_std, m.b_std) for m in self.steps)]
 
 
 def sigma1(X: torch.Tensor, Y: torch.Tensor, rec: Recursion) -> torch.Tensor:
@@ -72,13 +119,13 @@ def _checked_diagonals(X: torch.Tensor, rec: Recursion, want_ntk: bool):
     tracker.add(norms, "x.x (the squared norm of an input)", 1, low=False)   # X @ Y.T is as large
     tracker.add(q, "the NNGP", 1)
     theta = q if want_ntk else None
-    for layer in range(2, rec.depth + 1):
-        q_prev = q
-        q = w2 * rec.activation.sigma_diag(q_prev) + b2
+    for layer, step in enumerate(rec.steps, start=2):
+        q_prev, w2, b2 = q, step.W_std**2, step.b_std**2
+        q = w2 * step.activation.sigma_diag(q_prev) + b2
         diagonals.append(q)
         tracker.add(q, "the NNGP", layer)
         if want_ntk:
-            theta = theta * (w2 * rec.activation.sigma_dot_diag(q_prev)) + q   # Theta^(l), Theorem 1
+            theta = theta * (w2 * step.activation.sigma_dot_diag(q_prev)) + q   # Theta^(l), Theorem 1
             tracker.add(theta, "the NTK", layer, low=False)   # Theta^(l) >= Sigma^(l): no underflow of its own
     tracker.check(lambda: advice_for(X, rec), lambda layer, small: underflow_verdict(X, rec, diagonals, layer, small))
     check_resolution(rec, diagonals, want_ntk)
@@ -114,16 +161,17 @@ def kernel_block(
     sigma = sigma1(X, Y, rec)
     refinable = _refinable(rec, X, Y)
     near = _near_mask(sigma, qx[0], qy[0]) if refinable or _widenable(rec, X, Y) else None
-    grows = _growing_maps(rec, qx, qy) if near is not None and not rec.activation.homogeneous else []
+    homogeneous = all(act.homogeneous for act in rec.activations)
+    grows = _growing_maps(rec, qx, qy) if near is not None and not homogeneous else []
     theta = sigma if want_ntk else None
-    for layer in range(1, rec.depth):
+    for layer, step in enumerate(rec.steps, start=1):
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
         if want_ntk:
-            e_phi, e_dphi = rec.activation.sigma_both(sigma, q1, q2)
-            sigma = rec.W_std**2 * e_phi + rec.b_std**2
-            theta = theta * (rec.W_std**2 * e_dphi) + sigma
+            e_phi, e_dphi = step.activation.sigma_both(sigma, q1, q2)
+            sigma = step.W_std**2 * e_phi + step.b_std**2
+            theta = theta * (step.W_std**2 * e_dphi) + sigma
         else:
-            sigma = rec.W_std**2 * rec.activation.sigma(sigma, q1, q2) + rec.b_std**2
+            sigma = step.W_std**2 * step.activation.sigma(sigma, q1, q2) + step.b_std**2
         if near is not None and layer < len(grows) and grows[layer]:   # pairs that come close at a later layer
             near |= _near_mask(sigma, qx[layer], qy[layer])   # (a zero row and a small one), where the maps grow gaps
     rows, cols = _near_pairs(near, exact_diagonal)
@@ -149,20 +197,20 @@ def _refinable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     """Whether `coincident.refine` applies on the generic path: an activation that carries the angle's sine
     (sign, step; the ReLU family when autograd keeps it off the fused path), depth > 1, and no autograd (the
     recomputation overwrites entries in place, outside the graph)."""
-    return coincident.supports(rec.activation) and _recomputable(rec, X, Y)
+    return all(coincident.supports(act) for act in rec.activations) and _recomputable(rec, X, Y)
 
 
 def _widenable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     """Whether `coincident.widen` applies: an activation that does not carry the gap, on inputs narrower than
     float64, depth > 1 and no autograd."""
-    return X.dtype.itemsize < 8 and not coincident.supports(rec.activation) and _recomputable(rec, X, Y)
+    return X.dtype.itemsize < 8 and not _refinable(rec, X, Y) and _recomputable(rec, X, Y)
 
 
 def _recomputable(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     """Depth > 1 and no autograd: near pairs can be overwritten in place, outside the graph."""
     if rec.depth < 2:
         return False
-    tensors = [t for t in (X, Y, rec.W_std, rec.b_std) if isinstance(t, torch.Tensor)]
+    tensors = [t for t in (X, Y, *(s for pair in rec.scales for s in pair)) if isinstance(t, torch.Tensor)]
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
@@ -174,12 +222,15 @@ def _growing_maps(rec: Recursion, qx: list[torch.Tensor], qy: list[torch.Tensor]
     W_std = 1) every pair comes close with depth, and recomputing them all would cost many times the Gram
     (O(N M (d + L))). Not asked of the scale-free maps (the ReLU family: their gain is the growth of the variance,
     not of a gap; all pairs come close with depth) nor met by sign and step (sigma' = 0)."""
-    w2 = float(rec.W_std) ** 2
     layers = [torch.cat([q1.detach(), q2.detach()]) for q1, q2 in zip(qx[:-1], qy[:-1], strict=True)]
     if not layers or not layers[0].numel():
         return [False] * len(layers)
-    dots = rec.activation.sigma_dot_diag(torch.stack(layers))       # one call for all layers: (L - 1, N + M)
-    gains = (w2 * dots.amax(1)).tolist()
+    if rec.maps is None:
+        dots = rec.activation.sigma_dot_diag(torch.stack(layers))   # one call for all layers: (L - 1, N + M)
+        gains = (float(rec.W_std) ** 2 * dots.amax(1)).tolist()
+    else:       # a chain with its own settings per layer (a scale-free map among them counts its gain too)
+        gains = [float(step.W_std) ** 2 * float(step.activation.sigma_dot_diag(q).amax())
+                 for step, q in zip(rec.steps, layers, strict=True)]
     growth, grows = 1.0, []
     for gain in reversed(gains):           # the product from each map to the last
         growth *= gain
@@ -195,9 +246,10 @@ def _near_mask(sigma: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch
 
 def _fast_path_applies(rec: Recursion, X: torch.Tensor, Y: torch.Tensor) -> bool:
     """The fused in-place path: ReLU-family activation, plain float parameters, no autograd."""
-    if not isinstance(rec.activation, PiecewiseLinear):
+    acts = rec.activations if rec.depth > 1 else [rec.activation]
+    if not all(isinstance(act, PiecewiseLinear) for act in acts):
         return False
-    if isinstance(rec.W_std, torch.Tensor) or isinstance(rec.b_std, torch.Tensor):
+    if any(isinstance(s, torch.Tensor) for pair in rec.scales for s in pair):
         return False
     return not (torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad))
 
@@ -213,7 +265,12 @@ def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compil
     near = coincident.near_mask(sigma, roots[0][0], roots[0][1]) if rec.depth > 1 else None
     theta = sigma.clone() if want_ntk else None
     layers = _compiled_layers() if compiled else piecewise_linear_layers
-    sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
+    if rec.maps is None:
+        sigma, theta = layers(sigma, theta, roots, rec.activation.a, float(rec.W_std) ** 2, float(rec.b_std) ** 2)
+    else:
+        steps = rec.steps
+        sigma, theta = layers(sigma, theta, roots, [m.activation.a for m in steps],
+                              [float(m.W_std) ** 2 for m in steps], [float(m.b_std) ** 2 for m in steps])
     rows, cols = _near_pairs(near, exact_diagonal)
     if len(rows):   # nearly coincident pairs: the angle again, without cancellation
         coincident.refine(X, Y, rec, rows, cols, sigma, theta, qx[0], qy[0])
@@ -223,9 +280,11 @@ def _piecewise_linear_block(X, Y, rec: Recursion, want_ntk: bool, qx, qy, compil
 @torch.no_grad()
 def piecewise_linear_layers(sigma: torch.Tensor, theta: torch.Tensor | None,
                             roots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-                            a: float, w2: float, b2: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            a: float | list[float], w2: float | list[float], b2: float | list[float]
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Layers 2..L of the recursion for sigma(x) = max(x, 0) + a min(x, 0), in place on `sigma`
-    and `theta` (a few passes over memory per layer instead of a dozen temporaries).
+    and `theta` (a few passes over memory per layer instead of a dozen temporaries). `a`, `w2` = W_std^2 and
+    `b2` = b_std^2 are one float for every layer, or lists with one per map (a chain whose layers differ).
 
     roots[l] = (1/sqrt(q_x), 1/sqrt(q_y), sqrt(q_x), sqrt(q_y)) of Sigma^(l) on the diagonals. In
     correlation form rho = Sigma / sqrt(q_x q_y), theta_ang = arccos(rho):
@@ -233,7 +292,8 @@ def piecewise_linear_layers(sigma: torch.Tensor, theta: torch.Tensor | None,
         Sigma^(l+1)    = W_std^2 sqrt(q_x q_y) ((1 - a)^2 sin(theta_ang) / (2 pi) + k rho) + b_std^2
         Theta^(l+1)    = Theta^(l) SigmaDot^(l+1) + Sigma^(l+1)
     """
-    for rx, ry, nx, ny in roots:
+    per_layer = [v if isinstance(v, (list, tuple)) else [v] * len(roots) for v in (a, w2, b2)]
+    for (rx, ry, nx, ny), a, w2, b2 in zip(roots, *per_layer, strict=True):
         rho = sigma.mul_(rx[:, None]).mul_(ry[None, :]).clamp_(-1.0, 1.0)
         ang = torch.acos(rho)                                      # theta_ang in [0, pi]
         sin_part = torch.sin(ang)                                  # sqrt(1 - rho^2)

@@ -5,25 +5,29 @@ Each layer's kernel map acts on a `Record` of the spatial covariance the rest of
 asks for, the exact diagonals and every layer's diagonals for the range checks (`ntkit.layers.ranges`). A tile of
 example pairs then reads the variances of its rows and columns. A tile on the diagonal of a symmetric Gram computes
 each pair once; a pair of identical examples anywhere gets the exact diagonal value (`exact_pairs`). A fully-connected
-chain (`plan.fused_recursion`) runs the fused recursion of `ntkit.kernels` instead (`fc_tiles`, `fc_block`).
+chain (`plan.fused_recursion`), whole or as the plan's prefix, runs the fused recursion of `ntkit.kernels` instead
+(`ntkit.layers.fused`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import coincident, gram
 from .._checks import check_positive_int
-from ..kernels import Recursion, kernel_block, kernel_diag, sigma_diagonals
 from .aggregate import adjacencies, features
 from .base import Layer, Pass
 from .plan import Step, elements
 from .ranges import Diagonal, input_diagonal, moderate
 from .ranges import check as check_range
 from .record import Record, full_to_diag, input_record, paired_input_record
+
+if TYPE_CHECKING:
+    from .fused import Prefix
 
 #: bytes of one tile's spatial covariance (Sigma or Theta); a tile's peak is a few of these. On a CPU small tiles
 #: that stay in cache are several times faster than large ones (measured: 2 MB against 64 MB)
@@ -126,8 +130,10 @@ def _joined(chunks: list[torch.Tensor]) -> torch.Tensor:
 
 
 def layer_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, steps: list[Step], in_need: str,
-                layers: Sequence[Layer], names: Names, tile: int | None, describe: str) -> gram.KernelTiles:
-    """The tiles of a plan: each O(rows cols HW) or O(rows cols (HW)^2) after one self pass of X (and Y)."""
+                layers: Sequence[Layer], names: Names, tile: int | None, describe: str,
+                prefix: Prefix | None = None) -> gram.KernelTiles:
+    """The tiles of a plan: each O(rows cols HW) or O(rows cols (HW)^2) after one self pass of X (and Y). A
+    `prefix` (`ntkit.layers.fused.Prefix`: a leading fully-connected chain) starts each tile from its fused record."""
     want_ntk = "ntk" in names
     itemsize = torch.finfo(Xt.dtype).bits // 8
     if tile is None:
@@ -140,44 +146,67 @@ def layer_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, steps: list
     with torch.no_grad():
         qx, sx, tx = checked_self_pass(Xt, steps, in_need, want_ntk, chunk, layers)
         qy = qx if symmetric else checked_self_pass(Yt, steps, in_need, want_ntk, chunk, layers)[0]
-        flags = moderate(qx, qy)    # per layer: the unscaled products of variances are safe
-    exact = {"nngp": sx, "ntk": tx}
-
-    def diag(rows: gram.Index) -> list[torch.Tensor]:
-        return [exact[name][rows] for name in names]
-
-    def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
-        if symmetric and isinstance(rows, slice) and rows == cols:
-            return triangle(rows)
-        record, rest = start(steps, Xt[rows], Yt[cols], in_need, want_ntk)
-        out = run(rest, record, Pass([q[rows] for q in qx], [q[cols] for q in qy], flags,
-                                     adjacencies(steps, Xt[rows], Yt[cols])))
-        tiles = {"nngp": out.sigma, "ntk": theta_of(out)}
-        return [tiles[name] for name in names]
-
-    def triangle(rows: slice) -> list[torch.Tensor]:
-        """A tile on the diagonal of a symmetric kernel: the pairs above the diagonal once, mirrored, and the
-        exact diagonal."""
-        Xr = Xt[rows]
-        n = Xr.shape[0]
-        i, j = torch.triu_indices(n, n, offset=1, device=Xr.device)
-        blocks = [torch.empty(n, n, dtype=Xr.dtype, device=Xr.device) for _ in names]
-        if len(i):
-            record, rest = start(steps, Xr[i], Xr[j], in_need, want_ntk, paired=True)
-            out = run(rest, record, Pass([q[rows][i] for q in qx], [q[rows][j] for q in qx], flags,
-                                         adjacencies(steps, Xr[i], Xr[j])))
-            values = {"nngp": out.sigma, "ntk": theta_of(out)}
-            for block, name in zip(blocks, names, strict=True):
-                block[i, j] = values[name]
-                block[j, i] = values[name]
-        for block, name in zip(blocks, names, strict=True):
-            block.diagonal().copy_(exact[name][rows])
-        return blocks
-
-    fn = exact_pairs(tile_fn, Xt, Yt, symmetric, diag)
+    plan = _PlanTiles(Xt, Yt, symmetric, steps, in_need, names, qx, qy, {"nngp": sx, "ntk": tx}, prefix)
+    fn = exact_pairs(plan.tile, Xt, Yt, symmetric, plan.diag)
     return gram.KernelTiles(fn, Xt.shape[0], Yt.shape[0], names, symmetric, Xt.dtype, Xt.device, edge,
                             describe=describe, inputs=(Xt,) if symmetric else (Xt, Yt),
-                            diag=diag if symmetric else None)
+                            diag=plan.diag if symmetric else None)
+
+
+class _PlanTiles:
+    """The tile function of `layer_tiles`: the variances qx, qy and the exact diagonals of the self pass, read by
+    each tile. With a `prefix` each tile starts from the prefix's fused record and reads the variances from the
+    first the rest of the plan asked for (`prefix.skip`)."""
+
+    def __init__(self, Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, steps: list[Step], in_need: str,
+                 names: Names, qx: list[torch.Tensor], qy: list[torch.Tensor], exact: dict,
+                 prefix: Prefix | None):
+        self.Xt, self.Yt, self.symmetric, self.steps, self.in_need = Xt, Yt, symmetric, steps, in_need
+        self.names, self.want_ntk, self.exact, self.prefix = names, "ntk" in names, exact, prefix
+        skip = 0 if prefix is None else prefix.skip
+        self.flags = moderate(qx, qy)[skip:]    # per layer: the unscaled products of variances are safe
+        self.qx, self.qy = qx[skip:], qy[skip:]
+
+    def diag(self, rows: gram.Index) -> list[torch.Tensor]:
+        return [self.exact[name][rows] for name in self.names]
+
+    def tile(self, rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
+        if self.symmetric and isinstance(rows, slice) and rows == cols:
+            return self.triangle(rows)
+        X, Y = self.Xt[rows], self.Yt[cols]
+        if self.prefix is None:
+            record, left = start(self.steps, X, Y, self.in_need, self.want_ntk)
+        else:
+            record, left = self.prefix.block(rows, cols), self.prefix.rest
+        tiles = self.finish(record, left, rows, cols, X, Y)
+        return [tiles[name] for name in self.names]
+
+    def triangle(self, rows: slice) -> list[torch.Tensor]:
+        """A tile on the diagonal of a symmetric kernel: the pairs above the diagonal once, mirrored, and the
+        exact diagonal."""
+        Xr = self.Xt[rows]
+        n = Xr.shape[0]
+        i, j = torch.triu_indices(n, n, offset=1, device=Xr.device)
+        blocks = [torch.empty(n, n, dtype=Xr.dtype, device=Xr.device) for _ in self.names]
+        if len(i):
+            if self.prefix is None:
+                record, left = start(self.steps, Xr[i], Xr[j], self.in_need, self.want_ntk, paired=True)
+            else:
+                record, left = self.prefix.pairs(rows, i, j), self.prefix.rest
+            positions = torch.arange(self.Xt.shape[0], device=Xr.device)[rows]
+            values = self.finish(record, left, positions[i], positions[j], Xr[i], Xr[j])
+            for block, name in zip(blocks, self.names, strict=True):
+                block[i, j] = values[name]
+                block[j, i] = values[name]
+        for block, name in zip(blocks, self.names, strict=True):
+            block.diagonal().copy_(self.exact[name][rows])
+        return blocks
+
+    def finish(self, record: Record, left: list[Step], rows, cols, X: torch.Tensor, Y: torch.Tensor) -> dict:
+        """The steps `left` on a record whose pairs have the variances qx[rows], qy[cols]: {name: kernel}."""
+        out = run(left, record, Pass([q[rows] for q in self.qx], [q[cols] for q in self.qy], self.flags,
+                                     adjacencies(self.steps, X, Y)))
+        return {"nngp": out.sigma, "ntk": theta_of(out)}
 
 
 def layer_block(X: torch.Tensor, Y: torch.Tensor, symmetric: bool, steps: list[Step], in_need: str,
@@ -192,51 +221,6 @@ def layer_block(X: torch.Tensor, Y: torch.Tensor, symmetric: bool, steps: list[S
     if symmetric:
         sigma = sigma.diagonal_scatter(sx)
         theta = None if theta is None else theta.diagonal_scatter(tx)
-    return sigma, theta
-
-
-def fc_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, rec: Recursion, names: Names, tile: int | None,
-             compile: bool, describe: str) -> gram.KernelTiles:
-    """The tiles of a fully-connected chain: the fused recursion of `ntkit.kernels` (the paper's network).
-
-    The per-layer diagonals Sigma^(l)(x, x) are computed once (O(N L)); each tile costs O(rows cols (n0 + L)).
-    """
-    if Yt.shape[1] != Xt.shape[1]:
-        raise ValueError(f"X and Y must have the same number of features, got {Xt.shape[1]} and {Yt.shape[1]}")
-    want_ntk = "ntk" in names
-    edge = gram.default_tile(Xt.device) if tile is None else check_positive_int(tile, "tile")
-    with torch.no_grad():
-        qx = sigma_diagonals(Xt, rec, want_ntk)     # range-checked, the Theta diagonal too
-        qy = qx if symmetric else sigma_diagonals(Yt, rec, want_ntk)
-
-    def diag(rows: gram.Index) -> list[torch.Tensor]:
-        sigma, theta = kernel_diag(Xt[rows], rec, want_ntk)
-        return [theta if name == "ntk" else sigma for name in names]
-
-    def tile_fn(rows: gram.Index, cols: gram.Index) -> list[torch.Tensor]:
-        on_diagonal = symmetric and isinstance(rows, slice) and rows == cols
-        sigma, theta = kernel_block(Xt[rows], Yt[cols], rec, want_ntk, [q[rows] for q in qx],
-                                    [q[cols] for q in qy], compiled=compile, exact_diagonal=on_diagonal)
-        tiles = {"nngp": sigma, "ntk": theta}
-        if on_diagonal:  # the exact diagonal: no rounding noise
-            for name, values in zip(names, diag(rows), strict=True):
-                tiles[name].diagonal().copy_(values)
-        return [tiles[name] for name in names]
-
-    return gram.KernelTiles(exact_pairs(tile_fn, Xt, Yt, symmetric, diag), Xt.shape[0], Yt.shape[0], names,
-                            symmetric, Xt.dtype, Xt.device, edge, describe=describe,
-                            inputs=(Xt,) if symmetric else (Xt, Yt), diag=diag if symmetric else None)
-
-
-def fc_block(X: torch.Tensor, Y: torch.Tensor, symmetric: bool, rec: Recursion, want_ntk: bool
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(Sigma, Theta) of a fully-connected chain on one block, with autograd; a symmetric block carries the exact
-    diagonal (no sqrt(eps) of the angle), as the tiles do."""
-    sigma, theta = kernel_block(X, Y, rec, want_ntk)
-    if symmetric:
-        exact = kernel_diag(X, rec, want_ntk)
-        sigma = sigma.diagonal_scatter(exact[0])
-        theta = None if theta is None else theta.diagonal_scatter(exact[1])
     return sigma, theta
 
 

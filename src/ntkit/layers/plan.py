@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..activations import Quadrature, get_activation
-from ..kernels import Recursion
+from ..kernels import Map, Recursion
 from .base import Layer, wider
 
 
@@ -109,19 +109,31 @@ def prefix_of(layer: Layer, at: str, b: int) -> str:
 
 def fused_recursion(layers: Sequence[Layer]) -> Recursion | None:
     """The `ntkit.kernels.Recursion` of a fully-connected chain that the fused recursion computes: dense weight
-    layers (`dense_scales`) alternating with elementwise ones (`elementwise`), dense first and last, with one
-    nonlinearity and one (W_std, b_std) throughout; else None."""
+    layers (`dense_scales`) alternating with elementwise ones (`elementwise`), dense first and last; else None.
+    One nonlinearity and one (W_std, b_std) throughout give the paper's recursion; a chain whose layers differ
+    gets one `Map` per weight layer after the first (`Recursion.chain`)."""
     dense = [layer.dense_scales for layer in layers[::2]]
     acts = [layer.elementwise for layer in layers[1::2]]
     if len(layers) % 2 == 0 or any(d is None for d in dense) or any(a is None for a in acts):
         return None
     W_std, b_std = dense[0]
-    if not all(_same(w, W_std) and _same(b, b_std) for w, b in dense):
-        return None
-    if not all(_same_activation(a, acts[0]) for a in acts):
-        return None
-    activation = acts[0] if acts else get_activation("identity")
-    return Recursion(activation, len(dense), W_std, b_std)
+    if all(_same(w, W_std) and _same(b, b_std) for w, b in dense) and all(_same_activation(a, acts[0])
+                                                                          for a in acts):
+        activation = acts[0] if acts else get_activation("identity")
+        return Recursion(activation, len(dense), W_std, b_std)
+    return Recursion.chain(W_std, b_std, [Map(act, w, b) for act, (w, b) in zip(acts, dense[1:], strict=True)])
+
+
+def fused_prefix(layers: Sequence[Layer]) -> int:
+    """The number of leading layers that form the longest fully-connected chain with at least one nonlinearity
+    (`fused_recursion`; odd, at least 3), 0 when there is none: the composer computes them fused, with the
+    near-pair refinement, and runs the layers after them one by one on that record."""
+    end = 0
+    for index, layer in enumerate(layers):
+        if (layer.dense_scales if index % 2 == 0 else layer.elementwise) is None:
+            break
+        end = index + 1 if index % 2 == 0 else end
+    return end if end >= 3 else 0
 
 
 def _same_activation(a: Any, b: Any) -> bool:

@@ -8,8 +8,9 @@ The kernel is computed in tiles of example pairs (`ntkit.gram.KernelTiles`), so 
 plus a few tiles. Each layer's kernel map acts on a `Record` of the spatial covariance the rest of the network
 needs: only Sigma(x_p, y_p) at each position (O(N^2 HW) time, O(HW) per pair) when no pooling follows, every
 pair Sigma(x_p, y_q) (O(N^2 (HW)^2), O((HW)^2) per pair) up to the last pooling layer. Tiles are sized so that
-one tile's covariance stays within `execute.TILE_BYTES`. A fully-connected chain (Linear, ReLU, Linear, ... with one
-nonlinearity and one W_std, b_std) runs the fused recursion of `ntkit.kernels`, as `MLP` (which is such a chain).
+one tile's covariance stays within `execute.TILE_BYTES`. A fully-connected chain (Linear and closed-form
+activations, each layer with its own settings) runs the fused recursion of `ntkit.kernels`, as `MLP` (which is such a
+chain); an architecture that starts with one runs that prefix fused and the rest layer by layer (`fused.py`).
 Planning is in `plan.py`, running a plan (self pass, tiles, one block) in `execute.py`, the finite network in
 `finite.py`.
 """
@@ -26,7 +27,7 @@ from torch import nn
 from .. import gram
 from .._checks import as_tensor, check_choice, check_positive_int, to_output
 from ..kernels import Recursion, kernel_diag
-from . import execute, finite
+from . import execute, finite, fused
 from .aggregate import GraphSequential, check_nodes, graph_shape, reads_graphs
 from .base import Layer, LayerError
 from .plan import Step, all_layers, assign_needs, build, fused_recursion
@@ -154,16 +155,18 @@ class Sequential:
     def tiles(self, Xt: torch.Tensor, Yt: torch.Tensor | None, names: tuple[str, ...], *, tile: int | None = None,
               compile: bool = False, describe: str | None = None) -> gram.KernelTiles:
         """`kernel_tiles` on validated tensors (`describe` overrides the text of the fingerprint): the fused
-        recursion for a fully-connected chain, else the plan layer by layer."""
+        recursion for a fully-connected chain, else the plan layer by layer (a leading fully-connected chain
+        fused, `fused.Prefix`)."""
         self._check_ntk("ntk" in names)
         describe = self.describe() if describe is None else describe
         symmetric = Yt is None
         Yt = Xt if symmetric else Yt
         rec = self.recursion() if Xt.ndim == 2 else None
         if rec is not None:
-            return execute.fc_tiles(Xt, Yt, symmetric, rec, names, tile, compile, describe)
+            return fused.fc_tiles(Xt, Yt, symmetric, rec, names, tile, compile, describe)
         steps, in_need = self.plan(tuple(Xt.shape[1:]))
-        return execute.layer_tiles(Xt, Yt, symmetric, steps, in_need, self.layers, names, tile, describe)
+        prefix = fused.Prefix.of(self.layers, steps, Xt, Yt, symmetric, "ntk" in names)
+        return execute.layer_tiles(Xt, Yt, symmetric, steps, in_need, self.layers, names, tile, describe, prefix)
 
     def block(self, Xt: torch.Tensor, Yt: torch.Tensor | None, want_ntk: bool
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -177,15 +180,16 @@ class Sequential:
             if Yt.shape[1] != Xt.shape[1]:
                 raise ValueError(f"X and Y must have the same number of features, got {Xt.shape[1]} and "
                                  f"{Yt.shape[1]}")
-            return execute.fc_block(Xt, Yt, symmetric, rec, want_ntk)
+            return fused.fc_block(Xt, Yt, symmetric, rec, want_ntk)
         steps, in_need = self.plan(tuple(Xt.shape[1:]))
         return execute.layer_block(Xt, Yt, symmetric, steps, in_need, self.layers, want_ntk)
 
     def _check_ntk(self, want_ntk: bool) -> None:
         if want_ntk and not all(layer.has_ntk_limit for layer in all_layers(self.layers)):
-            raise ValueError("get='ntk' is not defined for parametrization='standard': its NTK grows with the width "
-                             "(Remark 1). Use parametrization='ntk' (same functions at initialization), or "
-                             "get='nngp'")
+            raise ValueError("get='ntk' is not defined for parametrization='standard' without the fan-in: its NTK "
+                             "grows with the width (Remark 1). Give each standard layer in_channels (its finite "
+                             "number of inputs), or use parametrization='ntk' (same functions at initialization), "
+                             "or get='nngp'")
 
     def _needs_graph(self, Xt: torch.Tensor, Yt: torch.Tensor | None) -> bool:
         scales = [getattr(layer, name) for layer in all_layers(self.layers) for name in ("W_std", "b_std")
