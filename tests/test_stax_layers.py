@@ -115,3 +115,44 @@ def test_infinite_translates_3d_convolutions_and_pooling():
                              Conv3d((2, 1, 2), padding="valid", in_channels=8), nk.ReLU(), nk.GlobalAvgPool(),
                              nk.Flatten(), nk.Linear(in_channels=8))
     assert nk.infinite(model).describe() == expected.describe()
+
+
+def test_infinite_translates_unflatten_after_a_linear():
+    """nn.Unflatten(1, (C, H, W)) after an nn.Linear: the units at independent positions, Sigma'(x_p, y_q) =
+    delta_pq Sigma(x, y); so a 1x1 convolution and a global average after it give the Linear's kernel with the
+    Sigma of different positions left out (1 / P of the pairs), checked by hand; and wide finite networks converge."""
+    from ntkit.layers.unflatten import Unflatten
+
+    model = torch.nn.Sequential(torch.nn.Linear(5, 48), torch.nn.Unflatten(1, (8, 3, 2)), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 1))
+    expected = nk.Sequential(nk.Linear(in_channels=5), Unflatten((3, 2)), nk.ReLU(),
+                             nk.Conv2d(3, padding="same", in_channels=8), nk.ReLU(), nk.GlobalAvgPool(), nk.Flatten(),
+                             nk.Linear(in_channels=4))
+    assert nk.infinite(model).describe() == expected.describe()
+    X = torch.randn(4, 5, dtype=f64, generator=torch.Generator().manual_seed(0))
+    by_hand = nk.Sequential(nk.Linear(W_std=1.3), nk.ReLU(), nk.Linear(W_std=1.0, b_std=0.0))
+    unflat = nk.Sequential(nk.Linear(W_std=1.3), Unflatten((3, 2)), nk.ReLU(), nk.Conv2d(1, b_std=0.0),
+                           nk.GlobalAvgPool(), nk.Linear(W_std=1.0, b_std=0.0))
+    # each position the same Sigma; the average over P^2 pairs keeps the P equal positions' (1 / P) plus the
+    # P^2 - P pairs of independent ReLUs, whose Sigma is E relu(u) E relu(v) = sqrt(q_x q_y) / (2 pi)
+    q = nk.Sequential(nk.Linear(W_std=1.3)).kernel_diag(X, get="nngp")
+    off = torch.sqrt(q[:, None] * q[None, :]) / (2 * torch.pi)
+    K, T = by_hand.kernel(X, get=("nngp", "ntk"))
+    S_ours, T_ours = unflat.kernel(X, get=("nngp", "ntk"))
+    torch.testing.assert_close(S_ours, K / 6 + off * 5 / 6, rtol=1e-12, atol=0)
+    # Theta: the ReLU's (T - K) at the 6 equal positions only, then the 1x1 convolution and the Linear each add Sigma
+    torch.testing.assert_close(T_ours, (T - K) / 6 + 2 * (K / 6 + off * 5 / 6), rtol=1e-12, atol=0)
+    width, samples, outputs = 6 * 48, 40, 16                  # the finite network's outputs: second moments
+    moments = []
+    for seed in range(samples):
+        with torch.no_grad():
+            f = unflat.network(5, width=[width, 48], out_features=outputs, seed=seed, dtype=f64)(X)
+        moments.append(f @ f.T / outputs)
+    values = torch.stack(moments)
+    mean, stderr = values.mean(0), values.std(0) / samples**0.5
+    assert bool(((mean - S_ours).abs() <= 5 * stderr + 2.0 / 48 * float(S_ours.abs().max())).all())
+    with pytest.raises(nk.layers.LayerError, match=r"Unflatten \(layer 0\) needs the output of a weight layer"):
+        nk.Sequential(Unflatten((2, 2)), nk.Conv2d(1), nk.Flatten(), nk.Linear()).kernel(torch.randn(2, 8))
+    with pytest.raises(nk.layers.LayerError, match=r"Unflatten \(layer 1\): 7 features do not divide"):
+        unflat.network(5, width=[7, 6])

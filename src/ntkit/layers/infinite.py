@@ -25,6 +25,7 @@ from .normalization import LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, AvgPool3d, GlobalAvgPool
 from .sequential import Sequential
 from .trace import traced
+from .unflatten import Unflatten
 
 
 def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Sequential:
@@ -36,8 +37,8 @@ def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Seque
     (`ntkit.activations.registry`: nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU,
     nn.Softplus; with other settings, as nn.GELU(approximate="tanh"), the module by quadrature), nn.Identity,
     nn.Dropout (as the evaluated network sees it: the identity; `nk.Dropout` is the training-mode kernel),
-    nn.AvgPool1d / 2d / 3d (no padding), nn.AdaptiveAvgPool1d / 2d / 3d(1), nn.Flatten and
-    nn.LayerNorm over the features of flat inputs without affine parameters. Anything else raises a LayerError
+    nn.AvgPool1d / 2d / 3d (no padding), nn.AdaptiveAvgPool1d / 2d / 3d(1), nn.Flatten, nn.Unflatten(1, (C, *S))
+    after a Linear (`Unflatten`) and nn.LayerNorm over the features of flat inputs without affine parameters. Anything else raises a LayerError
     naming the module and its position. Any other module is traced by torch.fx (`ntkit.layers.trace`): residual
     additions, torch.cat along channels and products become `Residual` and `Parallel`.
     """
@@ -99,6 +100,12 @@ def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
             raise LayerError(f"infinite: {where} flattens dims {m.start_dim}..{m.end_dim}; only start_dim=1, "
                              f"end_dim=-1 maps")
         return Flatten()
+    if isinstance(m, nn.Unflatten):
+        size = tuple(m.unflattened_size)
+        if m.dim not in (1, -1) or not 2 <= len(size) <= 4:
+            raise LayerError(f"infinite: {where} unflattens dim {m.dim} into {size}; only dim=1 into (C, L), "
+                             f"(C, H, W) or (C, D, H, W) maps")
+        return Unflatten(size[1:])
     if isinstance(m, nn.LayerNorm):
         if m.elementwise_affine:
             raise LayerError(f"infinite: {where} has trainable scale and shift (elementwise_affine=True), which "
@@ -108,7 +115,8 @@ def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
                              f"(N, d) inputs map (nk.LayerNorm() normalizes channels at each position)")
         return LayerNorm(m.eps, flat_only=True)
     raise LayerError(f"infinite: cannot translate {where}: no infinite-width counterpart (supported: Linear, "
-                     f"Conv1d, Conv2d, elementwise activations, AvgPool, AdaptiveAvgPool(1), Flatten, LayerNorm)")
+                     f"Conv1d, Conv2d, elementwise activations, AvgPool, AdaptiveAvgPool(1), Flatten, Unflatten, "
+                     f"LayerNorm)")
 
 
 def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, where: str, W_std: float, b_std: float) -> Layer:
