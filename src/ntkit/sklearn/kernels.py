@@ -12,7 +12,10 @@ network function at initialization (Proposition 1). The architecture is fixed: t
 to reshape each row of features into an image or a sequence. Its hyperparameters are the weight scale `W_std`, the
 bias scale `b_std` (the paper's beta) of every weight layer (one shared value, or one per weight layer when given as
 an array) and an output `scale` (fixed unless given bounds). As for every scikit-learn kernel, the gradient is with
-respect to their logarithms; it is computed by autograd through the kernel maps, tile by tile.
+respect to their logarithms. For a fully-connected chain of the ReLU family or erf (the MLP shorthand included) it
+is carried through the recursion in closed form (`ntkit.sklearn.gradient`: a few passes over the Gram per layer and
+hyperparameter, the diagonal exact); for any other architecture it is computed by autograd through the kernel maps,
+tile by tile.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .._checks import as_matrix
 from ..activations import Nonlinearity
 from ..mlp import MLP
 from ._arch import check_arch, check_in_shape, on_rows, scales, with_scales
+from .gradient import fc_chain, kernel_and_gradient
 
 Bounds = tuple[float, float] | str
 #: the MLP shorthand's scales when W_std, b_std are None (the paper's network)
@@ -197,11 +201,21 @@ class _ArchKernel(Kernel):
         return float(self.scale) * self._arch(Xt.shape[1]).kernel_diag(Xt, get=self._get).numpy()
 
     def _with_gradient(self, X: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """K(X, X) and d K / d log(p), tile by tile (`gram.fill`), so memory stays bounded."""
+        """K(X, X) and d K / d log(p), tile by tile (`gram.fill`), so memory stays bounded: in closed form for a
+        fully-connected chain of the ReLU family or erf (`ntkit.sklearn.gradient`), else by autograd."""
         self.theta  # noqa: B018 -- validates that the free hyperparameters are > 0
         values = self._values()
         free = [h for h in self.hyperparameters if not h.fixed]
         free_names = {h.name for h in free}
+        chain = fc_chain(self._arch(X.shape[1]))
+        if chain is not None:
+            return self._closed_form_gradient(X, chain, values, free_names)
+        return self._autograd_gradient(X, values, free, free_names)
+
+    def _autograd_gradient(self, X: torch.Tensor, values: dict[str, Any], free: list[Hyperparameter],
+                           free_names: set[str]) -> tuple[np.ndarray, np.ndarray]:
+        """K(X, X) and d K / d log(p) by reverse-mode autograd through the kernel maps, tile by tile: any
+        architecture."""
         scale = float(values["scale"])
         n = X.shape[0]
         n_columns = sum(h.n_elements for h in free if h.name != "scale") + ("scale" in free_names)
@@ -236,6 +250,25 @@ class _ArchKernel(Kernel):
         tiles = gram.KernelTiles(tile_fn, n, n, (self._get,) * len(outs), True, torch.float64, X.device, edge)
         gram.fill(tiles, outs, desc=f"{self._get} kernel gradient")
         return K, K_gradient
+
+
+    def _closed_form_gradient(self, X: torch.Tensor, chain: Any, values: dict[str, Any],
+                              free_names: set[str]) -> tuple[np.ndarray, np.ndarray]:
+        """K(X, X) and d K / d log(p) of a fully-connected chain, the derivatives carried through the recursion
+        (`ntkit.sklearn.gradient`); the gradient is a view (N, N, n_free) of a (n_free, N, N) array."""
+        depth = len(chain.scales)
+        blocks = {name: (np.eye(depth) if np.iterable(values[name]) else np.ones((1, depth)))
+                  if name in free_names else np.zeros((0, depth)) for name in ("W_std", "b_std")}
+        W_columns = np.vstack([blocks["W_std"], np.zeros_like(blocks["b_std"])])
+        b_columns = np.vstack([np.zeros_like(blocks["W_std"]), blocks["b_std"]])
+        K, gradient = kernel_and_gradient(X, chain, self._get, W_columns, b_columns)
+        scale = float(values["scale"])
+        if scale != 1.0:
+            K *= scale
+            gradient *= scale
+        if "scale" in free_names:     # d K / d log(scale) = K
+            gradient = np.concatenate([gradient, K[None]])
+        return K, np.moveaxis(gradient, 0, -1)
 
 
 def _jacobian_columns(K: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:

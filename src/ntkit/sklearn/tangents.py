@@ -1,0 +1,99 @@
+"""Closed-form derivatives of the layer maps: how E[sigma(u) sigma(v)] and E[sigma'(u) sigma'(v)] move when the
+covariance [[q1, c], [c, q2]] of (u, v) moves.
+
+For a map F(c, q1, q2) and tangents (dc, dq1, dq2) of its arguments, dF = F_c dc + F_q1 dq1 + F_q2 dq2. Price's
+theorem gives F_c for every Sigma map: d/dc E[sigma(u) sigma(v)] = E[sigma'(u) sigma'(v)], the SigmaDot map.
+The rest, per nonlinearity, with m = (dq1 / q1 + dq2 / q2) / 2:
+
+- ReLU family, sigma(x) = max(x, 0) + a min(x, 0) (relu, leaky_relu, abs), positively homogeneous of degree 1 in
+  (u, v): with rho = c / sqrt(q1 q2) = cos(theta), s = sqrt(q1 q2), k = ((1 + a^2)(pi - theta) + 2 a theta) / 2pi,
+      F = (1 - a)^2 s sin(theta) / 2pi + k c,    G = k
+      dF = k dc + (1 - a)^2 s sin(theta) / 2pi m         (Euler: q1 F_q1 = (F - c F_c) / 2)
+      dG = (1 - a)^2 / 2pi (dc - c m) / (s sin(theta))    (= -k'(theta) d theta, d rho = (dc - c m) / s)
+  dG has the removable 0 / 0 of d theta / sin(theta) at theta = 0 (x = y, where d rho = 0 exactly): pairs with
+  sin(theta) < `SINE_FLOOR` get dG = 0, an error of at most (1 - a)^2 / 2pi |d theta| <= 1e-7 relative there
+  (|d theta| ~ theta), no larger than the rounding error of d rho / sin(theta) just above the floor.
+- erf: with A = 1 + 2 q1, B = 1 + 2 q2, D = A B - 4 c^2 (>= 1 + 2 q1 + 2 q2, never 0),
+      F = 2/pi asin(2c / sqrt(A B)),  G = 4/pi / sqrt(D)
+      dF = G (dc - c dq1 / A - c dq2 / B),   dG = G (4 c dc - B dq1 - A dq2) / D
+
+On the diagonal (c = q1 = q2 = q, one example with itself) the total derivatives of `sigma_diag` and
+`sigma_dot_diag` serve: (1 + a^2) / 2 and 0 for the ReLU family (no angle at all: exact), and the partials above at
+c = q for erf. Tangents come stacked, one per hyperparameter: dc (P, n, m), the diagonals' dq1 (P, n, 1) and dq2
+(P, 1, m); everything is float64 in practice (the scikit-learn kernels' dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..activations import Erf, Nonlinearity, PiecewiseLinear
+
+TWO_PI = 2.0 * math.pi
+#: sin(theta) below which the ReLU family's d SigmaDot is taken as 0 (theta = 0 is its removable singularity)
+SINE_FLOOR = 1e-7
+
+Maps = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def supported(activation: Nonlinearity) -> bool:
+    """Whether `activation` has closed-form derivatives here (the ReLU family and erf)."""
+    return isinstance(activation, (PiecewiseLinear, Erf))
+
+
+def tangent(activation: Nonlinearity, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, dc: torch.Tensor,
+            dq1: torch.Tensor, dq2: torch.Tensor, want_dot: bool) -> Maps:
+    """(F, G, dF, dG) on a block: F = E[sigma(u) sigma(v)] and G = E[sigma'(u) sigma'(v)] (n, m) for c (n, m),
+    q1 (n, 1), q2 (1, m), and their tangents dF (P, n, m) and dG (P, n, m; None unless `want_dot`) from the
+    tangents dc (P, n, m), dq1 (P, n, 1), dq2 (P, 1, m). dc is overwritten (used as scratch)."""
+    if isinstance(activation, PiecewiseLinear):
+        return _piecewise_linear(activation.a, c, q1, q2, dc, dq1, dq2, want_dot)
+    if isinstance(activation, Erf):
+        return _erf(activation, c, q1, q2, dc, dq1, dq2, want_dot)
+    raise TypeError(f"no closed-form derivatives for {activation!r}")
+
+
+def tangent_diag(activation: Nonlinearity, q: torch.Tensor, dq: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(F, G, dF, dG) on the diagonal c = q1 = q2 = q (N,), with dq (P, N): exact (no angle)."""
+    F, G = activation.sigma_diag(q), activation.sigma_dot_diag(q)
+    if isinstance(activation, PiecewiseLinear):
+        return F, G, 0.5 * (1 + activation.a ** 2) * dq, torch.zeros_like(dq)
+    if isinstance(activation, Erf):
+        A, D = 1 + 2 * q, 1 + 4 * q                   # A B - 4 c^2 at c = q1 = q2 = q
+        return F, G, G * (1 - 2 * q / A) * dq, G * (4 * q - 2 * A) / D * dq
+    raise TypeError(f"no closed-form derivatives for {activation!r}")
+
+
+def _piecewise_linear(a: float, c, q1, q2, dc, dq1, dq2, want_dot: bool) -> Maps:
+    """The ReLU family's maps and tangents (module docstring)."""
+    tiny = torch.finfo(c.dtype).tiny
+    r1, r2 = torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny))
+    rho = (c * (r1 * r2)).clamp_(-1.0, 1.0)
+    theta = torch.acos(rho)
+    sine = torch.sin(theta)
+    k = theta.mul_((2 * a - 1 - a * a) / TWO_PI).add_(0.5 * (1 + a * a))       # G, the SigmaDot map
+    s = torch.sqrt(q1) * torch.sqrt(q2)                                          # (n, m)
+    h = sine * s * ((1 - a) ** 2 / TWO_PI)                                       # F - k c
+    F = torch.addcmul(h, k, c)
+    m = (dq1 * (0.5 * r1 * r1)) + (dq2 * (0.5 * r2 * r2))                        # (P, n, m)
+    dF = torch.addcmul(dc * k, h, m)
+    dG = None
+    if want_dot:
+        scale = torch.where(sine > SINE_FLOOR, (1 - a) ** 2 / TWO_PI / (s * sine).clamp(min=tiny), 0.0)
+        dG = dc.sub_(m.mul_(c)).mul_(scale)                                     # (dc - c m) (1 - a)^2 / (2pi s sin)
+    return F, k, dF, dG
+
+
+def _erf(activation: Erf, c, q1, q2, dc, dq1, dq2, want_dot: bool) -> Maps:
+    """erf's maps (the activation's own, to rounding the kernel's values) and tangents (module docstring)."""
+    A, B = 1 + 2 * q1, 1 + 2 * q2
+    F, G = activation.sigma_both(c, q1, q2)
+    D = (4 / math.pi / G) ** 2                       # A B - 4 c^2, as the SigmaDot map formed it
+    dG = None
+    if want_dot:
+        dG = (dc * (4 * c) - (dq1 * B + dq2 * A)).mul_(G / D)     # grouped so that it is symmetric in (1, 2)
+    dF = (dc - c * (dq1 / A + dq2 / B)).mul_(G)
+    return F, G, dF, dG
