@@ -177,3 +177,38 @@ def test_a_mask_of_another_shape_is_refused_by_the_finite_layers():
 def test_scales_beyond_the_range_are_a_kernel_overflow_naming_the_layer():
     with pytest.raises(nk.KernelOverflowError, match=r"layer 1 \(SelfAttention\)"):
         nk.Sequential(TokenLinear(), SelfAttention(W_out_std=1e200), nk.GlobalAvgPool(), nk.Linear()).kernel(inputs())
+
+
+class _HandAttention(torch.nn.Module):
+    """Softmax attention written by hand, as models often do."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(d, d) for _ in range(3))
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / 8**0.5
+        return torch.softmax(scores, dim=-1) @ self.v(x)
+
+
+@pytest.mark.parametrize("module, name", [(torch.nn.MultiheadAttention(8, 2, batch_first=True), "MultiheadAttention"),
+                                          (torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True),
+                                           "TransformerEncoderLayer"),
+                                          (torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(
+                                              8, 2, 16, batch_first=True), 2, enable_nested_tensor=False),
+                                           "TransformerEncoder")])
+def test_the_refusal_says_what_is_not_supported_and_that_the_alternative_is_another_network(module, name):
+    with pytest.raises(LayerError) as error:
+        nk.infinite(torch.nn.Sequential(torch.nn.Linear(8, 8), module))
+    text = str(error.value)
+    assert f"module 1 ({name})" in text
+    for part in ("sqrt(d)", "independent query and key weights", "no closed form", "linear_scaling=True",
+                 "DIFFERENT networks, not the limit of this one"):
+        assert part in text, part
+    assert ("linear1 / linear2 as TokenLinear" in text) == (name == "TransformerEncoderLayer")
+
+
+def test_attention_written_by_hand_is_refused_at_a_product_of_computed_values():
+    match = r"node matmul_1 .* of _HandAttention: @ has no infinite-width counterpart here. If it computes attention"
+    with pytest.raises(LayerError, match=match + r".*DIFFERENT networks"):
+        nk.infinite(_HandAttention())

@@ -32,6 +32,7 @@ from torch import fx, nn
 from .activation import SHORT_FORMS
 from .base import Layer, LayerError
 from .flatten import Flatten
+from .infinite_attention import traced_attention_refusal
 from .parallel import Parallel
 from .residual import Residual
 
@@ -168,6 +169,9 @@ class _Translator:
             return Flatten()
         if node.op == "call_method" and node.target in ("contiguous",):
             return None
+        computed = sum(1 for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr")
+        if (refusal := traced_attention_refusal(self.name(node), node.target, computed)) is not None:
+            raise LayerError(refusal)
         raise LayerError(f"infinite: cannot translate {self.name(node)}: no infinite-width counterpart (modules as "
                          f"for an nn.Sequential; functions relu, flatten(x, 1), a + b, a * b, torch.cat(..., dim=1))")
 
