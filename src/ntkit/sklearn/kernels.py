@@ -115,8 +115,8 @@ class _ArchKernel(Kernel):
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
         return values
 
-    def _hyperparameter(self, name: str) -> Hyperparameter:
-        value = self._values()[name]
+    def _hyperparameter(self, name: str, values: dict[str, Any] | None = None) -> Hyperparameter:
+        value = (self._values() if values is None else values)[name]
         bounds = getattr(self, f"{name}_bounds")
         if np.iterable(value):
             return Hyperparameter(name, "numeric", bounds, len(value))
@@ -135,15 +135,17 @@ class _ArchKernel(Kernel):
         return self._hyperparameter("scale")
 
     @property
+    def hyperparameters(self) -> list[Hyperparameter]:
+        """W_std, b_std and scale (scikit-learn's order, that of their names), from one reading of the values."""
+        values = self._values()
+        return [self._hyperparameter(name, values) for name in ("W_std", "b_std", "scale")]
+
+    @property
     def theta(self) -> np.ndarray:
         """The logarithms of the free hyperparameters (W_std, b_std, scale, in that order), flattened."""
         values = self._values()
-        free = [h.name for h in self.hyperparameters if not h.fixed]
-        for name in free:
-            if np.any(np.asarray(values[name]) <= 0):
-                raise ValueError(f"{name} must be > 0 to be optimized in log space, got {values[name]!r}; "
-                                 f"pass {name}_bounds='fixed' to keep it at that value")
-        return np.log(np.hstack([np.ravel(values[name]) for name in free])) if free else np.array([])
+        free = _free(values, [h for h in self.hyperparameters if not h.fixed])
+        return np.log(np.hstack([np.ravel(values[h.name]) for h in free])) if free else np.array([])
 
     @theta.setter
     def theta(self, theta: np.ndarray) -> None:
@@ -168,9 +170,10 @@ class _ArchKernel(Kernel):
         scale = "" if self.scale == 1.0 and self.scale_bounds == "fixed" else f", scale={text(values['scale'])}"
         return f"{type(self).__name__}({head}, W_std={text(values['W_std'])}, b_std={text(values['b_std'])}{scale})"
 
-    def _arch(self, n_features: int, W_std: Any = None, b_std: Any = None) -> Any:
+    def _arch(self, n_features: int, W_std: Any = None, b_std: Any = None, values: dict[str, Any] | None = None
+              ) -> Any:
         """The architecture with these scales (default: the hyperparameters' values), on rows of `n_features`."""
-        values = self._values()
+        values = self._values() if values is None else values
         arch = with_scales(self._base(), values["W_std"] if W_std is None else W_std,
                            values["b_std"] if b_std is None else b_std)
         return on_rows(arch, check_in_shape(self.in_shape, n_features))
@@ -203,11 +206,10 @@ class _ArchKernel(Kernel):
     def _with_gradient(self, X: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """K(X, X) and d K / d log(p), tile by tile (`gram.fill`), so memory stays bounded: in closed form for a
         fully-connected chain of the ReLU family or erf (`ntkit.sklearn.gradient`), else by autograd."""
-        self.theta  # noqa: B018 -- validates that the free hyperparameters are > 0
         values = self._values()
-        free = [h for h in self.hyperparameters if not h.fixed]
+        free = _free(values, [self._hyperparameter(name, values) for name in ("W_std", "b_std", "scale")])
         free_names = {h.name for h in free}
-        chain = fc_chain(self._arch(X.shape[1]))
+        chain = fc_chain(self._arch(X.shape[1], values=values))
         if chain is not None:
             return self._closed_form_gradient(X, chain, values, free_names)
         return self._autograd_gradient(X, values, free, free_names)
@@ -269,6 +271,16 @@ class _ArchKernel(Kernel):
         if "scale" in free_names:     # d K / d log(scale) = K
             gradient = np.concatenate([gradient, K[None]])
         return K, np.moveaxis(gradient, 0, -1)
+
+
+def _free(values: dict[str, Any], hyperparameters: list[Hyperparameter]) -> list[Hyperparameter]:
+    """The hyperparameters that are not fixed, each checked > 0 (they are optimized in log space)."""
+    free = [h for h in hyperparameters if not h.fixed]
+    for h in free:
+        if np.any(np.asarray(values[h.name]) <= 0):
+            raise ValueError(f"{h.name} must be > 0 to be optimized in log space, got {values[h.name]!r}; "
+                             f"pass {h.name}_bounds='fixed' to keep it at that value")
+    return free
 
 
 def _jacobian_columns(K: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
