@@ -176,16 +176,15 @@ def _block(Xr: torch.Tensor, Xc: torch.Tensor, chain: Chain, coef, qx, dqx, qy, 
     for layer, act in enumerate(chain.activations, start=1):
         w2, b2 = chain.scales[layer][0] ** 2, chain.scales[layer][1] ** 2
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
-        F, G, dsigma, dG = tangent(act, sigma, q1, q2, dsigma, dqx[layer - 1][:, :, None],
-                                   dqy[layer - 1][:, None, :], want_ntk, factor=w2)     # W^2 dF, W^2 dG
+        F, dot, dsigma, dG = tangent(act, sigma, q1, q2, dsigma, dqx[layer - 1][:, :, None],
+                                     dqy[layer - 1][:, None, :], want_ntk, factor=w2)    # W^2 (F, G, dF, dG)
         for j in range(P):      # the layer's own scales: 2 [p = W] W^2 F + 2 [p = b] b^2
             if W_col[j, layer]:
-                dsigma[j].add_(F, alpha=2 * w2 * W_col[j, layer])
+                dsigma[j].add_(F, alpha=2 * W_col[j, layer])
             if b_col[j, layer]:
                 dsigma[j].add_(2 * b2 * b_col[j, layer])
-        sigma = F.mul_(w2).add_(b2)
-        if want_ntk:            # d Theta' = d Theta SigmaDot' + Theta (W^2 dG + 2 [p = W] W^2 G) + d Sigma'
-            dot = G * w2
+        sigma = F.add_(b2)
+        if want_ntk:            # d Theta' = d Theta SigmaDot' + Theta (W^2 dG + 2 [p = W] SigmaDot') + d Sigma'
             dtheta = dtheta.mul_(dot).add_(dsigma).addcmul_(theta, dG)
             for j in range(P):
                 if W_col[j, layer]:

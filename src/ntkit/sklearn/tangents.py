@@ -45,10 +45,10 @@ def supported(activation: Nonlinearity) -> bool:
 
 def tangent(activation: Nonlinearity, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, dc: torch.Tensor,
             dq1: torch.Tensor, dq2: torch.Tensor, want_dot: bool, factor: float = 1.0) -> Maps:
-    """(F, G, factor dF, factor dG) on a block: F = E[sigma(u) sigma(v)] and G = E[sigma'(u) sigma'(v)] (n, m)
-    for c (n, m), q1 (n, 1), q2 (1, m), and their tangents dF (P, n, m) and dG (P, n, m; None unless `want_dot`)
-    from the tangents dc (P, n, m), dq1 (P, n, 1), dq2 (P, 1, m), times `factor` (the next layer's W_std^2, folded
-    in for free). dc is overwritten (used as scratch)."""
+    """factor (F, G, dF, dG) on a block: F = E[sigma(u) sigma(v)] and G = E[sigma'(u) sigma'(v)] (n, m) for
+    c (n, m), q1 (n, 1), q2 (1, m), and their tangents dF (P, n, m) and dG (P, n, m; None unless `want_dot`) from
+    the tangents dc (P, n, m), dq1 (P, n, 1), dq2 (P, 1, m); `factor` is the next layer's W_std^2, folded in where
+    it costs nothing. dc is overwritten (used as scratch)."""
     if isinstance(activation, PiecewiseLinear):
         return _piecewise_linear(activation.a, c, q1, q2, dc, dq1, dq2, want_dot, factor)
     if isinstance(activation, Erf):
@@ -69,33 +69,35 @@ def tangent_diag(activation: Nonlinearity, q: torch.Tensor, dq: torch.Tensor
 
 
 def _piecewise_linear(a: float, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float) -> Maps:
-    """The ReLU family's maps and tangents (module docstring), with C = (1 - a)^2 / 2pi and h = F - k c."""
+    """The ReLU family's maps and tangents (module docstring), times `factor`, with C = (1 - a)^2 / 2pi and
+    h = factor (F - k c)."""
     tiny = torch.finfo(c.dtype).tiny
     C = (1 - a) ** 2 / TWO_PI
     r1, r2 = torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny))
     rho = (c * (r1 * r2)).clamp_(-1.0, 1.0)
     theta = torch.acos(rho)
     sine = torch.sin(theta)
-    k = theta.mul_(-C).add_(0.5 * (1 + a * a))                   # G, the SigmaDot map: (1 + a^2) / 2 - C theta
-    h = sine.mul(torch.sqrt(C * q1) * torch.sqrt(C * q2))        # C s sin(theta) = F - k c (symmetric in 1, 2)
+    k = theta.mul_(-C * factor).add_(0.5 * (1 + a * a) * factor)   # factor G: ((1 + a^2) / 2 - C theta) factor
+    h = sine.mul(torch.sqrt((C * factor) * q1) * torch.sqrt((C * factor) * q2))   # symmetric in (1, 2)
     F = torch.addcmul(h, k, c)
     m = (dq1 * (0.5 * r1 * r1)) + (dq2 * (0.5 * r2 * r2))        # (P, n, m)
-    dF = torch.mul(dc, k if factor == 1.0 else k * factor).addcmul_(h, m, value=factor)
+    dF = torch.mul(dc, k).addcmul_(h, m)
     dG = None
-    if want_dot:        # C / (s sin(theta)) = C^2 / h, 0 below the floor (module docstring)
-        inverse = torch.where(sine > SINE_FLOOR, (C * C * factor) / h.clamp(min=tiny), 0.0)
+    if want_dot:        # factor C / (s sin(theta)) = (C factor)^2 / h, 0 below the floor (module docstring)
+        inverse = torch.where(sine > SINE_FLOOR, (C * factor) ** 2 / h.clamp(min=tiny), 0.0)
         dG = dc.sub_(m.mul_(c)).mul_(inverse)
     return F, k, dF, dG
 
 
 def _erf(activation: Erf, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float) -> Maps:
-    """erf's maps (the activation's own, to rounding the kernel's values) and tangents (module docstring)."""
+    """erf's maps (the activation's own, to rounding the kernel's values) and tangents (module docstring), times
+    `factor`."""
     A, B = 1 + 2 * q1, 1 + 2 * q2
     F, G = activation.sigma_both(c, q1, q2)
     D = (4 / math.pi / G) ** 2                       # A B - 4 c^2, as the SigmaDot map formed it
-    scaled = G * factor
+    G = G.mul_(factor)
     dG = None
     if want_dot:
-        dG = (dc * (4 * c) - (dq1 * B + dq2 * A)).mul_(scaled / D)     # grouped: symmetric in (1, 2)
-    dF = (dc - c * (dq1 / A + dq2 / B)).mul_(scaled)
-    return F, G, dF, dG
+        dG = (dc * (4 * c) - (dq1 * B + dq2 * A)).mul_(G / D)     # grouped: symmetric in (1, 2)
+    dF = (dc - c * (dq1 / A + dq2 / B)).mul_(G)
+    return F.mul_(factor), G, dF, dG
