@@ -104,8 +104,6 @@ def gradient_flow(K_train: Array, y_train: Array, t: Any, *, loss: str | Callabl
 
     Returns a `FlowResult` (NumPy arrays for NumPy K_train, torch otherwise; float64).
     """
-    from scipy.integrate import solve_ivp
-
     if not (callable(loss) or loss in LOSSES):
         raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))} or a callable, got {loss!r}")
     K, numpy_in = check_gram(K_train, "K_train")
@@ -127,30 +125,42 @@ def gradient_flow(K_train: Array, y_train: Array, t: Any, *, loss: str | Callabl
         _, d = loss_grad(f)
         return np.concatenate([(-(K_np @ d) / n).ravel(), d.ravel()])      # [d/dt f(X), d/dt int d]
 
-    order = np.argsort(times)
-    state0 = np.concatenate([f0_np.ravel(), np.zeros(n * k)])
-    t_end = float(times.max())
-    if t_end > 0:
-        sol = solve_ivp(rhs, (0.0, t_end), state0, method=method, t_eval=times[order], rtol=rtol, atol=atol)
-        if not sol.success:
-            raise RuntimeError(f"solve_ivp failed: {sol.message}")
-        states = np.empty((len(times), state0.size))
-        states[order] = sol.y.T
-    else:
-        states = np.tile(state0, (len(times), 1))
+    states = _integrate(rhs, np.concatenate([f0_np.ravel(), np.zeros(n * k)]), times, method, rtol, atol)
     train = states[:, : n * k].reshape(-1, n, k)
     integral = states[:, n * k:].reshape(-1, n, k)
     losses = np.array([loss_grad(f)[0] / n for f in train])
-    test = None
-    if K_test_train is not None:
-        Ks = check_cross_gram(K_test_train, n, "K_test_train", K.dtype, K.device).cpu().numpy()
-        m = Ks.shape[0]
-        g0 = np.zeros((m, k)) if f0_test is None else \
-            check_targets(f0_test, m, "f0_test", K.dtype, K.device).cpu().numpy()
-        if g0.shape != (m, k):
-            raise ValueError(f"f0_test must have shape {(m, k)}, got {g0.shape}")
-        test = g0[None] - np.einsum("mn,tnk->tmk", Ks, integral) / n
+    test = None if K_test_train is None else _test_outputs(K_test_train, f0_test, integral, K)
     convert = (lambda a: a) if numpy_in else torch.from_numpy
     return FlowResult(times=times, train=convert(train), test=None if test is None else convert(test),
                       loss=losses)
 
+
+def _integrate(rhs: Callable, state0: np.ndarray, times: np.ndarray, method: str, rtol: float, atol: float
+               ) -> np.ndarray:
+    """The states (T, S) of d/dt state = rhs(t, state) from state0 (S,) at the times (T,) in their given order
+    (`scipy.integrate.solve_ivp`; a RuntimeError with its message if it fails)."""
+    from scipy.integrate import solve_ivp
+
+    order = np.argsort(times)
+    t_end = float(times.max())
+    if t_end <= 0:
+        return np.tile(state0, (len(times), 1))
+    sol = solve_ivp(rhs, (0.0, t_end), state0, method=method, t_eval=times[order], rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    states = np.empty((len(times), state0.size))
+    states[order] = sol.y.T
+    return states
+
+
+def _test_outputs(K_test_train: Array, f0_test: Array | None, integral: np.ndarray, K: torch.Tensor) -> np.ndarray:
+    """f_t(X*) = f_0(X*) - K(X*, X) int_0^t d / N for each time (T, M, k), from the integrals (T, N, k) of the
+    loss gradient d over time."""
+    n, k = integral.shape[1], integral.shape[2]
+    Ks = check_cross_gram(K_test_train, n, "K_test_train", K.dtype, K.device).cpu().numpy()
+    m = Ks.shape[0]
+    g0 = np.zeros((m, k)) if f0_test is None else \
+        check_targets(f0_test, m, "f0_test", K.dtype, K.device).cpu().numpy()
+    if g0.shape != (m, k):
+        raise ValueError(f"f0_test must have shape {(m, k)}, got {g0.shape}")
+    return g0[None] - np.einsum("mn,tnk->tmk", Ks, integral) / n

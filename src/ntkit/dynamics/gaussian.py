@@ -10,7 +10,7 @@ with K(X, X) / N = V diag(lambda) V^T. So f_t is Gaussian, with (writing k_x = K
     mean_t(x)     = k_x^T A_t y*
     cov_t(x, x')  = Sigma(x, x') - k_x^T A_t s_x' - s_x^T A_t k_x' + k_x^T A_t Sigma(X, X) A_t k_x'
 
-which at t = inf (A = K^-1) is the paper's formula (NOTES.md, Section 5): the mean is kernel
+which at t = inf (A = K^-1) is the paper's formula (docs/paper.md, Section 5): the mean is kernel
 regression with Theta and the covariance vanishes on the training points. With a ridge (weight decay,
 see `LeastSquares`) the rates lambda become lambda + ridge / N and A_inf = (K + ridge I)^-1. Training only the last
 layer (`trained="last"`) is the same with K = Sigma^(L) (the gradient kernel of the last layer);
@@ -23,23 +23,12 @@ two triangular solves and the covariance is the direct formula above (M N^2 per 
 covariance). Any finite time needs the eigendecomposition K / N = V diag(lambda) V^T (several times the cost
 of the Cholesky factorization), computed on first use and kept (`spectrum`); it is also used at t = inf when
 K + ridge I has no well-conditioned Cholesky factor, where its eigenvalues give the exact error (singular)
-or warning (ill-conditioned). In the eigenbasis, with P = K(X*, X) V, Q = Sigma(X*, X) V, S = V^T Sigma(X, X) V
-and d(t) the diagonal of A_t (`integrated_decay` / N):
-
-    std_t(x)^2 = Sigma(x, x) - 2 sum_i d_i(t) P_xi Q_xi + sum_ij d_i(t) P_xi S_ij P_xj d_j(t).
-
-The last term at all T times at once costs about r M N^2 / 2 multiply-adds, r (typically 3 to 9) the rank of
-the decays d_i(t) over time on segments of close eigenvalues (`_lowrank_time`; the std agrees with the
-covariance path to about 5e-12 relative), in place of T M N^2 / 2. For
-the covariance, with S = R R^T (R lower triangular, a Cholesky factor) and Qr = Q R^-T,
-
-    cov_t = [Sigma(X*, X*) - Qr Qr^T] + U_t U_t^T,    U_t = P D_t R - Qr,    D_t = diag(d(t)),
-
-where the bracket (the NNGP posterior covariance) does not depend on t. Per model: one eigendecomposition,
-one change of basis and one Cholesky factorization (N^3). Per test set: P, Q (M N^2). Per time, for the
-covariance: a triangular product (M N^2 / 2 multiply-adds) and a symmetric rank-N update (M^2 N / 2); for the
-mean O(N T + M T). If Sigma(X, X) is singular the covariance takes the direct formula above (twice the work
-per time).
+or warning (ill-conditioned). The std at all T times at once uses the low rank of the decays over time
+(`_lowrank_time`; it agrees with the covariance path to about 5e-12 relative); the covariance uses a Cholesky factor
+of Sigma(X, X) in the eigenbasis, so its NNGP-posterior part does not depend on t. The formulas, and the rest of
+this algebra on Grams in memory, are in `gaussian_algebra.py`. Per model: one eigendecomposition, one change of
+basis and one Cholesky factorization (N^3). Per test set: M N^2. Per time, for the covariance: M N^2 / 2 + M^2 N / 2
+multiply-adds; for the mean O(N T + M T).
 """
 
 from __future__ import annotations
@@ -50,13 +39,13 @@ import numpy as np
 import torch
 
 from .._checks import as_matrix, as_tensor, check_choice, check_real, to_output
-from ..progress import progress as progress_bar
 from ..solvers import cg
 from ..solvers.cholesky import cholesky_in_place, condition_estimate, largest_eigenvalue
 from . import large_n
-from ._blocked import add_gram, congruence, default_block, scaled_upper_product
+from ._blocked import congruence, default_block
 from ._cholesky import cholesky, cholesky_solve, limit_factor
 from ._lowrank_time import time_quadratic_forms
+from .gaussian_algebra import covariances, last_layer_spread, nngp_posterior, spread, std
 from .least_squares import check_cross_gram, check_targets, shape_output
 from .spectrum import ILL_CONDITIONED, Spectrum, check_gram, check_ridge, gram_spectrum
 from .time import check_times, integrated_decay
@@ -312,7 +301,7 @@ class InfiniteWidthGP:
             mean = shape_output(limit[0], scalar, self._vector)
             if not (return_std or return_cov):
                 return (mean,)
-            return mean, _std(limit[1], scalar) if return_std else (limit[1][0] if scalar else limit[1])
+            return mean, std(limit[1], scalar) if return_std else (limit[1][0] if scalar else limit[1])
         if np.isinf(times).any():
             self.spectrum.check_invertible(self.ridge, self._K_name)
         V, lam, n = self.spectrum.eigenvectors, self.spectrum.eigenvalues, self.n_train
@@ -327,57 +316,26 @@ class InfiniteWidthGP:
         diag = None if Sigma_test is None or return_cov else \
             (Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test)
         if self.trained == "last":
-            # Sigma(X, X) = V diag(N lambda) V^T: cov_t = Sigma** - P diag(2 d - N lambda d^2) P^T, d = diag(A_t)
-            W = 2 * D - n * lam[None, :] * D * D                                 # (T, N)
-            if return_std:
-                return mean, _std(diag - ((P * P) @ W.T).T, scalar)                 # (T, M)
-            cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
-            for i in progress_bar(range(n_t), total=n_t, desc="covariance", enabled=show):
-                X = (P * (W[i] / 2)) @ P.T
-                torch.sub(Sigma_test, X, out=cov[i]).sub_(X.T)
-            return mean, cov[0] if scalar else cov
+            return mean, last_layer_spread(P, D, lam, Sigma_test, diag, return_std, scalar, show)
         Q = Sigma_cross @ V                                                    # Sigma(X*, X) V, (M, N)
         if return_std:
             # var_t(x) = Sigma(x, x) - 2 sum_i d_i P_xi Q_xi + sum_ij d_i P_xi S_ij P_xj d_j, S = V^T Sigma(X, X) V:
             # the last term for all T times at once by the low rank of D in time (`_lowrank_time`)
             quad = time_quadratic_forms(P, self._sigma_in_basis(), D, progress=show)
-            return mean, _std(diag - 2 * (Q.mul_(P) @ D.T).T + quad, scalar)              # Q is not needed after
-        cov = self._covariances(P, Q, D, Sigma_test, show)
-        return mean, cov[0] if scalar else cov
-
-    def _covariances(self, P: torch.Tensor, Q: torch.Tensor, D: torch.Tensor, Sigma_test: torch.Tensor,
-                     show: bool | None) -> torch.Tensor:
-        """cov_t (T, M, M) for trained="all", from P = K(X*, X) V, Q = Sigma(X*, X) V and the decays D (T, N)."""
-        n_t, m = D.shape[0], P.shape[0]
-        steps = progress_bar(range(n_t), total=n_t, desc="covariance", enabled=show)
-        cov = torch.empty(n_t, m, m, dtype=P.dtype, device=P.device)
+            return mean, std(diag - 2 * (Q.mul_(P) @ D.T).T + quad, scalar)              # Q is not needed after
         root = self._sigma_root()
-        if root is None:                    # Sigma(X, X) numerically singular: the direct formula
-            S = self._sigma_in_basis()
-            for i in steps:
-                cov[i] = _spread(P * D[i], Q, S, Sigma_test, False)
-            return cov
-        # Sigma(X, X) = V R R^T V^T (R lower triangular): cov_t = Sigma** - Qr Qr^T + U_t U_t^T with
-        # Qr = Q R^-T and U_t = P D_t R - Qr; the first two terms are the NNGP posterior (t-independent).
-        Rt = root.T                                                            # upper triangular
-        Qr_t = torch.linalg.solve_triangular(root, Q.T, upper=False)           # Qr^T = R^-1 Q^T, (N, M)
-        Pt = P.T.contiguous()
-        block = default_block(self.n_train)
-        posterior = add_gram(Sigma_test.clone(), Qr_t.T.contiguous(), default_block(m), alpha=-1.0)
-        for i in steps:
-            U_t = scaled_upper_product(Rt, D[i], Pt, block).sub_(Qr_t)             # U_t^T, (N, M)
-            add_gram(cov[i].copy_(posterior), U_t.T.contiguous(), default_block(m))
-        return cov
+        cov = covariances(P, Q, D, Sigma_test, root, self._sigma_in_basis() if root is None else None, show)
+        return mean, cov[0] if scalar else cov
 
     def _predict_limit(self, K_cross: torch.Tensor, Sigma_cross: torch.Tensor, Sigma_test: torch.Tensor | None,
                        return_std: bool, return_cov: bool) -> tuple[torch.Tensor, ...]:
-        """t = inf from L L^T = K + ridge I (A = (K + ridge I)^-1, NOTES.md Section 5): the mean (M, k)
+        """t = inf from L L^T = K + ridge I (A = (K + ridge I)^-1, docs/paper.md, Section 5): the mean (M, k)
         K(X*, X) A y*, and the variances (M,) or covariance (M, M) of the direct formula with G = K(X*, X) A."""
         mean = K_cross @ self._alpha
         if not (return_std or return_cov):
             return (mean,)
         G = cholesky_solve(self._limit_factor(), K_cross.T).T                  # k_x^T (K + ridge I)^-1, (M, N)
-        return mean, _spread(G, Sigma_cross, self.Sigma_train, Sigma_test, return_std)
+        return mean, spread(G, Sigma_cross, self.Sigma_train, Sigma_test, return_std)
 
     def _sigma_root(self) -> torch.Tensor | None:
         """Lower-triangular R with R R^T = V^T Sigma(X, X) V, or None if Sigma(X, X) is not positive definite."""
@@ -425,42 +383,10 @@ class InfiniteWidthGP:
         if return_std and return_cov:
             raise ValueError("return_std and return_cov cannot both be True")
         noise = float(check_real(noise, "noise", minimum=0.0))
-        n = self.n_train
-        A = self.Sigma_train + noise * torch.eye(n, dtype=self.Sigma_train.dtype, device=self.Sigma_train.device)
-        L = cholesky(A)
-        if L is None:
-            raise ValueError("Sigma_train + noise I is not positive definite (singular NNGP Gram, e.g. duplicated "
-                             "points): pass noise > 0")
-        Z = torch.linalg.solve_triangular(L, Sigma_cross.T, upper=False)     # L^-1 Sigma(X, X*), (N, M)
-        alpha = cholesky_solve(L, self.y_train)                       # (Sigma + noise I)^-1 y
-        mean = shape_output((Sigma_cross @ alpha)[None], True, self._vector)
-        if return_cov:
-            cov = Sigma_test - Z.T @ Z
-            return mean, (cov + cov.T) / 2
-        if return_std:
-            diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
-            return mean, (diag - (Z * Z).sum(0)).clamp_min(0.0).sqrt()
-        return (mean,)
-
-
-def _spread(G: torch.Tensor, Q: torch.Tensor, S: torch.Tensor, Sigma_test: torch.Tensor,
-            return_std: bool) -> torch.Tensor:
-    """The covariance Sigma** - G Q^T - Q G^T + G S G^T of f_0(X*) - G f_0(X), f_0 ~ GP(0, Sigma) (the module
-    docstring's formula with G = k_x^T A_t), for the gain G (M, N), Q = Sigma(X*, X) (M, N) and S = Sigma(X, X)
-    (N, N), the last two in the basis of G's columns: its diagonal (M,) (return_std; Sigma_test may be the
-    diagonal) or the symmetric (M, M) matrix."""
-    if return_std:
-        diag = Sigma_test.diagonal() if Sigma_test.ndim == 2 else Sigma_test
-        return diag - 2 * (G * Q).sum(1) + ((G @ S) * G).sum(1)
-    H = torch.addmm(Q, G, S, beta=-1.0, alpha=0.5)                            # G S / 2 - Q
-    X = H @ G.T                                                                # G S G^T / 2 - Q G^T
-    return (Sigma_test + X).add_(X.T)
-
-
-def _std(var: torch.Tensor, scalar: bool) -> torch.Tensor:
-    """sqrt of variances (T, M), clipping roundoff negatives at 0."""
-    std = var.clamp_min(0.0).sqrt()
-    return std[0] if scalar else std
+        mean, spread = nngp_posterior(self.Sigma_train, Sigma_cross, Sigma_test, self.y_train, noise, return_std,
+                                      return_cov)
+        mean = shape_output(mean[None], True, self._vector)
+        return (mean,) if spread is None else (mean, spread)
 
 
 def _convert(result: tuple[torch.Tensor, ...], numpy_out: bool) -> Any:

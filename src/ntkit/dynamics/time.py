@@ -2,7 +2,7 @@
 
 Time t is the paper's continuous time on the cost C = (1/2) ||f - f*||^2_{p_in} (Section 5).
 Full-batch gradient descent with learning rate eta on the same cost, for s steps, is t = eta * s
-(NOTES.md, Section 5). Along an eigenvector of K / N with rate r = lambda + ridge / N:
+(docs/paper.md, Section 5). Along an eigenvector of K / N with rate r = lambda + ridge / N:
 
     remaining error   exp(-r t)                  (continuous time)   (1 - eta r)^s         (s steps)
     integrated decay  (1 - exp(-r t)) / r        -> t   as r -> 0    (1 - (1 - eta r)^s) / r  -> eta s

@@ -56,13 +56,7 @@ def train_network(model: nn.Module, X: Any, y: Any, *, lr: float, steps: int, pr
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
-    dtype, device = params[0].dtype, params[0].device
-    Xt = as_matrix(X, "X", dtype=dtype, device=device)[0]
-    yt = as_tensor(y, "y", ndim=(1, 2), dtype=dtype, device=device)[0]
-    if yt.shape[0] != Xt.shape[0]:
-        raise ValueError(f"y must have one row per input: X has {Xt.shape[0]} rows, y has shape {tuple(yt.shape)}")
-    yt = yt.reshape(Xt.shape[0], -1)
-    Pt = None if probe is None else as_matrix(probe, "probe", dtype=dtype, device=device)[0]
+    Xt, yt, Pt = _training_data(X, y, probe, params[0].dtype, params[0].device)
     n = Xt.shape[0]
 
     def outputs(inputs: torch.Tensor) -> torch.Tensor:
@@ -98,3 +92,14 @@ def train_network(model: nn.Module, X: Any, y: Any, *, lr: float, steps: int, pr
     return TrainingHistory(steps=step_array, times=lr * step_array.astype(np.float64),
                            loss=np.asarray(recorded["loss"]), train_outputs=torch.stack(recorded["train"]),
                            probe_outputs=torch.stack(recorded["probe"]) if Pt is not None else None, lr=lr)
+
+
+def _training_data(X: Any, y: Any, probe: Any, dtype: torch.dtype, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """X (N, n0), y as (N, k) and the probe inputs (M, n0) or None, validated, in the model's dtype and device."""
+    Xt = as_matrix(X, "X", dtype=dtype, device=device)[0]
+    yt = as_tensor(y, "y", ndim=(1, 2), dtype=dtype, device=device)[0]
+    if yt.shape[0] != Xt.shape[0]:
+        raise ValueError(f"y must have one row per input: X has {Xt.shape[0]} rows, y has shape {tuple(yt.shape)}")
+    Pt = None if probe is None else as_matrix(probe, "probe", dtype=dtype, device=device)[0]
+    return Xt, yt.reshape(Xt.shape[0], -1), Pt

@@ -3,7 +3,7 @@
 For each width n and initialization, a network of depth L = 4 is trained by full-batch gradient
 descent on the least-squares cost of 4 points (sin gamma_i, cos gamma_i) of the unit circle, and
 its function f(sin gamma, cos gamma) is drawn over gamma in [-pi, pi]. The limit: an infinitely
-wide network trained for t -> infinity is Gaussian (Section 5, NOTES.md) with
+wide network trained for t -> infinity is Gaussian (Section 5, docs/paper.md) with
     mean(x) = kappa_x^T Ktilde^{-1} y*,     kappa_x = Theta^(L)(X, x),  Ktilde = Theta^(L)(X, X),
     var(x)  = Sigma(x, x) - 2 kappa_x^T Ktilde^{-1} Sigma(X, x)
               + kappa_x^T Ktilde^{-1} Sigma(X, X) Ktilde^{-1} kappa_x,

@@ -16,8 +16,10 @@ Every chunk carries a CRC-32C checksum (zarr's `crc32c` codec), compared wheneve
 computation on the same store again resumes it: only the tiles not recorded, and the recorded tiles whose chunks
 are missing or fail their checksum (`ntkit.gram.integrity`), are computed. `verify` checks a store on request.
 `stored_tiles` reads a finished store back as a `KernelTiles`, so `matmul`, `map_row_blocks` and the solvers
-stream a stored Gram from disk as they stream one recomputed from X. zarr is imported only here, when a store
-is used (`pip install "ntkit[dask]"`). Filling a store (in one process or on Dask) is `ntkit.gram.dispatch`'s.
+stream a stored Gram from disk as they stream one recomputed from X (both in `stored.py`, importable from here; the
+format marker, the record of finished tiles and the opening of an existing store are in `store_format.py`). zarr is
+imported only when a store is used (`pip install "ntkit[dask]"`). Filling a store (in one process or on Dask) is
+`ntkit.gram.dispatch`'s.
 """
 
 from __future__ import annotations
@@ -37,22 +39,12 @@ import numpy as np
 import torch
 
 from . import integrity
-from .integrity import BadTile
+from .store_format import DONE, FORMAT, VERSION, check_info, recorded, require_zarr, store_arrays, where_of
+from .stored import StoredTile, stored_tiles, verify
 from .tiles import KernelTiles, put, symmetric_tiles
 
-FORMAT = "ntkit-gram-store"
-VERSION = 2  # 2: every chunk carries a CRC-32C checksum (version 1 had none)
-DONE = "done"
-
-
-def require_zarr() -> Any:
-    """The zarr module, or an ImportError that says how to install it."""
-    try:
-        import zarr
-    except ImportError as exc:
-        raise ImportError('writing a Gram to a zarr store needs zarr >= 3.1: pip install "ntkit[dask]"') from exc
-    return zarr
-
+__all__ = ["DONE", "FORMAT", "VERSION", "Background", "StoredTile", "TileWriter", "checksum_codec", "is_store",
+           "open_store", "record", "recorded", "require_zarr", "stored_tiles", "to_resume", "verify", "write_tiles"]
 
 def checksum_codec(group: Any) -> Any:
     """The CRC-32C codec for the arrays of `group`: zarr's own for format 3, numcodecs' for format 2 (a group the
@@ -115,28 +107,6 @@ class TileWriter:
 
     def mark(self, i: int, j: int) -> None:
         self.done[i // self.tile, j // self.tile] = 1
-
-
-def recorded(done: Any) -> np.ndarray:
-    """The record `done` as bools (True: the tile is written). Each entry is a chunk of its own, stored only
-    once set to 1 (0, the fill value, is never written), so on a store that lists its keys the record is read
-    by listing its chunks: milliseconds, where reading 1,600 one-byte chunks took 0.3 s."""
-    store = done.store_path.store
-    if getattr(store, "supports_listing", False):
-        try:
-            from zarr.core.sync import sync
-
-            async def keys() -> list[str]:
-                return [key async for key in store.list_prefix(f"{done.path}/")]
-
-            present = set(sync(keys()))
-        except (ImportError, AttributeError, NotImplementedError):
-            pass
-        else:
-            down, across = done.shape
-            return np.array([[f"{done.path}/{done.metadata.encode_chunk_key((i, j))}" in present
-                              for j in range(across)] for i in range(down)], dtype=bool).reshape(down, across)
-    return np.asarray(done[...]) == 1
 
 
 def write_tiles(writer: TileWriter, tiles: KernelTiles, pairs: Sequence[tuple[int, int]],
@@ -235,34 +205,6 @@ def _initialize(group: Any, tiles: KernelTiles) -> None:
     group.attrs["ntkit"] = record(tiles)
 
 
-def _where(out: Any) -> str:
-    return repr(os.fspath(out)) if isinstance(out, (str, os.PathLike)) else repr(out)
-
-
-def _check_info(info: Any, where: str) -> dict[str, Any]:
-    """The store's "ntkit" attribute, validated: an ntkit Gram store of this format version."""
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise ValueError(f"{where} is a zarr store but not an ntkit Gram store (no ntkit attribute); "
-                         "choose a new path or delete it")
-    if info.get("version") != VERSION:
-        raise ValueError(f"{where} is an ntkit Gram store of format version {info.get('version')}, this ntkit reads "
-                         f"version {VERSION} (its chunks carry checksums): delete it and compute the Gram again")
-    return info
-
-
-def _arrays(group: Any, names: Sequence[str], where: str) -> tuple[list[Any], Any]:
-    """The arrays `names` and the record of finished tiles of a store, or a ValueError naming what is broken."""
-    zarr = require_zarr()
-    try:
-        arrays, done = [group[name] for name in names], group[DONE]
-    except Exception as exc:  # a missing array (KeyError) or broken array metadata (JSON, zarr errors)
-        raise ValueError(f"{where} is a damaged ntkit Gram store (cannot open its array {exc}: "
-                         f"{type(exc).__name__}); delete it and compute the Gram again") from exc
-    if not all(isinstance(array, zarr.Array) for array in [*arrays, done]):
-        raise ValueError(f"{where} is not a valid ntkit Gram store; delete it to start again")
-    return arrays, done
-
-
 def open_store(out: Any, tiles: KernelTiles) -> tuple[TileWriter, KernelTiles]:
     """Open (create, or validate and resume) the store `out` for the Gram of `tiles`.
 
@@ -271,7 +213,7 @@ def open_store(out: Any, tiles: KernelTiles) -> tuple[TileWriter, KernelTiles]:
     a store of other inputs or settings, a damaged store, a kernel that cannot be fingerprinted, and a location
     that cannot be written; all before any tile is computed.
     """
-    where = f"out {_where(out)}"
+    where = f"out {where_of(out)}"
     tiles.check_fingerprint()
     if isinstance(out, (str, os.PathLike)):
         group = _open_path(Path(os.fspath(out)).expanduser().absolute(), tiles)  # workers may run elsewhere
@@ -284,7 +226,7 @@ def open_store(out: Any, tiles: KernelTiles) -> tuple[TileWriter, KernelTiles]:
                 raise ValueError(f"{where} is a zarr group that holds other data, not an ntkit Gram store; "
                                  "pass an empty group or a new path")
             _initialize(group, tiles)
-    info = _check_info(group.attrs.get("ntkit"), where)
+    info = check_info(group.attrs.get("ntkit"), where)
     if info.get("fingerprint") != tiles.fingerprint():
         theirs = {key: info.get(key) for key in ("shape", "names", "dtype", "describe")}
         ours = {key: value for key, value in record(tiles).items() if key in theirs}
@@ -292,7 +234,7 @@ def open_store(out: Any, tiles: KernelTiles) -> tuple[TileWriter, KernelTiles]:
         raise ValueError(f"{where} holds the Gram of other inputs or settings (fingerprints differ"
                          f"{'; ' + '; '.join(differ) if differ else ': the inputs differ'}). Use a new path, or "
                          "delete the store to start again")
-    arrays, done = _arrays(group, tiles.names, where)
+    arrays, done = store_arrays(group, tiles.names, where)
     # write_empty_chunks is a setting of the opened array, not of the store: without it zarr compares every
     # chunk with the fill value before writing it (which cost 3x the write itself)
     arrays = [array.with_config({"write_empty_chunks": True}) for array in arrays]
@@ -315,113 +257,8 @@ def to_resume(writer: TileWriter, tiles: KernelTiles, out: Any) -> np.ndarray:
         for row, col in integrity.bad_positions(bad):
             finished[row, col] = False
         shown = "; ".join(f"tile ({b.row}, {b.col}) of {b.name!r}: {b.reason}" for b in bad[:5])
-        warnings.warn(f"the store {_where(out)} records {len(integrity.bad_positions(bad))} tile(s) as finished whose "
+        count = len(integrity.bad_positions(bad))
+        warnings.warn(f"the store {where_of(out)} records {count} tile(s) as finished whose "
                       f"chunks are missing or damaged ({shown}{'; ...' if len(bad) > 5 else ''}): computing them "
                       "again", UserWarning, stacklevel=3)
     return finished
-
-
-class StoredTile:
-    """The tile function of a finished store: (rows, cols) -> the stored tiles, read from disk (picklable).
-    A chunk that fails its checksum or cannot be decoded raises a ValueError naming the store and the chunk."""
-
-    def __init__(self, arrays: list[Any], where: str):
-        self.arrays, self.where = arrays, where
-
-    def _read(self, array: Any, selection: tuple[Any, Any], read: Any) -> np.ndarray:
-        try:
-            return np.ascontiguousarray(read(selection))
-        except Exception as exc:
-            chunks = integrity.selection_chunks(selection, array.chunks, array.shape)
-            problems = [f"{integrity.chunk_key(array, c)!r}: {problem}" for c in chunks
-                        if (problem := integrity.chunk_problem(array, c, None)) is not None]
-            raise ValueError(f"reading the store {self.where} failed ({type(exc).__name__}: {exc}); damaged: "
-                             f"{'; '.join(problems) or 'no single chunk found'}. `ntkit.gram.store.verify` lists "
-                             "every damaged tile; compute the Gram again into this store to repair it") from exc
-
-    def __call__(self, rows: Any, cols: Any) -> list[torch.Tensor]:
-        selection = tuple(index if isinstance(index, slice) else index.cpu().numpy() for index in (rows, cols))
-        return [torch.from_numpy(self._read(array, selection, array.get_orthogonal_selection))
-                for array in self.arrays]
-
-    def diag(self, rows: Any) -> list[torch.Tensor]:
-        index = np.arange(self.arrays[0].shape[0])[rows if isinstance(rows, slice) else rows.cpu().numpy()]
-        return [torch.from_numpy(self._read(array, (index, index), lambda sel, a=array: a.vindex[sel]))
-                for array in self.arrays]
-
-
-def _open_read(out: Any) -> tuple[Any, dict[str, Any], str]:
-    """(group, its validated "ntkit" attribute, a printable name) of an existing store, opened read-only."""
-    zarr = require_zarr()
-    where = f"the store {_where(out)}"
-    if isinstance(out, (str, os.PathLike)):
-        path = Path(os.fspath(out)).expanduser().absolute()
-        if not path.exists():
-            raise ValueError(f"{where} does not exist")
-        try:
-            group = zarr.open_group(str(path), mode="r")
-            info = group.attrs.get("ntkit")
-        except Exception as exc:
-            raise ValueError(f"{where} is not an ntkit Gram store (cannot read it: {type(exc).__name__}: {exc})"
-                             ) from exc
-    else:
-        group = out
-        info = group.attrs.get("ntkit")
-    return group, _check_info(info, where), where
-
-
-def _pairs(info: dict[str, Any]) -> list[tuple[int, int]]:
-    """Indices (in the grid of tiles) of every tile a finished store holds (the upper triangle when symmetric)."""
-    n, m = info["shape"]
-    tile, symmetric = int(info["tile"]), bool(info["symmetric"])
-    down, across = -(-n // tile), -(-m // tile)
-    return [(i, j) for i in range(down) for j in range(i if symmetric else 0, across)]
-
-
-def verify(out: Any) -> list[BadTile]:
-    """Check every tile of the store `out` (a path ending in ".zarr", or a zarr group): recorded as finished, each
-    of its chunks present and matching its checksum. Returns the bad tiles (`integrity.BadTile`: indices in the
-    grid of tiles, the array, the reason; a tile never finished has name "done"); an empty list means the store
-    holds its whole Gram intact. Raises ValueError for what is not an ntkit Gram store."""
-    group, info, where = _open_read(out)
-    arrays, done = _arrays(group, info["names"], where)
-    finished = recorded(done)
-    pairs = _pairs(info)
-    unfinished = [BadTile(i, j, DONE, "not computed yet") for i, j in pairs if not finished[i, j]]
-    done_pairs = [(i, j) for i, j in pairs if finished[i, j]]
-    return sorted(unfinished + integrity.check(arrays, info["names"], done_pairs, bool(info["symmetric"])))
-
-
-def stored_tiles(out: Any, names: str | tuple[str, ...] | None = None) -> KernelTiles:
-    """A finished store (a path ending in ".zarr", or a zarr group) as a `KernelTiles` that reads its tiles
-    from disk: for `matmul`, `map_row_blocks` and the solvers (`solvers.KernelOperator`), in this process or on
-    Dask workers that reach the store. `names`: the kernels to read (default: all the store holds).
-
-    Every chunk is checked to be present when the store is opened, and against its checksum whenever it is read.
-    Raises ValueError for what is not an ntkit store, a store with unfinished tiles or missing chunks, and a
-    chunk that fails its checksum (naming the store and the chunk)."""
-    group, info, where = _open_read(out)
-    wanted = tuple(info["names"]) if names is None else ((names,) if isinstance(names, str) else tuple(names))
-    unknown = [name for name in wanted if name not in info["names"]]
-    if unknown:
-        raise ValueError(f"names {unknown} are not in {where}, which holds {info['names']}")
-    n, m = info["shape"]
-    tile, symmetric = int(info["tile"]), bool(info["symmetric"])
-    arrays, done = _arrays(group, wanted, where)
-    finished = recorded(done)
-    pairs = _pairs(info)
-    missing = sum(1 for i, j in pairs if not finished[i, j])
-    if missing:
-        raise ValueError(f"{where} is unfinished ({missing} of {len(pairs)} tiles missing): run the same "
-                         "kernel call with this out= again to finish it")
-    absent = [f"{integrity.chunk_key(array, c)!r}" for array in arrays if (keys := integrity.listed_keys(array))
-              is not None for i, j in pairs for c in integrity.tile_chunks(i, j, symmetric)
-              if integrity.chunk_key(array, c) not in keys]
-    if absent:
-        raise ValueError(f"{where} records every tile as finished but {len(absent)} chunk(s) are missing "
-                         f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): run the same kernel call "
-                         "with this out= again to compute them")
-    reader = StoredTile(arrays, where)
-    return KernelTiles(reader, n, m, wanted, symmetric, getattr(torch, info["dtype"]), torch.device("cpu"), tile,
-                       describe=f"stored: {info['describe']} ({info['fingerprint']})",
-                       diag=reader.diag if symmetric else None)

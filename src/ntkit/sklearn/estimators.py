@@ -2,7 +2,7 @@
 
 An MLP in the NTK parametrization, initialized at random and trained by gradient descent on the
 least-squares cost C(f) = (1/2) ||f - y||^2_{p_in}, becomes in the infinite-width limit a
-Gaussian process (Section 5 of the paper, NOTES.md "Section 5: least squares"):
+Gaussian process (Section 5 of the paper, docs/paper.md "Section 5: least squares"):
 
     f_0 ~ GP(0, Sigma^(L)),    d/dt f_t(x) = -(1/N) Theta^(L)(x, X) (f_t(X) - y),
 
