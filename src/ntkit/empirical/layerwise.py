@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import memory
-from . import rules
+from . import factored, rules
 from .common import Problem, contract, fill, samples_per_block, working_memory
-from .plan import Plan, cotangents, describe_plan, instrumented, layer_inputs, make_plan
+from .plan import Plan, describe_plan, instrumented, make_plan, passes
 
 __all__ = ["describe_plan", "layerwise_ntk", "make_plan"]
 
@@ -35,11 +35,13 @@ class BlockFeatures:
     jac: list[torch.Tensor]                  # (B, K, P_i): per-sample gradients (small layers, fallback)
     positions: list[rules.PositionFeatures]  # positions-order weights
     large: list[tuple[rules.Site, torch.Tensor, torch.Tensor]]  # (site, input, cotangents): gradients per tile
+    factored: list[factored.Factored]        # layers whose cotangents factor over the outputs
 
     @property
     def nbytes(self) -> int:
         tensors = [*self.jac, *(t for _, a, g in self.large for t in (a, g))]
-        return sum(t.numel() * t.element_size() for t in tensors) + sum(p.nbytes for p in self.positions)
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(p.nbytes for p in (*self.positions,
+                                                                                        *self.factored))
 
 
 def block_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatures:
@@ -53,16 +55,19 @@ def block_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatur
         [rules.PositionFeatures(ps[0].site, torch.cat([q.a for q in ps]), torch.cat([q.g for q in ps]))
          for ps in zip(*(p.positions for p in parts), strict=True)],
         [(ls[0][0], torch.cat([q[1] for q in ls]), torch.cat([q[2] for q in ls]))
-         for ls in zip(*(p.large for p in parts), strict=True)])
+         for ls in zip(*(p.large for p in parts), strict=True)],
+        [factored.concatenate(fs) for fs in zip(*(p.factored for p in parts), strict=True)])
 
 
 def _chunk_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatures:
     with instrumented(plan, problem) as injector:
-        inputs = layer_inputs(plan, problem, X, injector) if plan.sites else {}
-        cots, fallback = cotangents(plan, problem, X, injector)
-    pieces, positions, large = [], [], []
+        inputs, cots, fallback = passes(plan, problem, X, injector)
+    pieces, positions, large, factors = [], [], [], []
     for site in plan.sites:
         a, g = inputs[site.key], cots[site.key]
+        if site.order == "factored":
+            factors.append(factored.features(site, a, g))
+            continue
         if _is_large(site):  # its per-sample gradients are formed tile by tile: memory B K P for one layer
             large.append((site, a, g))
             continue
@@ -73,12 +78,12 @@ def _chunk_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatu
         pieces.append(fallback)
     big = [piece for piece in pieces if piece.shape[2] >= LARGE_PIECE]  # contracted without a copy
     small = [piece for piece in pieces if piece.shape[2] < LARGE_PIECE]
-    return BlockFeatures(big + ([torch.cat(small, 2)] if small else []), positions, large)
+    return BlockFeatures(big + ([torch.cat(small, 2)] if small else []), positions, large, factors)
 
 
 def _is_large(site: rules.Site) -> bool:
     """A jacobian-order weight of at least LARGE_PIECE numbers."""
-    return not site.positions and site.weight is not None and site.kind != "norm" \
+    return site.order == "jacobian" and site.weight is not None and site.kind != "norm" \
         and site.shapes.get("G", 1) * site.shapes.get("O", 0) * site.shapes.get("I", 0) >= LARGE_PIECE
 
 
@@ -89,6 +94,9 @@ def tile(fx: BlockFeatures, fy: BlockFeatures, mode: str, n_outputs: int) -> tor
         theta = part if theta is None else theta.add_(part)
     for px, py in zip(fx.positions, fy.positions, strict=True):
         part = rules.position_tile(px, py, mode, n_outputs)
+        theta = part if theta is None else theta.add_(part)
+    for ux, uy in zip(fx.factored, fy.factored, strict=True):
+        part = factored.tile(ux, uy if fx is not fy else ux, mode, n_outputs)
         theta = part if theta is None else theta.add_(part)
     for (site, ax, gx), (_, ay, gy) in zip(fx.large, fy.large, strict=True):
         jxs = rules.per_sample_grads(site, ax, gx, with_weight=True)
@@ -114,6 +122,12 @@ def plan_block(plan: Plan, problem: Problem, budget: int) -> int:
             largest = max(largest, sum(problem.trainable[n][r if r is not None else slice(None)].numel()
                                        for n, r in params))
             p_jac += site.shapes["in"] / k + site.shapes["out"]  # its input and cotangents are kept
+            continue
+        if site.order == "factored":  # h (O I' numbers), or where a block does not factor its a and g
+            numel = factored.n_params(site, problem.trainable)
+            largest = max(largest, numel)
+            shapes = site.shapes
+            p_jac += max(numel / k, shapes["S"] * (numel / shapes["O"] / k + shapes["O"]))
             continue
         for name, rows in (p for p in (site.weight, site.bias) if p is not None):
             if site.positions and name == site.weight[0]:

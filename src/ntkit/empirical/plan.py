@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
-from . import attention, rules
+from . import attention, factored, rules
 from .common import Problem, call
 
 
@@ -34,13 +34,13 @@ class Injector:
         self.deltas: dict[str, torch.Tensor] = {}
 
     def capture(self, key: str, x: torch.Tensor) -> None:
-        if self.mode == "capture":
+        if self.mode in ("capture", "both"):
             self.inputs.setdefault(key, []).append(x.detach())
 
     def shift(self, key: str, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "capture":
             self.out_shapes.setdefault(key, []).append(tuple(z.shape))
-        elif self.mode == "inject" and key in self.deltas:
+        elif self.mode in ("inject", "both") and key in self.deltas:
             return z + self.deltas[key]
         return z
 
@@ -159,6 +159,7 @@ def make_plan(problem: Problem) -> Plan:
     """The sites whose rules apply (each called once per sample, batch dimension found, checked on one
     sample), their orders, and the parameters left to the Jacobian."""
     sites, attn, dropped = candidate_sites(problem)
+    probe: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     tied = shared_names(problem.model)
     for site in list(sites):
         if tied & set(site.param_names()):
@@ -182,7 +183,7 @@ def make_plan(problem: Problem) -> Plan:
             if why:
                 dropped[site.key] = why
                 sites.remove(site)
-        _self_check(plan, problem)
+        probe = _self_check(plan, problem)
     covered = {s.weight[0] for s in plan.sites if s.weight} | {s.bias[0] for s in plan.sites if s.bias}
     plan.fallback = [n for n in problem.trainable if n not in covered]
     plan.attention = {n: m for n, m in plan.attention.items() if any(s.key.startswith(n + ".") for s in plan.sites)}
@@ -191,6 +192,9 @@ def make_plan(problem: Problem) -> Plan:
         if site.weight is not None and site.kind in ("linear", "conv", "embedding"):
             cost = rules.costs(site, n, m, problem.n_outputs, problem.mode)
             site.order = min(cost, key=cost.__getitem__)
+        if site.key in probe and factored.eligible(site, problem.n_outputs) \
+                and factored.features(site, *probe[site.key]).w is not None:
+            site.order = "factored"  # its cotangents factor over the outputs on the probe sample
     return plan
 
 
@@ -222,38 +226,56 @@ def _locate(site: rules.Site, one: tuple, two: tuple) -> str | None:
 # ------------------------------------------------------------------------------- features
 
 
-def _batchedcotangents(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
-                        ) -> dict[str, torch.Tensor]:
-    """site -> cotangents (B, K, *out without batch), from one pass of the whole batch: samples do not
-    interact, so d(sum_b F_k(x_b))/d shift_b = dF_k(x_b)/dz_b (K reverse passes, vmapped)."""
-    model, b, k = problem.model, X.shape[0], problem.n_outputs
-    shapes = {s.key: list(s.out_shape) for s in plan.sites}
+def _batched(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
+             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(site -> input (B, ...), site -> cotangents (B, K, *out without batch)) from one forward pass of the
+    whole batch and one backward pass per output: samples do not interact, so d(sum_b F_k(x_b))/d shift_b =
+    dF_k(x_b)/dz_b. The cotangents are written in place into (B, K, ...) buffers."""
+    b, k = X.shape[0], problem.n_outputs
+    deltas = {}
     for site in plan.sites:
-        shapes[site.key][site.batch_out] = b
-    deltas = {key: torch.zeros(shape, dtype=problem.dtype, device=problem.device) for key, shape in shapes.items()}
-    values = problem.all_values()
+        shape = list(site.out_shape)
+        shape[site.batch_out] = b
+        deltas[site.key] = torch.zeros(shape, dtype=problem.dtype, device=problem.device, requires_grad=True)
+    injector.reset("both")
+    injector.deltas = deltas
+    try:
+        with torch.enable_grad():
+            out = call(problem.model, problem.all_values(), (X,)).reshape(b, k)
+    finally:
+        injector.mode, injector.deltas = "off", {}
+    inputs = {s.key: injector.inputs[s.key][0].movedim(s.batch_in, 0) for s in plan.sites}
+    keys = list(deltas)
+    make = torch.empty if out.requires_grad else torch.zeros
+    cots = {s.key: make((b, k, *(n for i, n in enumerate(s.out_shape) if i != s.batch_out)),
+                        dtype=problem.dtype, device=problem.device) for s in plan.sites}
+    for index in range(k if out.requires_grad else 0):  # (an output that no site reaches: zero cotangents)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(out[:, index].sum(), [deltas[key] for key in keys],
+                                        retain_graph=index < k - 1, allow_unused=True, materialize_grads=True)
+        for site, grad in zip(plan.sites, grads, strict=True):
+            cots[site.key][:, index] = grad.movedim(site.batch_out, 0)
+    return inputs, cots
 
-    def f(deltas_: dict[str, torch.Tensor]) -> torch.Tensor:
-        injector.deltas, injector.mode = deltas_, "inject"
-        try:
-            return call(model, values, (X,)).reshape(b, k).sum(0)
-        finally:
-            injector.mode, injector.deltas = "off", {}
 
-    cot = jacrev(f)(deltas)  # (K, *out with the batch)
-    return {s.key: cot[s.key].movedim(1 + s.batch_out, 0) for s in plan.sites}
+def passes(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
+           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
+    """(site -> input (B, ...), site -> cotangents (B, K, ...), fallback Jacobian (B, K, P_f) or None)."""
+    if plan.batched and plan.sites:
+        inputs, cots = _batched(plan, problem, X, injector)
+        if not plan.fallback:
+            return inputs, cots, None
+        from .generic import jacobian
+
+        return inputs, cots, jacobian(problem, plan.fallback, X)
+    inputs = layer_inputs(plan, problem, X, injector) if plan.sites else {}
+    return (inputs, *cotangents(plan, problem, X, injector))
 
 
 def cotangents(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """(site -> cotangents (B, K, *out without batch), fallback Jacobian (B, K, P_f) or None)."""
-    if plan.batched and plan.sites:
-        cots = _batchedcotangents(plan, problem, X, injector)
-        if not plan.fallback:
-            return cots, None
-        from .generic import jacobian
-
-        return cots, jacobian(problem, plan.fallback, X)
+    """(site -> cotangents (B, K, *out without batch), fallback Jacobian (B, K, P_f) or None), from one
+    reverse pass per sample (vmapped)."""
     trainable, frozen, model = problem.trainable, problem.frozen, problem.model
     chunk = {n: trainable[n] for n in plan.fallback}
     fixed = {n: v for n, v in trainable.items() if n not in chunk}
@@ -278,10 +300,11 @@ def layer_inputs(plan: Plan, problem: Problem, X: torch.Tensor, injector: Inject
     return {s.key: injector.inputs[s.key][0].movedim(s.batch_in, 0) for s in plan.sites}
 
 
-def _self_check(plan: Plan, problem: Problem) -> None:
-    """Drop every site whose rule disagrees with autograd on one sample (gradient of v . F, v random)."""
+def _self_check(plan: Plan, problem: Problem) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Drop every site whose rule disagrees with autograd on one sample (gradient of v . F, v random);
+    returns each kept site's (input, cotangents) on that sample."""
     if not plan.sites:
-        return
+        return {}
     x = problem.X[:1]
     with instrumented(plan, problem) as injector:
         inputs = layer_inputs(plan, problem, x, injector)
@@ -309,6 +332,7 @@ def _self_check(plan: Plan, problem: Problem) -> None:
         if got.shape != ref.shape or float((got - ref).norm()) > tol * (float(ref.norm()) + tol):
             plan.dropped[site.key] = "its rule disagreed with autograd (parameters used outside the module?)"
             plan.sites.remove(site)
+    return {s.key: (inputs[s.key], cots[s.key]) for s in plan.sites}
 
 
 # ------------------------------------------------------------------------------- driving
@@ -316,7 +340,7 @@ def describe_plan(plan: Plan) -> dict[str, str]:
     """Per layer: the rule and order it takes, or why it goes to the Jacobian."""
     report = {}
     for site in plan.sites:
-        order = "positions" if site.positions else "jacobian"
+        order = "positions" if site.positions else "factored" if site.order == "factored" else "jacobian"
         report[site.key] = f"structured {site.kind} ({order} order)"
     for key, why in plan.dropped.items():
         report[key] = f"jacobian: {why}"
