@@ -11,7 +11,9 @@ kernel gradient descent on the outputs z = [u(X_b); L u(X_r)] with the block Gra
 and the mean of the trained network at time t is u_t(x) = [Theta(x, X_b), L_y Theta(x, X_r)] K^-1 (I - e^{-t K}) z*
 (t = inf: kernel regression), computed by `ntkit.dynamics.LeastSquares`.
 
-`operator_kernel` forms L_x R_y Theta(x, y) for any architecture by autograd through `arch.kernel`: each row of
+`operator_kernel` forms L_x R_y Theta(x, y) for chains of dense layers and nonlinearities (MLP, the usual PINN) from
+the kernel as a function of x.y, |x|^2 and |y|^2, in O(N M) (`ntkit.pinn_dense`), and for any other architecture by
+autograd through `arch.kernel`: each row of
 Theta(X, Y) depends on its own x only, so a derivative along coordinate a of every x at once is the derivative in a
 shift s of all of X (X + s e_a), taken as a vector-Jacobian product of a vector-Jacobian product. The maps of the
 activations must be smooth: ReLU-like ones (relu, leaky_relu, abs, sign, step: no second derivative) are refused,
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import pinn_dense
 from ._checks import as_matrix, to_output
 from .activations import Nonlinearity, PiecewiseLinear, Quadrature, Sign, Step
 from .dynamics import LeastSquares
@@ -195,13 +198,18 @@ def _block(arch: Any, X: torch.Tensor, Y: torch.Tensor, left: Operator, right: O
 
 
 def operator_kernel(arch: Any, X: Array, Y: Array | None = None, left: Operator | None = None,
-                    right: Operator | None = None, get: str = "ntk", chunk: int = 256) -> Array:
+                    right: Operator | None = None, get: str = "ntk", chunk: int = 256, method: str = "auto") -> Array:
     """L_x R_y K(x, y) for every pair: (N, M), K the architecture's "ntk" (Theta) or "nngp" (Sigma).
 
     arch: any architecture with `kernel(X, Y, get=...)` (MLP, Sequential on flat inputs) and smooth activations.
-    X (N, d), Y (M, d) (default X); left acts on x, right on y (None: the identity); chunk: rows of X per pass
-    (the derivatives hold a few graphs of (chunk, M) each). Differentiable in X and Y when they require grad.
-    NumPy in, NumPy out."""
+    X (N, d), Y (M, d) (default X); left acts on x, right on y (None: the identity).
+    method: "dense" for chains of dense layers and nonlinearities (MLP, Sequential(Linear, Tanh, ..., Linear)):
+        the kernel as a function of x.y, |x|^2 and |y|^2, its partials carried through the recursion as Taylor
+        polynomials (`ntkit.pinn_dense`), O(N M) work in all; "autograd" for any architecture: nested autograd
+        through `arch.kernel`, in blocks of `chunk` rows (each holds a few graphs of (chunk, M)); "auto" (default):
+        "dense" where it applies (such a chain, no gradient wanted through X or Y, the Hermite series of the
+        nonlinearities converged at the variances met), else "autograd".
+    Differentiable in X and Y when they require grad (then "autograd"). NumPy in, NumPy out."""
     Xt, numpy = as_matrix(X, "X")
     Yt = Xt if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]
     if Yt.shape[1] != Xt.shape[1]:
@@ -210,10 +218,25 @@ def operator_kernel(arch: Any, X: Array, Y: Array | None = None, left: Operator 
         raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    if method not in ("auto", "dense", "autograd"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'autograd', got {method!r}")
     left = _check_operator(left, Xt.shape[1], "left")
     right = _check_operator(right, Xt.shape[1], "right")
     keep = torch.is_grad_enabled() and (Xt.requires_grad or Yt.requires_grad)
     with _smooth(arch):
+        chain = None if method == "autograd" or keep or not Xt.shape[0] * Yt.shape[0] else \
+            pinn_dense.dense_chain(arch)
+        if chain is not None:                          # the architecture's own checks (parametrization, ranges)
+            arch.kernel_diag(Xt, get=get)
+            arch.kernel_diag(Yt, get=get)
+        if chain is not None and pinn_dense.ready(chain, Xt, Yt, left, right):
+            symmetric = Y is None and left.terms == right.terms
+            out = pinn_dense.dense_operator_kernel(chain, Xt, Yt, left, right, get, symmetric).to(Xt.dtype)
+            return to_output(out, numpy)
+        if method == "dense":
+            raise ValueError("method='dense' needs a chain of dense layers and nonlinearities (dense first and last, "
+                             "W_std and b_std not differentiated), no gradient through X or Y, and nonlinearities "
+                             "whose Hermite series converge at the variances met; use method='auto'")
         blocks = [_block(arch, Xt[i:i + chunk], Yt, left, right, get) for i in range(0, Xt.shape[0], chunk)]
     out = torch.cat(blocks) if blocks else Xt.new_zeros((0, Yt.shape[0]))
     return to_output(out if keep else out.detach(), numpy)
