@@ -10,9 +10,10 @@ The rest, per nonlinearity, with m = (dq1 / q1 + dq2 / q2) / 2:
       F = (1 - a)^2 s sin(theta) / 2pi + k c,    G = k
       dF = k dc + (1 - a)^2 s sin(theta) / 2pi m         (Euler: q1 F_q1 = (F - c F_c) / 2)
       dG = (1 - a)^2 / 2pi (dc - c m) / (s sin(theta))    (= -k'(theta) d theta, d rho = (dc - c m) / s)
-  dG has the removable 0 / 0 of d theta / sin(theta) at theta = 0 (x = y, where d rho = 0 exactly): pairs with
-  sin(theta) < `SINE_FLOOR` get dG = 0, an error of at most (1 - a)^2 / 2pi |d theta| <= 1e-7 relative there
-  (|d theta| ~ theta), no larger than the rounding error of d rho / sin(theta) just above the floor.
+  dG has the removable 0 / 0 of d rho / sin(theta) at theta = 0 (x = y, where d rho = 0 exactly), and d rho
+  keeps a rounding error of a few eps: sin(theta) is floored at `SINE_FLOOR` = 1e-7 in the division. Below the
+  floor d rho = -sin(theta) d theta is at most theta^2 ~ 1e-14 (|d theta| ~ theta), so dG is its rounding error
+  over the floor, a few eps / 1e-7 ~ 1e-9 relative, as just above the floor; where x = y exactly, d rho = 0.
 - erf: with A = 1 + 2 q1, B = 1 + 2 q2, D = A B - 4 c^2 (>= 1 + 2 q1 + 2 q2, never 0),
       F = 2/pi asin(2c / sqrt(A B)),  G = 4/pi / sqrt(D)
       dF = G (dc - c dq1 / A - c dq2 / B),   dG = G (4 c dc - B dq1 - A dq2) / D
@@ -83,9 +84,9 @@ def _piecewise_linear(a: float, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor:
     m = (dq1 * (0.5 * r1 * r1)) + (dq2 * (0.5 * r2 * r2))        # (P, n, m)
     dF = torch.mul(dc, k).addcmul_(h, m)
     dG = None
-    if want_dot:        # factor C / (s sin(theta)) = (C factor)^2 / h, 0 below the floor (module docstring)
-        inverse = torch.where(sine > SINE_FLOOR, (C * factor) ** 2 / h.clamp(min=tiny), 0.0)
-        dG = dc.sub_(m.mul_(c)).mul_(inverse)
+    if want_dot:        # factor C / (s max(sin(theta), floor)) (module docstring)
+        floored = sine.clamp_(min=SINE_FLOOR).mul_(torch.sqrt(q1) * torch.sqrt(q2))
+        dG = dc.sub_(m.mul_(c)).mul_(floored.reciprocal_().mul_(C * factor))
     return F, k, dF, dG
 
 
