@@ -34,6 +34,26 @@ is within `NEAR` of 1 or -1 (a few per tile: the duplicates, the training points
 inputs; for sin, cos and erf also pairs that come that close at a later layer followed by a map that grows
 gaps, as a zero row and a small one do after a layer of cos at W_std = 10), from layer 1, O(d + L) each, for every
 activation that `supports` says carries the sine.
+
+Which architectures get it. A pair of identical examples gets its exact diagonal value in every architecture
+(`identical_pairs`, `ntkit.layers.execute.exact_pairs`). Nearly coincident pairs are recomputed here on flat inputs
+(N, d) for
+- a fully-connected chain (`ntkit.layers.plan.fused_recursion`: Linear and closed-form activations alternating,
+  each layer with its own W_std, b_std and nonlinearity; `MLP`) whose nonlinearities all carry the sine (the ReLU
+  family, sign, step, sin, cos, erf). Where one does not (gelu, the exponential and polynomial families,
+  quadrature), a float32 tile's near pairs are recomputed in float64 (`widen`), a float64 tile's are not;
+- the first layers of any other architecture on flat inputs when they form such a chain with at least one
+  nonlinearity (Linear, ReLU, Linear, ... then LayerNorm, a Residual, more layers: `ntkit.layers.fused.Prefix`):
+  the chain's values at near pairs are accurate, and the layers after it compute from them by the plain maps.
+  Maps that are smooth in the covariance there (LayerNorm, erf, sin, cos, gelu, the weight layers) keep that
+  accuracy; a later map with a cone at coincidence (the ReLU family, sign, step) takes its angle from the rounded
+  (c, q1, q2) again, which keeps eps / theta of an angle theta, as every layer-by-layer map does.
+Not in the others, because their first layer is not one inner product of two vectors: a convolution's
+Sigma^(1)(x_p, y_q) is a sum over a patch at each pair of positions and pooling averages over them, so the sine
+would have to be carried for every pair of positions (O((HW)^2) numbers per pair of examples, through every
+layer's spatial mixing); attention and graph aggregation mix tokens and nodes likewise; an architecture that starts
+with LayerNorm, a Residual or a weight layer followed by anything but a closed-form activation has no chain to
+refine. Nor under autograd in any architecture: the recomputation overwrites entries in place, outside the graph.
 """
 
 from __future__ import annotations

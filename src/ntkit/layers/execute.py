@@ -146,6 +146,8 @@ def layer_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, steps: list
     with torch.no_grad():
         qx, sx, tx = checked_self_pass(Xt, steps, in_need, want_ntk, chunk, layers)
         qy = qx if symmetric else checked_self_pass(Yt, steps, in_need, want_ntk, chunk, layers)[0]
+    if prefix is not None:
+        prefix.prepare()
     plan = _PlanTiles(Xt, Yt, symmetric, steps, in_need, names, qx, qy, {"nngp": sx, "ntk": tx}, prefix)
     fn = exact_pairs(plan.tile, Xt, Yt, symmetric, plan.diag)
     return gram.KernelTiles(fn, Xt.shape[0], Yt.shape[0], names, symmetric, Xt.dtype, Xt.device, edge,

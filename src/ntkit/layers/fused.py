@@ -73,7 +73,8 @@ class Prefix:
     """The leading fully-connected chain of a plan on flat inputs (`plan.fused_prefix`), computed fused on each tile.
 
     `rest`: the steps after it; `skip`: how many of the self pass's variances its nonlinearities asked for (the
-    rest's `Pass` reads from there on). The per-layer diagonals of X and Y are computed once (range-checked).
+    rest's `Pass` reads from there on). The per-layer diagonals of X and Y are computed once, by `prepare`, after
+    the plan's self pass has range-checked every layer (so errors name the layers as that pass does).
     """
 
     def __init__(self, layers: Sequence[Layer], steps: list[Step], Xt: torch.Tensor, Yt: torch.Tensor,
@@ -83,10 +84,13 @@ class Prefix:
         self.rest, self.want_ntk, self.X, self.Y = steps[length:], want_ntk, Xt, Yt
         ctx = Pass()       # one example with itself through the prefix: the variances its layers keep
         run(steps[:length], input_record(Xt.new_ones(1, Xt.shape[1]), None, "flat", want_ntk), ctx)
-        self.skip = len(ctx.kept)
-        with torch.no_grad():
-            self.qx = sigma_diagonals(Xt, self.rec, want_ntk)
-            self.qy = self.qx if symmetric else sigma_diagonals(Yt, self.rec, want_ntk)
+        self.skip, self.symmetric = len(ctx.kept), symmetric
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """The chain's per-layer diagonals Sigma^(l)(x, x) of X and Y (O(N L))."""
+        self.qx = sigma_diagonals(self.X, self.rec, self.want_ntk)
+        self.qy = self.qx if self.symmetric else sigma_diagonals(self.Y, self.rec, self.want_ntk)
 
     @staticmethod
     def of(layers: Sequence[Layer], steps: list[Step], Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool,
