@@ -149,3 +149,16 @@ def test_other_architectures_take_the_autograd_path(rng) -> None:
     assert fc_chain(conv) is None and fc_chain(nk.MLP(3, "tanh")) is None
     assert fc_chain(nk.Sequential(nk.Linear(), nk.ReLU(), nk.Linear(parametrization="standard",
                                                                      in_channels=5))) is None
+
+
+@pytest.mark.parametrize("kernel_class", [NTK, NNGP])
+def test_zero_inputs_without_bias_have_finite_exact_gradients(rng, kernel_class) -> None:
+    """x = 0 with b_std = 0: a zero variance at every layer (no angle); its kernel and derivatives are 0."""
+    X = np.vstack([np.zeros(3), rng.standard_normal((2, 3)), np.zeros(3)])
+    kernel = kernel_class(depth=3, W_std=1.3, b_std=0.0, b_std_bounds="fixed")
+    K, K_gradient = kernel(X, eval_gradient=True)
+    assert np.isfinite(K_gradient).all()
+    np.testing.assert_array_equal(K_gradient[[0, 3]], 0.0)
+    np.testing.assert_allclose(K, kernel(X), rtol=1e-14)
+    np.testing.assert_allclose(K_gradient[:, :, 0], finite_differences(kernel, X, 0), rtol=1e-7,
+                               atol=1e-9 * np.abs(K).max())

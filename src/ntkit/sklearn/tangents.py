@@ -72,10 +72,10 @@ def tangent_diag(activation: Nonlinearity, q: torch.Tensor, dq: torch.Tensor
 def _piecewise_linear(a: float, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float) -> Maps:
     """The ReLU family's maps and tangents (module docstring), times `factor`, with C = (1 - a)^2 / 2pi and
     h = factor (F - k c)."""
-    tiny = torch.finfo(c.dtype).tiny
     C = (1 - a) ** 2 / TWO_PI
-    r1, r2 = torch.rsqrt(q1.clamp(min=tiny)), torch.rsqrt(q2.clamp(min=tiny))
-    rho = (c * (r1 * r2)).clamp_(-1.0, 1.0)
+    r1, r2 = _inverse_root(q1), _inverse_root(q2)
+    rr = r1 * r2                                                  # 1 / s, 0 where a variance is 0
+    rho = (c * rr).clamp_(-1.0, 1.0)
     theta = torch.acos(rho)
     sine = torch.sin(theta)
     k = theta.mul_(-C * factor).add_(0.5 * (1 + a * a) * factor)   # factor G: ((1 + a^2) / 2 - C theta) factor
@@ -85,9 +85,13 @@ def _piecewise_linear(a: float, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor:
     dF = torch.mul(dc, k).addcmul_(h, m)
     dG = None
     if want_dot:        # factor C / (s max(sin(theta), floor)) (module docstring)
-        floored = sine.clamp_(min=SINE_FLOOR).mul_(torch.sqrt(q1) * torch.sqrt(q2))
-        dG = dc.sub_(m.mul_(c)).mul_(floored.reciprocal_().mul_(C * factor))
+        dG = dc.sub_(m.mul_(c)).mul_(rr.div_(sine.clamp_(min=SINE_FLOOR)).mul_(C * factor))
     return F, k, dF, dG
+
+
+def _inverse_root(q: torch.Tensor) -> torch.Tensor:
+    """1 / sqrt(q), and 0 where q = 0 (a zero variance: no angle, and every tangent of that example is 0)."""
+    return torch.where(q > 0, q, math.inf).rsqrt()
 
 
 def _erf(activation: Erf, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float) -> Maps:
