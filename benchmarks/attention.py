@@ -11,7 +11,10 @@ neural-tangents); the symmetric Gram Theta(X, X).
 
 Each library runs in a fresh process with --threads threads (default 1: on a shared machine two-thread timings vary
 several-fold from run to run); the first call (neural-tangents' jit compilation, ntkit's first-call set-up) is not
-timed. Peak memory is the process's maximum resident set.
+timed. The two alternate for --rounds rounds, so that both see the same load of a shared machine; each library's time
+is the median over rounds of its median call, the ratio the median of the rounds' ratios, in wall-clock time and in
+the process's CPU time (what the computation used, less sensitive to other processes than the wall clock). Peak memory
+is the process's maximum resident set.
 
     python benchmarks/attention.py --nt-python PATH/TO/venv/bin/python
 """
@@ -50,12 +53,13 @@ kernel_fn = stax.serial(token(), *block(), *block(), stax.GlobalAvgPool(), token
 x = np.moveaxis(np.random.default_rng(0).standard_normal((n, 8, L)), 1, -1)
 f = jax.jit(lambda x: kernel_fn(x, None, "ntk"))
 k = f(x).block_until_ready()
-times = []
+times, cpu = [], []
 for _ in range(repeat):
-    t = time.perf_counter(); f(x).block_until_ready(); times.append(time.perf_counter() - t)
+    t, c = time.perf_counter(), time.process_time(); f(x).block_until_ready()
+    times.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
 if save != "-":
     np.save(save, np.asarray(k))
-print(json.dumps({"median_s": statistics.median(times),
+print(json.dumps({"median_s": statistics.median(times), "cpu_s": statistics.median(cpu),
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
@@ -69,12 +73,13 @@ nk.set_progress(False)
 x = torch.as_tensor(np.random.default_rng(0).standard_normal((n, 8, L)))
 model = transformer()
 model.kernel(x[:2])      # first-call set-up, not timed
-times = []
+times, cpu = [], []
 for _ in range(repeat):
-    t = time.perf_counter(); k = model.kernel(x); times.append(time.perf_counter() - t)
+    t, c = time.perf_counter(), time.process_time(); k = model.kernel(x)
+    times.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
 if save != "-":
     np.save(save, k.numpy())
-print(json.dumps({"median_s": statistics.median(times),
+print(json.dumps({"median_s": statistics.median(times), "cpu_s": statistics.median(cpu),
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
@@ -128,11 +133,38 @@ def agreement(nt_python: str, n: int, L: int, threads: int) -> float | None:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def measure(args, n: int, L: int, large: bool) -> dict:
+    """Both libraries in alternating rounds (one round for the large case): medians over the rounds."""
+    with_nt = bool(args.nt_python) and (not large or args.nt_large)
+    repeat, rounds = (1, 1) if large else (args.repeat, args.rounds)
+    mine, theirs = [], []
+    for _ in range(rounds):
+        mine.append(ours(n, L, repeat, args.threads))
+        theirs.append(neural_tangents(args.nt_python, n, L, repeat, args.threads) if with_nt else None)
+
+    def median(runs: list, key: str) -> float | None:
+        values = [r[key] for r in runs if r is not None]
+        return float(np.median(values)) if values else None
+
+    def ratio(key: str) -> float | None:
+        values = [a[key] / b[key] for a, b in zip(mine, theirs, strict=True) if a is not None and b is not None]
+        return float(np.median(values)) if values else None
+
+    return {"n": n, "length": L, "rounds": rounds, "ntkit_s": median(mine, "median_s"),
+            "ntkit_cpu_s": median(mine, "cpu_s"), "ntkit_peak_gb": median(mine, "peak_rss_gb"),
+            "neural_tangents_s": median(theirs, "median_s"), "neural_tangents_cpu_s": median(theirs, "cpu_s"),
+            "neural_tangents_peak_gb": median(theirs, "peak_rss_gb"), "ntkit_over_nt": ratio("median_s"),
+            "ntkit_over_nt_cpu": ratio("cpu_s"),
+            "round_ratios": [a["median_s"] / b["median_s"] for a, b in zip(mine, theirs, strict=True)
+                             if a is not None and b is not None]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nt-python", default=os.environ.get("NT_PYTHON"),
                         help="python of an environment with neural-tangents (default: $NT_PYTHON; skipped if unset)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both libraries (N = 64)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--large-n", type=int, default=256)
     parser.add_argument("--large-length", type=int, default=128)
@@ -147,32 +179,28 @@ def main() -> None:
     rows = []
     for n, L, goal in cases:
         large = (n, L) == (args.large_n, args.large_length)
-        mine = ours(n, L, 1 if large else args.repeat, args.threads)
-        nt = None
-        if args.nt_python and (not large or args.nt_large):
-            nt = neural_tangents(args.nt_python, n, L, 1 if large else args.repeat, args.threads)
-        row = {"n": n, "length": L, "goal": goal, "ntkit_s": mine and mine["median_s"],
-               "ntkit_peak_gb": mine and mine["peak_rss_gb"], "neural_tangents_s": nt and nt["median_s"],
-               "neural_tangents_peak_gb": nt and nt["peak_rss_gb"],
-               "ntkit_over_nt": (mine and nt) and mine["median_s"] / nt["median_s"]}
+        row = measure(args, n, L, large)
+        row["goal"] = goal
         rows.append(row)
         print(f"N={n:4d} L={L:4d}: ntkit {row['ntkit_s'] or float('nan'):8.2f} s "
               f"({row['ntkit_peak_gb'] or float('nan'):.2f} GB)  neural-tangents "
-              f"{row['neural_tangents_s'] or float('nan'):8.2f} s  ratio {row['ntkit_over_nt'] or float('nan'):.2f}",
-              flush=True)
+              f"{row['neural_tangents_s'] or float('nan'):8.2f} s  ratio {row['ntkit_over_nt'] or float('nan'):.2f} "
+              f"(CPU time: {row['ntkit_over_nt_cpu'] or float('nan'):.2f})", flush=True)
     agree = agreement(args.nt_python, 8, 16, args.threads) if args.nt_python else None
 
     print()
-    print(f"{'N':>5} {'L':>5} {'ntkit s':>9} {'peak GB':>8} {'NT s':>9} {'NT GB':>7} {'ntkit/NT':>9}  goal")
+    print(f"{'N':>5} {'L':>5} {'ntkit s':>9} {'CPU s':>7} {'peak GB':>8} {'NT s':>9} {'CPU s':>7} {'NT GB':>7} "
+          f"{'ntkit/NT':>9} {'(CPU)':>6}  goal")
     for r in rows:
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
-        print(f"{r['n']:5d} {r['length']:5d} {fmt(r['ntkit_s'], '9.2f'):>9} {fmt(r['ntkit_peak_gb'], '8.2f'):>8} "
-              f"{fmt(r['neural_tangents_s'], '9.2f'):>9} {fmt(r['neural_tangents_peak_gb'], '7.2f'):>7} "
-              f"{fmt(r['ntkit_over_nt'], '9.2f'):>9}  {r['goal']}")
+        print(f"{r['n']:5d} {r['length']:5d} {fmt(r['ntkit_s'], '9.2f'):>9} {fmt(r['ntkit_cpu_s'], '7.2f'):>7} "
+              f"{fmt(r['ntkit_peak_gb'], '8.2f'):>8} {fmt(r['neural_tangents_s'], '9.2f'):>9} "
+              f"{fmt(r['neural_tangents_cpu_s'], '7.2f'):>7} {fmt(r['neural_tangents_peak_gb'], '7.2f'):>7} "
+              f"{fmt(r['ntkit_over_nt'], '9.2f'):>9} {fmt(r['ntkit_over_nt_cpu'], '6.2f'):>6}  {r['goal']}")
     if agree is not None:
         print(f"float64 agreement (N = 8, L = 16): max |ntkit - NT| / max |NT| = {agree:.1e}")
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": args.threads}
+               "threads": args.threads, "load_average": os.getloadavg()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"benchmark": "attention", "machine": machine, "rows": rows,
                                           "agreement_float64": agree}, indent=2) + "\n")

@@ -172,14 +172,17 @@ class SelfAttention(Layer):
         ov2, b2 = self.W_std * self.W_std, self.b_std * self.b_std
         values = self._interp(sigma, R) if self.val_pos_emb else sigma
         GSG = _sandwich(Gx, values, Gy, nbatch)
-        sigma_out = GSG * ov2 + b2
+        plain = not isinstance(ov2, torch.Tensor) and not isinstance(b2, torch.Tensor)
+        sigma_out = torch.add(GSG.new_tensor(b2), GSG, alpha=ov2) if plain else GSG * ov2 + b2
         if theta is None:
             return sigma_out, None
         t = self._interp(theta, R) if self.val_pos_emb else theta
         if not t.ndim:       # Theta = 0 before any weight layer
             return sigma_out, GSG * (2 * ov2) + b2
-        theta_out = _sandwich(Gx, t, Gy, nbatch).mul_(ov2).add_(GSG, alpha=2 * ov2).add_(b2)
-        return sigma_out, theta_out
+        GTG = _sandwich(Gx, t, Gy, nbatch)
+        if plain:            # Sigma' + W^2 (G Theta G^T + G Sigma G^T), two passes
+            return sigma_out, torch.add(sigma_out, GTG.add_(GSG), alpha=ov2)
+        return sigma_out, GTG.mul_(ov2).add_(GSG, alpha=2 * ov2).add_(b2)
 
     def _identity(self, sigma, theta, R, nbatch, ctx):
         """linear_scaling=False, identity mechanism: neural-tangents' closed form (dot products over all pairs of

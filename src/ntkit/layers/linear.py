@@ -34,6 +34,11 @@ def affine(record: Record, W_std, b_std, total=None, taps: int = 1) -> Record:
         sigma = total(record.sigma, float(w2)).add_(b2)
         theta = None if record.theta is None else sigma.clone() if zero_theta else \
             total(record.theta, float(w2)).add_(sigma)
+    elif plain:     # one pass each: b_std^2 + W_std^2 Sigma, then Sigma' + W_std^2 Theta
+        shift = torch.tensor(float(b2), dtype=record.sigma.dtype, device=record.sigma.device)
+        sigma = torch.add(shift, record.sigma, alpha=float(w2))
+        theta = None if record.theta is None else sigma.clone() if zero_theta else \
+            torch.add(sigma, record.theta, alpha=float(w2))
     else:
         mean = (lambda t: t) if total is None else (lambda t: total(t, 1.0))
         sigma = mean(record.sigma) * w2 + b2
