@@ -67,14 +67,6 @@ def dense_chain(arch: Any) -> list[tuple] | None:
     return chain
 
 
-def index_set(order_x: int, order_y: int) -> list[Index]:
-    """The partials (i, j, k) in (s, p, q) that operators of orders order_x in x and order_y in y need: i = i_x + i_y
-    with i_x + j <= order_x and i_y + k <= order_y (downward closed)."""
-    out = {(ix + iy, j, k) for ix in range(order_x + 1) for j in range(order_x + 1 - ix)
-           for iy in range(order_y + 1) for k in range(order_y + 1 - iy)}
-    return sorted(out, key=lambda i: (sum(i), i))
-
-
 def _hermite(act: Nonlinearity) -> HermiteMaps:
     """The Hermite maps of a nonlinearity (a quadrature activation's own, else built from the function; cached)."""
     if isinstance(act, Quadrature):
@@ -255,7 +247,8 @@ def chain_rule(left: Any, right: Any, d: int) -> dict[Index, Poly]:
                 expr = _differentiate(expr, b, d, 1)
             for index, poly in expr.items():
                 _merge(total, index, {e: c * cl * cr for e, c in poly.items()})
-    return {i: {e: c for e, c in poly.items() if c != 0.0} for i, poly in total.items()}
+    kept = {i: {e: c for e, c in poly.items() if c != 0.0} for i, poly in total.items()}
+    return {i: poly for i, poly in kept.items() if poly}
 
 
 def _evaluate_poly(poly: Poly, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -280,8 +273,7 @@ def operator_block(chain: list[tuple], X: torch.Tensor, Y: torch.Tensor, terms: 
     partials = kernel_partials(chain, X, Y, indices, get)
     out = X.new_zeros((X.shape[0], Y.shape[0]))
     for index, poly in terms.items():
-        if poly:
-            out += partials[index] * _evaluate_poly(poly, X, Y)
+        out += partials[index] * _evaluate_poly(poly, X, Y)
     return out
 
 
@@ -293,18 +285,22 @@ def dense_operator_kernel(chain: list[tuple], X: torch.Tensor, Y: torch.Tensor, 
                           get: str, symmetric: bool = False) -> torch.Tensor:
     """L_x R_y K(X, Y) for a dense chain, float64 (N, M), in blocks of rows (a progress bar over them); see the
     module docstring. `symmetric`: Y is X and left is right, so only the blocks on and above the diagonal are
-    computed and the rest mirrored."""
+    computed and the rest mirrored (the result exactly symmetric)."""
     terms = chain_rule(left, right, X.shape[1])
     X64, Y64 = X.detach().to(torch.float64), Y.detach().to(torch.float64)
     out = X64.new_zeros((X.shape[0], Y.shape[0]))
+    if not terms:                                  # a zero operator
+        return out
     rows = max(1, BLOCK_PAIRS // max(Y.shape[0], 1))
     starts = range(0, X.shape[0], rows)
     for i in progress(starts, total=len(starts), desc="operator kernel"):
         j = i if symmetric else 0
         block = operator_block(chain, X64[i:i + rows], Y64[j:], terms, get)
         out[i:i + rows, j:] = block
-        if symmetric:
+        if symmetric:                              # mirrored below the diagonal, the diagonal block made symmetric
             out[i + rows:, i:i + rows] = block[:, rows:].T
+            square = block[:, :rows]
+            out[i:i + rows, i:i + rows] = (square + square.T) / 2
     return out
 
 
@@ -337,4 +333,4 @@ def orders_needed(left: Any, right: Any) -> int:
     return 1 + max(kx, ky) + kx + ky   # E_11's partials: m = 1 + a + 2b with a + b <= k_x + k_y, b <= k_x
 
 
-__all__ = ["chain_rule", "dense_chain", "dense_operator_kernel", "index_set", "kernel_partials", "ready", "variances"]
+__all__ = ["chain_rule", "dense_chain", "dense_operator_kernel", "kernel_partials", "ready", "variances"]
