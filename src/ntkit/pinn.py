@@ -229,6 +229,9 @@ def operator_kernel(arch: Any, X: Array, Y: Array | None = None, left: Operator 
         if chain is not None:                          # the architecture's own checks (parametrization, ranges)
             arch.kernel_diag(Xt, get=get)
             arch.kernel_diag(Yt, get=get)
+        if method != "autograd" and not keep and left.order == right.order == 0:    # multiples of the kernel
+            scale = sum(c for c, _ in left.terms) * sum(c for c, _ in right.terms)
+            return to_output(scale * arch.kernel(Xt, None if Y is None else Yt, get=get), numpy)
         if chain is not None and pinn_dense.ready(chain, Xt, Yt, left, right):
             symmetric = Y is None and left.terms == right.terms
             out = pinn_dense.dense_operator_kernel(chain, Xt, Yt, left, right, get, symmetric).to(Xt.dtype)
