@@ -19,12 +19,12 @@ import torch
 
 from .. import coincident, gram
 from .._checks import check_positive_int
-from .aggregate import adjacencies, features
+from .aggregate import adjacencies, features, reads_graphs
 from .base import Layer, Pass
 from .plan import Step, elements
 from .ranges import Diagonal, input_diagonal, moderate
 from .ranges import check as check_range
-from .record import Record, full_to_diag, input_record, paired_input_record
+from .record import Record, at_pairs, full_to_diag, input_record, paired_input_record
 
 if TYPE_CHECKING:
     from .fused import Prefix
@@ -168,6 +168,7 @@ class _PlanTiles:
         skip = 0 if prefix is None else prefix.skip
         self.flags = moderate(qx, qy)[skip:]    # per layer: the unscaled products of variances are safe
         self.qx, self.qy = qx[skip:], qy[skip:]
+        self.graphs = reads_graphs([step.layer for step in steps])
 
     def diag(self, rows: gram.Index) -> list[torch.Tensor]:
         return [self.exact[name][rows] for name in self.names]
@@ -180,7 +181,7 @@ class _PlanTiles:
             record, left = start(self.steps, X, Y, self.in_need, self.want_ntk)
         else:
             record, left = self.prefix.block(rows, cols), self.prefix.rest
-        tiles = self.finish(record, left, rows, cols, X, Y)
+        tiles = self.finish(record, left, rows, cols, adjacencies(self.steps, X, Y))
         return [tiles[name] for name in self.names]
 
     def triangle(self, rows: slice) -> list[torch.Tensor]:
@@ -191,12 +192,16 @@ class _PlanTiles:
         i, j = torch.triu_indices(n, n, offset=1, device=Xr.device)
         blocks = [torch.empty(n, n, dtype=Xr.dtype, device=Xr.device) for _ in self.names]
         if len(i):
-            if self.prefix is None:
-                record, left = start(self.steps, Xr[i], Xr[j], self.in_need, self.want_ntk, paired=True)
-            else:
+            if self.prefix is not None:
                 record, left = self.prefix.pairs(rows, i, j), self.prefix.rest
+            elif Xr.ndim == 2:     # flat inputs: one product for the tile, read at the pairs (no copies of rows)
+                record, left = start(self.steps, Xr, Xr, self.in_need, self.want_ntk)
+                record = at_pairs(record, i, j)
+            else:
+                record, left = start(self.steps, Xr[i], Xr[j], self.in_need, self.want_ntk, paired=True)
             positions = torch.arange(self.Xt.shape[0], device=Xr.device)[rows]
-            values = self.finish(record, left, positions[i], positions[j], Xr[i], Xr[j])
+            graphs = adjacencies(self.steps, Xr[i], Xr[j]) if self.graphs else None
+            values = self.finish(record, left, positions[i], positions[j], graphs)
             for block, name in zip(blocks, self.names, strict=True):
                 block[i, j] = values[name]
                 block[j, i] = values[name]
@@ -204,10 +209,10 @@ class _PlanTiles:
             block.diagonal().copy_(self.exact[name][rows])
         return blocks
 
-    def finish(self, record: Record, left: list[Step], rows, cols, X: torch.Tensor, Y: torch.Tensor) -> dict:
-        """The steps `left` on a record whose pairs have the variances qx[rows], qy[cols]: {name: kernel}."""
-        out = run(left, record, Pass([q[rows] for q in self.qx], [q[cols] for q in self.qy], self.flags,
-                                     adjacencies(self.steps, X, Y)))
+    def finish(self, record: Record, left: list[Step], rows, cols, graphs) -> dict:
+        """The steps `left` on a record whose pairs have the variances qx[rows], qy[cols] (and the adjacencies
+        `graphs` of graph inputs, else None): {name: kernel}."""
+        out = run(left, record, Pass([q[rows] for q in self.qx], [q[cols] for q in self.qy], self.flags, graphs))
         return {"nngp": out.sigma, "ntk": theta_of(out)}
 
 

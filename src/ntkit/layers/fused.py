@@ -21,7 +21,7 @@ from .aggregate import reads_graphs
 from .base import Layer, Pass
 from .execute import Names, exact_pairs, run
 from .plan import Step, fused_prefix, fused_recursion
-from .record import Record, input_record
+from .record import Record, at_pairs, input_record
 
 
 def fc_tiles(Xt: torch.Tensor, Yt: torch.Tensor, symmetric: bool, rec: Recursion, names: Names, tile: int | None,
@@ -111,6 +111,4 @@ class Prefix:
     def pairs(self, rows: slice, i: torch.Tensor, j: torch.Tensor) -> Record:
         """The record after the prefix for the pairs (X[rows][i], X[rows][j]) of a diagonal tile of a symmetric Gram
         (one batch axis): the tile's block, read at the pairs."""
-        block = self.block(rows, rows, exact_diagonal=True)
-        theta = None if block.theta is None else block.theta[i, j]
-        return Record(block.sigma[i, j], theta, "flat", 1, ())
+        return at_pairs(self.block(rows, rows, exact_diagonal=True), i, j)

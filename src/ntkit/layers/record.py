@@ -49,6 +49,13 @@ class Record:
         return self.nbatch + len(self.spatial) + k
 
 
+def at_pairs(record: Record, i: torch.Tensor, j: torch.Tensor) -> Record:
+    """The pairs (i[b], j[b]) of a flat record of a tile (rows, cols): a record with one batch axis, like the pairs
+    of `paired_input_record` (a 0-d Theta, before any weight layer, stays as it is)."""
+    theta = record.theta if record.theta is None or record.theta.ndim == 0 else record.theta[i, j]
+    return Record(record.sigma[i, j], theta, record.layout, 1, record.spatial)
+
+
 def paired_input_record(X: torch.Tensor, Y: torch.Tensor, layout: str, want_ntk: bool) -> Record:
     """The input layer's kernel for the pairs (X[b], Y[b]), b < B: a record with one batch axis, like the self pass
     (used for the upper triangle of a symmetric tile)."""
