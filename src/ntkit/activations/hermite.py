@@ -6,21 +6,23 @@ the correlation rho = c / sqrt(q1 q2) (Han, Avron, Shoham, Kim and Shin 2022):
 
     E[sigma^(m)(u) sigma^(n)(v)] = sum_k a_k^(m)(q1) a_k^(n)(q2) rho^k.                      (Mehler)
 
-The coefficients depend on the variances only, so they are computed once per distinct variance: NODES-point
-Gauss-Hermite quadrature, a_k = sum_i sqrt(w_i) h_k(z_i) sqrt(w_i) sigma^(m)(sqrt(q) z_i) (`_basis`), with
-sigma^(m) by autograd. Parseval bounds the truncation: |sum_{k >= K} a_k b_k rho^k| <= sqrt(T_a(K) T_b(K)),
-T_a(K) = sum_{k >= K} a_k^2, so the series is truncated where T_a(K) <= TOLERANCE E[sigma^(m)(u)^2] at every
-variance, which bounds a map's error by TOLERANCE sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2]), and used only where such
-a K exists (`HermiteMaps.resolves`); kinks (relu, elu, selu) and
-very large variances of steep functions fail it and stay with the 2-D quadrature.
+The coefficients depend on the variances only, so they are computed once per distinct variance and kept (a
+convolution or pooling gives every position of every example its own variance, and the Gram's tiles share them):
+n-point Gauss-Hermite quadrature, a_k = sum_i sqrt(w_i) h_k(z_i) sqrt(w_i) sigma^(m)(sqrt(q) z_i) (`_basis`), with
+sigma^(m) by autograd, n the smallest of NODE_LADDER whose upper half of coefficients (which only measures the
+aliasing) carries at most TOLERANCE of E[sigma^(m)(u)^2]. Parseval bounds the truncation: |sum_{k >= K} a_k b_k
+rho^k| <= |rho|^K sqrt(T_a(K) T_b(K)), T_a(K) = sum_{k >= K} a_k^2, so the series is truncated where this is at most
+TOLERANCE sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2]) at every variance (fewer terms for smaller |rho|:
+`hermite_sums.banded_series`), and used only where such a K exists at rho = 1 (`HermiteMaps.resolves`); kinks
+(relu, elu, selu) and very large variances of steep functions fail it and stay with the 2-D quadrature.
 
 A map is then a function of rho alone for each pair of distinct variances: few pairs (inputs of one norm, as
-on the sphere) get a table of piecewise polynomials in rho (`_table`: TABLE_DEGREE on P equal panels, P doubled
-until the table agrees with the series to TOLERANCE), evaluated with one gather per coefficient; many pairs, and
-small blocks (below SERIES_BELOW entries), sum the truncated series for each pair (Horner). Derivatives come
-from Price's theorem, dE/dc = E[sigma^(m+1) sigma^(n+1)] and dE/dq1 = E[sigma^(m+2)(u) sigma^(n)(v)] / 2,
-through the same maps (`_Maps`), so the kernels are differentiable to any order in c, q1 and q2, hence in
-the inputs, W_std and b_std.
+on the sphere) get a table of piecewise polynomials in rho (`hermite_sums.table`: TABLE_DEGREE on P equal panels, P
+doubled until the table agrees with the series to TOLERANCE), evaluated with one gather per coefficient; many pairs,
+and small blocks (below SERIES_BELOW entries), sum the truncated series (Horner, `hermite_sums.banded_series`).
+Derivatives come from Price's theorem, dE/dc = E[sigma^(m+1) sigma^(n+1)] and dE/dq1 = E[sigma^(m+2)(u)
+sigma^(n)(v)] / 2, through the same maps (`_Maps`), so the kernels are differentiable to any order in c, q1 and q2,
+hence in the inputs, W_std and b_std.
 """
 
 from __future__ import annotations
@@ -33,20 +35,21 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
-NODES = 2048            # Gauss-Hermite nodes for the coefficients
-TERMS = 1024            # coefficients kept (half the nodes: the rest only measure the aliasing)
+from .hermite_sums import Series, banded_series, tabulated, terms_for_radius
+from .hermite_sums import table as _table
+
+NODE_LADDER = (128, 256, 512, 1024, 2048)   # Gauss-Hermite nodes tried for the coefficients of a variance
 TOLERANCE = 1e-12       # relative bound on a map's truncation and table error
-TABLE_DEGREE = 3        # local polynomial degree of the tables in rho
 MAX_TABLES = 16         # pairs of distinct variances up to which maps are tabulated
 SERIES_BELOW = 1 << 14  # fewer entries than this take the series directly (cheaper than building a table)
-MAX_PANELS = 1 << 15
 _DIRECT_ORDER = 3       # derivatives of sigma by autograd up to this order, by shifting coefficients beyond
-_SERIES_BLOCK = 1 << 22  # entries x terms per block of the series
 _LOOSE = 1e-9           # truncation of the higher derivatives' series (used in derivatives of the maps only)
 _MANTISSA_BITS = 42     # variances equal to 2^-42 relative share their coefficients
+_MAX_ROWS = 1 << 17     # coefficient rows kept per nonlinearity before the store is cleared
+_MAX_SETS = 32          # assembled sets of variances (and tables) kept
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=len(NODE_LADDER))
 def _basis(nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z, psi, root_w): the Gauss rule of the standard normal (z: (nodes,), root_w = sqrt of the weights, which
     sum to 1) and psi[k, i] = sqrt(w_i) h_k(z_i) for k < nodes (an orthogonal matrix). The Hermite functions
@@ -82,15 +85,34 @@ def _basis(nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _derivatives(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, order: int) -> torch.Tensor:
-    """sigma^(order)(x) by repeated autograd (float64, detached); zeros once a derivative is constant."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        value = fn(xg)
-        for _ in range(order):
-            if not value.requires_grad:
-                return torch.zeros_like(x)
-            (value,) = torch.autograd.grad(value.sum(), xg, create_graph=True)
+    """sigma^(order)(x) (float64, detached) by repeated autograd, or inside torch.func transforms (which refuse
+    requires_grad_) by nested forward mode (`forward_derivative`); zeros once a derivative is constant."""
+    try:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            value = fn(xg)
+            for _ in range(order):
+                if not value.requires_grad:
+                    return torch.zeros_like(x)
+                (value,) = torch.autograd.grad(value.sum(), xg, create_graph=True)
+    except RuntimeError:
+        value = forward_derivative(fn, order)(x.detach())
     return value.detach().to(torch.float64) * torch.ones_like(x)
+
+
+def forward_derivative(fn: Callable[[torch.Tensor], torch.Tensor], order: int) -> Callable:
+    """x -> sigma^(order)(x) for an elementwise sigma, by `order` nested torch.func.jvp (forward mode)."""
+    for _ in range(order):
+        fn = (lambda f: lambda t: torch.func.jvp(f, (t,), (torch.ones_like(t),))[1])(fn)
+    return fn
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """t as a NumPy array, also inside torch.func transforms (whose tensors have no storage to share)."""
+    try:
+        return t.detach().cpu().numpy()
+    except RuntimeError:
+        return np.array(t.tolist(), dtype=np.float64)
 
 
 def _snap(q: torch.Tensor) -> torch.Tensor:
@@ -100,26 +122,53 @@ def _snap(q: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.round(mantissa * 2.0**_MANTISSA_BITS) / 2.0**_MANTISSA_BITS, exponent)
 
 
+def _rows(fn, variances: np.ndarray, order: int) -> list[tuple[np.ndarray | None, float, float, int]]:
+    """(coefficients, E[sigma^(order)(u)^2], aliasing tail, nodes) for each variance, each computed with the
+    fewest nodes of NODE_LADDER whose upper half of coefficients carries at most TOLERANCE of the norm (the largest
+    where none does); coefficients None where sigma^(order) is not finite at a node."""
+    out: list = [None] * len(variances)
+    pending = np.arange(len(variances))
+    for nodes in NODE_LADDER:
+        z, psi, root_w = _basis(nodes)
+        x = torch.as_tensor(np.sqrt(variances[pending])[:, None] * z[None, :])
+        values = _numpy(_derivatives(fn, x, order))
+        finite = np.isfinite(values[:, root_w > 0]).all(1)
+        weighted = np.where(root_w > 0, np.nan_to_num(values), 0.0) * root_w
+        every = weighted @ psi.T                                            # (G, nodes)
+        norms = (weighted * weighted).sum(1)
+        alias = (every[:, nodes // 2:] ** 2).sum(1)
+        done = ~finite | (alias <= TOLERANCE * norms + 1e-300) | (nodes == NODE_LADDER[-1])
+        for i in np.flatnonzero(done):
+            out[pending[i]] = (every[i] if finite[i] else None, float(norms[i]), float(alias[i]), nodes)
+        pending = pending[~done]
+        if not pending.size:
+            break
+    return out
+
+
 class _Coefficients:
     """The Hermite coefficients of sigma^(m)(sqrt(q) z) for a set of distinct variances, with what decides the
-    truncation: `values` (G, TERMS), `norms` (G,) = E[sigma^(m)(u)^2] and `tails` (G, TERMS + 1), tails[:, K] the
-    sum of the squared coefficients from K to NODES - 1 (those past TERMS show whether the rule resolves sigma)."""
+    truncation: `every` (G, n) all coefficients (zero past a variance's own node count `nodes`), `values` (G, n / 2),
+    `norms` (G,) = E[sigma^(m)(u)^2], `alias` (G,) the squared coefficients in the upper half of each variance's
+    own rule (how well the rule resolves sigma) and `tails` (G, n / 2 + 1), tails[:, K] = sum_{k >= K} a_k^2."""
 
-    def __init__(self, fn, variances: np.ndarray, order: int):
-        z, psi, root_w = _basis(NODES)
-        x = torch.as_tensor(np.sqrt(variances)[:, None] * z[None, :])
-        values = _derivatives(fn, x, order).numpy()
-        if not np.isfinite(values[:, root_w > 0]).all():
+    def __init__(self, rows: Sequence[tuple[np.ndarray | None, float, float, int]]):
+        if not rows or any(row[0] is None for row in rows):
             self.values = None
             return
-        weighted = np.where(root_w > 0, values, 0.0) * root_w
-        self._set((psi @ weighted.T).T, (weighted * weighted).sum(1))
+        width = max(row[3] for row in rows)
+        every = np.zeros((len(rows), width))
+        for i, row in enumerate(rows):
+            every[i, :row[3]] = row[0]
+        self._set(every, np.array([row[1] for row in rows]), np.array([row[2] for row in rows]),
+                  np.array([row[3] for row in rows]))
 
-    def _set(self, every: np.ndarray, norms: np.ndarray) -> None:
-        self.every = every                                              # (G, NODES): all coefficients
-        self.values = every[:, :TERMS]
-        self.norms = norms
-        self.tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :TERMS + 1]
+    def _set(self, every: np.ndarray, norms: np.ndarray, alias: np.ndarray, nodes: np.ndarray) -> None:
+        self.every, self.norms, self.alias, self.nodes = every, norms, alias, nodes
+        self.values = every[:, :every.shape[1] // 2]
+        tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :every.shape[1] // 2 + 1]
+        # past a variance's own rule its coefficients are unknown: bounded by what its rule's upper half carries
+        self.tails = np.where(np.arange(tails.shape[1])[None, :] >= nodes[:, None] // 2, alias[:, None], tails)
 
     def shifted(self, fn, variances: np.ndarray, steps: int) -> _Coefficients:
         """The coefficients of sigma^(m + steps) from these of sigma^(m) (d/dz h_k = sqrt(k) h_{k-1}):
@@ -128,23 +177,25 @@ class _Coefficients:
         if self.values is None:
             out.values = None
             return out
-        j = np.arange(NODES - steps, dtype=np.float64)
+        width = self.every.shape[1]
+        j = np.arange(width - steps, dtype=np.float64)
         growth = np.exp(0.5 * (gammaln(j + steps + 1) - gammaln(j + 1)))
         positive = variances > 0
         scale = np.where(positive, np.maximum(variances, 1e-300) ** (-steps / 2), 0.0)
         every = np.zeros_like(self.every)
-        every[:, :NODES - steps] = self.every[:, steps:] * growth * scale[:, None]
+        every[:, :width - steps] = self.every[:, steps:] * growth * scale[:, None]
         if not positive.all():       # sigma^(m)(0 z) is the constant sigma^(m)(0)
             at_zero = float(_derivatives(fn, torch.zeros(1, dtype=torch.float64), _DIRECT_ORDER + steps)[0])
             every[~positive] = 0.0
             every[~positive, 0] = at_zero
-        out._set(every, (every * every).sum(1))
+        upper = np.arange(width)[None, :] >= self.nodes[:, None] // 2
+        out._set(every, (every * every).sum(1), (every * every * upper).sum(1), self.nodes)
         return out
 
     def terms_for(self, tolerance: float) -> int | None:
         """The fewest terms K with tail(K) <= tolerance E[sigma^(m)(u)^2] at every variance (then the truncation
-        error of a map is at most tolerance sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2])); None if TERMS do not
-        suffice (a kink, or a variance too large for the steepness of sigma)."""
+        error of a map is at most tolerance sqrt(E[sigma^(m)(u)^2] E[sigma^(n)(v)^2])); None if the rules do not
+        resolve sigma to it (a kink, or a variance too large for the steepness of sigma)."""
         if self.values is None:
             return None
         memo = self.__dict__.setdefault("_terms", {})
@@ -153,45 +204,67 @@ class _Coefficients:
         return memo[tolerance]
 
     def _count(self, tolerance: float) -> int | None:
-        ok = self.tails <= tolerance * self.norms[:, None] + 1e-300
-        if not ok[:, -1].all():
+        if not (self.alias <= tolerance * self.norms + 1e-300).all():
             return None
+        ok = self.tails <= tolerance * self.norms[:, None] + 1e-300
         return max(1, int(np.argmax(ok.all(0))))
+
+    def relative_tails(self, width: int) -> np.ndarray:
+        """(width + 1,): the largest tail(K) / E[sigma^(m)(u)^2] over the variances, K = 0 .. width (width >=
+        n / 2: the last value repeated)."""
+        tails = (self.tails / np.maximum(self.norms, 1e-300)[:, None]).max(0)
+        return np.concatenate([tails, np.full(width + 1 - len(tails), tails[-1])])
+
+    def padded(self, width: int) -> np.ndarray:
+        """(G, width): the coefficients, zeros past n / 2."""
+        return np.pad(self.values, ((0, 0), (0, width - self.values.shape[1])))
 
 
 class HermiteMaps:
     """E[sigma^(m)(u) sigma^(n)(v)] for one nonlinearity `fn` from its Hermite expansion (module docstring).
-    Coefficients are cached for the most recent sets of variances."""
+    Coefficients are kept per distinct variance (`_rows`), tables and assembled sets for the most recent sets."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
         self.fn = fn
         self._cache: dict[tuple, object] = {}
+        self._rows: dict[tuple[int, float], tuple] = {}
 
     def __getstate__(self) -> dict:
-        """Pickled without the cache (sent to workers as the function alone)."""
-        return {"fn": self.fn, "_cache": {}}
+        """Pickled without the caches (sent to workers as the function alone)."""
+        return {"fn": self.fn, "_cache": {}, "_rows": {}}
 
     def coefficients(self, variances: np.ndarray, order: int) -> _Coefficients:
         """The coefficients of sigma^(order) at these variances: by autograd up to _DIRECT_ORDER (nested autograd
-        grows combinatorially past it), shifted from those beyond; cached."""
+        grows combinatorially past it), shifted from those beyond; kept."""
         key = (order, variances.tobytes())
         if key not in self._cache:
-            if len(self._cache) >= 256:
+            if len(self._cache) >= _MAX_SETS:
                 self._cache.clear()
-            self._cache[key] = (_Coefficients(self.fn, variances, order) if order <= _DIRECT_ORDER else
-                                self.coefficients(variances, _DIRECT_ORDER).shifted(self.fn, variances,
-                                                                                     order - _DIRECT_ORDER))
+            if order > _DIRECT_ORDER:
+                self._cache[key] = self.coefficients(variances, _DIRECT_ORDER).shifted(self.fn, variances,
+                                                                                       order - _DIRECT_ORDER)
+            else:
+                missing = np.array([v for v in variances.tolist() if (order, v) not in self._rows])
+                if missing.size:
+                    if len(self._rows) + missing.size > _MAX_ROWS:
+                        self._rows.clear()
+                        missing = variances
+                    self._rows.update(zip([(order, v) for v in missing.tolist()], _rows(self.fn, missing, order),
+                                          strict=True))
+                self._cache[key] = _Coefficients([self._rows[(order, v)] for v in variances.tolist()])
         return self._cache[key]
 
     def resolves(self, q1: torch.Tensor, q2: torch.Tensor, orders: Sequence[int] = (0, 1)) -> bool:
         """Whether the truncated series reaches TOLERANCE for sigma^(m), m in `orders`, at every variance in q1, q2
-        (finite, non-negative); otherwise the caller falls back to quadrature."""
+        (finite, non-negative); otherwise the caller falls back to quadrature. The largest variance is tried first
+        (a kink fails there at once)."""
         for q in (q1, q2):
             if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
                 return False
             reps = _groups(q)[0]
-            if any(self.coefficients(reps, m).terms_for(TOLERANCE) is None for m in orders):
-                return False
+            for subset in (reps[-1:], reps):
+                if any(self.coefficients(subset, m).terms_for(TOLERANCE) is None for m in orders):
+                    return False
         return True
 
     def evaluate(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
@@ -202,92 +275,53 @@ class HermiteMaps:
         reps1, index1 = _groups(q1)
         reps2, index2 = _groups(q2)
         rho = _correlation(c, q1, q2, shape)
-        if len(reps1) * len(reps2) <= MAX_TABLES and rho.numel() > SERIES_BELOW:
-            return self._tabulated(rho, reps1, index1, reps2, index2, orders, shape)
-        return [self._series(rho, reps1, index1, reps2, index2, m, n) for m, n in orders]
+        pairs = len(reps1) * len(reps2)
+        if pairs <= MAX_TABLES and rho.numel() > SERIES_BELOW:
+            tables = [self._tables(reps1, reps2, m, n) for m, n in orders]
+            return tabulated(rho, index1, index2, len(reps2), tables, pairs)
+        series = []
+        for m, n in orders:
+            a, b, terms = self._series(reps1, reps2, m, n)
+            full = terms(1.0)
+            series.append(Series(torch.as_tensor(a[:, :full], dtype=rho.dtype, device=rho.device),
+                                 torch.as_tensor(b[:, :full], dtype=rho.dtype, device=rho.device), terms))
+        return banded_series(rho, index1, index2, series)
 
-    def _terms(self, reps1, reps2, m, n) -> tuple[np.ndarray, np.ndarray, int]:
+    def _series(self, reps1, reps2, m, n) -> tuple[np.ndarray, np.ndarray, Callable[[float], int]]:
+        """The coefficients of sigma^(m) at reps1 and sigma^(n) at reps2 (NumPy (G, K)) and the terms K(r) that
+        bound the tail for |rho| <= r, at TOLERANCE where both resolve it, else _LOOSE, else all terms."""
         a, b = self.coefficients(reps1, m), self.coefficients(reps2, n)
         if a.values is None or b.values is None:
             raise ValueError(f"the derivative of order {max(m, n)} of the activation is not finite at the "
                              f"quadrature nodes")
-        terms = max(a.terms_for(TOLERANCE) or a.terms_for(_LOOSE) or TERMS,
-                    b.terms_for(TOLERANCE) or b.terms_for(_LOOSE) or TERMS)
-        return a.values[:, :terms], b.values[:, :terms], terms
-
-    def _series(self, rho, reps1, index1, reps2, index2, m, n) -> torch.Tensor:
-        """sum_k a_k(q1) b_k(q2) rho^k for every pair (many distinct variances, or few entries), in blocks of
-        entries: the coefficient products and the powers of rho as (block, K) matrices."""
-        a, b, terms = self._terms(reps1, reps2, m, n)
-        a = torch.as_tensor(a, dtype=rho.dtype, device=rho.device)
-        b = torch.as_tensor(b, dtype=rho.dtype, device=rho.device)
-        if rho.ndim == 2 and index1.shape == (rho.shape[0], 1) and index2.shape == (1, rho.shape[1]):
-            return _series_grid(rho, a[index1[:, 0]], b[index2[0]])
-        flat_rho = rho.reshape(-1)
-        i1 = index1.expand(rho.shape).reshape(-1)
-        i2 = index2.expand(rho.shape).reshape(-1)
-        out = torch.empty_like(flat_rho)
-        block = max(1, _SERIES_BLOCK // terms)
-        for start in range(0, flat_rho.numel(), block):
-            part = slice(start, start + block)
-            products = a[i1[part]] * b[i2[part]]                                    # (block, K)
-            powers = flat_rho[part, None].expand(-1, terms - 1).cumprod(1)           # rho^1 .. rho^(K-1)
-            out[part] = products[:, 0] + torch.linalg.vecdot(products[:, 1:], powers)
-        return out.reshape(rho.shape)
-
-    def _tabulated(self, rho, reps1, index1, reps2, index2, orders, shape) -> list[torch.Tensor]:
-        """The maps from tables of piecewise polynomials in rho, one per pair of distinct variances."""
-        tables = [self._tables(reps1, reps2, m, n) for m, n in orders]
-        panels = max(t.shape[0] for t in tables) // (len(reps1) * len(reps2))
-        u = rho.mul_(panels / 2).add_(panels / 2)                                  # (rho + 1) panels / 2
-        j = u.floor().clamp_(0, panels - 1)
-        t = u.sub_(j)
-        flat = j.long()
-        if len(reps1) * len(reps2) > 1:
-            flat += (index1 * len(reps2) + index2) * panels
-        out = []
-        for table in tables:
-            per_pair = table.shape[0] // (len(reps1) * len(reps2))
-            table = table if per_pair == panels else np.concatenate(
-                [_refine(part, panels) for part in np.split(table, len(reps1) * len(reps2))])
-            table = torch.as_tensor(table.T.copy(), dtype=rho.dtype, device=rho.device)   # (d + 1, pairs panels)
-            total = torch.take(table[-1], flat)
-            for k in range(table.shape[0] - 2, -1, -1):
-                total = torch.take(table[k], flat).addcmul_(total, t)
-            out.append(total)
-        return out
+        tolerance = next((t for t in (TOLERANCE, _LOOSE) if a.terms_for(t) and b.terms_for(t)), 0.0)
+        width = max(a.values.shape[1], b.values.shape[1])
+        terms = terms_for_radius(a.relative_tails(width), b.relative_tails(width), tolerance)
+        if tolerance != TOLERANCE:      # a loose series: its terms at rho = 1 everywhere (an error far below it)
+            full = terms(1.0)
+            return a.padded(width), b.padded(width), lambda radius: full
+        return a.padded(width), b.padded(width), terms
 
     def _tables(self, reps1, reps2, m, n) -> np.ndarray:
         """(pairs * panels, TABLE_DEGREE + 1): the tables of every pair of distinct variances on a common number of
         panels, pairs in row-major order of (reps1, reps2); cached."""
+        from .hermite_sums import refine
+
         key = ("table", m, n, reps1.tobytes(), reps2.tobytes())
         if key not in self._cache:
-            a, b, _ = self._terms(reps1, reps2, m, n)
-            tables = [_table(p) for p in (a[:, None, :] * b[None, :, :]).reshape(-1, a.shape[1])]
+            a, b, terms = self._series(reps1, reps2, m, n)
+            full = terms(1.0)
+            tables = [_table(p, TOLERANCE) for p in (a[:, None, :full] * b[None, :, :full]).reshape(-1, full)]
             panels = max(t.shape[0] for t in tables)
-            self._cache[key] = np.concatenate([_refine(t, panels) for t in tables])
+            self._cache[key] = np.concatenate([refine(t, panels) for t in tables])
         return self._cache[key]
-
-
-def _series_grid(rho: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """sum_k rows[i, k] cols[j, k] rho[i, j]^k for a block (N, M) whose variances vary along rows (rows: (N, K))
-    and columns (cols: (M, K)), in blocks of rows: no gather of (N M, K) coefficients."""
-    terms = rows.shape[1]
-    out = torch.empty_like(rho)
-    block = max(1, _SERIES_BLOCK // (terms * max(rho.shape[1], 1)))
-    for start in range(0, rho.shape[0], block):
-        part = slice(start, start + block)
-        products = rows[part, None, :] * cols[None, :, :]                             # (block, M, K)
-        powers = rho[part, :, None].expand(-1, -1, terms - 1).cumprod(2)               # rho^1 .. rho^(K-1)
-        out[part] = products[:, :, 0] + torch.linalg.vecdot(products[:, :, 1:], powers)
-    return out
 
 
 def _groups(q: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
     """(distinct snapped variances, float64 NumPy (G,); index of each entry of q into them, long, q's shape)."""
     snapped = _snap(q)
     reps, index = torch.unique(snapped.reshape(-1), return_inverse=True)
-    return reps.cpu().numpy(), index.reshape(q.shape).to(q.device)
+    return _numpy(reps), index.reshape(q.shape).to(q.device)
 
 
 def _correlation(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, shape) -> torch.Tensor:
@@ -299,66 +333,50 @@ def _correlation(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, shape) -> 
     return (rho if rho.shape == shape else rho.expand(shape).clone()).clamp_(-1.0, 1.0)
 
 
-def _series_at(coefficients: np.ndarray, rho: np.ndarray) -> np.ndarray:
-    total = np.full_like(rho, coefficients[-1])
-    for value in coefficients[-2::-1]:
-        total = total * rho + value
-    return total
-
-
-@lru_cache(maxsize=1)
-def _local_rule(degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chebyshev points in [0, 1], the inverse of their Vandermonde matrix (values -> monomial coefficients in t)
-    and check points halfway between them."""
-    t = (1 - np.cos(np.pi * (np.arange(degree + 1) + 0.5) / (degree + 1))) / 2
-    check = np.concatenate([[0.0], (t[1:] + t[:-1]) / 2, [1.0]])
-    return t, np.linalg.inv(np.vander(t, increasing=True)), check
-
-
-def _table(coefficients: np.ndarray, panels: int = 64) -> np.ndarray:
-    """(panels, TABLE_DEGREE + 1) monomial coefficients in t in [0, 1] of the series on each of `panels` equal
-    panels of rho in [-1, 1], panels doubled until the table agrees with the series to TOLERANCE times its largest
-    value (sum |a_k|) at points between the interpolation nodes."""
-    t, inverse, check = _local_rule(TABLE_DEGREE)
-    scale = np.abs(coefficients).sum() + 1e-300
-    while True:
-        starts = -1 + 2 * np.arange(panels)[:, None] / panels
-        local = inverse @ _series_at(coefficients, starts + 2 * t[None, :] / panels).T   # (d + 1, panels)
-        table = local.T
-        exact = _series_at(coefficients, starts + 2 * check[None, :] / panels)
-        powers = check[:, None] ** np.arange(TABLE_DEGREE + 1)[None, :]
-        error = np.abs(table @ powers.T - exact).max()
-        if error <= TOLERANCE * scale or panels >= MAX_PANELS:
-            return table
-        panels *= 2
-
-
-def _refine(table: np.ndarray, panels: int) -> np.ndarray:
-    """A table on `panels` panels from one on fewer (a power of two fewer): each panel's polynomial re-expanded on
-    its sub-panels, t = (i + s) / r."""
-    ratio = panels // table.shape[0]
-    if ratio == 1:
-        return table
-    degree = table.shape[1] - 1
-    out = np.empty((panels, degree + 1))
-    for i in range(ratio):
-        # p(t) with t = (i + s) / ratio: coefficients in s by the binomial expansion
-        shift = np.zeros((degree + 1, degree + 1))
-        for k in range(degree + 1):
-            for j in range(k + 1):
-                shift[k, j] = math.comb(k, j) * (i / ratio) ** (k - j) * (1 / ratio) ** j
-        out[i::ratio] = table @ shift
-    return out
-
-
 class _Maps(torch.autograd.Function):
     """E[sigma^(m)(u) sigma^(n)(v)] for several (m, n) with derivatives by Price's theorem (any order)."""
 
     @staticmethod
-    def forward(ctx, c, q1, q2, maps: HermiteMaps, orders: tuple[tuple[int, int], ...]):  # type: ignore[override]
-        ctx.save_for_backward(c, q1, q2)
-        ctx.maps, ctx.orders = maps, orders
+    def forward(c, q1, q2, maps: HermiteMaps, orders: tuple[tuple[int, int], ...]):  # type: ignore[override]
         return tuple(maps.evaluate(c.detach(), q1.detach(), q2.detach(), orders))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        c, q1, q2, maps, orders = inputs
+        ctx.save_for_backward(c, q1, q2)
+        ctx.save_for_forward(c, q1, q2)
+        ctx.maps, ctx.orders = maps, orders
+
+    @staticmethod
+    def jvp(ctx, c_t, q1_t, q2_t, *_):  # type: ignore[override]
+        """Forward mode (torch.func.jvp, jacfwd): the same Price derivatives as `backward`."""
+        c, q1, q2 = ctx.saved_tensors
+        steps = [(1, 1, c_t, 1.0), (2, 0, q1_t, 0.5), (0, 2, q2_t, 0.5)]
+        steps = [step for step in steps if step[2] is not None]
+        wanted = list(dict.fromkeys((m + i, n + j) for m, n in ctx.orders for i, j, _, _ in steps))
+        values = dict(zip(wanted, gaussian_maps(c, q1, q2, ctx.maps, wanted), strict=True)) if wanted else {}
+        shape = torch.broadcast_shapes(c.shape, q1.shape, q2.shape)
+        out = []
+        for m, n in ctx.orders:
+            total = c.new_zeros(shape)
+            for i, j, tangent, factor in steps:
+                total = total + factor * tangent * values[(m + i, n + j)]
+            out.append(total)
+        return tuple(out)
+
+    @staticmethod
+    def vmap(info, in_dims, c, q1, q2, maps, orders):  # type: ignore[override]
+        """The maps are elementwise in (c, q1, q2): a batch dimension is one more broadcast dimension in front
+        (torch.func.vmap, jacrev, jacfwd and hessian through the kernels)."""
+        tensors = (c, q1, q2)
+        ndim = max(t.ndim - (d is not None) for t, d in zip(tensors, in_dims[:3], strict=True))
+
+        def front(t, d):
+            t = t.unsqueeze(0) if d is None else t.movedim(d, 0)
+            return t.reshape(t.shape[:1] + (1,) * (ndim + 1 - t.ndim) + t.shape[1:])
+
+        out = _Maps.apply(*(front(t, d) for t, d in zip(tensors, in_dims[:3], strict=True)), maps, orders)
+        return out, tuple(0 for _ in out)
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]

@@ -137,12 +137,15 @@ class Quadrature(Nonlinearity):
     def _value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sigma(x) and sigma'(x) from one evaluation (autograd); both differentiable when x carries a graph."""
         keep_graph = x.requires_grad and torch.is_grad_enabled()
-        with torch.enable_grad():
-            xg = x if keep_graph else x.detach().requires_grad_(True)
-            y = self.fn(xg)
-            if not y.requires_grad:  # a constant function
-                return y, torch.zeros_like(x)
-            (grad,) = torch.autograd.grad(y.sum(), xg, create_graph=keep_graph)
+        try:
+            with torch.enable_grad():
+                xg = x if keep_graph else x.detach().requires_grad_(True)
+                y = self.fn(xg)
+                if not y.requires_grad:  # a constant function
+                    return y, torch.zeros_like(x)
+                (grad,) = torch.autograd.grad(y.sum(), xg, create_graph=keep_graph)
+        except RuntimeError:     # inside torch.func transforms, which refuse requires_grad_: forward mode
+            y, grad = torch.func.jvp(self.fn, (x.detach(),), (torch.ones_like(x),))
         return (y if keep_graph else y.detach()), grad
 
     def _expect(self, c, q1, q2, derivatives: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
