@@ -135,18 +135,35 @@ def test_layer_map_tangents_match_forward_mode_autograd_and_finite_differences(n
         torch.testing.assert_close(dG_diag[j], dG_ref, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "sin", "sign", "rectified_monomial"])
+def test_other_activations_carry_autograd_partials_of_their_maps(rng, activation) -> None:
+    """Activations without closed-form derivatives here: their maps' partials by autograd element by element, the
+    same derivatives as reverse mode over the Gram (to rounding) and as central differences, exactly symmetric."""
+    X = rng.standard_normal((7, 3)) + 0.3
+    kernel = NTK(depth=3, activation=activation, W_std=1.1, b_std=0.3)
+    assert fc_chain(kernel._arch(3)) is not None
+    K, K_gradient = kernel(X, eval_gradient=True)
+    top = np.abs(K).max()
+    _, gradient_auto = autograd_gradient(kernel, X)
+    np.testing.assert_allclose(K_gradient, gradient_auto, rtol=1e-11, atol=1e-13 * top)
+    assert np.array_equal(K_gradient, K_gradient.transpose(1, 0, 2))
+    for index in range(2):
+        np.testing.assert_allclose(K_gradient[:, :, index], finite_differences(kernel, X, index), rtol=1e-7,
+                                   atol=2e-8 * top)
+
+
 def test_other_architectures_take_the_autograd_path(rng) -> None:
-    """gelu has no closed-form derivative here and a convolution is no fully-connected chain: both fall back to
-    autograd, which still matches central differences."""
+    """tanh (by quadrature) and a convolution take reverse-mode autograd, which still matches central
+    differences."""
     X = rng.standard_normal((5, 4)) + 0.5
-    kernel = NTK(depth=2, activation="gelu", W_std=1.2, b_std=0.3)
+    kernel = NTK(depth=2, activation="tanh", W_std=1.2, b_std=0.3)
     assert fc_chain(kernel._arch(4)) is None
     K, K_gradient = kernel(X, eval_gradient=True)
     for index in range(2):
         np.testing.assert_allclose(K_gradient[:, :, index], finite_differences(kernel, X, index), rtol=1e-6,
                                    atol=1e-8 * np.abs(K).max())
     conv = nk.Sequential(nk.Conv1d(2), nk.ReLU(), nk.Flatten(), nk.Linear())
-    assert fc_chain(conv) is None and fc_chain(nk.MLP(3, "tanh")) is None
+    assert fc_chain(conv) is None
     assert fc_chain(nk.Sequential(nk.Linear(), nk.ReLU(), nk.Linear(parametrization="standard",
                                                                      in_channels=5))) is None
 

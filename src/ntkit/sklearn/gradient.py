@@ -1,4 +1,4 @@
-"""The kernels of a fully-connected chain with their derivatives in the hyperparameters, in closed form.
+"""The kernels of a fully-connected chain with their derivatives in the hyperparameters, carried through the recursion.
 
 For the chain Linear, sigma_1, Linear, ..., sigma_{L-1}, Linear (the MLP, with one W_std and b_std per weight layer
 or shared) the derivatives d Sigma^(l) / dp and d Theta^(l) / dp of every hyperparameter p (W_std or b_std of one
@@ -11,8 +11,9 @@ as log-derivatives (p d/dp, what scikit-learn's kernels return):
     Theta^(l+1) = Theta^(l) SigmaDot^(l+1) + Sigma^(l+1)
     d Theta^(l+1) = d Theta^(l) SigmaDot^(l+1) + Theta^(l) d SigmaDot^(l+1) + d Sigma^(l+1)
 
-with F, G the layer's Sigma and SigmaDot maps of [[q1, c], [c, q2]] = Sigma^(l) and dF, dG their closed-form
-tangents (`ntkit.sklearn.tangents`), which take the tangents of the diagonals Sigma^(l)(x, x): those are carried
+with F, G the layer's Sigma and SigmaDot maps of [[q1, c], [c, q2]] = Sigma^(l) and dF, dG their tangents
+(`ntkit.sklearn.tangents`: closed forms for the ReLU family and erf, the maps' partials by autograd element by
+element for the others), which take the tangents of the diagonals Sigma^(l)(x, x): those are carried
 the same way on each example alone, exactly (no angle). Each hyperparameter costs a few passes over a tile per
 layer, instead of reverse-mode autograd over the whole Gram. A symmetric Gram's diagonal gets the exact diagonal
 values and derivatives; pairs of identical examples too; pairs whose layer-1 correlation is within
@@ -28,11 +29,11 @@ import numpy as np
 import torch
 
 from .. import coincident, gram, memory
-from ..activations import Nonlinearity
+from ..activations import Nonlinearity, Quadrature
 from ..kernels import Map, Recursion, sigma_diagonals
 from ..layers import Linear, Sequential
 from ..mlp import MLP
-from .tangents import supported, tangent, tangent_diag
+from .tangents import closed_form, tangent, tangent_diag
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ class Chain:
 
 
 def fc_chain(arch: Any) -> Chain | None:
-    """The `Chain` of an MLP or of a Sequential of Linear layers (NTK parametrization) alternating with
-    nonlinearities that have closed-form derivatives (`tangents.supported`), Linear first and last; else None (the
-    caller differentiates by autograd)."""
+    """The `Chain` of an MLP or of a Sequential of Linear layers (NTK parametrization) alternating with elementwise
+    nonlinearities, Linear first and last; else None (the caller differentiates by autograd). Nonlinearities by
+    quadrature are left to autograd too: their maps' partials element by element would cost several times the
+    reverse pass over the Gram (they share each row's quadrature nodes across the row)."""
     if isinstance(arch, MLP):
         layers = arch.layers.layers
     elif isinstance(arch, Sequential):
@@ -64,7 +66,7 @@ def fc_chain(arch: Any) -> Chain | None:
     if len(layers) % 2 == 0 or not all(isinstance(layer, Linear) and layer.parametrization == "ntk"
                                        and layer.dense_scales is not None for layer in dense):
         return None
-    if not all(layer.elementwise is not None and supported(layer.elementwise) for layer in acts):
+    if not all(layer.elementwise is not None and not isinstance(layer.elementwise, Quadrature) for layer in acts):
         return None
     scales = tuple((float(layer.W_std), float(layer.b_std)) for layer in dense)
     return Chain(scales, tuple(layer.elementwise for layer in acts))
@@ -86,10 +88,12 @@ def kernel_and_gradient(X: torch.Tensor, chain: Chain, get: str, W_columns: np.n
     edge = gram.default_tile(X.device) if tile is None else tile
     with torch.no_grad():
         fn = _tile_fn(X, chain, coef, _diagonals(X, chain, coef, want_ntk), want_ntk)
-        if n <= edge:       # one block, symmetric by construction: its tensors are the result
+        if n <= edge:       # one block: its tensors are the result
             if X.device.type == "cpu":
                 memory.reuse_freed_memory()    # its temporaries reuse the last call's memory (as tiles do)
             K, gradient = fn(slice(0, n), slice(0, n))
+            if not all(closed_form(act) for act in chain.activations):   # symmetric only to rounding: mirrored
+                K, gradient = K.triu() + K.triu(1).T, gradient.triu() + gradient.triu(1).transpose(1, 2)
             return K.numpy(), gradient.numpy()
         K, gradient = np.empty((n, n)), np.empty((P, n, n))
         tiles = gram.KernelTiles(lambda rows, cols: _listed(fn(rows, cols)), n, n, (get,) * (P + 1), True,
@@ -197,6 +201,7 @@ def _tile_fn(X: torch.Tensor, chain: Chain, coef, diagonals, want_ntk: bool):
     """The tile function of `kernel_and_gradient`: (rows, cols) -> [K, dK_1, ..., dK_P]."""
     qs, dqs, (exact, dexact) = diagonals
     rec = chain.recursion
+    refinable = len(chain.scales) > 1 and all(coincident.supports(act) for act in chain.activations)
     fingerprints = coincident.fingerprints(X)
     tiny = torch.finfo(X.dtype).tiny
     root = torch.rsqrt(qs[0].clamp(min=tiny))
@@ -206,7 +211,7 @@ def _tile_fn(X: torch.Tensor, chain: Chain, coef, diagonals, want_ntk: bool):
         sigma, theta, dsigma, dtheta, first = _block(X[rows], X[cols], chain, coef, [q[rows] for q in qs],
                                                      [d[:, rows] for d in dqs], [q[cols] for q in qs],
                                                      [d[:, cols] for d in dqs], want_ntk, on_diagonal)
-        if len(chain.scales) > 1:         # nearly coincident pairs: their values again, without cancellation
+        if refinable:                     # nearly coincident pairs: their values again, without cancellation
             near = coincident.near_mask(first, root[rows], root[cols])
             i, j = torch.nonzero(near.triu_(1) if on_diagonal else near, as_tuple=True)
             if len(i):

@@ -12,10 +12,11 @@ network function at initialization (Proposition 1). The architecture is fixed: t
 to reshape each row of features into an image or a sequence. Its hyperparameters are the weight scale `W_std`, the
 bias scale `b_std` (the paper's beta) of every weight layer (one shared value, or one per weight layer when given as
 an array) and an output `scale` (fixed unless given bounds). As for every scikit-learn kernel, the gradient is with
-respect to their logarithms. For a fully-connected chain of the ReLU family or erf (the MLP shorthand included) it
-is carried through the recursion in closed form (`ntkit.sklearn.gradient`: a few passes over the Gram per layer and
-hyperparameter, the diagonal exact); for any other architecture it is computed by autograd through the kernel maps,
-tile by tile.
+respect to their logarithms. For a fully-connected chain (the MLP shorthand included) it is carried through the
+recursion next to the kernels (`ntkit.sklearn.gradient`: a few passes over the Gram per layer and hyperparameter,
+the diagonal exact; closed-form derivatives of the ReLU family's and erf's maps, autograd partials of the others'
+maps element by element); for any other architecture, and activations by quadrature, it is computed by
+reverse-mode autograd through the kernel maps, tile by tile.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ class _ArchKernel(Kernel):
 
     def _with_gradient(self, X: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """K(X, X) and d K / d log(p), tile by tile (`gram.fill`), so memory stays bounded: in closed form for a
-        fully-connected chain of the ReLU family or erf (`ntkit.sklearn.gradient`), else by autograd."""
+        fully-connected chain carried through the recursion (`ntkit.sklearn.gradient`), else by autograd."""
         values = self._values()
         free = _free(values, [self._hyperparameter(name, values) for name in ("W_std", "b_std", "scale")])
         free_names = {h.name for h in free}

@@ -18,10 +18,16 @@ The rest, per nonlinearity, with m = (dq1 / q1 + dq2 / q2) / 2:
       F = 2/pi asin(2c / sqrt(A B)),  G = 4/pi / sqrt(D)
       dF = G (dc - c dq1 / A - c dq2 / B),   dG = G (4 c dc - B dq1 - A dq2) / D
 
+- any other nonlinearity (gelu, sin, cos, the rectified monomials, quadrature of a torch callable, ...): the
+  partials F_c, F_q1, F_q2, G_c, G_q1, G_q2 of its own maps by reverse-mode autograd, element by element (each
+  output depends on its own arguments only, so one backward pass with unit cotangents gives every partial of
+  a block), then the same products with the tangents: as exact as those maps' autograd derivatives.
+
 On the diagonal (c = q1 = q2 = q, one example with itself) the total derivatives of `sigma_diag` and
-`sigma_dot_diag` serve: (1 + a^2) / 2 and 0 for the ReLU family (no angle at all: exact), and the partials above at
-c = q for erf. Tangents come stacked, one per hyperparameter: dc (P, n, m), the diagonals' dq1 (P, n, 1) and dq2
-(P, 1, m); everything is float64 in practice (the scikit-learn kernels' dtype).
+`sigma_dot_diag` serve: (1 + a^2) / 2 and 0 for the ReLU family (no angle at all: exact), the partials above at
+c = q for erf, autograd of the two diagonal maps for the others. Tangents come stacked, one per hyperparameter:
+dc (P, n, m), the diagonals' dq1 (P, n, 1) and dq2 (P, 1, m); everything is float64 in practice (the
+scikit-learn kernels' dtype).
 """
 
 from __future__ import annotations
@@ -33,14 +39,15 @@ import torch
 from ..activations import Erf, Nonlinearity, PiecewiseLinear
 
 TWO_PI = 2.0 * math.pi
-#: sin(theta) below which the ReLU family's d SigmaDot is taken as 0 (theta = 0 is its removable singularity)
+#: floor of sin(theta) in the ReLU family's d SigmaDot (theta = 0 is its removable singularity)
 SINE_FLOOR = 1e-7
 
 Maps = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
-def supported(activation: Nonlinearity) -> bool:
-    """Whether `activation` has closed-form derivatives here (the ReLU family and erf)."""
+def closed_form(activation: Nonlinearity) -> bool:
+    """Whether `activation` has closed-form derivatives here (the ReLU family and erf; others: autograd of its
+    maps, element by element). Their tangents are exactly symmetric in (1, 2) on a symmetric block."""
     return isinstance(activation, (PiecewiseLinear, Erf))
 
 
@@ -54,7 +61,7 @@ def tangent(activation: Nonlinearity, c: torch.Tensor, q1: torch.Tensor, q2: tor
         return _piecewise_linear(activation.a, c, q1, q2, dc, dq1, dq2, want_dot, factor)
     if isinstance(activation, Erf):
         return _erf(activation, c, q1, q2, dc, dq1, dq2, want_dot, factor)
-    raise TypeError(f"no closed-form derivatives for {activation!r}")
+    return _elementwise(activation, c, q1, q2, dc, dq1, dq2, want_dot, factor)
 
 
 def tangent_diag(activation: Nonlinearity, q: torch.Tensor, dq: torch.Tensor
@@ -66,7 +73,33 @@ def tangent_diag(activation: Nonlinearity, q: torch.Tensor, dq: torch.Tensor
     if isinstance(activation, Erf):
         A, D = 1 + 2 * q, 1 + 4 * q                   # A B - 4 c^2 at c = q1 = q2 = q
         return F, G, G * (1 - 2 * q / A) * dq, G * (4 * q - 2 * A) / D * dq
-    raise TypeError(f"no closed-form derivatives for {activation!r}")
+    with torch.enable_grad():
+        x = q.detach().clone().requires_grad_()
+        slopes = [_partials(f(x), [x])[0] for f in (activation.sigma_diag, activation.sigma_dot_diag)]
+    return F, G, slopes[0] * dq, slopes[1] * dq
+
+
+def _partials(value: torch.Tensor, args: list[torch.Tensor], retain: bool = False) -> list[torch.Tensor]:
+    """d value / d arg for each arg, element by element (value elementwise in the args); zeros for an arg it does
+    not depend on (a constant map, as sign's SigmaDot)."""
+    if not value.requires_grad:
+        return [torch.zeros_like(arg) for arg in args]
+    grads = torch.autograd.grad(value, args, torch.ones_like(value), retain_graph=retain, allow_unused=True)
+    return [torch.zeros_like(arg) if g is None else g.detach() for arg, g in zip(args, grads, strict=True)]
+
+
+def _elementwise(activation: Nonlinearity, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float) -> Maps:
+    """Any map's values and tangents from its partials by autograd, element by element (module docstring)."""
+    with torch.enable_grad():
+        args = [t.detach().expand(c.shape).clone().requires_grad_() for t in (c, q1, q2)]
+        F, G = activation.sigma_both(*args)
+        partials = [_partials(F, args, retain=want_dot)] + ([_partials(G, args)] if want_dot else [])
+
+    def combine(p: list[torch.Tensor]) -> torch.Tensor:
+        return (dc * p[0]).addcmul_(dq1, p[1]).addcmul_(dq2, p[2]).mul_(factor)
+
+    dG = combine(partials[1]) if want_dot else None
+    return F.detach().mul_(factor), G.detach().mul_(factor), combine(partials[0]), dG
 
 
 def _piecewise_linear(a: float, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float) -> Maps:
