@@ -42,7 +42,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sklearn_kernel_grad
 class Autograd(NTK):
     """NTK whose gradient takes the reverse-mode autograd path of architectures without closed forms."""
 
-    def _closed_form_gradient(self, X, chain, values, free_names):
+    def _chain_gradient(self, X, chain, values, free_names):
         free = [h for h in self.hyperparameters if not h.fixed]
         return self._autograd_gradient(X, values, free, free_names)
 

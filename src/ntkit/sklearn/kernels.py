@@ -212,7 +212,7 @@ class _ArchKernel(Kernel):
         free_names = {h.name for h in free}
         chain = fc_chain(self._arch(X.shape[1], values=values))
         if chain is not None:
-            return self._closed_form_gradient(X, chain, values, free_names)
+            return self._chain_gradient(X, chain, values, free_names)
         return self._autograd_gradient(X, values, free, free_names)
 
     def _autograd_gradient(self, X: torch.Tensor, values: dict[str, Any], free: list[Hyperparameter],
@@ -255,8 +255,8 @@ class _ArchKernel(Kernel):
         return K, K_gradient
 
 
-    def _closed_form_gradient(self, X: torch.Tensor, chain: Any, values: dict[str, Any],
-                              free_names: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _chain_gradient(self, X: torch.Tensor, chain: Any, values: dict[str, Any],
+                        free_names: set[str]) -> tuple[np.ndarray, np.ndarray]:
         """K(X, X) and d K / d log(p) of a fully-connected chain, the derivatives carried through the recursion
         (`ntkit.sklearn.gradient`); the gradient is a view (N, N, n_free) of a (n_free, N, N) array."""
         depth = len(chain.scales)
