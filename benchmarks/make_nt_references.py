@@ -200,7 +200,7 @@ def stax_layers(spec: list) -> list:
         if kind == "conv":
             layers.append(stax.Conv(opts.get("out", 1), tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(),
                                     W_std=opts["W"], b_std=opts["b"], parameterization=opts.get("param", "ntk")))
-        elif kind == "dense":
+        elif kind in ("dense", "token"):     # token: stax.Dense at every position (ntkit's TokenLinear)
             layers.append(stax.Dense(opts.get("out", 1), W_std=opts["W"], b_std=opts["b"],
                                      parameterization=opts.get("param", "ntk")))
         elif kind == "relu":
@@ -363,6 +363,13 @@ WIDTH_CASES = {
     "convtranspose_circular_small_input": {"shape": [2, 1, 2], "layers": [
         ["convtranspose", {"k": [3, 7], "s": [1, 2], "padding": "circular", "W": 1.0, "b": 0.1}], ["relu"],
         ["flatten"], ["dense", {"W": 1.0, "b": 0.1}]]},
+    "standard_convtranspose": {"shape": [2, 4], "layers": [
+        _std("convtranspose", 2, 3, W=1.2, k=[3], s=[2], padding="same"), ["relu"],
+        _std("convtranspose", 3, 4, b=None, k=[2], s=[1], padding="circular"), ["relu"], ["flatten"],
+        _std("dense", 32, 1, b=0.1)]},
+    "standard_tokenwise": {"shape": [3, 5], "layers": [
+        _std("token", 3, 4, W=1.1), ["relu"], _std("token", 4, 6, b=None), ["erf"], ["gap"],
+        _std("dense", 6, 1, b=0.2)]},
 }
 
 
@@ -376,8 +383,8 @@ def _stax_branching(kind: str, opts: dict):
     if kind == "dropout":
         return stax.Dropout(opts["rate"], mode="train")
     if kind == "convtranspose":
-        return stax.ConvTranspose(1, tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(), W_std=opts["W"],
-                                  b_std=opts["b"], parameterization="ntk")
+        return stax.ConvTranspose(opts.get("out", 1), tuple(opts["k"]), tuple(opts["s"]), opts["padding"].upper(),
+                                  W_std=opts["W"], b_std=opts["b"], parameterization=opts.get("param", "ntk"))
     branches = [stax.serial(*stax_layers(b)) if b else stax.Identity() for b in opts["branches"]]
     fan_in = {"sum": stax.FanInSum(), "concat": stax.FanInConcat(), "product": stax.FanInProd()}[opts["combine"]]
     return stax.serial(stax.FanOut(len(branches)), stax.parallel(*branches), fan_in)

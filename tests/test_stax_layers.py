@@ -156,3 +156,20 @@ def test_infinite_translates_unflatten_after_a_linear():
         nk.Sequential(Unflatten((2, 2)), nk.Conv2d(1), nk.Flatten(), nk.Linear()).kernel(torch.randn(2, 8))
     with pytest.raises(nk.layers.LayerError, match=r"Unflatten \(layer 1\): 7 features do not divide"):
         unflat.network(5, width=[7, 6])
+
+
+@pytest.mark.parametrize("make", [lambda **kw: nk.layers.ConvTranspose1d(3, 2, "circular", W_std=1.3, **kw),
+                                  lambda **kw: nk.layers.TokenLinear(W_std=1.3, **kw)])
+def test_standard_parametrization_of_transposed_and_tokenwise_layers(make):
+    """The same functions at initialization and the same NNGP as the NTK parametrization (with and without a bias);
+    the NTK needs the fan-in (its values: tests/test_widths_reference.py)."""
+    X = torch.randn(3, 2, 5, dtype=f64)
+    for bias in (0.2, None):
+        ntk = nk.Sequential(make(b_std=bias), nk.ReLU(), nk.Flatten(), nk.Linear())
+        std = nk.Sequential(make(b_std=bias, parametrization="standard"), nk.ReLU(), nk.Flatten(), nk.Linear())
+        torch.testing.assert_close(std.kernel(X, get="nngp"), ntk.kernel(X, get="nngp"), rtol=1e-14, atol=0)
+        torch.testing.assert_close(std.network((2, 5), width=9, seed=1, dtype=f64)(X),
+                                   ntk.network((2, 5), width=9, seed=1, dtype=f64)(X), rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="parametrization='standard'"):
+            std.kernel(X)
+    assert "b_std=None" in make(b_std=None).describe()

@@ -32,6 +32,12 @@ def build(spec: list) -> list:
             conv = {1: nk.Conv1d, 2: nk.Conv2d, 3: Conv3d}[len(opts["k"])]
             layers.append(conv(opts["k"], opts["s"], opts["padding"], W_std=opts["W"], b_std=opts["b"],
                                in_channels=n_in, parametrization=param))
+        elif kind == "convtranspose":
+            conv = {1: nk.layers.ConvTranspose1d, 2: nk.layers.ConvTranspose2d}[len(opts["k"])]
+            layers.append(conv(opts["k"], opts["s"], opts["padding"], W_std=opts["W"], b_std=opts["b"],
+                               in_channels=n_in, parametrization=param))
+        elif kind == "token":
+            layers.append(nk.layers.TokenLinear(opts["W"], opts["b"], in_channels=n_in, parametrization=param))
         else:
             layers.extend(build_branches([entry]))
     return layers

@@ -27,7 +27,7 @@ from torch import nn
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, check_channels, spatial_only
 from .conv import _pair
-from .linear import affine
+from .linear import affine, check_bias, fan_in_known, standard_affine
 from .record import Record
 
 PADDINGS = ("same", "valid", "circular")
@@ -48,18 +48,26 @@ class _ConvTranspose(Layer):
     weights = True
 
     def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] = 1, padding: str = "same",
-                 W_std: float = 1.0, b_std: float = 0.1, in_channels: int | None = None):
+                 W_std: float = 1.0, b_std: float | None = 0.1, in_channels: int | None = None,
+                 parametrization: str = "ntk"):
+        self.parametrization = check_choice(parametrization, "parametrization", ("ntk", "standard"))
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
         self.kernel_size = _pair(kernel_size, self.dims, "kernel_size")
         self.stride = _pair(stride, self.dims, "stride")
         self.padding = check_choice(padding, "padding", PADDINGS)
         self.W_std = float(check_real(W_std, "W_std", minimum=0.0))
-        self.b_std = float(check_real(b_std, "b_std", minimum=0.0))
+        b_std, self.bias = check_bias(b_std)
+        self.b_std = float(b_std)
 
     def describe(self) -> str:
         return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
-                f"W_std={self.W_std!r}, b_std={self.b_std!r}"
-                + ("" if self.in_channels is None else f", in_channels={self.in_channels}") + ")")
+                f"W_std={self.W_std!r}, b_std={self.b_std if self.bias else None!r}"
+                + ("" if self.in_channels is None else f", in_channels={self.in_channels}")
+                + ("" if self.parametrization == "ntk" else f", parametrization={self.parametrization!r}") + ")")
+
+    @property
+    def has_ntk_limit(self) -> bool:
+        return fan_in_known(self)
 
     def out_shape(self, shape, where):
         spatial_only(shape, self, where, self.dims)
@@ -79,13 +87,17 @@ class _ConvTranspose(Layer):
                 t = _spread(t, axes, self.kernel_size[dim], self.stride[dim], self.padding, scale if dim == 0 else 1.0)
             return t
 
-        out = affine(record, self.W_std, self.b_std, total, taps=math.prod(self.kernel_size))
+        taps = math.prod(self.kernel_size)
+        if self.parametrization == "standard" and record.theta is not None:
+            out = standard_affine(record, self.W_std, self.b_std, self.in_channels, self.bias, total, taps)
+        else:
+            out = affine(record, self.W_std, self.b_std, total, taps=taps)
         spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
         return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return NTKConvTranspose(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, self.W_std,
-                                self.b_std, generator, dtype)
+                                self.b_std, generator, dtype, self.parametrization, self.bias)
 
 
 def _spread(t: torch.Tensor, axes: tuple[int, ...], k: int, s: int, padding: str, scale: float) -> torch.Tensor:
@@ -149,19 +161,26 @@ class ConvTranspose2d(_ConvTranspose):
 
 class NTKConvTranspose(nn.Module):
     """y = W_std / sqrt(C k) conv_transpose(x, weight) + b_std bias (weight `(C, out, *kernel)`, bias standard normal),
-    cropped or padded to XLA's output positions i = s p + d - o."""
+    cropped or padded to XLA's output positions i = s p + d - o (parametrization="standard": weight ~ N(0, W_std^2 /
+    (C k)), bias ~ N(0, b_std^2), both multipliers 1; bias=False: none)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
                  padding: str, W_std: float, b_std: float, generator: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, parametrization: str = "ntk", bias: bool = True):
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.weight = nn.Parameter(torch.randn(in_channels, out_channels, *kernel_size, generator=generator,
                                                dtype=dtype))
-        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype))
+        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype)) if bias else None
         self.weight_multiplier = W_std / math.sqrt(in_channels * math.prod(kernel_size))
         self.bias_multiplier = b_std
+        if parametrization == "standard":     # the same functions at initialization, another gradient
+            with torch.no_grad():
+                self.weight.mul_(self.weight_multiplier)
+                if bias:
+                    self.bias.mul_(self.bias_multiplier)
+            self.weight_multiplier = self.bias_multiplier = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv_transpose1d if len(self.kernel_size) == 1 else F.conv_transpose2d
@@ -177,4 +196,6 @@ class NTKConvTranspose(nn.Module):
             y = y.narrow(axis, offset, size)
             if circular:
                 y = _fold(y, axis, n * s)
+        if self.bias is None:
+            return y
         return y + (self.bias * self.bias_multiplier).reshape(-1, *[1] * len(self.kernel_size))
