@@ -232,3 +232,16 @@ def test_chain_rule_polynomials():
     total = sum(partials.get(i, torch.zeros_like(s)) * pinn.pinn_dense._evaluate_poly(poly, X, Y)
                 for i, poly in terms.items())
     torch.testing.assert_close(total, 8 * s, rtol=1e-14, atol=1e-14)
+
+
+def test_dense_path_falls_back_where_the_series_do_not_converge():
+    """Variances of 1e3 at the first nonlinearity: erf's Hermite series do not converge there, so method='auto'
+    takes nested autograd through the closed form (the same numbers) and method='dense' says why it cannot."""
+    arch = nk.MLP(depth=3, activation="erf", W_std=1.5, b_std=0.3)
+    X = torch.tensor([[30.0, 20.0], [25.0, -10.0]], dtype=torch.float64)
+    L = pinn.derivative(0, 0)
+    assert not pinn.pinn_dense.ready(pinn.pinn_dense.dense_chain(arch), X, X, L, L)
+    torch.testing.assert_close(pinn.operator_kernel(arch, X, left=L, right=L),
+                               pinn.operator_kernel(arch, X, left=L, right=L, method="autograd"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="Hermite series converge"):
+        pinn.operator_kernel(arch, X, left=L, right=L, method="dense")
