@@ -142,3 +142,22 @@ def test_two_hidden_layers_approach_the_kernel_at_their_widths():
                              for s in range(samples)])
         mean, stderr = draws.mean(0), draws.std(0) / samples**0.5
         assert bool(((mean - K).abs() <= 5 * stderr + 2.0 / width * K.abs()).all())
+
+
+def test_infinite_in_the_standard_parametrization_takes_the_modules_widths():
+    """nk.infinite(model, parametrization="standard"): each weight layer at its torch module's fan-in (no bias where
+    the module has none), so the NTK is the standard parametrization's at the model's widths."""
+    model = torch.nn.Sequential(torch.nn.Conv1d(2, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(30, 1, bias=False))
+    arch = nk.infinite(model, W_std=1.2, b_std=0.1, parametrization="standard")
+    expected = nk.Sequential(nk.Conv1d(3, padding="same", W_std=1.2, b_std=0.1, in_channels=2,
+                                       parametrization="standard"), nk.ReLU(), nk.Flatten(),
+                             nk.Linear(1.2, None, in_channels=30, parametrization="standard"))
+    assert arch.describe() == expected.describe()
+    X = torch.randn(3, 2, 5, dtype=torch.float64)
+    ntk_param = nk.infinite(model, W_std=1.2, b_std=0.1).kernel(X)
+    torch.testing.assert_close(arch.kernel(X, get="nngp"), nk.infinite(model, W_std=1.2, b_std=0.1).kernel(
+        X, get="nngp"), rtol=1e-13, atol=0)
+    assert bool((arch.kernel(X) > 5 * ntk_param).all())        # the standard NTK grows with the width (6 here)
+    with pytest.raises(ValueError, match="parametrization"):
+        nk.infinite(model, parametrization="mup")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._checks import check_choice
 from ..activations import DEFAULT_DEGREE, registry
 from .activation import SHORT_FORMS, Activation
 from .base import Layer, LayerError
@@ -28,7 +29,8 @@ from .trace import traced
 from .unflatten import Unflatten
 
 
-def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Sequential:
+def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1, parametrization: str = "ntk"
+             ) -> Sequential:
     """Translate `module` (an nn.Sequential, nested ones included, or any module torch.fx traces) into an
     `ntkit.Sequential`.
 
@@ -42,14 +44,20 @@ def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1) -> Seque
     Anything else raises a LayerError naming the module and its position. Any other module is traced by torch.fx
     (`ntkit.layers.trace`): residual additions, torch.cat along channels and products become `Residual` and
     `Parallel`.
+
+    parametrization="standard": the weight layers in the standard parametrization at the module's own widths (each
+    takes its in_features / in_channels), so get="ntk" is neural-tangents' standard-parametrization NTK of a network
+    of those widths (a layer without a bias gets b_std=None).
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"infinite needs a torch.nn.Module, got {type(module).__name__}")
+    check_choice(parametrization, "parametrization", ("ntk", "standard"))
+    scales = (W_std, b_std, parametrization)
     layers: list[Layer] = []
     if isinstance(module, nn.Sequential):
-        _translate(module, "", layers, W_std, b_std)
+        _translate(module, "", layers, scales)
     else:   # a model that branches: traced by torch.fx (`ntkit.layers.trace`)
-        layers = traced(module, lambda m, where: _one(m, where, W_std, b_std))
+        layers = traced(module, lambda m, where: _one(m, where, scales))
     if not layers:
         raise LayerError("infinite: the nn.Sequential has no layers to translate")
     return Sequential(*layers)
@@ -59,18 +67,27 @@ def _refuse_dropout(where: str) -> Layer:
     raise LayerError(f"infinite: {where} drops every unit (p = 1): the network's output is constant")
 
 
-def _translate(seq: nn.Sequential, prefix: str, layers: list[Layer], W_std: float, b_std: float) -> None:
+def _translate(seq: nn.Sequential, prefix: str, layers: list[Layer], scales: tuple) -> None:
     for name, child in seq.named_children():
         where = f"module {prefix}{name} ({type(child).__name__})"
         if isinstance(child, nn.Sequential):
-            _translate(child, f"{prefix}{name}.", layers, W_std, b_std)
+            _translate(child, f"{prefix}{name}.", layers, scales)
             continue
-        layer = _one(child, where, W_std, b_std)
+        layer = _one(child, where, scales)
         if layer is not None:
             layers.append(layer)
 
 
-def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
+def _weights(m: nn.Module, scales: tuple) -> dict:
+    """W_std, b_std and parametrization of a translated weight layer: without a bias, b_std 0 (NTK) or None (no
+    bias parameter, standard: its gradient would add 1)."""
+    W_std, b_std, parametrization = scales
+    if m.bias is None:
+        b_std = 0.0 if parametrization == "ntk" else None
+    return {"W_std": W_std, "b_std": b_std, "parametrization": parametrization}
+
+
+def _one(m: nn.Module, where: str, scales: tuple) -> Layer | None:
     if isinstance(m, nn.Identity):
         return None
     if isinstance(m, nn.Dropout):  # the identity of the evaluated network (the NTK is taken in eval mode)
@@ -78,9 +95,9 @@ def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
     if (refusal := attention_refusal(m, where)) is not None:
         raise LayerError(refusal)
     if isinstance(m, nn.Linear):
-        return Linear(W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_features)
+        return Linear(in_channels=m.in_features, **_weights(m, scales))
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return _conv(m, where, W_std, b_std)
+        return _conv(m, where, scales)
     activation = _activation(m)
     if activation is not None:
         return activation
@@ -120,7 +137,7 @@ def _one(m: nn.Module, where: str, W_std: float, b_std: float) -> Layer | None:
                      f"LayerNorm)")
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, where: str, W_std: float, b_std: float) -> Layer:
+def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, where: str, scales: tuple) -> Layer:
     dims = len(m.kernel_size)
     if any(d != 1 for d in m.dilation) or m.groups != 1:
         raise LayerError(f"infinite: {where} has dilation={m.dilation}, groups={m.groups}; only 1 and 1 map")
@@ -136,7 +153,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, where: str, W_std: float, b_std:
         raise LayerError(f"infinite: {where} has padding={m.padding} with kernel_size={k}, stride={s}; only 0 and "
                          f"'same' padding ((k - 1) / 2 for odd k, stride 1) map")
     conv = {1: Conv1d, 2: Conv2d, 3: Conv3d}[dims]
-    return conv(k, s, padding, W_std, b_std if m.bias is not None else 0.0, in_channels=m.in_channels)
+    return conv(k, s, padding, in_channels=m.in_channels, **_weights(m, scales))
 
 
 def _activation(m: nn.Module) -> Layer | None:
