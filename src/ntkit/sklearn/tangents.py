@@ -1,5 +1,5 @@
-"""Closed-form derivatives of the layer maps: how E[sigma(u) sigma(v)] and E[sigma'(u) sigma'(v)] move when the
-covariance [[q1, c], [c, q2]] of (u, v) moves.
+"""Derivatives of the layer maps (closed forms where known): how E[sigma(u) sigma(v)] and E[sigma'(u) sigma'(v)]
+move when the covariance [[q1, c], [c, q2]] of (u, v) moves.
 
 For a map F(c, q1, q2) and tangents (dc, dq1, dq2) of its arguments, dF = F_c dc + F_q1 dq1 + F_q2 dq2. Price's
 theorem gives F_c for every Sigma map: d/dc E[sigma(u) sigma(v)] = E[sigma'(u) sigma'(v)], the SigmaDot map.
@@ -17,8 +17,8 @@ The rest, per nonlinearity, with m = (dq1 / q1 + dq2 / q2) / 2:
 - erf: with A = 1 + 2 q1, B = 1 + 2 q2, D = A B - 4 c^2 (>= 1 + 2 q1 + 2 q2, never 0),
       F = 2/pi asin(2c / sqrt(A B)),  G = 4/pi / sqrt(D)
       dF = G (dc - c dq1 / A - c dq2 / B),   dG = G (4 c dc - B dq1 - A dq2) / D
-
-- any other nonlinearity (gelu, sin, cos, the rectified monomials, quadrature of a torch callable, ...): the
+- any other nonlinearity (gelu, sin, cos, the rectified monomials, ...; `ntkit.sklearn.gradient` leaves those by
+  quadrature to reverse mode over the Gram, which is cheaper for them): the
   partials F_c, F_q1, F_q2, G_c, G_q1, G_q2 of its own maps by reverse-mode autograd, element by element (each
   output depends on its own arguments only, so one backward pass with unit cotangents gives every partial of
   a block), then the same products with the tangents: as exact as those maps' autograd derivatives.
