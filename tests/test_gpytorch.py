@@ -59,6 +59,21 @@ def test_equal_to_ntkits_kernel(kernel_class, get) -> None:
         torch.testing.assert_close(K[1], one.kernel(Xb[1], get=get), rtol=1e-12, atol=0)
 
 
+def test_the_scales_reach_every_parallel_branch() -> None:
+    """W_std and b_std of the kernel set every weight layer's, those in the branches of a Parallel included."""
+    def branched(W: float, b: float) -> nk.Sequential:
+        return nk.Sequential(nk.Linear(W_std=W, b_std=b),
+                             nk.Parallel((nk.Linear(W_std=W, b_std=b),),
+                                         (nk.ReLU(), nk.Linear(W_std=W, b_std=b)), combine="product"),
+                             nk.Linear(W_std=W, b_std=b))
+
+    X = torch.rand(5, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    kernel = NTKKernel(branched(1.0, 0.1), W_std=1.4, b_std=0.3).to(F64)
+    exact = branched(kernel.W_std.item(), kernel.b_std.item()).kernel(X)
+    with torch.no_grad():
+        torch.testing.assert_close(kernel(X).to_dense(), exact, rtol=1e-12, atol=0)
+
+
 def test_hyperparameters_learn() -> None:
     g = torch.Generator().manual_seed(1)
     X = torch.rand(20, 2, dtype=F64, generator=g)
