@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import memory
-from . import factored, rules
+from . import bylayer, factored, rules
 from .common import Problem, contract, fill, samples_per_block, working_memory
 from .plan import Plan, describe_plan, instrumented, make_plan, passes
 
@@ -181,6 +181,8 @@ def layerwise_ntk(problem: Problem, block_size: int | None, show: bool | None, p
     for the same model, reused)."""
     budget = working_memory(problem.device)
     plan = plan or problem.plan or make_plan(problem)
+    if block_size is None and bylayer.fits(plan, problem, budget):
+        return bylayer.bylayer_ntk(plan, problem, show)
     cache = FeatureCache(plan, problem, budget // 2)
     size = block_size or plan_block(plan, problem, budget)
     symmetric = problem.Y is None

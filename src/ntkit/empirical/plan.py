@@ -226,12 +226,11 @@ def _locate(site: rules.Site, one: tuple, two: tuple) -> str | None:
 # ------------------------------------------------------------------------------- features
 
 
-def _batched(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
-             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(site -> input (B, ...), site -> cotangents (B, K, *out without batch)) from one forward pass of the
-    whole batch and one backward pass per output: samples do not interact, so d(sum_b F_k(x_b))/d shift_b =
-    dF_k(x_b)/dz_b. The cotangents are written in place into (B, K, ...) buffers."""
-    b, k = X.shape[0], problem.n_outputs
+def shifted_forward(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+    """(site -> input (B, ...), outputs (B, K) with their graph, site -> the zero shift added to its output):
+    one forward pass of the whole batch, for `output_cotangents`."""
+    b = X.shape[0]
     deltas = {}
     for site in plan.sites:
         shape = list(site.out_shape)
@@ -241,20 +240,35 @@ def _batched(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
     injector.deltas = deltas
     try:
         with torch.enable_grad():
-            out = call(problem.model, problem.all_values(), (X,)).reshape(b, k)
+            out = call(problem.model, problem.all_values(), (X,)).reshape(b, problem.n_outputs)
     finally:
         injector.mode, injector.deltas = "off", {}
-    inputs = {s.key: injector.inputs[s.key][0].movedim(s.batch_in, 0) for s in plan.sites}
-    keys = list(deltas)
-    make = torch.empty if out.requires_grad else torch.zeros
-    cots = {s.key: make((b, k, *(n for i, n in enumerate(s.out_shape) if i != s.batch_out)),
-                        dtype=problem.dtype, device=problem.device) for s in plan.sites}
-    for index in range(k if out.requires_grad else 0):  # (an output that no site reaches: zero cotangents)
-        with torch.enable_grad():
-            grads = torch.autograd.grad(out[:, index].sum(), [deltas[key] for key in keys],
-                                        retain_graph=index < k - 1, allow_unused=True, materialize_grads=True)
-        for site, grad in zip(plan.sites, grads, strict=True):
-            cots[site.key][:, index] = grad.movedim(site.batch_out, 0)
+    return {s.key: injector.inputs[s.key][0].movedim(s.batch_in, 0) for s in plan.sites}, out, deltas
+
+
+def output_cotangents(plan: Plan, out: torch.Tensor, deltas: dict[str, torch.Tensor], index: int
+                      ) -> dict[str, torch.Tensor]:
+    """site -> dF_index(x_b)/dz_b (B, *out without batch) from one backward pass: samples do not interact, so
+    d(sum_b F_index(x_b))/d shift_b = dF_index(x_b)/dz_b. The graph is freed after the last output."""
+    if not out.requires_grad:  # no site reaches the outputs
+        return {s.key: torch.zeros_like(deltas[s.key]).movedim(s.batch_out, 0) for s in plan.sites}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(out[:, index].sum(), [deltas[s.key] for s in plan.sites],
+                                    retain_graph=index < out.shape[1] - 1, allow_unused=True, materialize_grads=True)
+    return {s.key: grad.movedim(s.batch_out, 0) for s, grad in zip(plan.sites, grads, strict=True)}
+
+
+def _batched(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
+             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(site -> input (B, ...), site -> cotangents (B, K, *out without batch)): one forward pass, one backward
+    pass per output, written into (B, K, ...) buffers."""
+    inputs, out, deltas = shifted_forward(plan, problem, X, injector)
+    b, k = X.shape[0], problem.n_outputs
+    cots = {s.key: torch.empty((b, k, *(n for i, n in enumerate(s.out_shape) if i != s.batch_out)),
+                               dtype=problem.dtype, device=problem.device) for s in plan.sites}
+    for index in range(k):
+        for key, grad in output_cotangents(plan, out, deltas, index).items():
+            cots[key][:, index] = grad
     return inputs, cots
 
 

@@ -75,6 +75,9 @@ def patches(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     elif any(module._reversed_padding_repeated_twice):
         a = F.pad(a, module._reversed_padding_repeated_twice)
     b, c = a.shape[:2]
+    if d == 2:  # torch's im2col (B, C/G k1 k2 per group, S), as a (B, S, G, I) view
+        cols = F.unfold(a, module.kernel_size, dilation=module.dilation, stride=module.stride)
+        return cols.reshape(b, module.groups, -1, cols.shape[2]).permute(0, 3, 1, 2)
     for i in range(d):
         k, dil, stride = module.kernel_size[i], module.dilation[i], module.stride[i]
         a = a.unfold(2 + i, dil * (k - 1) + 1, stride)
@@ -121,26 +124,33 @@ def normalized(site: Site, a: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ the rules
-def per_sample_grads(site: Site, a: torch.Tensor, g: torch.Tensor, with_weight: bool) -> list[torch.Tensor]:
+def prepare(site: Site, a: torch.Tensor) -> torch.Tensor:
+    """What the weight's rule reads of the input: xhat for a norm, else `weight_input` (patches, ids)."""
+    return normalized(site, a) if site.kind == "norm" else weight_input(site, a)
+
+
+def per_sample_grads(site: Site, a: torch.Tensor, g: torch.Tensor, with_weight: bool,
+                     prepared: torch.Tensor | None = None) -> list[torch.Tensor]:
     """dF_k/dw for the site's trainable parameters, each (B, K, P_w), P_w the numbers it covers.
 
     a: the captured input (B, ...), g: the output cotangents (B, K, *out); with_weight False leaves
-    the weight out (it takes the positions order).
+    the weight out (it takes the positions order); prepared: `prepare(site, a)` when already computed.
     """
+    ready = prepare(site, a) if prepared is None and with_weight and site.weight is not None else prepared
     b, k = g.shape[:2]
     out: list[torch.Tensor] = []
     if site.kind == "norm":
         if isinstance(site.module, nn.LayerNorm):
             flat_g = g.reshape(b, k, -1, math.prod(site.module.normalized_shape))
             if with_weight and site.weight is not None:
-                xhat = normalized(site, a).reshape(b, 1, -1, flat_g.shape[-1])
+                xhat = ready.reshape(b, 1, -1, flat_g.shape[-1])
                 out.append((flat_g * xhat).sum(2))
             if site.bias is not None:
                 out.append(flat_g.sum(2))
             return out
         flat_g = g.reshape(b, k, g.shape[2], -1)  # (B, K, C, spatial)
         if with_weight and site.weight is not None:
-            xhat = normalized(site, a).reshape(b, 1, g.shape[2], -1)
+            xhat = ready.reshape(b, 1, g.shape[2], -1)
             out.append((flat_g * xhat).sum(3))
         if site.bias is not None:
             out.append(flat_g.sum(3))
@@ -148,19 +158,17 @@ def per_sample_grads(site: Site, a: torch.Tensor, g: torch.Tensor, with_weight: 
     gc = cotangent(site, g) if site.kind != "embedding" else g.reshape(b, k, -1, g.shape[-1])
     if with_weight and site.weight is not None:
         if site.kind == "embedding":
-            ids = weight_input(site, a)
+            ids = ready
             num, dim = site.module.weight.shape
             gm = _mask_padding(site, ids, gc)
             dense = gc.new_zeros(b, k, num, dim)
             index = ids[:, None, :, None].expand(b, k, ids.shape[1], dim)
             out.append(dense.scatter_add_(2, index, gm).reshape(b, k, -1))
         elif site.kind == "conv" and site.module.groups == 1:  # (B, K O, S) @ (B, S, I): one batched product
-            ac = weight_input(site, a)
-            ac = ac.reshape(b, ac.shape[1], -1)
+            ac = ready.reshape(b, ready.shape[1], -1)
             out.append(torch.bmm(g.reshape(b, k * g.shape[2], -1), ac).reshape(b, k, -1))
         else:
-            ac = weight_input(site, a)
-            out.append(torch.einsum("bksgo,bsgi->bkgoi", gc, ac).reshape(b, k, -1))
+            out.append(torch.einsum("bksgo,bsgi->bkgoi", gc, ready).reshape(b, k, -1))
     if site.bias is not None and site.kind != "embedding":
         out.append(gc.sum(2).reshape(b, k, -1))
     return out
