@@ -143,6 +143,9 @@ LAYER_CASES: dict[str, Case] = {
                                                         nk.GlobalAvgPool(), nk.Linear()), (2, 4)),
     "TokenLinear": Case(nk.layers.TokenLinear, lambda t: nk.Sequential(t, nk.ReLU(), nk.GlobalAvgPool(), nk.Linear()),
                         (2, 4), {"W_std": 1.3, "b_std": 0.2}, {"W_std": 0.7, "b_std": 0.0, "in_channels": 2}),
+    "Unflatten": Case(nk.layers.Unflatten, lambda u: nk.Sequential(nk.Linear(W_std=1.2, b_std=0.2), u, nk.ReLU(),
+                                                                   nk.Conv2d(2), nk.Flatten(), nk.Linear()),
+                      (3,), {"spatial": (2, 3)}, {"spatial": (3, 2)}),
 }
 
 def _other(value):

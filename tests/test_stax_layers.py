@@ -93,7 +93,7 @@ def test_conv3d_of_a_volume_one_deep_is_conv2d():
 
 def test_standard_parametrization_of_convolutions():
     """The same functions at initialization and the same NNGP as the NTK parametrization; its NTK grows with the
-    width (no limit), so get="ntk" is refused."""
+    width (no limit), so without the fan-in (`in_channels`) get="ntk" is refused."""
     X = torch.randn(3, 2, 6, dtype=f64)
     ntk = nk.Sequential(nk.Conv1d(3, W_std=1.3), nk.ReLU(), nk.Flatten(), nk.Linear())
     std = nk.Sequential(nk.Conv1d(3, W_std=1.3, parametrization="standard"), nk.ReLU(), nk.Flatten(), nk.Linear())
@@ -143,11 +143,13 @@ def test_infinite_translates_unflatten_after_a_linear():
     torch.testing.assert_close(S_ours, K / 6 + off * 5 / 6, rtol=1e-12, atol=0)
     # Theta: the ReLU's (T - K) at the 6 equal positions only, then the 1x1 convolution and the Linear each add Sigma
     torch.testing.assert_close(T_ours, (T - K) / 6 + 2 * (K / 6 + off * 5 / 6), rtol=1e-12, atol=0)
-    width, samples, outputs = 6 * 48, 40, 16                  # the finite network's outputs: second moments
+    samples, outputs = 40, 16                     # the finite network's outputs: second moments
+    net = unflat.network(5, width=[48, 48], seed=0)
+    assert net[0].out_features == 6 * 48 and tuple(net[1].unflattened_size) == (48, 3, 2)   # 48 channels per position
     moments = []
     for seed in range(samples):
         with torch.no_grad():
-            f = unflat.network(5, width=[width, 48], out_features=outputs, seed=seed, dtype=f64)(X)
+            f = unflat.network(5, width=[48, 48], out_features=outputs, seed=seed, dtype=f64)(X)
         moments.append(f @ f.T / outputs)
     values = torch.stack(moments)
     mean, stderr = values.mean(0), values.std(0) / samples**0.5
@@ -155,7 +157,7 @@ def test_infinite_translates_unflatten_after_a_linear():
     with pytest.raises(nk.layers.LayerError, match=r"Unflatten \(layer 0\) needs the output of a weight layer"):
         nk.Sequential(Unflatten((2, 2)), nk.Conv2d(1), nk.Flatten(), nk.Linear()).kernel(torch.randn(2, 8))
     with pytest.raises(nk.layers.LayerError, match=r"Unflatten \(layer 1\): 7 features do not divide"):
-        unflat.network(5, width=[7, 6])
+        Unflatten((3, 2)).out_shape((7,), "layer 1")
 
 
 @pytest.mark.parametrize("make", [lambda **kw: nk.layers.ConvTranspose1d(3, 2, "circular", W_std=1.3, **kw),

@@ -68,6 +68,7 @@ from .layers import (
     SumPool2d,
     SumPool3d,
     TokenLinear,
+    Unflatten,
     graphs,
     infinite,
 )
@@ -87,7 +88,8 @@ __all__ = [
     "GlobalSumPool", "IllConditionedWarning", "InfiniteWidthGP", "KernelOverflowError", "KernelPCA", "KernelRangeError",
     "KernelUnderflowError", "KernelUnderflowWarning", "LayerNorm", "LeastSquares", "Linear", "LinearizedModel", "MLP",
     "Mask", "NTKLinear", "NTKNetwork", "NTKTracker", "Parallel", "Residual", "SelfAttention", "Sequential", "Spectrum",
-    "SumPool1d", "SumPool2d", "SumPool3d", "TokenLinear", "TrainingHistory", "choose_method", "converged_fraction",
+    "SumPool1d", "SumPool2d", "SumPool3d", "TokenLinear", "Unflatten", "TrainingHistory", "choose_method",
+    "converged_fraction",
     "decompose", "early_stopping_time", "empirical_kernel_tiles", "empirical_ntk", "get_activation", "gradient_flow",
     "gram_spectrum", "graphs", "infinite", "kernel_pca", "leaky_relu", "linearize", "monte_carlo_nngp",
     "monte_carlo_ntk", "set_progress", "steps_from_time", "time_from_steps", "train_network", *sorted(SHORT_FORMS),

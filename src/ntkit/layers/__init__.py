@@ -29,6 +29,7 @@ from .residual import Residual
 from .sequential import Sequential
 from .sum_pooling import GlobalSumPool, SumPool1d, SumPool2d, SumPool3d
 from .tokenwise import TokenLinear
+from .unflatten import Unflatten
 
 #: the short forms of the registered nonlinearities (nk.ReLU, nk.Erf, nk.Tanh, ...: `ntkit.activations.registry`)
 globals().update(SHORT_FORMS)
@@ -36,4 +37,5 @@ globals().update(SHORT_FORMS)
 __all__ = ["Activation", "Aggregate", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d",
            "ConvTranspose1d", "ConvTranspose2d", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSumPool", "Layer",
            "LayerError", "LayerNorm", "Linear", "Mask", "NTKConv", "Parallel", "Record", "Residual", "SelfAttention",
-           "Sequential", "SumPool1d", "SumPool2d", "SumPool3d", "TokenLinear", "graphs", "infinite", *SHORT_FORMS]
+           "Sequential", "SumPool1d", "SumPool2d", "SumPool3d", "TokenLinear", "Unflatten", "graphs", "infinite",
+           *SHORT_FORMS]

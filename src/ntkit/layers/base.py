@@ -80,7 +80,10 @@ class Layer:
                          layer's input and combined by `merge` (Parallel, Residual)
         dense_scales     (W_std, b_std) of a fully-connected weight layer, else None     } chains of these run the
         elementwise      the `Nonlinearity` of an elementwise layer, else None           } fused recursion
-        has_ntk_limit    False where the NTK grows with the width (a Linear in the standard parametrization)
+        has_ntk_limit    False where the NTK grows with the width (a Linear in the standard parametrization
+                         without its fan-in `in_channels`)
+        width_factor     the finite network gives the weight layer before it width * width_factor units (an
+                         Unflatten lays them out on its positions: `width` channels at each)
         need, gaussian   the spatial covariance it needs of its input; whether its output is Gaussian
         start            the record of its output straight from the inputs, when it is the first layer (or None)
     """
@@ -92,6 +95,7 @@ class Layer:
     dense_scales: tuple | None = None
     elementwise: Nonlinearity | None = None
     has_ntk_limit: bool = True
+    width_factor: int = 1
 
     @property
     def name(self) -> str:

@@ -55,13 +55,24 @@ def modules(layers: Sequence[Layer], shape: tuple[int, ...], last_out: int, widt
             continue
         out = layer.out_shape(shape, where)
         if layer.weights:
-            channels = last_out if index == last else next(widths)
+            channels = last_out if index == last else next(widths) * units_per_channel(layers[index + 1:])
             out_modules.append(layer.module(shape, channels, generator, dtype))
             shape = (channels, *out[1:])
         else:
             out_modules.append(layer.module(shape, None, generator, dtype))
             shape = out
     return out_modules, shape
+
+
+def units_per_channel(after: Sequence[Layer]) -> int:
+    """The factor of a hidden weight layer's width: the `width_factor` of the layers after it, up to the next weight
+    layer or branching layer (an Unflatten spreads the units over its positions, `width` channels at each)."""
+    factor = 1
+    for layer in after:
+        if layer.weights or layer.branches is not None:
+            break
+        factor *= layer.width_factor
+    return factor
 
 
 def count_hidden(layers: Sequence[Layer], top: bool) -> int:

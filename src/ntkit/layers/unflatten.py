@@ -27,6 +27,11 @@ class Unflatten(Layer):
 
     odd_preserving = True
 
+    @property
+    def width_factor(self) -> int:
+        """The finite network's weight layer before it gets width * P units: `width` channels at each position."""
+        return math.prod(self.spatial)
+
     def __init__(self, spatial: tuple[int, ...]):
         spatial = tuple(spatial) if isinstance(spatial, (tuple, list)) else (spatial,)
         if not 1 <= len(spatial) <= 3:
