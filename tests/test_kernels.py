@@ -202,6 +202,9 @@ def test_compiled_relu_path_matches_the_eager_one(rng):
     for activation in ("relu", "abs"):
         arch = nk.MLP(depth=4, activation=activation, W_std=1.3)
         torch.testing.assert_close(arch.kernel(X, compile=True, tile=128), arch.kernel(X), rtol=1e-10, atol=1e-12)
+    mixed = nk.Sequential(nk.Linear(1.5, 0.0), nk.ReLU(), nk.Linear(0.9, 0.3), nk.LeakyReLU(0.2), nk.Linear(),
+                          nk.Abs(), nk.Linear(1.2))     # each layer its own settings: one map per layer
+    torch.testing.assert_close(mixed.kernel(X, compile=True, tile=128), mixed.kernel(X), rtol=1e-10, atol=1e-12)
 
 
 def test_peak_memory_stays_near_the_output_size():
