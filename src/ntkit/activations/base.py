@@ -72,6 +72,21 @@ def angle(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> tuple[torch.Te
     return theta, s
 
 
+def root_plus_sine_squared(a2: torch.Tensor, k2: float, c: torch.Tensor, q1: torch.Tensor,
+                           q2: torch.Tensor) -> torch.Tensor:
+    """sqrt(a2 + k2 s^2) with s^2 = q1 q2 - c^2, for maps that are smooth at coincident pairs (a2 >= 1: erf, gelu,
+    gaussian). s^2 is used as such, not as the square of `angle`'s s: d s / d c is infinite at s = 0 (identical
+    inputs), so the square of a clamped s has a zero derivative there where d s^2 / d c = -2c, and second
+    derivatives in the inputs (physics-informed kernels) would be wrong on the diagonal. Where q1 q2 would leave
+    the dtype's range the scaled `angle` is used (values as accurate; derivatives at s = 0 then as `angle`'s).
+    Rounding can make s^2 slightly negative at a pair that is identical up to rounding; a2 / 2 bounds the sum
+    from below (reached only where eps q1 q2 > a2, at variances past 1 / eps)."""
+    if _power_of_two_scales(c, q1, q2) is None:
+        return torch.sqrt(torch.maximum(a2 + k2 * (q1 * q2 - c * c), 0.5 * a2))
+    _, s = angle(c, q1, q2)
+    return torch.hypot(torch.sqrt(a2), math.sqrt(k2) * s)
+
+
 def angle_from_sine(c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
                     sine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(theta, pi - theta, rho, positive) from the sine of the angle given accurately (`ntkit.coincident`):

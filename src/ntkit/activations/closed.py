@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import TWO_PI, Nonlinearity, angle, angle_from_sine
+from .base import TWO_PI, Nonlinearity, angle, angle_from_sine, root_plus_sine_squared
 from .piecewise import PiecewiseLinear, leaky_relu
 from .registry import register
 from .trig import Cos, Sin
@@ -55,9 +55,8 @@ class Erf(Nonlinearity):
         return 2.0 / math.pi * torch.asin(ratio.clamp(-1.0, 1.0))
 
     def sigma_dot(self, c, q1, q2):
-        # (1 + 2 q1)(1 + 2 q2) - 4 c^2 = 1 + 2 (q1 + q2) + 4 s^2, s^2 = q1 q2 - c^2 (`angle`, overflow-safe)
-        _, s = angle(c, q1, q2)
-        return 4.0 / math.pi / torch.hypot(torch.sqrt(1 + 2 * (q1 + q2)), 2 * s)
+        # (1 + 2 q1)(1 + 2 q2) - 4 c^2 = 1 + 2 (q1 + q2) + 4 s^2, s^2 = q1 q2 - c^2 (overflow-safe, smooth at s = 0)
+        return 4.0 / math.pi / root_plus_sine_squared(1 + 2 * (q1 + q2), 4.0, c, q1, q2)
 
     def sigma_diag(self, q):
         """(2/pi) asin(2q / (1 + 2q)) = (2/pi) atan2(2q, sqrt(1 + 4q)): no asin of a ratio rounded near 1 at large q
@@ -223,10 +222,9 @@ class Gelu(Nonlinearity):
     @staticmethod
     def _parts(c, q1, q2):
         """1 + q1, 1 + q2, sqrt(D) and asin(r), without the products q1 q2 or (1 + q1)(1 + q2), which overflow
-        long before the kernel does: D = 1 + q1 + q2 + s^2 with s^2 = q1 q2 - c^2 from `angle`."""
+        long before the kernel does: D = 1 + q1 + q2 + s^2 with s^2 = q1 q2 - c^2 (`root_plus_sine_squared`)."""
         p1, p2 = 1 + q1, 1 + q2
-        _, s = angle(c, q1, q2)
-        root_d = torch.hypot(torch.sqrt(p1 + q2), s)  # D >= 1 + q1 + q2 > 0
+        root_d = root_plus_sine_squared(p1 + q2, 1.0, c, q1, q2)  # D >= 1 + q1 + q2 > 0
         r = (c / (torch.sqrt(p1) * torch.sqrt(p2))).clamp(-1.0, 1.0)
         return p1, p2, root_d, r
 

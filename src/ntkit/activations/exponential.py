@@ -15,7 +15,7 @@ import math
 import torch
 
 from .._checks import check_real
-from .base import Nonlinearity, angle
+from .base import Nonlinearity, angle, root_plus_sine_squared
 from .registry import register
 
 
@@ -81,12 +81,12 @@ class Gaussian(Nonlinearity):
         return 2 * self.a * self.b * x * torch.exp(self.b * x * x)
 
     def _root_det(self, c, q1, q2) -> torch.Tensor:
-        """sqrt(D), D = 1 - 2b (q1 + q2) + 4 b^2 s^2 with s^2 = q1 q2 - c^2 (`angle`: no product q1 q2 formed);
-        0 where I - 2 b Sigma is not positive definite (then the maps are infinite)."""
-        _, s = angle(c, q1, q2)
+        """sqrt(D), D = 1 - 2b (q1 + q2) + 4 b^2 s^2 with s^2 = q1 q2 - c^2 (`root_plus_sine_squared`: overflow-safe,
+        smooth at s = 0); 0 where I - 2 b Sigma is not positive definite (then the maps are infinite)."""
         b = self.b
         if b <= 0:
-            return torch.hypot(torch.sqrt(1 - 2 * b * (q1 + q2)), 2 * b * s)
+            return root_plus_sine_squared(1 - 2 * b * (q1 + q2), 4 * b * b, c, q1, q2)
+        _, s = angle(c, q1, q2)
         det = 1 - 2 * b * (q1 + q2) + (2 * b * s) ** 2
         definite = (1 - 2 * b * q1 > 0) & (1 - 2 * b * q2 > 0) & (det > 0)
         return torch.where(definite, torch.sqrt(torch.where(definite, det, 1.0)), 0.0)

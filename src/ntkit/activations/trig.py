@@ -16,7 +16,9 @@ def _exp_sinh_cosh(c, q1, q2, sign: float) -> torch.Tensor:
     """exp(-(q1 + q2)/2) (e^c + sign e^-c) / 2, without overflow (|c| <= (q1 + q2)/2, enforced) and, for sinh, without
     cancellation at small |c|: e^{|c| - h} (1 + sign e^{-2|c|}) / 2, with 1 - e^{-2|c|} = -expm1(-2|c|)."""
     half = 0.5 * (q1 + q2)
-    size = torch.minimum(c.abs(), half)     # |c| <= sqrt(q1 q2) <= half, also where rounding pushed c past it
+    # |c| <= sqrt(q1 q2) <= half, also where rounding pushed c past it; |c| itself at the tie (identical inputs), so
+    # that the derivatives in c, q1, q2 are those of the formula there (torch.minimum would share them)
+    size = torch.where(c.abs() <= half, c.abs(), half)
     outer = 0.5 * torch.exp(size - half)
     if sign > 0:
         return outer * (1 + torch.exp(-2 * size))
