@@ -202,7 +202,7 @@ def test_coefficients_on_fewer_nodes_match_the_largest_rule():
         z, psi, root_w = hermite._basis(2048)
         values = hermite._derivatives(torch.tanh, torch.as_tensor(np.sqrt(q)[:, None] * z), order).numpy()
         big = (values * root_w) @ psi.T
-        for i, (every, norm, _, nodes) in enumerate(rows):
+        for i, (every, norm, _, nodes, _) in enumerate(rows):
             assert np.abs(every[:nodes // 2] - big[i, :nodes // 2]).max() <= 1e-6 * math.sqrt(norm)
             assert abs(norm - (big[i] ** 2).sum()) <= 1e-12 * norm
 

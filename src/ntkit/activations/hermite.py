@@ -122,8 +122,8 @@ def _snap(q: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.round(mantissa * 2.0**_MANTISSA_BITS) / 2.0**_MANTISSA_BITS, exponent)
 
 
-def _rows(fn, variances: np.ndarray, order: int) -> list[tuple[np.ndarray | None, float, float, int]]:
-    """(coefficients, E[sigma^(order)(u)^2], aliasing tail, nodes) for each variance, each computed with the
+def _rows(fn, variances: np.ndarray, order: int) -> list[tuple[np.ndarray | None, float, float, int, np.ndarray]]:
+    """(coefficients, E[sigma^(order)(u)^2], aliasing tail, nodes, tails) for each variance, each computed with the
     fewest nodes of NODE_LADDER whose upper half of coefficients carries at most TOLERANCE of the norm (the largest
     where none does); coefficients None where sigma^(order) is not finite at a node."""
     out: list = [None] * len(variances)
@@ -138,8 +138,9 @@ def _rows(fn, variances: np.ndarray, order: int) -> list[tuple[np.ndarray | None
         norms = (weighted * weighted).sum(1)
         alias = (every[:, nodes // 2:] ** 2).sum(1)
         done = ~finite | (alias <= TOLERANCE * norms + 1e-300) | (nodes == NODE_LADDER[-1])
+        tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :nodes // 2 + 1]
         for i in np.flatnonzero(done):
-            out[pending[i]] = (every[i] if finite[i] else None, float(norms[i]), float(alias[i]), nodes)
+            out[pending[i]] = (every[i] if finite[i] else None, float(norms[i]), float(alias[i]), nodes, tails[i])
         pending = pending[~done]
         if not pending.size:
             break
@@ -152,23 +153,28 @@ class _Coefficients:
     `norms` (G,) = E[sigma^(m)(u)^2], `alias` (G,) the squared coefficients in the upper half of each variance's
     own rule (how well the rule resolves sigma) and `tails` (G, n / 2 + 1), tails[:, K] = sum_{k >= K} a_k^2."""
 
-    def __init__(self, rows: Sequence[tuple[np.ndarray | None, float, float, int]]):
+    def __init__(self, rows: Sequence[tuple[np.ndarray | None, float, float, int, np.ndarray]]):
         if not rows or any(row[0] is None for row in rows):
             self.values = None
             return
         width = max(row[3] for row in rows)
         every = np.zeros((len(rows), width))
+        alias = np.array([row[2] for row in rows])
+        tails = np.repeat(alias[:, None], width // 2 + 1, 1)   # past a variance's own rule: see `_set`
         for i, row in enumerate(rows):
             every[i, :row[3]] = row[0]
-        self._set(every, np.array([row[1] for row in rows]), np.array([row[2] for row in rows]),
-                  np.array([row[3] for row in rows]))
+            tails[i, :len(row[4])] = row[4]
+        self._set(every, np.array([row[1] for row in rows]), alias, np.array([row[3] for row in rows]), tails)
 
-    def _set(self, every: np.ndarray, norms: np.ndarray, alias: np.ndarray, nodes: np.ndarray) -> None:
+    def _set(self, every: np.ndarray, norms: np.ndarray, alias: np.ndarray, nodes: np.ndarray,
+             tails: np.ndarray | None = None) -> None:
         self.every, self.norms, self.alias, self.nodes = every, norms, alias, nodes
         self.values = every[:, :every.shape[1] // 2]
-        tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :every.shape[1] // 2 + 1]
-        # past a variance's own rule its coefficients are unknown: bounded by what its rule's upper half carries
-        self.tails = np.where(np.arange(tails.shape[1])[None, :] >= nodes[:, None] // 2, alias[:, None], tails)
+        if tails is None:
+            tails = np.cumsum((every * every)[:, ::-1], 1)[:, ::-1][:, :every.shape[1] // 2 + 1]
+            # past a variance's own rule its coefficients are unknown: bounded by what its rule's upper half carries
+            tails = np.where(np.arange(tails.shape[1])[None, :] >= nodes[:, None] // 2, alias[:, None], tails)
+        self.tails = tails
 
     def shifted(self, fn, variances: np.ndarray, steps: int) -> _Coefficients:
         """The coefficients of sigma^(m + steps) from these of sigma^(m) (d/dz h_k = sqrt(k) h_{k-1}):
