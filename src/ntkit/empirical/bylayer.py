@@ -30,37 +30,36 @@ def _rows(problem: Problem) -> int:
 
 def fits(plan: Plan, problem: Problem, budget: int) -> bool:
     """Whether the mode suits this path and its memory fits `budget` bytes."""
+    return kept(plan, problem, budget) is not None
+
+
+def kept(plan: Plan, problem: Problem, budget: int) -> set[str] | None:
+    """The sites whose `rules.prepare` is computed once and kept for all outputs (the narrowest layers first:
+    a narrow convolution's im2col costs as much as forming its gradients), as many as fit `budget` bytes; the
+    others prepare their input again for each output. None when the mode does not suit this path or even
+    without them it does not fit."""
     if problem.mode == "full" or not plan.batched or not plan.sites:
-        return False
+        return None
     k, rows = problem.n_outputs, _rows(problem)
     outs = sum(site.shapes.get("out", 0) for site in plan.sites)
     held = sum(k * site.shapes.get("out", 0) for site in plan.sites if site.order == "factored")
     largest = max([factored.n_params(site, problem.trainable) for site in plan.sites] + [0])
     fallback = k * sum(problem.trainable[n].numel() for n in plan.fallback)
-    prepared = sum(_prepared_numel(site) for site in plan.sites)
-    per_row = problem.activations + outs + held + prepared + largest + fallback + 2 * problem.X[0].numel()
+    per_row = problem.activations + outs + held + largest + fallback + 2 * problem.X[0].numel()
     theta = problem.X.shape[0] * problem.cols.shape[0] * (k if problem.mode == "diagonal" else 1)
-    return (rows * per_row + 2 * theta) * problem.itemsize <= budget
-
-
-#: Convolutions with fewer output channels than this keep their patches for all outputs: their im2col costs as
-#: much as forming their gradients. Wider ones form the patches again for each output (saving the memory).
-KEEP_PATCHES_BELOW = 64
-
-
-def _kept(site: rules.Site) -> bool:
-    """Whether `rules.prepare` of the site is computed once and kept (a linear layer's is a view: not needed)."""
-    if site.order == "factored" or site.weight is None or site.kind in ("linear", "embedding"):
-        return False
-    return site.kind == "norm" or site.shapes["O"] * site.shapes["G"] < KEEP_PATCHES_BELOW
-
-
-def _prepared_numel(site: rules.Site) -> int:
-    """Numbers per sample kept by `rules.prepare` (patches of a convolution, xhat of a norm)."""
-    if not _kept(site):
-        return 0
-    shapes = site.shapes
-    return shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes["in"]
+    left = budget // problem.itemsize - rows * per_row - 2 * theta
+    if left < 0:
+        return None
+    chosen = set()
+    candidates = [site for site in plan.sites if site.order != "factored" and site.weight is not None
+                  and site.kind in ("conv", "norm")]  # (a linear layer's input is used as it is)
+    for site in sorted(candidates, key=lambda site: site.shapes.get("O", 0) * site.shapes.get("G", 1)):
+        shapes = site.shapes
+        need = rows * (shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes["in"])
+        if need <= left:
+            chosen.add(site.key)
+            left -= need
+    return chosen
 
 
 def _gram(J: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
@@ -68,8 +67,10 @@ def _gram(J: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
     return self_gram(J) if symmetric else J[:n] @ J[n:].T
 
 
-def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None) -> torch.Tensor:
-    """Theta (N, M) for mode "trace", (N, M, K) for "diagonal", by the sum in the module docstring."""
+def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) -> torch.Tensor:
+    """Theta (N, M) for mode "trace", (N, M, K) for "diagonal", by the sum in the module docstring, within
+    `budget` bytes (`fits` must hold)."""
+    keep = kept(plan, problem, budget) or set()
     n, k, symmetric = problem.X.shape[0], problem.n_outputs, problem.Y is None
     Z = problem.X if symmetric else torch.cat([problem.X, problem.Y])
     shape = (n, problem.cols.shape[0])
@@ -77,7 +78,7 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None) -> torch.Tensor
     held: dict[str, torch.Tensor] = {}
     with instrumented(plan, problem) as injector:
         inputs, out, deltas = shifted_forward(plan, problem, Z, injector)
-        prepared = {site.key: rules.prepare(site, inputs[site.key]) for site in plan.sites if _kept(site)}
+        prepared = {site.key: rules.prepare(site, inputs[site.key]) for site in plan.sites if site.key in keep}
         for index in progress(range(k), total=k, desc="empirical NTK (structured, by layer)", enabled=show):
             cots = output_cotangents(plan, out, deltas, index)
             for site in plan.sites:
