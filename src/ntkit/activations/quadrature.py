@@ -102,6 +102,8 @@ class Quadrature(Nonlinearity):
     softplus and SiLU up to about 10) takes it, at the cost of a few passes over the Gram; the others (a kink or
     jump, as in elu, selu and relu, or larger variances) take the quadrature of `degree`. `last_path` says which
     path the most recent map took ("hermite" or "quadrature"). fast=False: always the quadrature (the reference).
+    Maps on the Hermite path are differentiable to any order by autograd and inside torch.func's grad, jacrev,
+    jacfwd and hessian.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str | None = None,
