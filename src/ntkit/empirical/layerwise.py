@@ -137,11 +137,8 @@ def plan_block(plan: Plan, problem: Problem, budget: int) -> int:
     positions = sum(2 * k * s.shapes["S"] * s.shapes["G"] * (s.shapes["I"] + s.shapes["O"])
                     for s in plan.sites if s.positions)
     per_sample = (k * (p_jac + largest) + positions) * itemsize  # kept, and one layer's gradients
-    p_fallback = sum(problem.trainable[n].numel() for n in plan.fallback)
-    passes = 3 * k * (problem.activations + p_fallback) * itemsize  # K reverse passes per sample, vmapped
-    if plan.batched and plan.sites:  # the graph of the batch and its (B, K, out) cotangent buffers (plan.passes)
-        outs = sum(site.shapes["out"] for site in plan.sites)
-        passes = (2 * problem.activations + k * outs) * itemsize + (passes if plan.fallback else 0)
+    # per sample of a reverse pass: its graph and (K, out) cotangents; kept small (smaller passes run faster)
+    passes = 3 * k * (problem.activations + sum(problem.trainable[n].numel() for n in plan.fallback)) * itemsize
     kk = k * k if problem.mode == "full" else k
     per_pair = max([3 * kk * itemsize] + [rules.position_pair_bytes(s, k, problem.mode, itemsize)
                                           for s in plan.sites if s.positions])
