@@ -9,7 +9,8 @@ import torch
 
 import ntkit as nk
 from ntkit.activations import Quadrature, get_activation, hermite
-from ntkit.activations.hermite import HermiteMaps, gaussian_maps
+from ntkit.activations.hermite import HermiteMaps
+from ntkit.activations.hermite_autograd import gaussian_maps
 
 SMOOTH = ["tanh", "sigmoid", "softplus", "silu", "swish", "mish"]
 KINKED = ["elu", "selu", "softsign"]          # a jump in sigma' or sigma'' at 0: the quadrature stays

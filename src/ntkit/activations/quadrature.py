@@ -45,7 +45,8 @@ import torch
 
 from .. import _fingerprint
 from .base import Nonlinearity, angle, safe_sqrt
-from .hermite import HermiteMaps, gaussian_maps
+from .hermite import HermiteMaps
+from .hermite_autograd import gaussian_maps
 
 DEFAULT_DEGREE = 20
 # elements x nodes evaluated at once; bounds the temporaries to a few tens of MB
