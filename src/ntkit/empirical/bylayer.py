@@ -33,11 +33,12 @@ def fits(plan: Plan, problem: Problem, budget: int) -> bool:
     return kept(plan, problem, budget) is not None
 
 
-def kept(plan: Plan, problem: Problem, budget: int) -> set[str] | None:
-    """The sites whose `rules.prepare` is computed once and kept for all outputs (the narrowest layers first:
-    a narrow convolution's im2col costs as much as forming its gradients), as many as fit `budget` bytes; the
-    others prepare their input again for each output. None when the mode does not suit this path or even
-    without them it does not fit."""
+def kept(plan: Plan, problem: Problem, budget: int) -> tuple[set[str], set[str]] | None:
+    """(the sites whose `rules.prepare` is computed once and kept for all outputs, the sites whose weight
+    takes the positions order here), as many as fit `budget` bytes: positions first where cheaper, then
+    prepared inputs, the narrowest layers first (a narrow convolution's im2col costs as much as forming its
+    gradients); the others prepare their input again for each output. None when the mode does not suit this
+    path or even without them it does not fit."""
     if problem.mode == "full" or not plan.batched or not plan.sites:
         return None
     k, rows = problem.n_outputs, _rows(problem)
@@ -50,7 +51,12 @@ def kept(plan: Plan, problem: Problem, budget: int) -> set[str] | None:
     left = budget // problem.itemsize - rows * per_row - 2 * theta
     if left < 0:
         return None
-    chosen = set()
+    n, m, chosen, by_positions = problem.X.shape[0], problem.cols.shape[0], set(), set()
+    for site in plan.sites:
+        need = 2 * n * m * site.shapes.get("S", 0) ** 2  # the input Gram and one cotangent Gram
+        if _by_positions(site, rows, k) and need <= left:
+            by_positions.add(site.key)
+            left -= need
     candidates = [site for site in plan.sites if site.order != "factored" and site.weight is not None
                   and site.kind in ("conv", "norm")]  # (a linear layer's input is used as it is)
     for site in sorted(candidates, key=lambda site: site.shapes.get("O", 0) * site.shapes.get("G", 1)):
@@ -59,7 +65,7 @@ def kept(plan: Plan, problem: Problem, budget: int) -> set[str] | None:
         if need <= left:
             chosen.add(site.key)
             left -= need
-    return chosen
+    return chosen, by_positions
 
 
 def _gram(J: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
@@ -70,7 +76,7 @@ def _gram(J: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
 def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) -> torch.Tensor:
     """Theta (N, M) for mode "trace", (N, M, K) for "diagonal", by the sum in the module docstring, within
     `budget` bytes (`fits` must hold)."""
-    keep = kept(plan, problem, budget) or set()
+    keep, by_positions = kept(plan, problem, budget) or (set(), set())
     n, k, symmetric = problem.X.shape[0], problem.n_outputs, problem.Y is None
     Z = problem.X if symmetric else torch.cat([problem.X, problem.Y])
     shape = (n, problem.cols.shape[0])
@@ -79,6 +85,8 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) ->
     with instrumented(plan, problem) as injector:
         inputs, out, deltas = shifted_forward(plan, problem, Z, injector)
         prepared = {site.key: rules.prepare(site, inputs[site.key]) for site in plan.sites if site.key in keep}
+        positions = {site.key: _input_gram(site, inputs[site.key], n, symmetric) for site in plan.sites
+                     if site.key in by_positions}
         for index in progress(range(k), total=k, desc="empirical NTK (structured, by layer)", enabled=show):
             cots = output_cotangents(plan, out, deltas, index)
             for site in plan.sites:
@@ -86,7 +94,10 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) ->
                 if site.order == "factored":
                     held.setdefault(site.key, g.new_empty((g.shape[0], k, *g.shape[1:])))[:, index] = g
                     continue
-                for J in rules.per_sample_grads(site, inputs[site.key], g[:, None], True, prepared.get(site.key)):
+                if site.key in positions:  # the weight by positions, with the input Gram of all outputs
+                    theta[:, :, index] += _positions(site, positions[site.key], g, n, symmetric)
+                for J in rules.per_sample_grads(site, inputs[site.key], g[:, None], site.key not in positions,
+                                                prepared.get(site.key)):
                     theta[:, :, index] += _gram(J[:, 0], n, symmetric)
     for site in plan.sites:
         if site.order == "factored":
@@ -101,6 +112,36 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) ->
     if symmetric:  # exactly symmetric, as the block path's mirrored Gram
         theta = (theta + theta.transpose(0, 1)) / 2
     return theta.mean(-1) if problem.mode == "trace" else theta
+
+
+def _by_positions(site: rules.Site, rows: int, k: int) -> bool:
+    """Whether a weight shared over few positions is cheaper by positions here: the input Gram
+    sum_i a_x[s, i] a_y[t, i] once (rows^2 S^2 I) and per output the cotangent Gram (rows^2 S^2 O), against
+    per output forming (rows S O I) and contracting (3/4 rows^2 O I) its gradients."""
+    if site.kind not in ("linear", "conv") or site.order == "factored" or site.weight is None \
+            or site.shapes["G"] != 1:
+        return False
+    s, o, i = site.shapes["S"], site.shapes["O"], site.shapes["I"]
+    jacobian = k * (rows * s * o * i + 0.75 * rows * rows * o * i)
+    positions = rows * rows * s * s * (i + k * o)
+    return positions < jacobian
+
+
+def _input_gram(site: rules.Site, a: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
+    """(n S, m S): a_x[s] . a_y[t] over the weight's inputs (G = 1)."""
+    A = rules.weight_input(site, a)
+    split = n * A.shape[1]
+    A = A.reshape(A.shape[0] * A.shape[1], -1)
+    return self_gram(A) if symmetric else A[:split] @ A[split:].T
+
+
+def _positions(site: rules.Site, aa: torch.Tensor, g: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
+    """sum_{s, t} (a_x[s] . a_y[t]) (g(x)[s] . g(y)[t]) for one output's cotangents g (rows, *out): (n, m)."""
+    gc = rules.cotangent(site, g[:, None])  # (rows, 1, S, 1, O)
+    rows, s = gc.shape[0], gc.shape[2]
+    G = gc.reshape(rows * s, -1)
+    gg = self_gram(G) if symmetric else G[:n * s] @ G[n * s:].T
+    return (gg.mul_(aa)).reshape(n, s, -1, s).sum((1, 3))
 
 
 def _split(f: factored.Factored, n: int, first: bool) -> factored.Factored:
