@@ -10,8 +10,9 @@ samples; each layer's per-sample gradients J_lk (|Z|, P_l) are formed once, cont
 all outputs of a block (K P numbers per sample), and featurizes a column block again for every row block when
 they do not fit the working memory. This path is taken when the forward graph of Z, one output's cotangents
 and one layer's gradients fit it (`fits`). Layers whose cotangents factor over the outputs (factored.py) collect
-their K cotangents and take the factored rule; parameters without a rule take their Jacobian; every other weight
-takes the jacobian order here (the positions order pays off only against the block path's K-fold contraction).
+their K cotangents and take the factored rule; parameters without a rule take their Jacobian; a weight shared
+over few positions takes the positions order where that is cheaper here (`_by_positions`: its input Gram is
+computed once for all outputs), every other weight the jacobian order.
 """
 
 from __future__ import annotations
