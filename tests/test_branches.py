@@ -27,8 +27,8 @@ from ntkit.layers import (
     SumPool3d,
 )
 from ntkit.layers.conv_transpose import ConvTranspose1d, ConvTranspose2d
-from test_layers_reference import assert_close
 from test_layers_reference import build as build_plain
+from test_layers_reference import check_against_references
 
 DATA = np.load(Path(__file__).parent / "data" / "nt_references_branches.npz")
 CASES = json.loads(str(DATA["cases"]))
@@ -72,14 +72,8 @@ def test_matches_neural_tangents(name):
     """Off the diagonal to 1e-10 of the scale; the diagonal looser where neural-tangents takes the arc-cosine of a
     correlation rounded near 1 (sqrt(eps) in the ReLU maps, as tests/test_layers_reference.py)."""
     arch = nk.Sequential(*build(CASES[name]["layers"]))
-    X, Y = DATA[f"{name}/X"], DATA[f"{name}/Y"]
     names = ("nngp",) if CASES[name].get("nngp_only") else ("nngp", "ntk")   # standard: no NTK limit
-    for ours, get in zip(arch.kernel(X, Y, get=names), names, strict=True):
-        assert_close(ours, DATA[f"{name}/{get}_xy"], 1e-10)
-    for ours, get in zip(arch.kernel(X, get=names), names, strict=True):
-        assert_close(ours, DATA[f"{name}/{get}_xx"], 1e-10, diagonal=False)
-        assert_close(np.diag(ours), np.diag(DATA[f"{name}/{get}_xx"]), 1e-7)
-        np.testing.assert_allclose(arch.kernel_diag(X, get=get), np.diag(ours), rtol=1e-12)
+    check_against_references(arch, DATA, name, names)
 
 
 def test_residual_is_parallel_with_the_identity():

@@ -61,6 +61,19 @@ def assert_close(ours: np.ndarray, reference: np.ndarray, rtol: float, diagonal:
     assert error < rtol, f"max relative error {error:.2e}"
 
 
+def check_against_references(arch, data, name: str, names: tuple[str, ...]) -> None:
+    """`arch`'s kernels `names` against neural-tangents' stored `data[name/...]`: cross kernels to 1e-10 of the scale;
+    on X itself off the diagonal to 1e-10, the diagonal to 1e-7 (neural-tangents takes the arc-cosine of a
+    correlation rounded near 1: sqrt(eps) in the ReLU maps) and equal to kernel_diag."""
+    X, Y = data[f"{name}/X"], data[f"{name}/Y"]
+    for ours, get in zip(arch.kernel(X, Y, get=names), names, strict=True):
+        assert_close(ours, data[f"{name}/{get}_xy"], 1e-10)
+    for ours, get in zip(arch.kernel(X, get=names), names, strict=True):
+        assert_close(ours, data[f"{name}/{get}_xx"], 1e-10, diagonal=False)
+        assert_close(np.diag(ours), np.diag(data[f"{name}/{get}_xx"]), 1e-7)
+        np.testing.assert_allclose(arch.kernel_diag(X, get=get), np.diag(ours), rtol=1e-12)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_neural_tangents(name):
     arch = nk.Sequential(*build(CASES[name]["layers"]))

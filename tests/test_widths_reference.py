@@ -14,7 +14,7 @@ import torch
 import ntkit as nk
 from ntkit.layers import Conv3d
 from test_branches import build as build_branches
-from test_layers_reference import assert_close
+from test_layers_reference import check_against_references
 
 DATA = np.load(Path(__file__).parent / "data" / "nt_references_widths.npz")
 CASES = json.loads(str(DATA["cases"]))
@@ -48,14 +48,8 @@ def test_matches_neural_tangents(name):
     """Off the diagonal to 1e-10 of the scale; the diagonal looser where neural-tangents takes the arc-cosine of a
     correlation rounded near 1 (as tests/test_layers_reference.py)."""
     arch = nk.Sequential(*build(CASES[name]["layers"]))
-    X, Y = DATA[f"{name}/X"], DATA[f"{name}/Y"]
     names = ("nngp", "ntk")
-    for ours, get in zip(arch.kernel(X, Y, get=names), names, strict=True):
-        assert_close(ours, DATA[f"{name}/{get}_xy"], 1e-10)
-    for ours, get in zip(arch.kernel(X, get=names), names, strict=True):
-        assert_close(ours, DATA[f"{name}/{get}_xx"], 1e-10, diagonal=False)
-        assert_close(np.diag(ours), np.diag(DATA[f"{name}/{get}_xx"]), 1e-7)
-        np.testing.assert_allclose(arch.kernel_diag(X, get=get), np.diag(ours), rtol=1e-12)
+    check_against_references(arch, DATA, name, names)
 
 
 def _empirical_ntk(net, X):

@@ -31,6 +31,14 @@ from .record import Record, out_size, same_pads, window_sum
 PADDINGS = ("same", "valid", "circular")
 
 
+def describe_window_layer(layer: Layer) -> str:
+    """Every setting of a convolution or transposed convolution (`Layer.describe`: part of a Gram's fingerprint)."""
+    return (f"{layer.name}(kernel_size={layer.kernel_size}, stride={layer.stride}, padding={layer.padding!r}, "
+            f"W_std={float(layer.W_std)!r}, b_std={float(layer.b_std) if layer.bias else None!r}"
+            + ("" if layer.in_channels is None else f", in_channels={layer.in_channels}")
+            + ("" if layer.parametrization == "ntk" else f", parametrization={layer.parametrization!r}") + ")")
+
+
 def _pair(value, dims: int, name: str) -> tuple[int, ...]:
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
     if len(values) != dims:
@@ -54,10 +62,7 @@ class _Conv(Layer):
         self.b_std, self.bias = check_bias(b_std)
 
     def describe(self) -> str:
-        return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
-                f"W_std={float(self.W_std)!r}, b_std={float(self.b_std) if self.bias else None!r}"
-                + ("" if self.in_channels is None else f", in_channels={self.in_channels}")
-                + ("" if self.parametrization == "ntk" else f", parametrization={self.parametrization!r}") + ")")
+        return describe_window_layer(self)
 
     @property
     def has_ntk_limit(self) -> bool:
@@ -121,6 +126,25 @@ class Conv3d(_Conv):
     dims = 3
 
 
+def init_window_parameters(module: nn.Module, weight_shape: tuple[int, ...], out_channels: int, fan_in: int,
+                           W_std: float, b_std: float, generator: torch.Generator | None, dtype: torch.dtype | None,
+                           parametrization: str, bias: bool) -> None:
+    """A (transposed) convolution's `weight` of `weight_shape` and `bias` (None without), standard normal, with
+    the multipliers W_std / sqrt(fan_in) and b_std (NTK parametrization); "standard" folds them into the initial
+    values (the same functions at initialization, another gradient) and sets both multipliers to 1."""
+    dtype = dtype or torch.get_default_dtype()
+    module.weight = nn.Parameter(torch.randn(*weight_shape, generator=generator, dtype=dtype))
+    module.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype)) if bias else None
+    module.weight_multiplier = W_std / math.sqrt(fan_in)
+    module.bias_multiplier = b_std
+    if parametrization == "standard":
+        with torch.no_grad():
+            module.weight.mul_(module.weight_multiplier)
+            if bias:
+                module.bias.mul_(module.bias_multiplier)
+        module.weight_multiplier = module.bias_multiplier = 1.0
+
+
 class NTKConv(nn.Module):
     """y = W_std / sqrt(C k) conv(pad(x), weight) + b_std bias, weight `(out, C, *kernel)` and bias standard normal
     (parametrization="standard": weight ~ N(0, W_std^2 / (C k)), bias ~ N(0, b_std^2), both multipliers 1;
@@ -134,19 +158,10 @@ class NTKConv(nn.Module):
                  padding: str, W_std: float, b_std: float, generator: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, parametrization: str = "ntk", bias: bool = True):
         super().__init__()
-        dtype = dtype or torch.get_default_dtype()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel_size, generator=generator,
-                                               dtype=dtype))
-        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype)) if bias else None
-        self.weight_multiplier = W_std / math.sqrt(in_channels * math.prod(kernel_size))
-        self.bias_multiplier = b_std
-        if parametrization == "standard":     # the same functions at initialization, another gradient
-            with torch.no_grad():
-                self.weight.mul_(self.weight_multiplier)
-                if bias:
-                    self.bias.mul_(self.bias_multiplier)
-            self.weight_multiplier = self.bias_multiplier = 1.0
+        init_window_parameters(self, (out_channels, in_channels, *kernel_size), out_channels,
+                               in_channels * math.prod(kernel_size), W_std, b_std, generator, dtype, parametrization,
+                               bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding != "valid":

@@ -26,7 +26,7 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, check_channels, spatial_only
-from .conv import _pair
+from .conv import _pair, describe_window_layer, init_window_parameters
 from .linear import affine, check_bias, fan_in_known, standard_affine
 from .record import Record
 
@@ -60,10 +60,7 @@ class _ConvTranspose(Layer):
         self.b_std = float(b_std)
 
     def describe(self) -> str:
-        return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
-                f"W_std={self.W_std!r}, b_std={self.b_std if self.bias else None!r}"
-                + ("" if self.in_channels is None else f", in_channels={self.in_channels}")
-                + ("" if self.parametrization == "ntk" else f", parametrization={self.parametrization!r}") + ")")
+        return describe_window_layer(self)
 
     @property
     def has_ntk_limit(self) -> bool:
@@ -168,19 +165,10 @@ class NTKConvTranspose(nn.Module):
                  padding: str, W_std: float, b_std: float, generator: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, parametrization: str = "ntk", bias: bool = True):
         super().__init__()
-        dtype = dtype or torch.get_default_dtype()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.weight = nn.Parameter(torch.randn(in_channels, out_channels, *kernel_size, generator=generator,
-                                               dtype=dtype))
-        self.bias = nn.Parameter(torch.randn(out_channels, generator=generator, dtype=dtype)) if bias else None
-        self.weight_multiplier = W_std / math.sqrt(in_channels * math.prod(kernel_size))
-        self.bias_multiplier = b_std
-        if parametrization == "standard":     # the same functions at initialization, another gradient
-            with torch.no_grad():
-                self.weight.mul_(self.weight_multiplier)
-                if bias:
-                    self.bias.mul_(self.bias_multiplier)
-            self.weight_multiplier = self.bias_multiplier = 1.0
+        init_window_parameters(self, (in_channels, out_channels, *kernel_size), out_channels,
+                               in_channels * math.prod(kernel_size), W_std, b_std, generator, dtype, parametrization,
+                               bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv_transpose1d if len(self.kernel_size) == 1 else F.conv_transpose2d
