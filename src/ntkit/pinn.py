@@ -203,12 +203,13 @@ def operator_kernel(arch: Any, X: Array, Y: Array | None = None, left: Operator 
 
     arch: any architecture with `kernel(X, Y, get=...)` (MLP, Sequential on flat inputs) and smooth activations.
     X (N, d), Y (M, d) (default X); left acts on x, right on y (None: the identity).
-    method: "dense" for chains of dense layers and nonlinearities (MLP, Sequential(Linear, Tanh, ..., Linear)):
-        the kernel as a function of x.y, |x|^2 and |y|^2, its partials carried through the recursion as Taylor
-        polynomials (`ntkit.pinn_dense`), O(N M) work in all; "autograd" for any architecture: nested autograd
-        through `arch.kernel`, in blocks of `chunk` rows (each holds a few graphs of (chunk, M)); "auto" (default):
-        "dense" where it applies (such a chain, no gradient wanted through X or Y, the Hermite series of the
-        nonlinearities converged at the variances met), else "autograd".
+    method "dense" is for chains of dense layers and nonlinearities (MLP, Sequential(Linear, Tanh, ..., Linear)):
+    the kernel as a function of x.y, ``|x|^2`` and ``|y|^2``, its partials carried through the recursion as Taylor
+    polynomials (`ntkit.pinn_dense`), O(N M) work in all; "autograd" for any architecture: nested autograd
+    through `arch.kernel`, in blocks of `chunk` rows (each holds a few graphs of (chunk, M)); "auto" (default):
+    "dense" where it applies (such a chain, no gradient wanted through X or Y, the Hermite series of the
+    nonlinearities converged at the variances met), else "autograd".
+
     Differentiable in X and Y when they require grad (then "autograd"). NumPy in, NumPy out."""
     Xt, numpy = as_matrix(X, "X")
     Yt = Xt if Y is None else as_matrix(Y, "Y", dtype=Xt.dtype, device=Xt.device)[0]

@@ -79,18 +79,18 @@ class GraphSequential(nn.Sequential):
 
 # ------------------------------------------------------------------------------------------ inputs
 def graphs(features, adjacency=None, edges=None, to_dense=None):
-    """The inputs of a graph architecture: (N, C + V, *S), the node features (N, C, *S) then the adjacency (V, *S)
-    per example, V = prod(S) (for graphs, S = (V,): (N, C + V, V)).
+    """The inputs of a graph architecture: ``(N, C + V, *S)``, the node features ``(N, C, *S)`` then the adjacency
+    ``(V, *S)`` per example, V = prod(S) (for graphs, S = (V,): (N, C + V, V)).
 
     Args:
-        features: (N, C, *S) float, C features of each node; the nodes are the positions S: (V,) for graphs, (H, W)
+        features: ``(N, C, *S)`` float, C features of each node; the nodes are the positions S: (V,) for graphs, (H, W)
             for the pixels of images, ... (pad smaller graphs with zero features).
-        adjacency: (N, *S, *S), adjacency[n, i, j] the weight of the edge i -> j of example n (dense; i and j each
+        adjacency: ``(N, *S, *S)``, adjacency[n, i, j] the weight of the edge i -> j of example n (dense; i and j each
             a position, neural-tangents' pattern with implementation="DENSE"), or
         edges: (N, E, 2) integers, the edges (tail, head) of each example as node numbers (the positions in C
             order), or (N, E, K, 2) with the K coordinates of tail and head (repeats add up; rows whose head has a
             negative coordinate are padding), as neural-tangents' implementation="SPARSE".
-        to_dense: a function that turns `adjacency` in a format of yours into the dense (N, *S, *S) one, applied
+        to_dense: a function that turns `adjacency` in a format of yours into the dense ``(N, *S, *S)`` one, applied
             once here (neural-tangents' `to_dense`).
     NumPy in gives NumPy out.
     """

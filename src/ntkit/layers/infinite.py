@@ -39,7 +39,7 @@ def infinite(module: nn.Module, W_std: float = 1.0, b_std: float = 0.1, parametr
     (`ntkit.activations.registry`: nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU,
     nn.Softplus; with other settings, as nn.GELU(approximate="tanh"), the module by quadrature), nn.Identity,
     nn.Dropout (as the evaluated network sees it: the identity; `nk.Dropout` is the training-mode kernel),
-    nn.AvgPool1d / 2d / 3d (no padding), nn.AdaptiveAvgPool1d / 2d / 3d(1), nn.Flatten, nn.Unflatten(1, (C, *S))
+    nn.AvgPool1d / 2d / 3d (no padding), nn.AdaptiveAvgPool1d / 2d / 3d(1), nn.Flatten, ``nn.Unflatten(1, (C, *S))``
     after a Linear (`Unflatten`) and nn.LayerNorm over the features of flat inputs without affine parameters.
     Anything else raises a LayerError naming the module and its position. Any other module is traced by torch.fx
     (`ntkit.layers.trace`): residual additions, torch.cat along channels and products become `Residual` and

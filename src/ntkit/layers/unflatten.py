@@ -23,13 +23,13 @@ from .record import Record
 
 
 class Unflatten(Layer):
-    """(N, d) -> (N, d / P, *spatial): the width's units at the positions `spatial` (1 to 3 axes)."""
+    """``(N, d) -> (N, d / P, *spatial)``: the width's units at the positions `spatial` (1 to 3 axes)."""
 
     odd_preserving = True
 
     @property
     def width_factor(self) -> int:
-        """The finite network's weight layer before it gets width * P units: `width` channels at each position."""
+        """The finite network gives the weight layer before it width * P units (`width` channels at each position)."""
         return math.prod(self.spatial)
 
     def __init__(self, spatial: tuple[int, ...]):
