@@ -154,7 +154,9 @@ def conv_case(args, nt_python: str | None, tmp: str) -> list[dict]:
     for name, fn in ACTIVATIONS.items():
         reference = conv_stack(Quadrature(fn, name=name, degree=64, fast=False)).kernel(
             X[:args.conv_n_ref], get="ntk", progress=False).numpy()
-        for n, dtype in ((args.conv_n, torch.float64), (args.conv_n, torch.float32), (args.conv_nt_n, torch.float64)):
+        sizes = [(args.conv_n, torch.float64), (args.conv_n, torch.float32)]
+        sizes += [(args.conv_nt_n, torch.float64)] if args.conv_nt_n else []     # 0: no side-by-side size
+        for n, dtype in sizes:
             made: list = []
             seconds, K = timed(functools.partial(fresh_stack, name, made), X[:n].to(dtype), args.repeat)
             record(name, reference, f"ntkit {str(dtype)[6:]}", n, seconds, K,
