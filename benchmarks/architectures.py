@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 import ntkit as nk
+from child_process import run_json
 from ntkit.data import load_mnist
 
 OUT = Path(__file__).resolve().parent / "results" / "architectures.json"
@@ -89,35 +89,18 @@ def architecture(name: str) -> nk.Sequential:
                          nk.GlobalAvgPool(), nk.Linear())
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """The environment of a subprocess limited to `threads` threads (torch and XLA alike)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                            "intra_op_parallelism_threads=1").strip()
-    return env
-
-
 THREADS = 1
-
-
-def run_json(cmd: list[str], what: str) -> dict | None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(THREADS))
-    if done.returncode != 0:
-        print(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def ours(arch: str, n: int, dtype: str, repeat: int) -> dict | None:
     """ntkit in a fresh process, so that its peak resident memory is this kernel's."""
     return run_json([sys.executable, "-c", OURS_SCRIPT, arch, str(n), dtype, str(repeat),
-                     str(Path(__file__).resolve().parent)], f"ntkit {arch} N={n}")
+                     str(Path(__file__).resolve().parent)], f"ntkit {arch} N={n}", THREADS)
 
 
 def neural_tangents(nt_python: str, arch: str, n: int, dtype: str, repeat: int, save: str | None = None):
     return run_json([nt_python, "-c", NT_SCRIPT, arch, str(n), "1" if dtype == "float64" else "0", str(repeat),
-                     save or "-"], f"neural-tangents {arch} N={n}")
+                     save or "-"], f"neural-tangents {arch} N={n}", THREADS)
 
 
 def agreement(nt_python: str, n: int, tmp: Path) -> dict:

@@ -25,13 +25,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from child_process import run_json
 
 OUT = Path(__file__).resolve().parent / "results" / "attention.json"
 
@@ -96,21 +97,6 @@ def transformer():
     return nk.Sequential(TokenLinear(b_std=0.1), *block(), *block(), nk.GlobalAvgPool(), nk.Linear(b_std=0.1))
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """The environment of a subprocess limited to `threads` threads (torch and XLA alike)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                            "intra_op_parallelism_threads=1").strip()
-    return env
-
-
-def run_json(cmd: list[str], what: str, threads: int) -> dict | None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
-    if done.returncode != 0:
-        print(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def ours(n: int, L: int, repeat: int, threads: int, save: str = "-") -> dict | None:

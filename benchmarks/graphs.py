@@ -17,13 +17,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from child_process import run_json
 
 OUT = Path(__file__).resolve().parent / "results" / "graphs.json"
 
@@ -93,20 +94,6 @@ def random_graphs(n: int, features: int, low: int, high: int, p: float, seed: in
     return F, A
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                            "intra_op_parallelism_threads=1").strip()
-    return env
-
-
-def run_json(cmd: list[str], what: str, threads: int) -> dict | None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
-    if done.returncode != 0:
-        print(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
