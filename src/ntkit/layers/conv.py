@@ -25,7 +25,7 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, LayerError, check_channels, spatial_only
-from .linear import affine, check_bias, fan_in_known, standard_affine
+from .linear import check_bias, fan_in_known, weight_map, weight_settings
 from .record import Record, out_size, same_pads, window_sum
 
 PADDINGS = ("same", "valid", "circular")
@@ -34,9 +34,24 @@ PADDINGS = ("same", "valid", "circular")
 def describe_window_layer(layer: Layer) -> str:
     """Every setting of a convolution or transposed convolution (`Layer.describe`: part of a Gram's fingerprint)."""
     return (f"{layer.name}(kernel_size={layer.kernel_size}, stride={layer.stride}, padding={layer.padding!r}, "
-            f"W_std={float(layer.W_std)!r}, b_std={float(layer.b_std) if layer.bias else None!r}"
-            + ("" if layer.in_channels is None else f", in_channels={layer.in_channels}")
-            + ("" if layer.parametrization == "ntk" else f", parametrization={layer.parametrization!r}") + ")")
+            f"{weight_settings(layer)})")
+
+
+def window_map(layer: Layer, record: Record, window) -> Record:
+    """The kernel map of a convolution (`window` = `record.window_sum`) or transposed convolution (its `_spread`):
+    `weight_map` with the covariance summed over the kernel's taps along each spatial axis (both examples' axes
+    where the record keeps every pair of positions), `window(t, axes, k, s, padding, scale)`."""
+    full = record.layout == "full"
+
+    def total(t: torch.Tensor, scale: float) -> torch.Tensor:
+        for k in range(layer.dims):
+            axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
+            t = window(t, axes, layer.kernel_size[k], layer.stride[k], layer.padding, scale if k == 0 else 1.0)
+        return t
+
+    out = weight_map(layer, record, total, math.prod(layer.kernel_size))
+    spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + layer.dims])
+    return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
 
 
 def _pair(value, dims: int, name: str) -> tuple[int, ...]:
@@ -83,21 +98,7 @@ class _Conv(Layer):
         return True
 
     def apply(self, record: Record, ctx) -> Record:
-        full = record.layout == "full"
-
-        def total(t: torch.Tensor, scale: float) -> torch.Tensor:
-            for k in range(self.dims):
-                axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
-                t = window_sum(t, axes, self.kernel_size[k], self.stride[k], self.padding, scale if k == 0 else 1.0)
-            return t
-
-        taps = math.prod(self.kernel_size)
-        if self.parametrization == "standard" and record.theta is not None:
-            out = standard_affine(record, self.W_std, self.b_std, self.in_channels, self.bias, total, taps)
-        else:
-            out = affine(record, self.W_std, self.b_std, total, taps=taps)
-        spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
-        return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
+        return window_map(self, record, window_sum)
 
     def start(self, X, Y, in_need, want_ntk, paired):
         """A first convolution whose output keeps every pair of positions: one product of the inputs' patches."""

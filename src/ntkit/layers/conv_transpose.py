@@ -26,8 +26,8 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, check_channels, spatial_only
-from .conv import _pair, describe_window_layer, init_window_parameters
-from .linear import affine, check_bias, fan_in_known, standard_affine
+from .conv import _pair, describe_window_layer, init_window_parameters, window_map
+from .linear import check_bias, fan_in_known
 from .record import Record
 
 PADDINGS = ("same", "valid", "circular")
@@ -76,21 +76,7 @@ class _ConvTranspose(Layer):
         return True
 
     def apply(self, record: Record, ctx) -> Record:
-        full = record.layout == "full"
-
-        def total(t: torch.Tensor, scale: float) -> torch.Tensor:
-            for dim in range(self.dims):
-                axes = (record.x_axis(dim), record.y_axis(dim)) if full else (record.x_axis(dim),)
-                t = _spread(t, axes, self.kernel_size[dim], self.stride[dim], self.padding, scale if dim == 0 else 1.0)
-            return t
-
-        taps = math.prod(self.kernel_size)
-        if self.parametrization == "standard" and record.theta is not None:
-            out = standard_affine(record, self.W_std, self.b_std, self.in_channels, self.bias, total, taps)
-        else:
-            out = affine(record, self.W_std, self.b_std, total, taps=taps)
-        spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
-        return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
+        return window_map(self, record, _spread)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         return NTKConvTranspose(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, self.W_std,

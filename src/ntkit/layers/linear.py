@@ -66,6 +66,25 @@ def standard_affine(record: Record, W_std, b_std, channels: int, bias: bool, tot
     return Record(sigma, theta, record.layout, record.nbatch, record.spatial)
 
 
+def weight_map(layer: Layer, record: Record, total=None, taps: int = 1) -> Record:
+    """The kernel map of a weight layer (Linear, TokenLinear, convolutions): `affine` in the NTK parametrization,
+    `standard_affine` at the fan-in `in_channels` where the standard parametrization's NTK is wanted."""
+    if layer.parametrization == "standard" and record.theta is not None:
+        return standard_affine(record, layer.W_std, layer.b_std, layer.in_channels, layer.bias, total, taps)
+    return affine(record, layer.W_std, layer.b_std, total, taps=taps)
+
+
+def weight_settings(layer: Layer) -> str:
+    """W_std, b_std (None without a bias), then in_channels and parametrization where set: the end of every weight
+    layer's `describe()` (part of a Gram's fingerprint)."""
+    text = f"W_std={float(layer.W_std)!r}, b_std={float(layer.b_std) if layer.bias else None!r}"
+    if layer.in_channels is not None:
+        text += f", in_channels={layer.in_channels}"
+    if layer.parametrization != "ntk":
+        text += f", parametrization={layer.parametrization!r}"
+    return text
+
+
 def fan_in_known(layer: Layer) -> bool:
     """Whether a weight layer has an NTK here: the NTK parametrization's limit, or the standard one at a known fan-in
     (`in_channels`)."""
@@ -103,11 +122,7 @@ class Linear(Layer):
                                                                                                  self.b_std)
 
     def describe(self) -> str:
-        known = "" if self.in_channels is None else f", in_channels={self.in_channels}"
-        if self.parametrization != "ntk":
-            known += f", parametrization={self.parametrization!r}"
-        bias = float(self.b_std) if self.bias else None
-        return f"Linear(W_std={float(self.W_std)!r}, b_std={bias!r}{known})"
+        return f"Linear({weight_settings(self)})"
 
     def out_shape(self, shape, where):
         if len(shape) != 1:
@@ -127,9 +142,7 @@ class Linear(Layer):
         return fan_in_known(self)
 
     def apply(self, record, ctx):
-        if self.parametrization == "standard" and record.theta is not None:
-            return standard_affine(record, self.W_std, self.b_std, self.in_channels, self.bias)
-        return affine(record, self.W_std, self.b_std)
+        return weight_map(self, record)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         if self.parametrization == "standard" and not self.bias:   # torch's own layer, without a bias

@@ -16,7 +16,7 @@ from torch import nn
 from .._checks import check_choice, check_positive_int, check_real
 from .base import Layer, LayerError, check_channels
 from .conv import NTKConv
-from .linear import affine, check_bias, fan_in_known, standard_affine
+from .linear import check_bias, fan_in_known, weight_map, weight_settings
 
 
 class TokenLinear(Layer):
@@ -34,11 +34,7 @@ class TokenLinear(Layer):
         self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
 
     def describe(self) -> str:
-        known = "" if self.in_channels is None else f", in_channels={self.in_channels}"
-        if self.parametrization != "ntk":
-            known += f", parametrization={self.parametrization!r}"
-        bias = float(self.b_std) if self.bias else None
-        return f"TokenLinear(W_std={float(self.W_std)!r}, b_std={bias!r}{known})"
+        return f"TokenLinear({weight_settings(self)})"
 
     @property
     def has_ntk_limit(self) -> bool:
@@ -55,9 +51,7 @@ class TokenLinear(Layer):
         return True
 
     def apply(self, record, ctx):
-        if self.parametrization == "standard" and record.theta is not None:
-            return standard_affine(record, self.W_std, self.b_std, self.in_channels, self.bias)
-        return affine(record, self.W_std, self.b_std)
+        return weight_map(self, record)
 
     def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
         ones = (1,) * (len(in_shape) - 1)
