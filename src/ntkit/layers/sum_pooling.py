@@ -15,8 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Layer, spatial_only
-from .pooling import _AvgPool
+from .pooling import GlobalAvgPool, _AvgPool
 from .record import Record
 
 
@@ -47,18 +46,9 @@ class SumPool3d(_SumPool):
     dims = 3
 
 
-class GlobalSumPool(Layer):
-    """The sum over all positions: `(N, C, *S) -> (N, C)` (the readout of a graph network)."""
-
-    pools = True
-    odd_preserving = True
-
-    def out_shape(self, shape, where):
-        spatial_only(shape, self, where)
-        return shape[:1]
-
-    def need(self, out_need):
-        return "full"
+class GlobalSumPool(GlobalAvgPool):
+    """The sum over all positions: `(N, C, *S) -> (N, C)` (the readout of a graph network). Shapes and needs as
+    GlobalAvgPool's; after a Mask the padding adds nothing (its kernel is 0), so no mask is consulted."""
 
     def apply(self, record: Record, ctx) -> Record:
         axes = tuple(range(record.nbatch, record.sigma.ndim))
