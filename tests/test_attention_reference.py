@@ -19,6 +19,7 @@ import pytest
 import ntkit as nk
 from ntkit.layers import SelfAttention
 from ntkit.layers.masking import Mask
+from test_layers_reference import build as build_plain
 
 DATA = np.load(Path(__file__).parent / "data" / "nt_references_attention.npz")
 CASES = json.loads(str(DATA["cases"]))
@@ -33,28 +34,17 @@ def attention(opts: dict) -> SelfAttention:
 
 
 def build(spec: list) -> list:
+    """The ntkit layers of a case: attention here, residual branches built by this function (they may hold
+    attention), every other kind as tests/test_layers_reference.py builds it."""
     layers = []
     for entry in spec:
         kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
-        if kind == "conv":
-            conv = nk.Conv1d if len(opts["k"]) == 1 else nk.Conv2d
-            layers.append(conv(opts["k"], opts["s"], opts["padding"], W_std=opts["W"], b_std=opts["b"]))
-        elif kind == "dense":
-            layers.append(nk.Linear(W_std=opts["W"], b_std=opts["b"]))
-        elif kind == "attention":
+        if kind == "attention":
             layers.append(attention(opts))
-        elif kind == "relu":
-            layers.append(nk.ReLU())
-        elif kind == "gap":
-            layers.append(nk.GlobalAvgPool())
-        elif kind == "flatten":
-            layers.append(nk.Flatten())
-        elif kind == "layernorm":
-            layers.append(nk.LayerNorm(eps=opts["eps"]))
         elif kind == "residual":
             layers.append(nk.Residual(*build(opts)))
         else:
-            raise ValueError(kind)
+            layers.extend(build_plain([entry]))
     return layers
 
 
