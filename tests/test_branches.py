@@ -225,3 +225,24 @@ def test_infinite_refuses_shared_weights():
     """One module called twice shares its weights: the two values are not independent branches."""
     with pytest.raises(LayerError, match=r"module a \(Linear\) is called 2 times"):
         nk.infinite(_Shared())
+
+
+@pytest.mark.parametrize("layer", [ConvTranspose1d, ConvTranspose2d])
+def test_transposed_convolution_kernels_differentiate_in_their_scales(layer):
+    """W_std and b_std given as tensors stay in the graph (the scikit-learn and GPyTorch kernels learn them): the
+    derivatives of the NTK's sum equal central differences (error O(h^2) ~ 1e-12 of the scale at h = 1e-6, plus
+    rounding eps K / h ~ 1e-10)."""
+    shape = (2, 4) if layer is ConvTranspose1d else (2, 3, 3)
+    X = torch.randn(3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def total(W_std, b_std):
+        arch = nk.Sequential(layer(2, stride=2, W_std=W_std, b_std=b_std), nk.ReLU(), nk.Flatten(), nk.Linear())
+        return arch.kernel(X).sum()
+
+    W, b = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (1.3, 0.4))
+    grads = torch.autograd.grad(total(W, b), (W, b))
+    h = 1e-6
+    differences = ((total(1.3 + h, 0.4) - total(1.3 - h, 0.4)) / (2 * h),
+                   (total(1.3, 0.4 + h) - total(1.3, 0.4 - h)) / (2 * h))
+    for grad, difference in zip(grads, differences, strict=True):
+        torch.testing.assert_close(grad, difference, rtol=1e-7, atol=0)

@@ -31,29 +31,6 @@ from .record import Record, out_size, same_pads, window_sum
 PADDINGS = ("same", "valid", "circular")
 
 
-def describe_window_layer(layer: Layer) -> str:
-    """Every setting of a convolution or transposed convolution (`Layer.describe`: part of a Gram's fingerprint)."""
-    return (f"{layer.name}(kernel_size={layer.kernel_size}, stride={layer.stride}, padding={layer.padding!r}, "
-            f"{weight_settings(layer)})")
-
-
-def window_map(layer: Layer, record: Record, window) -> Record:
-    """The kernel map of a convolution (`window` = `record.window_sum`) or transposed convolution (its `_spread`):
-    `weight_map` with the covariance summed over the kernel's taps along each spatial axis (both examples' axes
-    where the record keeps every pair of positions), `window(t, axes, k, s, padding, scale)`."""
-    full = record.layout == "full"
-
-    def total(t: torch.Tensor, scale: float) -> torch.Tensor:
-        for k in range(layer.dims):
-            axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
-            t = window(t, axes, layer.kernel_size[k], layer.stride[k], layer.padding, scale if k == 0 else 1.0)
-        return t
-
-    out = weight_map(layer, record, total, math.prod(layer.kernel_size))
-    spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + layer.dims])
-    return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
-
-
 def _pair(value, dims: int, name: str) -> tuple[int, ...]:
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
     if len(values) != dims:
@@ -61,9 +38,15 @@ def _pair(value, dims: int, name: str) -> tuple[int, ...]:
     return tuple(check_positive_int(v, name) for v in values)
 
 
-class _Conv(Layer):
+class WindowLayer(Layer):
+    """What convolutions and transposed convolutions share: their settings (W_std and b_std kept as given, tensors
+    included, so that kernels differentiate in them), `describe`, and the kernel map `weight_map` with the covariance
+    summed over the kernel's taps along each spatial axis by `window(t, axes, k, s, padding, scale)` (both examples'
+    axes where the record keeps every pair of positions): `record.window_sum` for a convolution."""
+
     dims = 0
     weights = True
+    window = staticmethod(window_sum)
 
     def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] = 1, padding: str = "same",
                  W_std: float | torch.Tensor = 1.0, b_std: float | torch.Tensor | None = 0.1,
@@ -77,12 +60,31 @@ class _Conv(Layer):
         self.b_std, self.bias = check_bias(b_std)
 
     def describe(self) -> str:
-        return describe_window_layer(self)
+        return (f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
+                f"{weight_settings(self)})")
 
     @property
     def has_ntk_limit(self) -> bool:
         return fan_in_known(self)
 
+    def gaussian(self, in_gaussian, where):
+        return True
+
+    def apply(self, record: Record, ctx) -> Record:
+        full = record.layout == "full"
+
+        def total(t: torch.Tensor, scale: float) -> torch.Tensor:
+            for k in range(self.dims):
+                axes = (record.x_axis(k), record.y_axis(k)) if full else (record.x_axis(k),)
+                t = self.window(t, axes, self.kernel_size[k], self.stride[k], self.padding, scale if k == 0 else 1.0)
+            return t
+
+        out = weight_map(self, record, total, math.prod(self.kernel_size))
+        spatial = tuple(out.sigma.shape[record.nbatch:record.nbatch + self.dims])
+        return Record(out.sigma, out.theta, record.layout, record.nbatch, spatial)
+
+
+class _Conv(WindowLayer):
     def out_shape(self, shape, where):
         spatial_only(shape, self, where, self.dims)
         check_channels(self, shape, where)
@@ -93,12 +95,6 @@ class _Conv(Layer):
                                  f"{'x'.join(map(str, shape[1:]))} with padding='valid'")
             sizes.append(out_size(size, k, s, self.padding))
         return (shape[0], *sizes)
-
-    def gaussian(self, in_gaussian, where):
-        return True
-
-    def apply(self, record: Record, ctx) -> Record:
-        return window_map(self, record, window_sum)
 
     def start(self, X, Y, in_need, want_ntk, paired):
         """A first convolution whose output keeps every pair of positions: one product of the inputs' patches."""

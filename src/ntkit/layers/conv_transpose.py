@@ -24,13 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_positive_int, check_real
-from .base import Layer, check_channels, spatial_only
-from .conv import _pair, describe_window_layer, init_window_parameters, window_map
-from .linear import check_bias, fan_in_known
-from .record import Record
-
-PADDINGS = ("same", "valid", "circular")
+from .base import check_channels, spatial_only
+from .conv import WindowLayer, init_window_parameters
 
 
 def _geometry(size: int, k: int, s: int, padding: str) -> tuple[int, int]:
@@ -41,46 +36,6 @@ def _geometry(size: int, k: int, s: int, padding: str) -> tuple[int, int]:
         return size * s + max(k - s, 0), 0
     pad_a = k - 1 if s > k - 1 else math.ceil((k + s - 2) / 2)
     return size * s, k - 1 - pad_a
-
-
-class _ConvTranspose(Layer):
-    dims = 0
-    weights = True
-
-    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] = 1, padding: str = "same",
-                 W_std: float = 1.0, b_std: float | None = 0.1, in_channels: int | None = None,
-                 parametrization: str = "ntk"):
-        self.parametrization = check_choice(parametrization, "parametrization", ("ntk", "standard"))
-        self.in_channels = None if in_channels is None else check_positive_int(in_channels, "in_channels")
-        self.kernel_size = _pair(kernel_size, self.dims, "kernel_size")
-        self.stride = _pair(stride, self.dims, "stride")
-        self.padding = check_choice(padding, "padding", PADDINGS)
-        self.W_std = float(check_real(W_std, "W_std", minimum=0.0))
-        b_std, self.bias = check_bias(b_std)
-        self.b_std = float(b_std)
-
-    def describe(self) -> str:
-        return describe_window_layer(self)
-
-    @property
-    def has_ntk_limit(self) -> bool:
-        return fan_in_known(self)
-
-    def out_shape(self, shape, where):
-        spatial_only(shape, self, where, self.dims)
-        check_channels(self, shape, where)
-        return (shape[0], *(_geometry(n, k, s, self.padding)[0]
-                            for n, k, s in zip(shape[1:], self.kernel_size, self.stride, strict=True)))
-
-    def gaussian(self, in_gaussian, where):
-        return True
-
-    def apply(self, record: Record, ctx) -> Record:
-        return window_map(self, record, _spread)
-
-    def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
-        return NTKConvTranspose(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding, self.W_std,
-                                self.b_std, generator, dtype, self.parametrization, self.bias)
 
 
 def _spread(t: torch.Tensor, axes: tuple[int, ...], k: int, s: int, padding: str, scale: float) -> torch.Tensor:
@@ -125,6 +80,20 @@ def _fold(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
         if first < last:
             out.narrow(axis, first, last - first).add_(t.narrow(axis, first + shift, last - first))
     return out
+
+
+class _ConvTranspose(WindowLayer):
+    window = staticmethod(_spread)
+
+    def out_shape(self, shape, where):
+        spatial_only(shape, self, where, self.dims)
+        check_channels(self, shape, where)
+        return (shape[0], *(_geometry(n, k, s, self.padding)[0]
+                            for n, k, s in zip(shape[1:], self.kernel_size, self.stride, strict=True)))
+
+    def module(self, in_shape, out_channels, generator, dtype) -> nn.Module:
+        return NTKConvTranspose(in_shape[0], out_channels, self.kernel_size, self.stride, self.padding,
+                                float(self.W_std), float(self.b_std), generator, dtype, self.parametrization, self.bias)
 
 
 class ConvTranspose1d(_ConvTranspose):
