@@ -1,5 +1,5 @@
 """The closed-form hyperparameter derivatives of the scikit-learn kernels of fully-connected chains
-(`ntkit.sklearn.gradient`, `ntkit.sklearn.tangents`). References: central finite differences in float64, the
+(`ntkit.sklearn.gradient`, `Nonlinearity.tangent`). References: central finite differences in float64, the
 reverse-mode autograd path through the kernel maps, and the diagonal's derivatives by hand."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import ntkit as nk
 from ntkit.activations import get_activation
 from ntkit.sklearn import NNGP, NTK
 from ntkit.sklearn.gradient import fc_chain
-from ntkit.sklearn.tangents import tangent, tangent_diag
 
 
 def finite_differences(kernel, X: np.ndarray, index: int, eps: float = 1e-5) -> np.ndarray:
@@ -113,7 +112,7 @@ def test_layer_map_tangents_match_forward_mode_autograd_and_finite_differences(n
     dc = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64)
     dq1, dq2 = torch.randn(2, 5, 1, generator=gen, dtype=torch.float64), \
         torch.randn(2, 1, 4, generator=gen, dtype=torch.float64)
-    F, G, dF, dG = tangent(act, c, q1, q2, dc.clone(), dq1, dq2, True)
+    F, G, dF, dG = act.tangent(c, q1, q2, dc.clone(), dq1, dq2, True)
     for j in range(2):
         (F_ref, G_ref), (dF_ref, dG_ref) = torch.func.jvp(act.sigma_both, (c, q1, q2), (dc[j], dq1[j], dq2[j]))
         torch.testing.assert_close(F, F_ref, rtol=1e-14, atol=0)
@@ -127,7 +126,7 @@ def test_layer_map_tangents_match_forward_mode_autograd_and_finite_differences(n
         torch.testing.assert_close(dG[j], (plus[1] - minus[1]) / (2 * h), rtol=1e-7, atol=1e-9)
     q = torch.linspace(0.1, 3.0, 7, dtype=torch.float64)
     dq = torch.randn(2, 7, generator=gen, dtype=torch.float64)
-    _, _, dF_diag, dG_diag = tangent_diag(act, q, dq)
+    _, _, dF_diag, dG_diag = act.tangent_diag(q, dq)
     for j in range(2):
         _, dF_ref = torch.func.jvp(act.sigma_diag, (q,), (dq[j],))
         _, dG_ref = torch.func.jvp(act.sigma_dot_diag, (q,), (dq[j],))

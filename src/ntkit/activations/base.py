@@ -195,8 +195,55 @@ class Nonlinearity:
         """E[sigma'(u)^2] for u ~ N(0, q)."""
         return self.sigma_dot(q, q, q)
 
+    #: True where `tangent` and `tangent_diag` are closed forms (exactly symmetric in (1, 2) on a symmetric block);
+    #: the defaults take the partials of the maps by autograd
+    closed_form_tangents: bool = False
+
+    def tangent(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, dc: torch.Tensor, dq1: torch.Tensor,
+                dq2: torch.Tensor, want_dot: bool, factor: float = 1.0) -> Tangents:
+        """How the maps move when the covariance moves: factor (F, G, dF, dG) on a block, F and G the Sigma and
+        SigmaDot maps (n, m) at c (n, m), q1 (n, 1), q2 (1, m), and dF = F_c dc + F_q1 dq1 + F_q2 dq2 (P, n, m) and
+        dG likewise (None unless `want_dot`) for tangents dc (P, n, m), dq1 (P, n, 1), dq2 (P, 1, m), one per
+        hyperparameter (`ntkit.sklearn.gradient`); `factor` is the next layer's W_std^2, folded in. dc may be
+        overwritten (scratch). Default: the partials of the maps by reverse-mode autograd, element by element
+        (each output depends on its own arguments only, so one backward pass with unit cotangents gives every
+        partial of a block): as exact as the maps' autograd derivatives."""
+        with torch.enable_grad():
+            args = [t.detach().expand(c.shape).clone().requires_grad_() for t in (c, q1, q2)]
+            F, G = self.sigma_both(*args)
+            partials = [_partials(F, args, retain=want_dot)] + ([_partials(G, args)] if want_dot else [])
+
+        def combine(p: list[torch.Tensor]) -> torch.Tensor:
+            return (dc * p[0]).addcmul_(dq1, p[1]).addcmul_(dq2, p[2]).mul_(factor)
+
+        dG = combine(partials[1]) if want_dot else None
+        return F.detach().mul_(factor), G.detach().mul_(factor), combine(partials[0]), dG
+
+    def tangent_diag(self, q: torch.Tensor, dq: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(F, G, dF, dG) on the diagonal c = q1 = q2 = q (N,), for tangents dq (P, N): the total derivatives of
+        `sigma_diag` and `sigma_dot_diag` (default: by autograd)."""
+        F, G = self.sigma_diag(q), self.sigma_dot_diag(q)
+        with torch.enable_grad():
+            x = q.detach().clone().requires_grad_()
+            slopes = [_partials(f(x), [x])[0] for f in (self.sigma_diag, self.sigma_dot_diag)]
+        return F, G, slopes[0] * dq, slopes[1] * dq
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+#: (F, G, dF, dG) of `Nonlinearity.tangent`
+Tangents = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def _partials(value: torch.Tensor, args: list[torch.Tensor], retain: bool = False) -> list[torch.Tensor]:
+    """d value / d arg for each arg, element by element (value elementwise in the args); zeros for an arg it does
+    not depend on (a constant map, as sign's SigmaDot)."""
+    if not value.requires_grad:
+        return [torch.zeros_like(arg) for arg in args]
+    grads = torch.autograd.grad(value, args, torch.ones_like(value), retain_graph=retain, allow_unused=True)
+    return [torch.zeros_like(arg) if g is None else g.detach() for arg, g in zip(args, grads, strict=True)]
 
 
 #: the former name of `Nonlinearity` (`ntkit.activations.Activation` warns that it is deprecated)

@@ -63,6 +63,29 @@ class Erf(Nonlinearity):
         (where asin's slope, sqrt(1 + 2q) / 2, would multiply the ratio's rounding)."""
         return 2.0 / math.pi * torch.atan2(2 * q, torch.sqrt(1 + 4 * q))
 
+    closed_form_tangents = True
+
+    def tangent(self, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float = 1.0):
+        """`Nonlinearity.tangent` in closed form: with A = 1 + 2 q1, B = 1 + 2 q2, D = A B - 4 c^2 (>= 1, as the
+        SigmaDot map formed it), F_c = G (Price) and
+
+            dF = G (dc - c dq1 / A - c dq2 / B),   dG = G (4 c dc - B dq1 - A dq2) / D."""
+        A, B = 1 + 2 * q1, 1 + 2 * q2
+        F, G = self.sigma_both(c, q1, q2)
+        D = (4 / math.pi / G) ** 2
+        G = G.mul_(factor)
+        dG = None
+        if want_dot:
+            dG = (dc * (4 * c) - (dq1 * B + dq2 * A)).mul_(G / D)     # grouped: symmetric in (1, 2)
+        dF = (dc - c * (dq1 / A + dq2 / B)).mul_(G)
+        return F.mul_(factor), G, dF, dG
+
+    def tangent_diag(self, q, dq):
+        """On the diagonal c = q1 = q2 = q: A = 1 + 2q, D = 1 + 4q."""
+        F, G = self.sigma_diag(q), self.sigma_dot_diag(q)
+        A, D = 1 + 2 * q, 1 + 4 * q
+        return F, G, G * (1 - 2 * q / A) * dq, G * (4 * q - 2 * A) / D * dq
+
     carries_gap = True
 
     def sigma_diag_difference(self, q1, q2, delta):

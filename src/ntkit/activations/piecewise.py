@@ -13,6 +13,14 @@ import torch
 from .base import TWO_PI, Nonlinearity, angle, angle_from_sine, variance_scale
 from .registry import register
 
+#: floor of sin(theta) in the ReLU family's d SigmaDot (theta = 0 is its removable singularity)
+SINE_FLOOR = 1e-7
+
+
+def _inverse_root(q: torch.Tensor) -> torch.Tensor:
+    """1 / sqrt(q), and 0 where q = 0 (a zero variance: no angle, and every tangent of that example is 0)."""
+    return torch.where(q > 0, q, math.inf).rsqrt()
+
 
 class PiecewiseLinear(Nonlinearity):
     """sigma(x) = x for x > 0 and a x for x < 0: relu (a = 0), leaky_relu (a), abs (a = -1).
@@ -34,6 +42,43 @@ class PiecewiseLinear(Nonlinearity):
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.a))
+
+    closed_form_tangents = True
+
+    def tangent(self, c, q1, q2, dc, dq1, dq2, want_dot: bool, factor: float = 1.0):
+        """`Nonlinearity.tangent` in closed form. Positively homogeneous of degree 1 in (u, v): with rho = c / s =
+        cos(theta), s = sqrt(q1 q2), k = ((1 + a^2)(pi - theta) + 2 a theta) / 2pi and m = (dq1 / q1 + dq2 / q2) / 2,
+
+            F = (1 - a)^2 s sin(theta) / 2pi + k c,    G = k
+            dF = k dc + (1 - a)^2 s sin(theta) / 2pi m         (Euler: q1 F_q1 = (F - c F_c) / 2; F_c = G, Price)
+            dG = (1 - a)^2 / 2pi (dc - c m) / (s sin(theta))    (= -k'(theta) d theta, d rho = (dc - c m) / s)
+
+        dG has the removable 0 / 0 of d rho / sin(theta) at theta = 0 (x = y, where d rho = 0 exactly), and d rho
+        keeps a rounding error of a few eps: sin(theta) is floored at `SINE_FLOOR` = 1e-7 in the division. Below the
+        floor d rho = -sin(theta) d theta is at most theta^2 ~ 1e-14, so dG is its rounding error over the floor, a
+        few eps / 1e-7 ~ 1e-9 relative, as just above the floor; where x = y exactly, d rho = 0. With
+        C = (1 - a)^2 / 2pi and h = factor (F - k c); 1 / sqrt of a zero variance is taken as 0 (no angle: every
+        tangent of that example is 0)."""
+        a = self.a
+        C = (1 - a) ** 2 / TWO_PI
+        r1, r2 = _inverse_root(q1), _inverse_root(q2)
+        rr = r1 * r2                                                  # 1 / s, 0 where a variance is 0
+        rho = (c * rr).clamp_(-1.0, 1.0)
+        theta = torch.acos(rho)
+        sine = torch.sin(theta)
+        k = theta.mul_(-C * factor).add_(0.5 * (1 + a * a) * factor)   # factor G: ((1 + a^2) / 2 - C theta) factor
+        h = sine.mul(torch.sqrt((C * factor) * q1) * torch.sqrt((C * factor) * q2))   # symmetric in (1, 2)
+        F = torch.addcmul(h, k, c)
+        m = (dq1 * (0.5 * r1 * r1)) + (dq2 * (0.5 * r2 * r2))        # (P, n, m)
+        dF = torch.mul(dc, k).addcmul_(h, m)
+        dG = None
+        if want_dot:        # factor C / (s max(sin(theta), floor))
+            dG = dc.sub_(m.mul_(c)).mul_(rr.div_(sine.clamp_(min=SINE_FLOOR)).mul_(C * factor))
+        return F, k, dF, dG
+
+    def tangent_diag(self, q, dq):
+        """On the diagonal: (1 + a^2) / 2 dq and 0 (no angle at all: exact)."""
+        return self.sigma_diag(q), self.sigma_dot_diag(q), 0.5 * (1 + self.a ** 2) * dq, torch.zeros_like(dq)
 
     def _angular(self, theta: torch.Tensor) -> torch.Tensor:
         a = self.a

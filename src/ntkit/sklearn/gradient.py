@@ -12,7 +12,7 @@ as log-derivatives (p d/dp, what scikit-learn's kernels return):
     d Theta^(l+1) = d Theta^(l) SigmaDot^(l+1) + Theta^(l) d SigmaDot^(l+1) + d Sigma^(l+1)
 
 with F, G the layer's Sigma and SigmaDot maps of [[q1, c], [c, q2]] = Sigma^(l) and dF, dG their tangents
-(`ntkit.sklearn.tangents`: closed forms for the ReLU family and erf, the maps' partials by autograd element by
+(`Nonlinearity.tangent`: closed forms for the ReLU family and erf, the maps' partials by autograd element by
 element for the others), which take the tangents of the diagonals Sigma^(l)(x, x): those are carried
 the same way on each example alone, exactly (no angle). Each hyperparameter costs a few passes over a tile per
 layer, instead of reverse-mode autograd over the whole Gram. A symmetric Gram's diagonal gets the exact diagonal
@@ -33,7 +33,6 @@ from ..activations import Nonlinearity, Quadrature
 from ..kernels import Map, Recursion, sigma_diagonals
 from ..layers import Linear, Sequential
 from ..mlp import MLP
-from .tangents import closed_form, tangent, tangent_diag
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def kernel_and_gradient(X: torch.Tensor, chain: Chain, get: str, W_columns: np.n
             if X.device.type == "cpu":
                 memory.reuse_freed_memory()    # its temporaries reuse the last call's memory (as tiles do)
             K, gradient = fn(slice(0, n), slice(0, n))
-            if not all(closed_form(act) for act in chain.activations):   # symmetric only to rounding: mirrored
+            if not all(act.closed_form_tangents for act in chain.activations):   # symmetric only to rounding: mirrored
                 K, gradient = K.triu() + K.triu(1).T, gradient.triu() + gradient.triu(1).transpose(1, 2)
             return K.numpy(), gradient.numpy()
         K, gradient = np.empty((n, n)), np.empty((P, n, n))
@@ -153,7 +152,7 @@ def _diagonals(X: torch.Tensor, chain: Chain, coef, want_ntk: bool):
     dqs, theta, dtheta = [dq], qs[0], dq
     for layer, act in enumerate(chain.activations, start=1):
         w2, b2 = chain.scales[layer][0] ** 2, chain.scales[layer][1] ** 2
-        F, G, dF, dG = tangent_diag(act, qs[layer - 1], dqs[-1])
+        F, G, dF, dG = act.tangent_diag(qs[layer - 1], dqs[-1])
         dqs.append(_add_scales(dF, F, W_col[:, layer], w2, b_col[:, layer], b2))
         if want_ntk:
             dot, ddot = w2 * G, _add_scales(dG, G, W_col[:, layer], w2)
@@ -180,7 +179,7 @@ def _block(Xr: torch.Tensor, Xc: torch.Tensor, chain: Chain, coef, qx, dqx, qy, 
     for layer, act in enumerate(chain.activations, start=1):
         w2, b2 = chain.scales[layer][0] ** 2, chain.scales[layer][1] ** 2
         q1, q2 = qx[layer - 1][:, None], qy[layer - 1][None, :]
-        F, dot, dsigma, dG = tangent(act, sigma, q1, q2, dsigma, dqx[layer - 1][:, :, None],
+        F, dot, dsigma, dG = act.tangent(sigma, q1, q2, dsigma, dqx[layer - 1][:, :, None],
                                      dqy[layer - 1][:, None, :], want_ntk, factor=w2)    # W^2 (F, G, dF, dG)
         for j in range(P):      # the layer's own scales: 2 [p = W] W^2 F + 2 [p = b] b^2
             if W_col[j, layer]:
