@@ -10,9 +10,12 @@ a single-threaded run (--threads 1) is the fairer comparison; the ratios use it 
                32x32x3, 10 outputs, N = 128, mode="trace"
   transformer  2 nn.TransformerEncoderLayer (d = 128, 4 heads, feed-forward 512, eval mode), sequences of 32,
                mean over positions, Linear to 10 outputs, N = 64, mode="full"
+  transformer-trace  the same in mode="trace"
 
 Methods: ntkit-auto (`empirical_ntk`, the structured rules), ntkit-jacobian, torchfunc-jacobian (the torch.func
-tutorial: vmap(jacrev) of all parameters, einsum per parameter) and, for the CNN, neural-tangents'
+tutorial: vmap(jacrev) of all parameters, einsum per parameter, the tutorial's contraction for the mode: in
+trace mode "Naf,Maf->NM"), torchfunc-full (the same Jacobian contracted over every pair of outputs, then the
+matching ones taken: what a trace costs when computed from the full kernel) and, for the CNN, neural-tangents'
 implementations 1 (Jacobian contraction) and 3 (structured derivatives), jit-compiled, through its own Python
 (--nt-python or $NT_PYTHON; skipped when not given). The table gives each time over ntkit-auto's.
 
@@ -34,7 +37,8 @@ sys.path.insert(0, str(HERE.parent))
 from empirical_ntk import spawn, torchfunc_jacobian  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "results" / "empirical_models.json"
-CASES = {"cnn": (64, "full"), "resnet18": (128, "trace"), "transformer": (64, "full")}
+CASES = {"cnn": (64, "full"), "resnet18": (128, "trace"), "transformer": (64, "full"),
+         "transformer-trace": (64, "trace")}
 
 NT_SCRIPT = r"""
 import json, sys, time, numpy as np, jax, neural_tangents as nt
@@ -109,13 +113,21 @@ def transformer(d: int = 128):
 def make(case: str):
     import torch
     torch.manual_seed(0)
-    model = {"cnn": cnn, "resnet18": resnet18, "transformer": transformer}[case]().eval()
+    name = case.split("-")[0]
+    model = {"cnn": cnn, "resnet18": resnet18, "transformer": transformer}[name]().eval()
     n = CASES[case][0]
-    shape = (32, 128) if case == "transformer" else (3, 32, 32)
+    shape = (32, 128) if name == "transformer" else (3, 32, 32)
     return model, torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
 
 
 # ------------------------------------------------------------------------------ one case
+def theta_outputs(model, x) -> int:
+    """K, the outputs per sample (the tutorial's trace sums them, ntkit's trace averages them)."""
+    import torch
+    with torch.no_grad():
+        return model(x[:1]).reshape(1, -1).shape[1]
+
+
 def worker(spec: dict) -> dict:
     import torch
 
@@ -129,9 +141,13 @@ def worker(spec: dict) -> dict:
 
         def call(x):
             return empirical_ntk(model, x, mode=mode, method=name, progress=False)
-    else:
+    elif method == "torchfunc-jacobian":  # the tutorial's contraction for the mode (its trace: a sum)
         def call(x):
-            theta = torchfunc_jacobian(model, x)
+            theta = torchfunc_jacobian(model, x, mode)
+            return theta / theta_outputs(model, x) if mode == "trace" else theta
+    else:  # "torchfunc-full": every pair of outputs, then the matching ones
+        def call(x):
+            theta = torchfunc_jacobian(model, x, "full")
             return torch.diagonal(theta, dim1=2, dim2=3).mean(-1) if mode == "trace" else theta
 
     call(X[:2])  # warm-up: lazy imports, allocator
@@ -183,7 +199,8 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--methods", nargs="+",
-                        default=["ntkit-auto", "ntkit-jacobian", "torchfunc-jacobian", "nt-impl1", "nt-impl3"])
+                        default=["ntkit-auto", "ntkit-jacobian", "torchfunc-jacobian", "torchfunc-full", "nt-impl1",
+                                 "nt-impl3"])
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of both frameworks (1: single)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case and method")
     parser.add_argument("--nt-python", default=os.environ.get("NT_PYTHON"))
@@ -195,7 +212,8 @@ def main() -> None:
     results = []
     for case in args.cases:
         for method in args.methods:
-            if method.startswith("nt-") and case != "cnn":
+            redundant = method == "torchfunc-full" and CASES[case][1] == "full"  # the same as torchfunc-jacobian
+            if (method.startswith("nt-") and case != "cnn") or redundant:
                 continue
             results.append(run(case, method, args))
             print(f"  {case} {method}: {results[-1].get('seconds', results[-1].get('skip'))}", file=sys.stderr,

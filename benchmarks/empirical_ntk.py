@@ -56,8 +56,14 @@ def cnn(device: str):
                          ).to(device)
 
 
-def torchfunc_jacobian(model, X):
-    """The torch.func tutorial ("Neural Tangent Kernels"), method 1: Jacobian contraction."""
+#: The torch.func tutorial's contraction per mode (its `compute` argument): every pair of outputs, the sum of
+#: the matching ones, each matching one.
+TORCHFUNC_CONTRACTION = {"full": "Naf,Mbf->NMab", "trace": "Naf,Maf->NM", "diagonal": "Naf,Maf->NMa"}
+
+
+def torchfunc_jacobian(model, X, mode: str = "full"):
+    """The torch.func tutorial ("Neural Tangent Kernels"), method 1: Jacobian contraction, with the tutorial's
+    einsum for `mode` (its trace is a sum over the outputs; ntkit's is their mean)."""
     from torch.func import functional_call, jacrev, vmap
     params = {k: v.detach() for k, v in model.named_parameters()}
 
@@ -68,7 +74,8 @@ def torchfunc_jacobian(model, X):
     jac1 = [j.flatten(2) for j in jac1.values()]
     jac2 = jac1
     import torch
-    return torch.stack([torch.einsum("Naf,Mbf->NMab", j1, j2) for j1, j2 in zip(jac1, jac2, strict=True)]).sum(0)
+    equation = TORCHFUNC_CONTRACTION[mode]
+    return torch.stack([torch.einsum(equation, j1, j2) for j1, j2 in zip(jac1, jac2, strict=True)]).sum(0)
 
 
 def torchfunc_ntk_vp(model, X):
