@@ -273,3 +273,33 @@ def test_a_layer_called_by_keyword_goes_to_the_jacobian():
     plan = E.choose_method(model, X, per_layer=True)
     assert plan["a"].startswith("jacobian") and plan["b"].startswith("structured")
     assert_close(E.empirical_ntk(model, X, mode="trace"), explicit_ntk(model, X, None, "trace"), 1e-12)
+
+
+class GradCounter(nn.Module):
+    """A module that writes a buffer only when gradients are enabled (as in the methods' derivative passes)."""
+
+    def __init__(self, when_grad: bool = True):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.when_grad = when_grad
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        if torch.is_grad_enabled() == self.when_grad:
+            self.calls += 1
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("method", ["auto", "structured", "jacobian", "ntk_vp"])
+def test_buffers_written_only_with_gradients_on_are_caught(method):
+    """The probe runs the model with and without gradients: a buffer written in either is refused with the buffer
+    check's message (not a raw torch error from inside a transform), and restored."""
+    for when_grad in (True, False):
+        counter = GradCounter(when_grad)
+        with pytest.raises(ValueError, match=r"changes its buffers \['calls'\]"):
+            E.empirical_ntk(counter, torch.randn(3, 2), method=method)
+        assert float(counter.calls) == 0  # restored
+    counter = GradCounter()
+    with pytest.raises(ValueError, match=r"changes its buffers \['calls'\]"):
+        E.empirical_kernel_tiles(counter, torch.randn(3, 2))
+    assert float(counter.calls) == 0

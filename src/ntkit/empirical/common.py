@@ -13,7 +13,7 @@ and the loop over pairs of row and column blocks that bounds the working memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +79,7 @@ class Problem:
     activations: int
     mode: str
     plan: Any = None  # the structured path's plan, once made (`plan.make_plan`)
+    jacobian_way: str | None = None  # how per-sample Jacobians are formed, once found (`generic.jacobian_way`)
 
     @property
     def n_params(self) -> int:
@@ -204,10 +205,14 @@ def takes_ids(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Embedding) for m in model.modules())
 
 
-def probe(model: nn.Module, values: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[int, int]:
+def probe(model: nn.Module, values: dict[str, torch.Tensor], x: torch.Tensor,
+          trainable: Collection[str] = ()) -> tuple[int, int]:
     """Run one sample through the model: (K outputs, number of values its modules produce).
 
-    A model that rejects the input shape fails here with a ValueError that says so.
+    The sample runs twice: without gradients, and with gradients enabled and the `trainable` values requiring
+    one, as the methods' derivatives run the model; so `check_buffers_fixed` also sees buffers written only in
+    one of the two (`if torch.is_grad_enabled(): ...`). A model that rejects the input shape fails here with a
+    ValueError that says so.
     """
     sizes: list[int] = []
 
@@ -219,6 +224,12 @@ def probe(model: nn.Module, values: dict[str, torch.Tensor], x: torch.Tensor) ->
     try:
         with torch.no_grad():
             out = call(model, values, (x,))
+        for handle in handles:
+            handle.remove()
+        handles.clear()  # the activations are counted once
+        graded = {n: v.detach().requires_grad_(True) if n in trainable else v for n, v in values.items()}
+        with torch.enable_grad():
+            call(model, graded, (x,))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ValueError(f"the model rejected inputs of shape {tuple(x.shape)} (one sample of X, batch "
                          f"dimension first): {exc}") from exc
@@ -248,14 +259,15 @@ def count_flops(problem: Problem) -> int:
     return int(counter.get_total_flops()) or 2 * problem.n_params
 
 
-def check_buffers_fixed(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+def check_buffers_fixed(model: nn.Module, before: dict[str, torch.Tensor], refuse: bool = True) -> None:
     """Buffers the forward pass wrote (running statistics, counters) make F change from call to call:
-    restore them from `before` (their values before the probe) and refuse."""
+    restore them from `before` (their values before the probe) and refuse (only restore when not `refuse`)."""
     buffers = dict(model.named_buffers())
     changed = [n for n, b in buffers.items() if not torch.equal(b, before[n])]
-    for name in changed:
-        buffers[name].copy_(before[name])
-    if changed:
+    with torch.no_grad():  # a buffer written from a value with a graph (the probe with gradients on) gets none
+        for name in changed:
+            buffers[name].copy_(before[name])
+    if changed and refuse:
         raise ValueError(f"the model's forward pass changes its buffers {changed}, so it is a different function "
                          "at every call and its NTK is not defined; put those modules in eval mode or stop "
                          "them updating in forward")
@@ -278,7 +290,11 @@ def make_problem(model: nn.Module | Callable, X: object, Y: object, mode: str,
                              f"and {tuple(Yt.shape[1:])}")
     sample = Xt[:1] if len(Xt) else (Yt[:1] if Yt is not None and len(Yt) else Xt.new_zeros((1, *Xt.shape[1:])))
     before = {n: b.clone() for n, b in model.named_buffers()}
-    n_outputs, activations = probe(model, {**frozen, **trainable}, sample)
+    try:
+        n_outputs, activations = probe(model, {**frozen, **trainable}, sample, trainable)
+    except (ValueError, TypeError):
+        check_buffers_fixed(model, before, refuse=False)  # restored; the probe's error says what is wrong
+        raise
     check_buffers_fixed(model, before)
     return Problem(model, trainable, frozen, Xt, Yt, n_outputs, activations, mode), numpy_in
 
