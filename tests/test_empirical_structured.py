@@ -303,3 +303,62 @@ def test_buffers_written_only_with_gradients_on_are_caught(method):
     with pytest.raises(ValueError, match=r"changes its buffers \['calls'\]"):
         E.empirical_kernel_tiles(counter, torch.randn(3, 2))
     assert float(counter.calls) == 0
+
+
+# ------------------------------------------------------------------------------ a two-stage ResNet
+class BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + skip(x)); the skip a strided 1x1 convolution with BatchNorm when the
+    shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Identity() if stride == 1 and cin == cout else \
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+
+
+def two_stage_resnet():
+    """Stem, a stage of 4 channels at 8x8, a stage of 6 channels at 4x4 (strided, projected skip), global average
+    pool, Linear head with 3 outputs; BatchNorm in eval mode with random statistics and affine parameters."""
+    torch.manual_seed(14)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        BasicBlock(4, 4, 1), BasicBlock(4, 6, 2),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).to(DT).eval()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return net
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_stage_resnet_on_every_path(mode, monkeypatch):
+    """The structured rules on a multi-stage ResNet against the explicit Jacobian, X != Y and X alone; the by-layer
+    path (taken in trace and diagonal mode when it fits the working memory) and the block path (forced with
+    block_size, or taken under a smaller memory budget) agree with it."""
+    from ntkit.empirical import bylayer, layerwise
+
+    model, X, Y = two_stage_resnet(), inputs((2, 8, 8), 4, 0), inputs((2, 8, 8), 3, 1)
+    plan = E.choose_method(model, X, per_layer=True)
+    assert len(plan) == 13 and all(v.startswith("structured") for v in plan.values()), plan  # 6 convs, 6 norms, head
+    calls = []
+    real = bylayer.bylayer_ntk
+    monkeypatch.setattr(layerwise.bylayer, "bylayer_ntk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for Z in (Y, None):
+        expected = explicit_ntk(model, X, Z, mode)
+        assert_close(E.empirical_ntk(model, X, Z, mode=mode), expected, 1e-12)
+        assert len(calls) == (mode != "full")  # by layer in trace and diagonal mode
+        assert_close(E.empirical_ntk(model, X, Z, mode=mode, block_size=2), expected, 1e-12)
+        assert len(calls) == (mode != "full")  # block_size takes the block path
+        calls.clear()
+    # a budget below the by-layer path's need for X and Y (about 380 kB here) but above the block path's (290 kB)
+    assert_close(E.empirical_ntk(model, X, Y, mode=mode, memory=340_000), explicit_ntk(model, X, Y, mode), 1e-12)
