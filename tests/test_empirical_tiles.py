@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -188,3 +189,69 @@ def test_infinite_width_gp_mean_with_a_finite_models_kernel():
     assert_close(kernel.kernel_diag(flat), K.diagonal(), 1e-12)
     with pytest.raises(ValueError, match="NTK only"):
         exact.predict(flat_s, return_std=True)
+
+
+# ------------------------------------------------------------------- memmaps, products, Nystrom
+@pytest.mark.parametrize("mode,cross", [("trace", False), ("full", True)])
+def test_a_memmap_gram_is_bitwise_the_in_memory_gram(tmp_path, mode, cross):
+    model, X, Y = small_cnn(), inputs((1, 6, 6), 9, 0), inputs((1, 6, 6), 5, 1)
+    tiles = E.empirical_kernel_tiles(model, X, Y if cross else None, mode=mode, tile=4)
+    (K,) = gram.evaluate(tiles)
+    path = tmp_path / "K.dat"
+    out = np.memmap(path, dtype=np.float64, mode="w+", shape=tiles.shape)
+    (filled,) = gram.evaluate(tiles, out)
+    assert filled is out
+    out.flush()
+    del out, filled
+    assert np.array_equal(np.memmap(path, dtype=np.float64, mode="r", shape=tiles.shape), K.numpy())
+
+
+@pytest.mark.parametrize("mode,cross", [("trace", False), ("trace", True), ("full", False)])
+def test_matmul_on_empirical_tiles_is_the_dense_product(mode, cross):
+    """gram.matmul sums K_ij V_j tile by tile (a symmetric kernel uses each off-diagonal tile twice): the same m
+    products per entry as K @ V in another order, so each differs from the exact product by at most
+    gamma_m (|K| |V|), gamma_m = m u / (1 - m u) (Higham, Accuracy and Stability, 3.5): together 2 gamma_m."""
+    model, X, Y = small_cnn(), inputs((1, 6, 6), 11, 2), inputs((1, 6, 6), 6, 3)
+    tiles = E.empirical_kernel_tiles(model, X, Y if cross else None, mode=mode, tile=4)
+    (K,) = gram.evaluate(tiles)  # the same tiles, so the same entries (tested against empirical_ntk above)
+    V = torch.randn(tiles.m, 3, dtype=DT, generator=torch.Generator().manual_seed(4))
+    product = gram.matmul(tiles, V)
+    m, u = tiles.m, torch.finfo(DT).eps / 2
+    bound = 2 * (m * u / (1 - m * u)) * (K.abs() @ V.abs())
+    assert product.shape == (tiles.n, 3)
+    assert bool(((product - K @ V).abs() <= bound).all())
+
+
+def test_nystrom_on_empirical_tiles():
+    """InfiniteWidthGP(solver="nystrom") on a finite model's NTK: with every point a centre it is kernel ridge
+    regression (the Cholesky prediction); with fewer centres it is kernel ridge regression with the Nystrom kernel
+    K~ = K_nm K_mm^-1 K_mn of the same centres, f(x) = K~(x, X) (K~ + ridge I)^-1 y, computed here densely."""
+    from ntkit.dynamics import InfiniteWidthGP
+
+    model, X, Xs = small_cnn(), inputs((1, 6, 6), 24, 8), inputs((1, 6, 6), 5, 9)
+    flat, flat_s = X.reshape(24, -1), Xs.reshape(5, -1)
+    y = torch.randn(24, dtype=DT, generator=torch.Generator().manual_seed(3))
+    K = E.empirical_ntk(model, X, mode="trace")
+    K_s = E.empirical_ntk(model, Xs, X, mode="trace")
+    ridge = 1e-2 * float(K.diagonal().mean())
+    eye = torch.eye(24, dtype=DT)
+    kernel = E.EmpiricalKernel(model, in_shape=(1, 6, 6))
+    exact = InfiniteWidthGP(kernel, flat, y, ridge=ridge).predict(flat_s)
+    assert_close(exact, K_s @ torch.linalg.solve(K + ridge * eye, y), 1e-10)
+    # Falkon's CG stops at a relative residual of 1e-12 of its preconditioned system (condition number about 1
+    # with every point a centre); the answer then moves by at most cond(K + ridge I) times that: cond <= 1 + N / 0.01
+    cond = float(torch.linalg.cond(K + ridge * eye))
+    everywhere = InfiniteWidthGP(kernel, flat, y, ridge=ridge, solver="nystrom", n_centers=24, tol=1e-12)
+    assert_close(everywhere.predict(flat_s), exact, 10 * cond * 1e-12)
+    fewer = InfiniteWidthGP(kernel, flat, y, ridge=ridge, solver="nystrom", n_centers=10, tol=1e-12)
+    index = fewer._iterative.index  # the centres it drew
+    assert index.shape == (10,) and len(set(index.tolist())) == 10
+    K_nm, K_mm, K_sm = K[:, index], K[index][:, index], K_s[:, index]
+    K_tilde = K_nm @ torch.linalg.solve(K_mm, K_nm.T)
+    K_tilde_s = K_sm @ torch.linalg.solve(K_mm, K_nm.T)
+    reference = K_tilde_s @ torch.linalg.solve(K_tilde + ridge * eye, y)
+    # the CG's residual 1e-12 amplified by cond(K~ + ridge I), plus the reference's own rounding through K_mm^-1
+    cond_tilde = float(torch.linalg.cond(K_tilde + ridge * eye))
+    eps = torch.finfo(DT).eps
+    assert_close(fewer.predict(flat_s), reference, cond_tilde * (10 * 1e-12 + float(torch.linalg.cond(K_mm)) * eps))
+    assert float((reference - exact).norm()) > 1e-3 * float(exact.norm())  # fewer centres: another predictor
