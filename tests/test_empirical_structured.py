@@ -350,15 +350,56 @@ def test_two_stage_resnet_on_every_path(mode, monkeypatch):
     model, X, Y = two_stage_resnet(), inputs((2, 8, 8), 4, 0), inputs((2, 8, 8), 3, 1)
     plan = E.choose_method(model, X, per_layer=True)
     assert len(plan) == 13 and all(v.startswith("structured") for v in plan.values()), plan  # 6 convs, 6 norms, head
-    calls = []
+    rows = []  # the samples of X of each by-layer call (auto may first try a method on two samples)
     real = bylayer.bylayer_ntk
-    monkeypatch.setattr(layerwise.bylayer, "bylayer_ntk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(layerwise.bylayer, "bylayer_ntk",
+                        lambda plan, problem, *a: rows.append(problem.X.shape[0]) or real(plan, problem, *a))
     for Z in (Y, None):
         expected = explicit_ntk(model, X, Z, mode)
         assert_close(E.empirical_ntk(model, X, Z, mode=mode), expected, 1e-12)
-        assert len(calls) == (mode != "full")  # by layer in trace and diagonal mode
+        assert (4 in rows) == (mode != "full")  # by layer in trace and diagonal mode
+        rows.clear()
         assert_close(E.empirical_ntk(model, X, Z, mode=mode, block_size=2), expected, 1e-12)
-        assert len(calls) == (mode != "full")  # block_size takes the block path
-        calls.clear()
+        assert 4 not in rows  # block_size takes the block path
     # a budget below the by-layer path's need for X and Y (about 380 kB here) but above the block path's (290 kB)
     assert_close(E.empirical_ntk(model, X, Y, mode=mode, memory=340_000), explicit_ntk(model, X, Y, mode), 1e-12)
+
+
+# ------------------------------------------------------------------------------ the cost model
+class TwoOrders(nn.Module):
+    """A convolution over a long signal with few channels (the jacobian order is cheaper) and a linear layer on a
+    short sequence of wide features (the positions order is cheaper)."""
+
+    def __init__(self):
+        super().__init__()
+        self.long = nn.Conv1d(1, 2, 3)   # 30 positions, 3 inputs and 2 outputs per position
+        self.short = nn.Linear(30, 12)   # 2 positions (the channels), 30 -> 12 features
+        self.head = nn.Linear(24, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.short(torch.tanh(self.long(x.unsqueeze(1)))))  # (B, 2, 12)
+        return self.head(h.flatten(1))
+
+
+def test_the_cost_model_picks_the_cheaper_order_and_both_agree():
+    from ntkit.empirical import layerwise, rules
+    from ntkit.empirical.common import make_problem
+
+    torch.manual_seed(15)
+    model, X, Y = TwoOrders().to(DT), inputs((32,), 4, 0), inputs((32,), 3, 1)
+    report = E.choose_method(model, X, Y, mode="full", per_layer=True)
+    assert report["long"] == "structured conv (jacobian order)", report
+    assert report["short"] == "structured linear (positions order)", report
+    problem, _ = make_problem(model, X, Y, "full", None)
+    plan = layerwise.make_plan(problem)
+    sites = {site.key: site for site in plan.sites}
+    for key, order in (("long", "jacobian"), ("short", "positions")):  # the estimates (rules.costs) say so
+        cost = rules.costs(sites[key], 4, 3, 2, "full")
+        assert min(cost, key=cost.__getitem__) == order and sites[key].order == order
+    expected = explicit_ntk(model, X, Y, "full")
+    chosen = layerwise.layerwise_ntk(problem, None, False, plan=plan)
+    sites["long"].order, sites["short"].order = "positions", "jacobian"
+    swapped = layerwise.layerwise_ntk(problem, None, False, plan=plan)
+    assert_close(chosen, expected, 1e-12)
+    assert_close(swapped, expected, 1e-12)
+    assert_close(swapped, chosen, 1e-12)
