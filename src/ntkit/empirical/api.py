@@ -8,6 +8,7 @@ summed over the model's trainable parameters, at its current parameters (or at `
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from .._checks import all_finite, check_choice, check_positive_int, to_output
 from .attention import plain_attention
 from .common import MODES, Problem, Selector, count_flops, make_problem, no_fused_attention, working_memory_limit
 from .generic import jacobian_ntk, ntk_vp_ntk
+from .jacobians import TORCH_ERRORS
 from .layerwise import describe_plan, layerwise_ntk, make_plan
 from .structured import NotStructured, check_inputs, parse, structured_ntk
 
@@ -97,8 +99,12 @@ def choose_method(model: nn.Module | Callable, X: Array, Y: Array | None = None,
     if per_layer:
         if _fully_connected(problem):
             return {"(whole model)": "structured fully-connected stack (per-layer Gram products)"}
-        with no_fused_attention():
-            return describe_plan(make_plan(problem))
+        try:
+            with no_fused_attention():
+                return describe_plan(make_plan(problem))
+        except TORCH_ERRORS as exc:  # torch cannot run the structured passes on this model
+            return {"(whole model)": f"{_resolve(problem, 'auto')}: the structured passes fail inside torch"
+                                     f"{failing_module(problem.model, exc)}: {exc}"}
     chosen = _resolve(problem, "auto")
     return "structured" if chosen == "stack" else chosen
 
@@ -135,31 +141,88 @@ def _fully_connected(problem: Problem) -> bool:
 
 
 def _resolve(problem: Problem, method: str) -> str:
-    """The method to run: "stack" (the fully-connected fast path), "structured", "jacobian" or "ntk_vp"."""
+    """The method to run: "stack" (the fully-connected fast path), "structured", "jacobian" or "ntk_vp".
+
+    For "auto": the structured path where a rule applies, else the cheaper generic method, each taken only
+    once it has run on two of the samples (a method torch cannot apply to the model is passed over)."""
     if method in ("structured", "auto") and _fully_connected(problem):
         return "stack"
-    if method == "auto" and problem.X.shape[0]:
-        with no_fused_attention():
-            problem.plan = make_plan(problem)
-            if problem.plan.sites:
-                return "structured"
     if method != "auto":
         return method
+    failures: dict[str, BaseException] = {}
+    for candidate in _candidates(problem, failures):
+        failure = _check_runs(problem, candidate)
+        if failure is None:
+            return candidate
+        failures[candidate] = failure
+    raise RuntimeError(f"no method computes the empirical NTK of {type(problem.model).__name__}: "
+                       + "; ".join(f"method={m!r} failed{failing_module(problem.model, e)}: {e}"
+                                   for m, e in failures.items()))
+
+
+def _candidates(problem: Problem, failures: dict[str, BaseException]) -> list[str]:
+    """The methods `auto` tries, in order: "structured" where a rule applies, then the generic ones by cost."""
     costs = estimate_costs(problem)
-    return min(costs, key=costs.__getitem__)
+    generic = sorted(costs, key=costs.__getitem__)
+    if not problem.X.shape[0]:
+        return generic
+    try:
+        with no_fused_attention():
+            problem.plan = make_plan(problem)
+    except TORCH_ERRORS as exc:  # the plan's own passes fail inside torch: the generic methods remain
+        problem.plan, failures["structured"] = None, exc
+        return generic
+    return (["structured"] if problem.plan.sites else []) + generic
+
+
+def _check_runs(problem: Problem, method: str) -> BaseException | None:
+    """None when `method` computes Theta between two of the samples, else the error torch raised. The way
+    per-sample Jacobians are formed, found on the way, is kept for the whole problem."""
+    small = replace(problem, X=problem.X[:2], Y=None)
+    try:
+        with no_fused_attention(), plain_attention(problem.model):
+            _RUNS[method](small, None, False)
+    except MemoryError:
+        return None  # it runs; whether the working memory suffices is the full call's to say
+    except TORCH_ERRORS as exc:
+        return exc
+    finally:
+        problem.jacobian_way = small.jacobian_way
+    return None
+
+
+def failing_module(model: nn.Module, exc: BaseException) -> str:
+    """Where in `model` the error arose, as text to insert in a message: ", in its submodule 'name' (Type)"
+    for the innermost submodule whose forward it passed through (from its traceback), "" when it arose
+    outside every forward (in a backward pass)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = owner
+        tb = tb.tb_next
+    if found is None:
+        return ""
+    name = names[id(found)]
+    return f", in its submodule {name!r} ({type(found).__name__})" if name else ", in its forward"
 
 
 def _run(problem: Problem, chosen: str, block_size: int | None, show: bool | None) -> torch.Tensor:
-    """Run a method; a failure inside torch names the module's method that works."""
-    run = {"stack": structured_ntk, "structured": layerwise_ntk, "jacobian": jacobian_ntk,
-           "ntk_vp": ntk_vp_ntk}[chosen]
+    """Run a method; a failure inside torch names the submodule and a method checked to run on the model."""
     try:
-        return run(problem, block_size, show)
+        return _RUNS[chosen](problem, block_size, show)
     except (NotImplementedError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
+        if "memory" in str(exc).lower():
             raise
         name = "structured" if chosen == "stack" else chosen
-        others = [m for m in ("structured", "jacobian") if m != name]
-        raise RuntimeError(f"method={name!r} failed inside torch on {type(problem.model).__name__}: {exc}. "
-                           f"Try method={others[0]!r} (method='jacobian' runs on any module torch.func can "
-                           "differentiate in reverse mode)") from exc
+        where = failing_module(problem.model, exc)
+        works = next((m for m in _candidates(problem, {}) if m != name and _check_runs(problem, m) is None), None)
+        advice = (f"method={works!r} was checked to run on this model: pass method={works!r} (or method='auto')"
+                  if works else "no other method runs on it either")
+        raise RuntimeError(f"method={name!r} failed inside torch on {type(problem.model).__name__}{where}: "
+                           f"{str(exc).rstrip('.')}. {advice}") from exc
+
+
+_RUNS = {"stack": structured_ntk, "structured": layerwise_ntk, "jacobian": jacobian_ntk, "ntk_vp": ntk_vp_ntk}

@@ -1,16 +1,19 @@
 """The generic paths for any module, through torch.func (functional_call, vmap, jacrev, jvp).
 
 Both compute Theta_{k k'}(x, y) = sum_p dF_k(x)/dtheta_p dF_k'(y)/dtheta_p (the paper's
-Section 4) with the model evaluated one sample at a time (`vmap`), so buffers such as
-BatchNorm statistics (eval mode) are used as they are and samples never mix.
+Section 4) with the model evaluated one sample at a time, so buffers such as BatchNorm
+statistics (eval mode) are used as they are and samples never mix. Per-sample Jacobians come
+from `jacobians.py`: vmapped over the samples where torch.func can batch the model, else one
+sample at a time.
 
-- "jacobian" (Jacobian contraction): per-sample Jacobians J(x) (B, K, P) by `jacrev`, one
-  group of parameter tensors at a time so that a block of Jacobians stays within the working
-  memory, contracted as J(x) J(y)^T and summed over the groups.
-- "ntk_vp" (NTK-vector products): for each sample x and output k, the vector J(x)^T e_k (a vjp,
-  `jacrev`), pushed through the model on a block of Y by a jvp: J(y) J(x)^T e_k = Theta(y, x) e_k.
+- "jacobian" (Jacobian contraction): per-sample Jacobians J(x) (B, K, P), one group of
+  parameter tensors at a time so that a block of Jacobians stays within the working memory,
+  contracted as J(x) J(y)^T and summed over the groups.
+- "ntk_vp" (NTK-vector products): for each sample x and output k, the vector J(x)^T e_k (a vjp),
+  pushed through the model on a block of Y by a jvp: J(y) J(x)^T e_k = Theta(y, x) e_k.
   It never contracts over the parameters, so it wins where a forward pass costs less than the
-  number of parameters times K (convolutions, with their shared weights, the other way round).
+  number of parameters times K (convolutions, with their shared weights, the other way round);
+  it keeps the K parameter-sized vectors of each sample of a row block.
 """
 
 from __future__ import annotations
@@ -18,41 +21,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import jacrev, jvp, vmap
+from torch.func import jvp, vmap
 
 from .. import memory
 from ..progress import progress
-from .common import (
-    Problem,
-    block_pairs,
-    call,
-    contract,
-    fill,
-    mirror,
-    output_shape,
-    reduce_full,
-    samples_per_block,
-    working_memory,
-)
+from .common import Problem, block_pairs, call, contract, fill, mirror, output_shape, reduce_full, working_memory
+from .jacobians import jacobian, jacobian_way, jacobians, sample_fn
+
+__all__ = ["jacobian", "jacobian_ntk", "jacobians", "ntk_vp_ntk", "sample_fn"]
 
 
-def sample_fn(problem: Problem, fixed: dict[str, torch.Tensor]) -> Callable:
-    """F(theta_chunk, x) -> (K,): the model on one sample x, the parameters outside the chunk fixed."""
-    model, frozen = problem.model, problem.frozen
-
-    def f(chunk: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return call(model, ({**fixed, **chunk}, frozen), (x.unsqueeze(0),)).reshape(-1)
-
-    return f
-
-
-def jacobian(problem: Problem, names: list[str], X: torch.Tensor) -> torch.Tensor:
-    """dF_k(x)/dtheta_p for the samples of X and the parameters `names`: (B, K, P_names)."""
-    chunk = {n: problem.trainable[n] for n in names}
-    fixed = {n: v for n, v in problem.trainable.items() if n not in chunk}
-    jac = vmap(jacrev(sample_fn(problem, fixed)), in_dims=(None, 0))(chunk, X)
-    parts = [jac[n].reshape(X.shape[0], problem.n_outputs, -1) for n in names]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+def largest_fitting(need: Callable[[int], float], budget: int, n: int) -> int:
+    """The largest block size b in [1, n] with need(b) <= budget (need grows with b); 0 when none does."""
+    if need(1) > budget:
+        return 0
+    low, high = 1, max(1, n)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if need(mid) <= budget else (low, mid - 1)
+    return low
 
 
 def parameter_groups(problem: Problem, max_elements: int) -> list[list[str]]:
@@ -69,27 +56,60 @@ def parameter_groups(problem: Problem, max_elements: int) -> list[list[str]]:
     return groups
 
 
-def jacobian_plan(problem: Problem, block_size: int | None) -> tuple[int, list[list[str]]]:
-    """(samples per block, parameter groups) such that two Jacobian blocks fit the working memory."""
-    budget, k, itemsize = working_memory(problem.device), problem.n_outputs, problem.itemsize
-    n = max(problem.X.shape[0], problem.cols.shape[0])
+def jacobian_need(problem: Problem, size: int, numbers: int) -> float:
+    """Bytes the jacobian method holds for blocks of `size` samples and a parameter group of `numbers`:
+    two Jacobian blocks and their concatenation (3 B K P), jacrev's K backward passes (2 B K activations)
+    and the tile (3 B^2 K^2 in full mode, 3 B^2 K otherwise)."""
+    k, itemsize = problem.n_outputs, problem.itemsize
     per_pair = 3 * (k * k if problem.mode == "full" else k) * itemsize
-    largest = max(v.numel() for v in problem.trainable.values())
-    # per sample: two Jacobian blocks and a concatenation (3 K P), and jacrev's K backward passes
-    whole = k * (3 * problem.n_params + 2 * problem.activations) * itemsize
-    size = block_size or samples_per_block(whole, per_pair, budget, n)
+    return size * k * (3 * numbers + 2 * problem.activations) * itemsize + size * size * per_pair
+
+
+def jacobian_plan(problem: Problem, block_size: int | None) -> tuple[int, list[list[str]]]:
+    """(samples per block, parameter groups) such that the Jacobian blocks of every group fit the working
+    memory; a MemoryError before any allocation, naming the budget and what fits, when they cannot."""
+    budget = working_memory(problem.device)
+    n = max(problem.X.shape[0], problem.cols.shape[0])
+    largest = max(v.numel() for v in problem.trainable.values())  # a parameter tensor is never split
+    size = block_size or largest_fitting(lambda b: jacobian_need(problem, b, problem.n_params), budget, n)
     if block_size is None and size < min(n, 64):  # the whole Jacobian of a block is too big: split theta too
-        size = samples_per_block(k * (3 * largest + 2 * problem.activations) * itemsize, per_pair, budget,
-                                 min(n, 256))
-    one = k * (3 * largest + 2 * problem.activations) * itemsize + per_pair
-    if one > budget:
-        raise MemoryError(f"the Jacobian of one sample for the largest parameter tensor ({largest:,} numbers, {k} "
-                          f"outputs) needs about {memory.format_bytes(one)}, more than the working memory of "
-                          f"{memory.format_bytes(budget)}: pass memory= of at least that, or use method='ntk_vp' "
-                          "or method='structured' (no parameter-sized intermediates for layers with a rule)")
-    left = budget - 2 * size * k * problem.activations * itemsize  # what jacrev's backward passes leave
-    max_elements = max(1, left // (3 * size * k * itemsize))
-    return size, parameter_groups(problem, max_elements)
+        size = largest_fitting(lambda b: jacobian_need(problem, b, largest), budget, min(n, 256))
+    if size == 0 or jacobian_need(problem, size, largest) > budget:
+        fits = largest_fitting(lambda b: jacobian_need(problem, b, largest), budget, n)
+        if block_size is not None and fits:
+            raise MemoryError(f"method='jacobian' with block_size={block_size} needs about "
+                              f"{memory.format_bytes(jacobian_need(problem, size, largest))} for the Jacobians of "
+                              f"the largest parameter tensor ({largest:,} numbers, {problem.n_outputs} outputs), "
+                              f"more than memory={budget:,} bytes ({memory.format_bytes(budget)}): pass "
+                              f"block_size={fits} or less, or a larger memory=")
+        raise MemoryError(f"method='jacobian' needs about {memory.format_bytes(jacobian_need(problem, 1, largest))}"
+                          f" for the Jacobian of one sample for the largest parameter tensor ({largest:,} numbers, "
+                          f"{problem.n_outputs} outputs), more than memory={budget:,} bytes "
+                          f"({memory.format_bytes(budget)}): {alternatives(problem, 'jacobian')}")
+    k, itemsize = problem.n_outputs, problem.itemsize
+    left = budget - jacobian_need(problem, size, 0)
+    return size, parameter_groups(problem, max(largest, int(left // (3 * size * k * itemsize))))
+
+
+def ntk_vp_need(problem: Problem, size: int) -> float:
+    """Bytes the ntk_vp method holds for blocks of `size` samples: the K parameter-sized vectors J(x)^T e_k of
+    a row block and jacrev's backward passes (B K (P + 2 activations)), one jvp over a column block
+    (3 B activations) and the tile (3 B^2 K^2)."""
+    k, itemsize, a = problem.n_outputs, problem.itemsize, problem.activations
+    return (size * k * (problem.n_params + 2 * a) + 3 * size * a + 3 * size * size * k * k) * itemsize
+
+
+def alternatives(problem: Problem, method: str) -> str:
+    """What fits when one sample of `method` does not fit the working memory: the memory it needs, and the
+    other generic method where one sample of it fits."""
+    budget = working_memory(problem.device)
+    need = {"jacobian": jacobian_need(problem, 1, max(v.numel() for v in problem.trainable.values())),
+            "ntk_vp": ntk_vp_need(problem, 1)}
+    other = "ntk_vp" if method == "jacobian" else "jacobian"
+    text = f"pass memory={int(need[method]) + 1:,} or more"
+    if need[other] <= budget:
+        text += f", or method={other!r} (about {memory.format_bytes(need[other])} for one sample)"
+    return text
 
 
 def jacobian_ntk(problem: Problem, block_size: int | None, show: bool | None) -> torch.Tensor:
@@ -117,18 +137,25 @@ def ntk_vp_ntk(problem: Problem, block_size: int | None, show: bool | None) -> t
     """Theta by NTK-vector products: a vjp per (sample, output) of a row block, then jvps on a column block."""
     budget, k, itemsize = working_memory(problem.device), problem.n_outputs, problem.itemsize
     n = max(problem.X.shape[0], problem.cols.shape[0])
-    # rows: K vjps of P numbers per sample (and jacrev's backward); columns: jvps of B2 samples each
-    per_sample = k * (2 * problem.n_params + 2 * problem.activations) * itemsize
-    size = block_size or samples_per_block(2 * per_sample, 3 * k * k * itemsize, budget, n)
+    size = block_size or largest_fitting(lambda b: ntk_vp_need(problem, b), budget, n)
+    if size == 0 or ntk_vp_need(problem, size) > budget:
+        fits = largest_fitting(lambda b: ntk_vp_need(problem, b), budget, n)
+        hint = (f"pass block_size={fits} or less, or a larger memory=" if block_size is not None and fits
+                else alternatives(problem, "ntk_vp"))
+        raise MemoryError(f"method='ntk_vp' needs about {memory.format_bytes(ntk_vp_need(problem, max(size, 1)))} "
+                          f"for blocks of {max(size, 1)} samples ({problem.n_params:,} parameters times {k} outputs "
+                          f"per sample of a row block), more than memory={budget:,} bytes "
+                          f"({memory.format_bytes(budget)}): {hint}")
     model, frozen, trainable = problem.model, problem.frozen, problem.trainable
-    f_x = sample_fn(problem, {})
+    names = list(trainable)
+    batched = jacobian_way(problem, names) == "vmap"
     cached: dict[int, dict[str, torch.Tensor]] = {}
 
     def tangents(rows: slice) -> dict[str, torch.Tensor]:
         """J(x)^T e_k for every sample x of the row block and output k, as (B1 K, *shape) tensors."""
         if rows.start not in cached:
             cached.clear()
-            jac = vmap(jacrev(f_x), in_dims=(None, 0))(trainable, problem.X[rows])
+            jac = jacobians(problem, names, problem.X[rows])
             cached[rows.start] = {name: value.reshape(-1, *trainable[name].shape) for name, value in jac.items()}
         return cached[rows.start]
 
@@ -142,8 +169,13 @@ def ntk_vp_ntk(problem: Problem, block_size: int | None, show: bool | None) -> t
         def push(tangent: dict[str, torch.Tensor]) -> torch.Tensor:  # J(Y) t: (B2, K)
             return jvp(f_y, (trainable,), (tangent,))[1]
 
-        chunk = int(max(1, budget // (3 * b2 * problem.activations * itemsize + 1)))
-        products = vmap(push, chunk_size=min(chunk, b1 * k))(tangents(rows))  # (B1 K, B2, K)
+        t = tangents(rows)
+        if batched:
+            left = budget - ntk_vp_need(problem, size) + 3 * size * problem.activations * itemsize
+            chunk = int(max(1, left // (3 * b2 * problem.activations * itemsize + 1)))
+            products = vmap(push, chunk_size=min(chunk, b1 * k))(t)  # (B1 K, B2, K)
+        else:  # torch.func cannot batch this model: one jvp per tangent
+            products = torch.stack([push({name: v[i] for name, v in t.items()}) for i in range(b1 * k)])
         full = products.reshape(b1, k, b2, k).permute(0, 2, 1, 3)  # Theta_{k k'}(x, y)
         return reduce_full(full, problem.mode)
 

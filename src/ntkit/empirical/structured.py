@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import memory
 from ..nets import ActivationLayer, NTKLinear
-from .common import Problem, contract, fill, samples_per_block, working_memory
+from .common import Problem, contract, fill, working_memory
+from .generic import largest_fitting
 
 #: Parameter-free torch modules that act elementwise: their derivative is taken by autograd on a sum.
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -206,13 +208,29 @@ def tile(stack: Stack, fx: Features, fy: Features, mode: str, n_outputs: int) ->
     return theta
 
 
-def default_block(stack: Stack, problem: Problem) -> int:
-    """Samples per block such that the features and one tile fit the working memory."""
+def block_need(stack: Stack, problem: Problem, size: int) -> float:
+    """Bytes for blocks of `size` samples: the features of a row and a column block with the forward pass's
+    derivatives and one backward temporary (per layer n_in + n_out + 2 K n_out per sample), and a tile."""
     k, itemsize = problem.n_outputs, problem.itemsize
-    per_sample = sum(layer.weight.shape[1] + k * layer.weight.shape[0] for layer in stack.layers) * itemsize
-    per_pair = 3 * (k * k if problem.mode == "full" else k) * itemsize
+    per_sample = sum(layer.weight.shape[1] + (1 + 2 * k) * layer.weight.shape[0] for layer in stack.layers)
+    per_pair = 3 * (k * k if problem.mode == "full" else k)
+    return (2 * size * per_sample + size * size * per_pair) * itemsize
+
+
+def plan_block(stack: Stack, problem: Problem, block_size: int | None) -> int:
+    """Samples per block such that the features and one tile fit the working memory; a MemoryError before
+    any allocation, naming the budget and what fits, when they cannot."""
+    budget = working_memory(problem.device)
     n = max(problem.X.shape[0], problem.cols.shape[0])
-    return samples_per_block(2 * per_sample, per_pair, working_memory(problem.device), n)
+    fits = largest_fitting(lambda b: block_need(stack, problem, b), budget, n)
+    size = block_size or fits
+    if size and block_need(stack, problem, size) <= budget:
+        return size
+    hint = f"pass block_size={fits} or less" if block_size is not None and fits else \
+        f"pass memory={int(block_need(stack, problem, 1)) + 1:,} or more"
+    raise MemoryError(f"the structured path needs about {memory.format_bytes(block_need(stack, problem, max(size, 1)))}"
+                      f" for blocks of {max(size, 1)} samples ({problem.n_outputs} outputs), more than "
+                      f"memory={budget:,} bytes ({memory.format_bytes(budget)}): {hint}")
 
 
 class _FeatureCache:
@@ -243,8 +261,8 @@ def structured_ntk(problem: Problem, block_size: int | None, show: bool | None) 
     """Theta for the whole problem by the structured path, block pair by block pair."""
     stack = parse(problem)
     check_inputs(stack, problem.X)
-    size = block_size or default_block(stack, problem)
-    cache = _FeatureCache(stack, problem, working_memory(problem.device))
+    size = plan_block(stack, problem, block_size)
+    cache = _FeatureCache(stack, problem, working_memory(problem.device) - int(block_need(stack, problem, size)))
     symmetric = problem.Y is None
 
     def tile_fn(rows: slice, cols: slice) -> torch.Tensor:
