@@ -44,10 +44,12 @@ def kept(plan: Plan, problem: Problem, budget: int) -> tuple[set[str], set[str]]
         return None
     k, rows = problem.n_outputs, _rows(problem)
     outs = sum(site.shapes.get("out", 0) for site in plan.sites)
+    first = max(site.shapes.get("out", 0) for site in plan.sites)  # an output tapped by a copy
     held = sum(k * site.shapes.get("out", 0) for site in plan.sites if site.order == "factored")
     largest = max([factored.n_params(site, problem.trainable) for site in plan.sites] + [0])
     fallback = k * sum(problem.trainable[n].numel() for n in plan.fallback)
-    per_row = problem.activations + outs + held + largest + fallback + 2 * problem.X[0].numel()
+    # the forward graph, the copy of the first sites' outputs and one output's cotangents (outs)
+    per_row = problem.activations + outs + first + held + largest + fallback + 2 * problem.X[0].numel()
     theta = problem.X.shape[0] * problem.cols.shape[0] * (k if problem.mode == "diagonal" else 1)
     left = budget // problem.itemsize - rows * per_row - 2 * theta
     if left < 0:
@@ -84,12 +86,12 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) ->
     theta = torch.zeros((*shape, k), dtype=problem.dtype, device=problem.device)
     held: dict[str, torch.Tensor] = {}
     with instrumented(plan, problem) as injector:
-        inputs, out, deltas = shifted_forward(plan, problem, Z, injector)
+        inputs, out = shifted_forward(plan, problem, Z, injector)
         prepared = {site.key: rules.prepare(site, inputs[site.key]) for site in plan.sites if site.key in keep}
         positions = {site.key: _input_gram(site, inputs[site.key], n, symmetric) for site in plan.sites
                      if site.key in by_positions}
         for index in progress(range(k), total=k, desc="empirical NTK (structured, by layer)", enabled=show):
-            cots = output_cotangents(plan, out, deltas, index)
+            cots = output_cotangents(plan, out, injector, index)
             for site in plan.sites:
                 g = cots.pop(site.key)
                 if site.order == "factored":

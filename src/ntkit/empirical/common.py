@@ -392,11 +392,14 @@ def fill(tile_fn: Callable[[slice, slice], torch.Tensor], problem: Problem, size
     return out
 
 
-def samples_per_block(bytes_per_sample: float, bytes_per_pair: float, budget: int, n: int) -> int:
-    """The largest block (at most n) whose per-sample and per-pair memory fits in `budget`."""
-    by_samples = budget / max(bytes_per_sample, 1.0)
-    by_pairs = math.sqrt(budget / max(bytes_per_pair, 1.0))
-    return int(max(1, min(n, by_samples, by_pairs)))
+def samples_per_block(bytes_per_sample: float, bytes_per_pair: float, budget: float, n: int) -> int:
+    """The largest block s (1 <= s <= n) whose memory s * bytes_per_sample + s^2 * bytes_per_pair fits in
+    `budget` (1 when even one sample does not: the caller checks that case)."""
+    a, b, c = max(bytes_per_sample, 0.0), max(bytes_per_pair, 1e-30), float(budget)
+    if c <= 0:
+        return 1
+    s = (math.sqrt(a * a + 4.0 * b * c) - a) / (2.0 * b)  # the root of b s^2 + a s = c
+    return int(max(1, min(n, math.floor(s))))
 
 
 def chunked(items: list, size: int) -> Iterator[list]:

@@ -111,8 +111,10 @@ def tile(fx: BlockFeatures, fy: BlockFeatures, mode: str, n_outputs: int) -> tor
 # ------------------------------------------------------------------------------ self-check
 
 
-def plan_block(plan: Plan, problem: Problem, budget: int) -> int:
-    """Samples per block; a MemoryError naming the budget when one sample does not fit it."""
+def _block_costs(plan: Plan, problem: Problem) -> tuple[float, float, float, float, int]:
+    """(bytes of the features kept per sample, bytes per sample of a tile's temporaries (one layer's
+    gradients), bytes per pair of a tile, bytes per sample of a reverse pass, the numbers per sample and
+    output kept in Jacobian form)."""
     k, itemsize = problem.n_outputs, problem.itemsize
     p_jac = sum(problem.trainable[n].numel() for n in plan.fallback)
     largest = 0  # the largest layer whose per-sample gradients are formed tile by tile
@@ -134,23 +136,49 @@ def plan_block(plan: Plan, problem: Problem, budget: int) -> int:
                 continue
             value = problem.trainable[name]
             p_jac += value[rows].numel() if rows is not None else value.numel()
-    positions = sum(2 * k * s.shapes["S"] * s.shapes["G"] * (s.shapes["I"] + s.shapes["O"])
+    positions = sum(s.shapes["S"] * s.shapes["G"] * (s.shapes["I"] + k * s.shapes["O"])  # a and g
                     for s in plan.sites if s.positions)
-    per_sample = (k * (p_jac + largest) + positions) * itemsize  # kept, and one layer's gradients
+    kept, formed = (k * p_jac + positions) * itemsize, k * largest * itemsize
     # per sample of a reverse pass: its graph and (K, out) cotangents; kept small (smaller passes run faster)
-    passes = 3 * k * (problem.activations + sum(problem.trainable[n].numel() for n in plan.fallback)) * itemsize
+    fallback = sum(problem.trainable[n].numel() for n in plan.fallback)
+    if plan.batched:  # one forward graph, the tapped copy of an output, K cotangents of every site's output
+        outs = [site.shapes.get("out", 0) for site in plan.sites] or [0]
+        passes = (problem.activations + max(outs) + k * sum(outs) + 3 * k * fallback) * itemsize
+    else:  # reverse passes vmapped over the outputs
+        passes = 3 * k * (problem.activations + fallback) * itemsize
     kk = k * k if problem.mode == "full" else k
     per_pair = max([3 * kk * itemsize] + [rules.position_pair_bytes(s, k, problem.mode, itemsize)
                                           for s in plan.sites if s.positions])
-    plan.chunk = max(1, int((budget - 2 * per_sample - per_pair) // max(passes, 1)))  # samples per reverse pass
+    return kept, formed, per_pair, passes, int(p_jac)
+
+
+def plan_block(plan: Plan, problem: Problem, budget: int, block_size: int | None = None) -> tuple[int, int]:
+    """(samples per block, bytes left to cache column blocks), with `plan.chunk` (samples per reverse pass)
+    set so that a pair of blocks, one tile and one reverse pass take at most half the budget (all of it if
+    `block_size` asks for that much); a MemoryError naming the budget when one pair of samples does not fit."""
+    kept, formed, per_pair, passes, p_jac = _block_costs(plan, problem)
+    per_sample = kept + formed
     if 2 * per_sample + per_pair + passes > budget:
         need = memory.format_bytes(2 * per_sample + per_pair + passes)
-        raise MemoryError(f"the structured path needs about {need} for "
-                          f"one pair of samples ({k} outputs, {p_jac:,} parameters in Jacobian form), more than the "
-                          f"working memory of {memory.format_bytes(budget)}: pass memory= of at least that, use "
-                          "mode='trace', or method='ntk_vp' (no parameter-sized intermediates)")
+        raise MemoryError(f"the structured path needs about {need} for one pair of samples "
+                          f"({problem.n_outputs} outputs, {p_jac:,} numbers per output in Jacobian form), more "
+                          f"than the working memory of {memory.format_bytes(budget)}: pass memory= of at least "
+                          "that")
+    # the features of every column sample cached with blocks in half the budget, or else (each column block
+    # featurized again for every row block, work ~ n^2 / size) blocks as large as the budget allows
     n = max(problem.X.shape[0], problem.cols.shape[0])
-    return samples_per_block(2 * per_sample, per_pair, budget, n)
+    size = samples_per_block(2 * per_sample, per_pair, budget // 2 - passes, n)
+    if problem.cols.shape[0] * kept > budget - budget // 2:
+        size = samples_per_block(2 * per_sample, per_pair, budget - passes, n)
+    size = block_size or size
+    held = 2 * size * per_sample + size * size * per_pair
+    if held + passes > budget:
+        fits = samples_per_block(2 * per_sample, per_pair, budget - passes, n)
+        raise MemoryError(f"block_size={size} needs about {memory.format_bytes(held + passes)}, more than the "
+                          f"working memory of {memory.format_bytes(budget)}: pass block_size={fits} or less, or "
+                          "a larger memory=")
+    plan.chunk = max(1, int((max(budget // 2, held + passes) - held) // max(passes, 1)))
+    return size, int(budget - held - plan.chunk * passes)
 
 
 class FeatureCache:
@@ -184,8 +212,8 @@ def layerwise_ntk(problem: Problem, block_size: int | None, show: bool | None, p
     plan = plan or problem.plan or make_plan(problem)
     if block_size is None and bylayer.fits(plan, problem, budget):
         return bylayer.bylayer_ntk(plan, problem, show, budget)
-    cache = FeatureCache(plan, problem, budget // 2)
-    size = block_size or plan_block(plan, problem, budget)
+    size, left = plan_block(plan, problem, budget, block_size)
+    cache = FeatureCache(plan, problem, max(0, left))
     symmetric = problem.Y is None
 
     def tile_fn(rows: slice, cols: slice) -> torch.Tensor:

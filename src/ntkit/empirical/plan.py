@@ -25,23 +25,38 @@ from .common import Problem, call
 
 
 class Injector:
-    """What the hooks do: record each site's input ("capture"), or add a shift to its output ("inject")."""
+    """What the hooks do: record each site's input ("capture"), add a shift to its output ("inject"), or
+    record the gradient that reaches its output in a reverse pass ("tap", and capture)."""
 
     def __init__(self) -> None:
         self.mode = "off"
         self.inputs: dict[str, list[torch.Tensor]] = {}
         self.out_shapes: dict[str, list[tuple[int, ...]]] = {}
         self.deltas: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, torch.Tensor] = {}
+        self.anchor: torch.Tensor | None = None
 
     def capture(self, key: str, x: torch.Tensor) -> None:
-        if self.mode in ("capture", "both"):
+        if self.mode in ("capture", "tap"):
             self.inputs.setdefault(key, []).append(x.detach())
 
     def shift(self, key: str, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "capture":
             self.out_shapes.setdefault(key, []).append(tuple(z.shape))
-        elif self.mode in ("inject", "both") and key in self.deltas:
+        elif self.mode == "inject" and key in self.deltas:
             return z + self.deltas[key]
+        elif self.mode == "tap":
+            return self._tap(key, z)
+        return z
+
+    def _tap(self, key: str, z: torch.Tensor) -> torch.Tensor:
+        """z, in the graph, with a hook that keeps dF/dz. A site whose output does not yet depend on the zero
+        scalar `anchor` (the first sites: the parameters are detached) gets anchor added, which costs one copy;
+        every later site is tapped as it is. A hook set before an in-place change of z (an in-place ReLU) still
+        receives the gradient with respect to z's value before the change."""
+        if not z.requires_grad:
+            z = z + self.anchor
+        z.register_hook(lambda grad: self.grads.__setitem__(key, grad))
         return z
 
     def reset(self, mode: str) -> None:
@@ -227,47 +242,52 @@ def _locate(site: rules.Site, one: tuple, two: tuple) -> str | None:
 
 
 def shifted_forward(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
-                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
-    """(site -> input (B, ...), outputs (B, K) with their graph, site -> the zero shift added to its output):
-    one forward pass of the whole batch, for `output_cotangents`."""
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(site -> input (B, ...), outputs (B, K) with their graph): one forward pass of the whole batch with the
+    sites' outputs tapped, for `output_cotangents`."""
     b = X.shape[0]
-    deltas = {}
-    for site in plan.sites:
-        shape = list(site.out_shape)
-        shape[site.batch_out] = b
-        deltas[site.key] = torch.zeros(shape, dtype=problem.dtype, device=problem.device, requires_grad=True)
-    injector.reset("both")
-    injector.deltas = deltas
+    injector.reset("tap")
+    injector.anchor = torch.zeros((), dtype=problem.dtype, device=problem.device, requires_grad=True)
     try:
         with torch.enable_grad():
             out = call(problem.model, problem.all_values(), (X,)).reshape(b, problem.n_outputs)
     finally:
-        injector.mode, injector.deltas = "off", {}
-    return {s.key: injector.inputs[s.key][0].movedim(s.batch_in, 0) for s in plan.sites}, out, deltas
+        injector.mode = "off"
+    return {s.key: injector.inputs[s.key][0].movedim(s.batch_in, 0) for s in plan.sites}, out
 
 
-def output_cotangents(plan: Plan, out: torch.Tensor, deltas: dict[str, torch.Tensor], index: int
-                      ) -> dict[str, torch.Tensor]:
-    """site -> dF_index(x_b)/dz_b (B, *out without batch) from one backward pass: samples do not interact, so
-    d(sum_b F_index(x_b))/d shift_b = dF_index(x_b)/dz_b. The graph is freed after the last output."""
-    if not out.requires_grad:  # no site reaches the outputs
-        return {s.key: torch.zeros_like(deltas[s.key]).movedim(s.batch_out, 0) for s in plan.sites}
-    with torch.enable_grad():
-        grads = torch.autograd.grad(out[:, index].sum(), [deltas[s.key] for s in plan.sites],
-                                    retain_graph=index < out.shape[1] - 1, allow_unused=True, materialize_grads=True)
-    return {s.key: grad.movedim(s.batch_out, 0) for s, grad in zip(plan.sites, grads, strict=True)}
+def output_cotangents(plan: Plan, out: torch.Tensor, injector: Injector, index: int) -> dict[str, torch.Tensor]:
+    """site -> dF_index(x_b)/dz_b (B, *out without batch) from one reverse pass: samples do not interact, so
+    d(sum_b F_index(x_b))/dz_b = dF_index(x_b)/dz_b, which the taps of `shifted_forward` keep (zero for a
+    site that does not reach the outputs). The graph is freed after the last output."""
+    b = out.shape[0]
+    injector.grads = {}
+    if out.requires_grad:
+        with torch.enable_grad():
+            torch.autograd.backward(out[:, index].sum(), inputs=[injector.anchor],
+                                    retain_graph=index < out.shape[1] - 1)
+    grads, injector.grads = injector.grads, {}
+    cots = {}
+    for site in plan.sites:
+        grad = grads.get(site.key)
+        if grad is None:
+            shape = list(site.out_shape)
+            shape[site.batch_out] = b
+            grad = torch.zeros(shape, dtype=out.dtype, device=out.device)
+        cots[site.key] = grad.movedim(site.batch_out, 0)
+    return cots
 
 
 def _batched(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(site -> input (B, ...), site -> cotangents (B, K, *out without batch)): one forward pass, one backward
     pass per output, written into (B, K, ...) buffers."""
-    inputs, out, deltas = shifted_forward(plan, problem, X, injector)
+    inputs, out = shifted_forward(plan, problem, X, injector)
     b, k = X.shape[0], problem.n_outputs
     cots = {s.key: torch.empty((b, k, *(n for i, n in enumerate(s.out_shape) if i != s.batch_out)),
                                dtype=problem.dtype, device=problem.device) for s in plan.sites}
     for index in range(k):
-        for key, grad in output_cotangents(plan, out, deltas, index).items():
+        for key, grad in output_cotangents(plan, out, injector, index).items():
             cots[key][:, index] = grad
     return inputs, cots
 
