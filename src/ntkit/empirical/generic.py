@@ -93,10 +93,16 @@ def jacobian_plan(problem: Problem, block_size: int | None) -> tuple[int, list[l
 
 def ntk_vp_need(problem: Problem, size: int) -> float:
     """Bytes the ntk_vp method holds for blocks of `size` samples: the K parameter-sized vectors J(x)^T e_k of
-    a row block and jacrev's backward passes (B K (P + 2 activations)), one jvp over a column block
-    (3 B activations) and the tile (3 B^2 K^2)."""
-    k, itemsize, a = problem.n_outputs, problem.itemsize, problem.activations
-    return (size * k * (problem.n_params + 2 * a) + 3 * size * a + 3 * size * size * k * k) * itemsize
+    a row block and jacrev's backward passes (B K (P + 2 activations)), one jvp over a column block (3 B
+    activations, and 2 P for copies of its tangent) and the tile (3 B^2 K^2)."""
+    k, itemsize, a, p = problem.n_outputs, problem.itemsize, problem.activations, problem.n_params
+    return (size * k * (p + 2 * a) + push_need(problem, size) + 3 * size * size * k * k) * itemsize
+
+
+def push_need(problem: Problem, size: int) -> int:
+    """Numbers one jvp of ntk_vp holds: its forward pass over a column block of `size` samples (3 B activations)
+    and copies of its parameter-sized tangent (2 P)."""
+    return 3 * size * problem.activations + 2 * problem.n_params
 
 
 def alternatives(problem: Problem, method: str) -> str:
@@ -125,9 +131,11 @@ def jacobian_ntk(problem: Problem, block_size: int | None, show: bool | None) ->
     for group, (i, rows, j, cols) in progress(steps, total=len(steps), desc="empirical NTK (jacobian)",
                                               enabled=show):
         if row_key != (id(group), i):
+            jac_x = None  # freed before the next row block is formed: the budget holds one of each
             row_key, jac_x = (id(group), i), jacobian(problem, group, problem.X[rows])
         jac_y = jac_x if symmetric and i == j else jacobian(problem, group, problem.cols[cols])
         out[rows, cols] += contract(jac_x, jac_y, problem.mode, problem.n_outputs)
+        del jac_y
     if symmetric:
         mirror(out, size, problem.mode)
     return out
@@ -171,8 +179,8 @@ def ntk_vp_ntk(problem: Problem, block_size: int | None, show: bool | None) -> t
 
         t = tangents(rows)
         if batched:
-            left = budget - ntk_vp_need(problem, size) + 3 * size * problem.activations * itemsize
-            chunk = int(max(1, left // (3 * b2 * problem.activations * itemsize + 1)))
+            left = budget - ntk_vp_need(problem, size) + push_need(problem, size) * itemsize
+            chunk = int(max(1, left // (push_need(problem, b2) * itemsize)))
             products = vmap(push, chunk_size=min(chunk, b1 * k))(t)  # (B1 K, B2, K)
         else:  # torch.func cannot batch this model: one jvp per tangent
             products = torch.stack([push({name: v[i] for name, v in t.items()}) for i in range(b1 * k)])

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch.func import jacrev, vmap
 
-from .common import Problem, call
+from .common import Problem, call, working_memory
 
 WAYS = ("vmap", "jacrev", "autograd")
 #: Errors torch raises for a transform it cannot apply to a model (no batching or derivative rule, a shape
@@ -35,21 +35,26 @@ def sample_fn(problem: Problem, fixed: dict[str, torch.Tensor]) -> Callable:
     return f
 
 
-def _split(problem: Problem, names: list[str]) -> tuple[dict[str, torch.Tensor], Callable]:
+def _split(problem: Problem, names: list[str], project: torch.Tensor | None
+           ) -> tuple[dict[str, torch.Tensor], Callable]:
+    """(the parameters `names`, F(chunk, x) of one sample, or project @ F where a (R, K) projection is given)."""
     chunk = {n: problem.trainable[n] for n in names}
     fixed = {n: v for n, v in problem.trainable.items() if n not in chunk}
-    return chunk, sample_fn(problem, fixed)
+    f = sample_fn(problem, fixed)
+    return chunk, (f if project is None else lambda c, x: project @ f(c, x))
 
 
-def _vmapped(problem: Problem, names: list[str], X: torch.Tensor) -> dict[str, torch.Tensor]:
-    chunk, f = _split(problem, names)
+def _vmapped(problem: Problem, names: list[str], X: torch.Tensor, project: torch.Tensor | None = None
+             ) -> dict[str, torch.Tensor]:
+    chunk, f = _split(problem, names, project)
     return vmap(jacrev(f), in_dims=(None, 0))(chunk, X)
 
 
-def _one_by_one(problem: Problem, names: list[str], X: torch.Tensor, way: str) -> dict[str, torch.Tensor]:
+def _one_by_one(problem: Problem, names: list[str], X: torch.Tensor, way: str,
+                project: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The Jacobians of the samples of X one at a time: by jacrev, or by one autograd.grad per output."""
-    chunk, f = _split(problem, names)
-    k = problem.n_outputs
+    chunk, f = _split(problem, names, project)
+    k = problem.n_outputs if project is None else project.shape[0]
     out = {n: torch.empty((X.shape[0], k, *v.shape), dtype=v.dtype, device=v.device) for n, v in chunk.items()}
     for b in range(X.shape[0]):
         if way == "jacrev":
@@ -95,20 +100,40 @@ def jacobian_way(problem: Problem, names: list[str]) -> str:
     return problem.jacobian_way
 
 
+def _checked_names(problem: Problem, names: list[str]) -> list[str]:
+    """The first of `names` (the earliest parameters, whose gradients pass back through the most modules), as
+    many as the check's Jacobians (three of two samples and two projected outputs) and backward passes leave
+    within the working memory."""
+    per_number = 12 * problem.itemsize
+    left = working_memory(problem.device) - per_number * problem.activations
+    chosen = names[:1]
+    for name in names[1:]:
+        left -= per_number * problem.trainable[chosen[-1]].numel()
+        if per_number * problem.trainable[name].numel() > left:
+            break
+        chosen.append(name)
+    return chosen
+
+
 def _find_way(problem: Problem, names: list[str]) -> str:
+    """Compare the ways on two samples and two random combinations of the outputs (so the check's Jacobians are
+    of two rows whatever K is, and vmap still nests over samples and rows as in the full call)."""
+    names = _checked_names(problem, names)
     x2 = _two_samples(problem)
+    project = torch.randn((2, problem.n_outputs), dtype=problem.dtype, device=problem.device,
+                          generator=torch.Generator(problem.device).manual_seed(0))
     try:
-        each = _one_by_one(problem, names, x2, "jacrev")
+        each = _one_by_one(problem, names, x2, "jacrev", project)
     except TORCH_ERRORS:
         return "autograd"
     try:
-        if _close(_vmapped(problem, names, x2), each):
+        if _close(_vmapped(problem, names, x2, project), each):
             return "vmap"
     except TORCH_ERRORS:
         pass
     # vmap cannot batch this model over samples: check jacrev of one sample against a backward pass per output
     first = {n: v[:1] for n, v in each.items()}
-    return "jacrev" if _close(first, _one_by_one(problem, names, x2[:1], "autograd")) else "autograd"
+    return "jacrev" if _close(first, _one_by_one(problem, names, x2[:1], "autograd", project)) else "autograd"
 
 
 def jacobians(problem: Problem, names: list[str], X: torch.Tensor) -> dict[str, torch.Tensor]:
