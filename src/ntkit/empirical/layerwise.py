@@ -164,20 +164,22 @@ def plan_block(plan: Plan, problem: Problem, budget: int, block_size: int | None
                           f"({problem.n_outputs} outputs, {p_jac:,} numbers per output in Jacobian form), more "
                           f"than the working memory of {memory.format_bytes(budget)}: pass memory= of at least "
                           "that")
-    # the features of every column sample cached with blocks in half the budget, or else (each column block
-    # featurized again for every row block, work ~ n^2 / size) blocks as large as the budget allows
+    # up to a quarter of the budget for the reverse passes (larger passes run faster); the features of every
+    # column sample cached where they take at most half of it (else each column block is featurized again for
+    # every row block, work ~ n^2 / size); the rest for a pair of blocks and one tile
     n = max(problem.X.shape[0], problem.cols.shape[0])
-    size = samples_per_block(2 * per_sample, per_pair, budget // 2 - passes, n)
-    if problem.cols.shape[0] * kept > budget - budget // 2:
-        size = samples_per_block(2 * per_sample, per_pair, budget - passes, n)
-    size = block_size or size
-    held = 2 * size * per_sample + size * size * per_pair
+    chunk = int(min(n, max(1, budget // 4 // max(passes, 1))))
+    cache = problem.cols.shape[0] * kept if problem.cols.shape[0] * kept <= budget // 2 else 0
+    size = block_size or samples_per_block(2 * per_sample, per_pair, budget - cache - chunk * passes, n)
+    if problem.Y is None and not block_size and n * per_sample + n * n * per_pair + chunk * passes <= budget:
+        size = n  # one symmetric tile: one block of features, its gradients formed once
+    held = (1 if size == n and problem.Y is None else 2) * size * per_sample + size * size * per_pair
     if held + passes > budget:
         fits = samples_per_block(2 * per_sample, per_pair, budget - passes, n)
         raise MemoryError(f"block_size={size} needs about {memory.format_bytes(held + passes)}, more than the "
                           f"working memory of {memory.format_bytes(budget)}: pass block_size={fits} or less, or "
                           "a larger memory=")
-    plan.chunk = max(1, int((max(budget // 2, held + passes) - held) // max(passes, 1)))
+    plan.chunk = int(min(size, max(1, (budget - held) // max(passes, 1))))  # what the blocks leave, up to a block
     return size, int(budget - held - plan.chunk * passes)
 
 
