@@ -46,7 +46,9 @@ def empirical_ntk(model: nn.Module | Callable, X: Array, Y: Array | None = None,
             nn.Embedding, nn.MultiheadAttention's projections, affine LayerNorm / BatchNorm and biases,
             with the Jacobian for the parameters of other modules), "jacobian" (Jacobian contraction),
             "ntk_vp" (NTK-vector products), or "auto": "structured" where a rule applies, else the
-            cheaper generic method; `choose_method` tells which one it takes (per layer with per_layer=True).
+            cheaper generic method, each taken only once it has run on two of the samples;
+            `choose_method` tells which one it takes (per layer with per_layer=True). Models torch.func
+            cannot vmap over samples (nn.GRU, nn.LSTM, nn.PReLU) get their Jacobians one sample at a time.
         block_size: samples per block of X and of Y; by default the largest blocks whose
             intermediates fit the working memory (1 GiB on a CPU, a quarter of the free GPU memory).
         params: parameter values to evaluate Theta at instead of the model's own (names as in
@@ -55,7 +57,8 @@ def empirical_ntk(model: nn.Module | Callable, X: Array, Y: Array | None = None,
         output: for a model returning a tuple, list or dict: which output to take (an index or a key),
             or a function of the model's output returning one tensor.
         memory: working memory in bytes for the intermediate blocks (default 1 GiB on a CPU, a quarter
-            of the free GPU memory); a MemoryError before any allocation when one pair of samples needs more.
+            of the free GPU memory): blocks are sized to it, and a MemoryError naming it and an option
+            that fits is raised before any allocation when one sample (or the given block_size) needs more.
         progress: show a progress bar over blocks (None: the global setting).
 
     Returns: Theta in the parameters' dtype, on their device; a NumPy array when X is NumPy.
@@ -90,9 +93,11 @@ def choose_method(model: nn.Module | Callable, X: Array, Y: Array | None = None,
 
     "structured" whenever a per-layer rule applies to some of the model's layers (exact, and cheaper
     than forming their Jacobians); otherwise "jacobian" or "ntk_vp", whichever `estimate_costs` finds
-    cheaper. With per_layer=True: a dict from each layer with a rule to what the structured path does
-    with it ("structured conv (jacobian order)", "structured linear (positions order)", or "jacobian: "
-    and why its rule is not used), plus "(other parameters)" for those no rule covers.
+    cheaper; a method that fails inside torch on two of the samples is passed over. With per_layer=True:
+    a dict from each layer with a rule to what the structured path does with it ("structured conv
+    (jacobian order)", "structured linear (positions order)", or "jacobian: " and why its rule is not
+    used), plus "(other parameters)" for those no rule covers; or {"(whole model)": ...} saying why the
+    structured passes cannot run on it and which method is taken instead.
     """
     check_choice(mode, "mode", MODES)
     problem, _ = make_problem(model, X, Y, mode, params, output)
