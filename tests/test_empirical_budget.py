@@ -46,7 +46,8 @@ def cases():
     stack = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 5)).double()
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
     return {"fully-connected": (stack, X, "structured"), "structured": (cnn, images, "structured"),
-            "jacobian": (Dense().double(), X, "jacobian"), "ntk_vp": (Dense().double(), X, "ntk_vp")}
+            "jacobian": (Dense().double(), X, "jacobian"), "ntk_vp": (Dense().double(), X, "ntk_vp"),
+            "auto": (Dense().double(), X, "auto")}  # its checks of the methods on two samples within the budget too
 
 
 CASES = cases()

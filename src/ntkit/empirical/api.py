@@ -73,9 +73,10 @@ def empirical_ntk(model: nn.Module | Callable, X: Array, Y: Array | None = None,
     problem, numpy_in = make_problem(model, X, Y, mode, params, output)
     if problem.X.shape[0] == 0 or problem.cols.shape[0] == 0:   # an empty batch: an empty NTK
         return to_output(_empty(problem), numpy_in)
-    chosen = _resolve(problem, method)
-    with working_memory_limit(memory), no_fused_attention(), plain_attention(problem.model):
-        theta = _run(problem, chosen, block_size, progress)
+    with working_memory_limit(memory):
+        chosen = _resolve(problem, method)  # auto's checks run within the budget too
+        with no_fused_attention(), plain_attention(problem.model):
+            theta = _run(problem, chosen, block_size, progress)
     if not all_finite(theta):
         dtype = str(theta.dtype).removeprefix("torch.")
         wider = "use float64, or " if theta.dtype != torch.float64 else ""
@@ -155,11 +156,17 @@ def _resolve(problem: Problem, method: str) -> str:
     if method != "auto":
         return method
     failures: dict[str, BaseException] = {}
+    too_big = None  # the first method that runs but whose one sample exceeds the working memory
     for candidate in _candidates(problem, failures):
         failure = _check_runs(problem, candidate)
         if failure is None:
             return candidate
-        failures[candidate] = failure
+        if isinstance(failure, MemoryError):
+            too_big = too_big or candidate
+        else:
+            failures[candidate] = failure
+    if too_big is not None:
+        return too_big  # its own call raises the MemoryError that names the budget and what fits
     raise RuntimeError(f"no method computes the empirical NTK of {type(problem.model).__name__}: "
                        + "; ".join(f"method={m!r} failed{failing_module(problem.model, e)}: {e}"
                                    for m, e in failures.items()))
@@ -181,15 +188,14 @@ def _candidates(problem: Problem, failures: dict[str, BaseException]) -> list[st
 
 
 def _check_runs(problem: Problem, method: str) -> BaseException | None:
-    """None when `method` computes Theta between two of the samples, else the error torch raised. The way
-    per-sample Jacobians are formed, found on the way, is kept for the whole problem."""
+    """None when `method` computes Theta between two of the samples, else the error torch raised (or the
+    MemoryError of a working memory too small for one sample). The way per-sample Jacobians are formed, found
+    on the way, is kept for the whole problem."""
     small = replace(problem, X=problem.X[:2], Y=None)
     try:
         with no_fused_attention(), plain_attention(problem.model):
             _RUNS[method](small, None, False)
-    except MemoryError:
-        return None  # it runs; whether the working memory suffices is the full call's to say
-    except TORCH_ERRORS as exc:
+    except (MemoryError, *TORCH_ERRORS) as exc:
         return exc
     finally:
         problem.jacobian_way = small.jacobian_way
