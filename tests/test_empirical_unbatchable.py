@@ -5,6 +5,7 @@ Every kernel is checked against an explicit Jacobian written here: one torch.aut
 output, contracted by hand (float64, so agreement to 1e-12 relative to the kernel's scale).
 """
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torch import nn
 import ntkit as nk
 from ntkit.empirical.api import estimate_costs
 from ntkit.empirical.common import make_problem
+from ntkit.empirical.jacobians import jacobian_way
 
 MODES = ("full", "trace", "diagonal")
 
@@ -157,10 +159,30 @@ def test_fast_path_keeps_vmap():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(32, 3)).double()
     X = torch.randn(3, 1, 6, 6, dtype=torch.float64)
     problem, _ = make_problem(model, X, None, "full", None)
-    from ntkit.empirical.jacobians import jacobian_way
     assert jacobian_way(problem, list(problem.trainable)) == "vmap"
     close(nk.empirical_ntk(model, X, method="jacobian"), reference_ntk(model, X, X, "full"))
     for case, way in (("prelu-3", "jacrev"), ("prelu-2", "jacrev"), ("gru", "jacrev")):
         model, X, Y = CASES[case]
         problem, _ = make_problem(model, X, Y, "full", None)
         assert jacobian_way(problem, list(problem.trainable)) == way
+
+
+class Rescale(nn.Module):
+    """Divides by the largest absolute input, read through NumPy: a constant to autograd, and a tensor without
+    storage to every torch.func transform (so not even jacrev of one sample runs)."""
+
+    def forward(self, x):
+        return x / float(np.abs(x.detach().cpu().numpy()).max())
+
+
+def test_one_backward_pass_per_output_where_jacrev_fails():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), Rescale(), nn.Tanh(), nn.Linear(6, 3)).double()
+    X, Y = torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    problem, _ = make_problem(model, X, Y, "full", None)
+    assert jacobian_way(problem, list(problem.trainable)) == "autograd"
+    assert nk.choose_method(model, X, Y) == "jacobian"
+    for mode in MODES:
+        close(nk.empirical_ntk(model, X, Y, mode=mode), reference_ntk(model, X, Y, mode))
+    with pytest.raises(RuntimeError, match=r"in its submodule '1' \(Rescale\).*method='jacobian' was checked"):
+        nk.empirical_ntk(model, X, Y, method="ntk_vp")
