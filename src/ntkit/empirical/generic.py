@@ -112,7 +112,7 @@ def alternatives(problem: Problem, method: str) -> str:
     need = {"jacobian": jacobian_need(problem, 1, max(v.numel() for v in problem.trainable.values())),
             "ntk_vp": ntk_vp_need(problem, 1)}
     other = "ntk_vp" if method == "jacobian" else "jacobian"
-    text = f"pass memory={int(need[method]) + 1:,} or more"
+    text = f"pass memory={int(need[method]) + 1} or more"
     if need[other] <= budget:
         text += f", or method={other!r} (about {memory.format_bytes(need[other])} for one sample)"
     return text

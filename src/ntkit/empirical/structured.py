@@ -227,7 +227,7 @@ def plan_block(stack: Stack, problem: Problem, block_size: int | None) -> int:
     if size and block_need(stack, problem, size) <= budget:
         return size
     hint = f"pass block_size={fits} or less" if block_size is not None and fits else \
-        f"pass memory={int(block_need(stack, problem, 1)) + 1:,} or more"
+        f"pass memory={int(block_need(stack, problem, 1)) + 1} or more"
     raise MemoryError(f"the structured path needs about {memory.format_bytes(block_need(stack, problem, max(size, 1)))}"
                       f" for blocks of {max(size, 1)} samples ({problem.n_outputs} outputs), more than "
                       f"memory={budget:,} bytes ({memory.format_bytes(budget)}): {hint}")
