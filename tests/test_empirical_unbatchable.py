@@ -186,3 +186,16 @@ def test_one_backward_pass_per_output_where_jacrev_fails():
         close(nk.empirical_ntk(model, X, Y, mode=mode), reference_ntk(model, X, Y, mode))
     with pytest.raises(RuntimeError, match=r"in its submodule '1' \(Rescale\).*method='jacobian' was checked"):
         nk.empirical_ntk(model, X, Y, method="ntk_vp")
+
+
+def test_auto_prefers_jacobians_where_vmap_cannot_batch():
+    """Where the cost estimate favours ntk_vp but torch.func cannot batch the model (ntk_vp would then push its
+    K N vectors one at a time), auto takes the Jacobians of one sample at a time."""
+    torch.manual_seed(4)
+    model = nn.Sequential(Dense(6, 12), nn.PReLU(), Dense(12, 8)).double()
+    X, Y = torch.randn(4, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    problem, _ = make_problem(model, X, Y, "full", None)
+    costs = estimate_costs(problem)
+    assert costs["ntk_vp"] < costs["jacobian"]
+    assert nk.choose_method(model, X, Y) == "jacobian"
+    close(nk.empirical_ntk(model, X, Y), reference_ntk(model, X, Y, "full"))

@@ -18,7 +18,7 @@ from .._checks import all_finite, check_choice, check_positive_int, to_output
 from .attention import plain_attention
 from .common import MODES, Problem, Selector, count_flops, make_problem, no_fused_attention, working_memory_limit
 from .generic import jacobian_ntk, ntk_vp_ntk
-from .jacobians import TORCH_ERRORS
+from .jacobians import TORCH_ERRORS, jacobian_way
 from .layerwise import describe_plan, layerwise_ntk, make_plan
 from .structured import NotStructured, check_inputs, parse, structured_ntk
 
@@ -173,9 +173,12 @@ def _resolve(problem: Problem, method: str) -> str:
 
 
 def _candidates(problem: Problem, failures: dict[str, BaseException]) -> list[str]:
-    """The methods `auto` tries, in order: "structured" where a rule applies, then the generic ones by cost."""
+    """The methods `auto` tries, in order: "structured" where a rule applies, then the generic ones by cost
+    (but "jacobian" first where torch.func cannot batch the model: ntk_vp then pushes one vector at a time)."""
     costs = estimate_costs(problem)
     generic = sorted(costs, key=costs.__getitem__)
+    if generic[0] == "ntk_vp" and problem.X.shape[0] and _unbatchable(problem):
+        generic.reverse()
     if not problem.X.shape[0]:
         return generic
     try:
@@ -185,6 +188,15 @@ def _candidates(problem: Problem, failures: dict[str, BaseException]) -> list[st
         problem.plan, failures["structured"] = None, exc
         return generic
     return (["structured"] if problem.plan.sites else []) + generic
+
+
+def _unbatchable(problem: Problem) -> bool:
+    """Whether per-sample Jacobians are formed one sample at a time (`jacobians.jacobian_way`)."""
+    try:
+        with no_fused_attention(), plain_attention(problem.model):
+            return jacobian_way(problem, list(problem.trainable)) != "vmap"
+    except TORCH_ERRORS:  # not even autograd runs: the checks of the methods will say why
+        return False
 
 
 def _check_runs(problem: Problem, method: str) -> BaseException | None:
