@@ -96,11 +96,11 @@ def test_structured_fallback_parameters_of_prelu():
 @pytest.mark.parametrize("case", ["gru", "lstm"])
 def test_recurrent_auto_takes_a_method_that_runs(case):
     model, X, Y = CASES[case]
-    assert nk.choose_method(model, X, Y) in ("jacobian", "ntk_vp")
+    assert nk.choose_method(model, X, Y) == "jacobian"
     report = nk.choose_method(model, X, Y, per_layer=True)
     assert "'rnn'" in report["(whole model)"]
     with pytest.raises(RuntimeError, match=r"on SequenceModel, in its submodule 'rnn' \((GRU|LSTM)\).*"
-                                           r"method='(jacobian|ntk_vp)' was checked"):
+                                           r"method='jacobian' was checked"):
         nk.empirical_ntk(model, X, Y, method="structured")
 
 
