@@ -101,18 +101,18 @@ def jacobian_way(problem: Problem, names: list[str]) -> str:
 
 
 def _checked_names(problem: Problem, names: list[str]) -> list[str]:
-    """The first of `names` (the earliest parameters, whose gradients pass back through the most modules), as
-    many as the check's Jacobians (three of two samples and two projected outputs) and backward passes leave
-    within the working memory."""
+    """Those of `names`, earliest first (their gradients pass back through the most modules), whose Jacobians in
+    the check (three of two samples and two projected outputs) fit the working memory beside its backward
+    passes; the smallest one where none fits."""
     per_number = 12 * problem.itemsize
     left = working_memory(problem.device) - per_number * problem.activations
-    chosen = names[:1]
-    for name in names[1:]:
-        left -= per_number * problem.trainable[chosen[-1]].numel()
-        if per_number * problem.trainable[name].numel() > left:
-            break
-        chosen.append(name)
-    return chosen
+    chosen = []
+    for name in names:
+        need = per_number * problem.trainable[name].numel()
+        if need <= left:
+            chosen.append(name)
+            left -= need
+    return chosen or [min(names, key=lambda n: problem.trainable[n].numel())]
 
 
 def _find_way(problem: Problem, names: list[str]) -> str:
