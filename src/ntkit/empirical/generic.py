@@ -25,21 +25,32 @@ from torch.func import jvp, vmap
 
 from .. import memory
 from ..progress import progress
-from .common import Problem, block_pairs, call, contract, fill, mirror, output_shape, reduce_full, working_memory
+from .common import (
+    Problem,
+    block_pairs,
+    call,
+    contract,
+    fill,
+    mirror,
+    output_shape,
+    reduce_full,
+    samples_per_block,
+    working_memory,
+)
 from .jacobians import jacobian, jacobian_way, jacobians, sample_fn
 
 __all__ = ["jacobian", "jacobian_ntk", "jacobians", "ntk_vp_ntk", "sample_fn"]
 
 
 def largest_fitting(need: Callable[[int], float], budget: int, n: int) -> int:
-    """The largest block size b in [1, n] with need(b) <= budget (need grows with b); 0 when none does."""
+    """The largest block size b in [1, n] with need(b) <= budget, for a need c + a b + q b^2 in bytes (every
+    method's is quadratic in b); 0 when not even one sample fits."""
     if need(1) > budget:
         return 0
-    low, high = 1, max(1, n)
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if need(mid) <= budget else (low, mid - 1)
-    return low
+    c = need(0)
+    q = (need(2) - 2 * need(1) + c) / 2
+    size = samples_per_block(need(1) - c - q, q, budget - c, n)
+    return size if need(size) <= budget else max(1, size - 1)  # a root rounded up
 
 
 def parameter_groups(problem: Problem, max_elements: int) -> list[list[str]]:
