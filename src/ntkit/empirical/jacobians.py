@@ -2,12 +2,13 @@
 
 The fast way is `vmap(jacrev(F))` over the samples of a block. Some modules have no batching rule, or a wrong
 one, for that (nn.GRU, nn.LSTM and nn.RNN raise; nn.PReLU's backward mixes the samples with the outputs and
-returns wrong numbers when their counts agree). `jacobian_way` finds out once per problem, on two samples, by
-comparing the vmapped Jacobian with the Jacobians of the samples taken one at a time, and picks:
+returns wrong numbers when their counts agree). `jacobian_way` finds out once per problem, on two samples and
+two random combinations of the outputs, by comparing the vmapped Jacobian with plain backward passes, and picks:
 
 - "vmap": all samples of a block at once (the fast path, taken wherever it is exact);
 - "jacrev": `jacrev(F)` of one sample at a time (exact; no vmap over samples);
-- "autograd": one `torch.autograd.grad` per sample and output, where even `jacrev` of one sample fails.
+- "autograd": one `torch.autograd.grad` per sample and output, where even `jacrev` of one sample fails or is
+  not exact.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from torch.func import jacrev, vmap
 
 from .common import Problem, call, working_memory
 
-WAYS = ("vmap", "jacrev", "autograd")
 #: Errors torch raises for a transform it cannot apply to a model (no batching or derivative rule, a shape
 #: mismatch of a wrong batching rule).
 TORCH_ERRORS = (RuntimeError, NotImplementedError, ValueError, TypeError, IndexError)
