@@ -79,8 +79,6 @@ def close(got: torch.Tensor, want: torch.Tensor) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_unbatchable_models_exact(case, method):
     model, X, Y = CASES[case]
-    if method == "structured" and case in ("gru", "lstm"):
-        pytest.skip("the structured path's passes vmap over samples; checked to fail clearly below")
     for mode in MODES:
         close(nk.empirical_ntk(model, X, Y, mode=mode, method=method), reference_ntk(model, X, Y, mode))
     close(nk.empirical_ntk(model, X, mode="trace", method=method), reference_ntk(model, X, X, "trace"))
@@ -94,14 +92,14 @@ def test_structured_fallback_parameters_of_prelu():
 
 
 @pytest.mark.parametrize("case", ["gru", "lstm"])
-def test_recurrent_auto_takes_a_method_that_runs(case):
+def test_recurrent_models_take_the_head_by_its_rule_and_the_rest_one_sample_at_a_time(case):
+    """The Linear head has a rule; the recurrent layer's parameters take the Jacobian, formed one sample at a
+    time (vmap cannot batch them); both the plan's self-check and its passes avoid vmap over samples."""
     model, X, Y = CASES[case]
-    assert nk.choose_method(model, X, Y) == "jacobian"
+    assert nk.choose_method(model, X, Y) == "structured"
     report = nk.choose_method(model, X, Y, per_layer=True)
-    assert "'rnn'" in report["(whole model)"]
-    with pytest.raises(RuntimeError, match=r"on SequenceModel, in its submodule 'rnn' \((GRU|LSTM)\).*"
-                                           r"method='jacobian' was checked"):
-        nk.empirical_ntk(model, X, Y, method="structured")
+    assert report["head"].startswith("structured linear")
+    assert report["(other parameters)"].startswith("jacobian: rnn.weight_ih_l0")
 
 
 class NoJvpTanh(torch.autograd.Function):

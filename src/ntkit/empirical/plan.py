@@ -22,6 +22,7 @@ from torch.func import jacrev, vmap
 
 from . import attention, factored, rules
 from .common import Problem, call
+from .jacobians import jacobian_way
 
 
 class Injector:
@@ -309,7 +310,7 @@ def passes(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
 def cotangents(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """(site -> cotangents (B, K, *out without batch), fallback Jacobian (B, K, P_f) or None), from one
-    reverse pass per sample (vmapped)."""
+    reverse pass per sample (vmapped where torch.func batches the model exactly)."""
     trainable, frozen, model = problem.trainable, problem.frozen, problem.model
     chunk = {n: trainable[n] for n in plan.fallback}
     fixed = {n: v for n, v in trainable.items() if n not in chunk}
@@ -322,7 +323,13 @@ def cotangents(plan: Plan, problem: Problem, X: torch.Tensor, injector: Injector
         finally:
             injector.mode, injector.deltas = "off", {}
 
-    cot, jac = vmap(jacrev(f, argnums=(0, 1)), in_dims=(None, None, 0))(deltas, chunk, X)
+    per_sample = jacrev(f, argnums=(0, 1))
+    if jacobian_way(problem, list(problem.trainable)) == "vmap":
+        cot, jac = vmap(per_sample, in_dims=(None, None, 0))(deltas, chunk, X)
+    else:  # a model torch.func cannot batch over samples (jacobians.py): one sample at a time
+        parts = [per_sample(deltas, chunk, x) for x in X]
+        cot = {key: torch.stack([c[key] for c, _ in parts]) for key in deltas}
+        jac = {name: torch.stack([j[name] for _, j in parts]) for name in chunk}
     b, k = X.shape[0], problem.n_outputs
     cots = {s.key: cot[s.key].squeeze(2 + s.batch_out) for s in plan.sites}
     parts = [jac[n].reshape(b, k, -1) for n in plan.fallback]
