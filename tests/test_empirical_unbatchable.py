@@ -14,6 +14,7 @@ import ntkit as nk
 from ntkit.empirical.api import estimate_costs
 from ntkit.empirical.common import make_problem
 from ntkit.empirical.jacobians import jacobian_way
+from test_empirical_structured import NoForwardAD  # tanh with a backward and no jvp
 
 MODES = ("full", "trace", "diagonal")
 
@@ -102,28 +103,9 @@ def test_recurrent_models_take_the_head_by_its_rule_and_the_rest_one_sample_at_a
     assert report["(other parameters)"].startswith("jacobian: rnn.weight_ih_l0")
 
 
-class NoJvpTanh(torch.autograd.Function):
-    """tanh with a backward but no forward-mode (jvp) rule."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return torch.tanh(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
-
-
 class Act(nn.Module):
     def forward(self, x):
-        return NoJvpTanh.apply(x)
+        return NoForwardAD.apply(x)
 
 
 class Dense(nn.Module):
