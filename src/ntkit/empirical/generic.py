@@ -25,18 +25,8 @@ from torch.func import jvp, vmap
 
 from .. import memory
 from ..progress import progress
-from .common import (
-    Problem,
-    block_pairs,
-    call,
-    contract,
-    fill,
-    mirror,
-    output_shape,
-    reduce_full,
-    samples_per_block,
-    working_memory,
-)
+from .blocking import block_pairs, fill, mirror, samples_per_block
+from .common import Problem, call, contract, output_shape, reduce_full, working_memory
 from .jacobians import jacobian, jacobian_way, jacobians, sample_fn
 
 __all__ = ["jacobian", "jacobian_ntk", "jacobians", "ntk_vp_ntk", "sample_fn"]

@@ -21,7 +21,8 @@ import torch
 
 from .. import memory
 from . import bylayer, factored, rules
-from .common import Problem, contract, fill, samples_per_block, working_memory
+from .blocking import fill, samples_per_block
+from .common import Problem, contract, working_memory
 from .plan import Plan, describe_plan, instrumented, make_plan, passes
 
 __all__ = ["describe_plan", "layerwise_ntk", "make_plan"]

@@ -21,7 +21,8 @@ from torch import nn
 
 from .. import memory
 from ..nets import ActivationLayer, NTKLinear
-from .common import Problem, contract, fill, working_memory
+from .blocking import fill
+from .common import Problem, contract, working_memory
 from .generic import largest_fitting
 
 #: Parameter-free torch modules that act elementwise: their derivative is taken by autograd on a sum.
