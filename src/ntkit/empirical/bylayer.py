@@ -24,6 +24,9 @@ from . import factored, rules
 from .common import Problem, contract, self_gram
 from .plan import Plan, instrumented, output_cotangents, shifted_forward
 
+#: The share of the working memory for an input prepared again for each output (rows by rows).
+PREPARED_SHARE = 16
+
 
 def _rows(problem: Problem) -> int:
     return problem.X.shape[0] + (0 if problem.Y is None else problem.Y.shape[0])
@@ -46,7 +49,11 @@ def kept(plan: Plan, problem: Problem, budget: int) -> tuple[set[str], set[str]]
     outs = sum(site.shapes.get("out", 0) for site in plan.sites)
     first = max(site.shapes.get("out", 0) for site in plan.sites)  # an output tapped by a copy
     held = sum(k * site.shapes.get("out", 0) for site in plan.sites if site.order == "factored")
-    largest = max([factored.n_params(site, problem.trainable) for site in plan.sites] + [0])
+    # one layer's gradients at a time: the weights formed in this path (not factored, nor taking the positions
+    # order, unless that order does not fit below)
+    formed = [site for site in plan.sites if site.order != "factored"]
+    largest = max([factored.n_params(site, problem.trainable) for site in formed
+                   if not _by_positions(site, rows, k)] + [0])
     fallback = k * sum(problem.trainable[n].numel() for n in plan.fallback)
     # the forward graph, the copy of the first sites' outputs and one output's cotangents (outs)
     per_row = problem.activations + outs + first + held + largest + fallback + 2 * problem.X[0].numel()
@@ -56,19 +63,51 @@ def kept(plan: Plan, problem: Problem, budget: int) -> tuple[set[str], set[str]]
         return None
     n, m, chosen, by_positions = problem.X.shape[0], problem.cols.shape[0], set(), set()
     for site in plan.sites:
-        need = 2 * n * m * site.shapes.get("S", 0) ** 2  # the input Gram and one cotangent Gram
-        if _by_positions(site, rows, k) and need <= left:
+        grams = 2 * n * m * site.shapes.get("S", 0) ** 2  # the input Gram and one cotangent Gram
+        if _by_positions(site, rows, k) and grams <= left:
             by_positions.add(site.key)
-            left -= need
+            left -= grams
+    missed = [factored.n_params(site, problem.trainable) for site in formed
+              if _by_positions(site, rows, k) and site.key not in by_positions]
+    left -= rows * max(0, max(missed + [0]) - largest)  # such a weight's gradients are formed after all
+    if left < 0:
+        return None
     candidates = [site for site in plan.sites if site.order != "factored" and site.weight is not None
                   and site.kind in ("conv", "norm")]  # (a linear layer's input is used as it is)
-    for site in sorted(candidates, key=lambda site: site.shapes.get("O", 0) * site.shapes.get("G", 1)):
+
+    def need(site: rules.Site) -> int:
         shapes = site.shapes
-        need = rows * (shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes["in"])
-        if need <= left:
+        return rows * (shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes["in"])
+
+    # one input prepared again for an output, a few rows at a time
+    share = budget // problem.itemsize // PREPARED_SHARE
+    left -= max([min(rows, _patch_rows(site, share)) * (need(site) // rows) for site in candidates] + [0])
+    if left < 0:
+        return None
+    for site in sorted(candidates, key=lambda site: site.shapes.get("O", 0) * site.shapes.get("G", 1)):
+        if need(site) <= left:
             chosen.add(site.key)
-            left -= need
+            left -= need(site)
     return chosen, by_positions
+
+
+def _patch_rows(site: rules.Site, numbers: int) -> int:
+    """Rows whose prepared input (a convolution's patches) takes at most `numbers` numbers (at least one)."""
+    shapes = site.shapes
+    per_row = shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes.get("in", 1)
+    return max(1, numbers // max(per_row, 1))
+
+
+def _site_grads(site: rules.Site, a: torch.Tensor, g: torch.Tensor, with_weight: bool,
+                prepared: torch.Tensor | None, numbers: int) -> list[torch.Tensor]:
+    """`rules.per_sample_grads` for one output's cotangents g (rows, *out): each (rows, 1, P). An input not
+    prepared beforehand is prepared rows by rows, at most `numbers` numbers at a time."""
+    if prepared is not None or not with_weight or site.weight is None or site.kind not in ("conv", "norm"):
+        return rules.per_sample_grads(site, a, g[:, None], with_weight, prepared)
+    step = _patch_rows(site, numbers)
+    parts = [rules.per_sample_grads(site, a[i:i + step], g[i:i + step, None], True)
+             for i in range(0, a.shape[0], step)]
+    return [torch.cat(pieces) for pieces in zip(*parts, strict=True)]
 
 
 def _gram(J: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
@@ -99,8 +138,8 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) ->
                     continue
                 if site.key in positions:  # the weight by positions, with the input Gram of all outputs
                     theta[:, :, index] += _positions(site, positions[site.key], g, n, symmetric)
-                for J in rules.per_sample_grads(site, inputs[site.key], g[:, None], site.key not in positions,
-                                                prepared.get(site.key)):
+                for J in _site_grads(site, inputs[site.key], g, site.key not in positions, prepared.get(site.key),
+                                     budget // problem.itemsize // PREPARED_SHARE):
                     theta[:, :, index] += _gram(J[:, 0], n, symmetric)
     for site in plan.sites:
         if site.order == "factored":

@@ -69,7 +69,7 @@ def _chunk_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatu
         if site.order == "factored":
             factors.append(factored.features(site, a, g))
             continue
-        if _is_large(site):  # its per-sample gradients are formed tile by tile: memory B K P for one layer
+        if _is_large(site, problem.n_outputs):  # gradients formed tile by tile: memory B K P for one layer
             large.append((site, a, g))
             continue
         pieces += rules.per_sample_grads(site, a, g, with_weight=not site.positions)
@@ -82,10 +82,14 @@ def _chunk_features(plan: Plan, problem: Problem, X: torch.Tensor) -> BlockFeatu
     return BlockFeatures(big + ([torch.cat(small, 2)] if small else []), positions, large, factors)
 
 
-def _is_large(site: rules.Site) -> bool:
-    """A jacobian-order weight of at least LARGE_PIECE numbers."""
-    return site.order == "jacobian" and site.weight is not None and site.kind != "norm" \
-        and site.shapes.get("G", 1) * site.shapes.get("O", 0) * site.shapes.get("I", 0) >= LARGE_PIECE
+def _is_large(site: rules.Site, k: int) -> bool:
+    """A jacobian-order weight of at least LARGE_PIECE numbers whose per-sample gradients (K G O I numbers) take
+    more memory than its input and cotangents (in + K out): those are kept instead, and its gradients formed
+    tile by tile. (An early convolution over many positions is the other way round: its gradients are kept.)"""
+    if site.order != "jacobian" or site.weight is None or site.kind == "norm":
+        return False
+    numel = site.shapes.get("G", 1) * site.shapes.get("O", 0) * site.shapes.get("I", 0)
+    return numel >= LARGE_PIECE and k * numel > site.shapes.get("in", 0) + k * site.shapes.get("out", 0)
 
 
 def tile(fx: BlockFeatures, fy: BlockFeatures, mode: str, n_outputs: int) -> torch.Tensor:
@@ -120,7 +124,7 @@ def _block_costs(plan: Plan, problem: Problem) -> tuple[float, float, float, flo
     p_jac = sum(problem.trainable[n].numel() for n in plan.fallback)
     largest = 0  # the largest layer whose per-sample gradients are formed tile by tile
     for site in plan.sites:
-        if _is_large(site):
+        if _is_large(site, k):
             params = [p for p in (site.weight, site.bias) if p is not None]
             largest = max(largest, sum(problem.trainable[n][r if r is not None else slice(None)].numel()
                                        for n, r in params))
