@@ -78,3 +78,30 @@ def test_a_block_size_over_the_budget_is_refused_naming_one_that_fits() -> None:
     ours = empirical_ntk(net, X, mode="full", method="structured", block_size=fits, memory=200_000, progress=False)
     reference = empirical_ntk(net, X, mode="full", method="jacobian", progress=False)
     assert float((ours - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+
+
+def test_inputs_prepared_rows_by_rows_give_the_same_kernel(monkeypatch) -> None:
+    """With nothing prepared beforehand and a share of the memory of a few numbers, every convolution's
+    patches are formed a row at a time: the kernel is the explicit one all the same."""
+    net = model()
+    X = torch.randn(7, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    original = bylayer.kept
+
+    def nothing_prepared(plan, problem, budget):
+        found = original(plan, problem, budget)
+        return None if found is None else (set(), found[1])
+
+    calls = []
+    site_grads = bylayer._site_grads
+
+    def spy(site, a, g, with_weight, prepared, numbers):
+        calls.append(bylayer._patch_rows(site, numbers) if site.kind == "conv" else None)
+        return site_grads(site, a, g, with_weight, prepared, numbers)
+
+    monkeypatch.setattr(bylayer, "kept", nothing_prepared)
+    monkeypatch.setattr(bylayer, "PREPARED_SHARE", 10**12)
+    monkeypatch.setattr(bylayer, "_site_grads", spy)
+    ours = empirical_ntk(net, X, mode="trace", method="structured", progress=False)
+    assert 1 in calls  # the convolutions' patches went one row at a time
+    reference = empirical_ntk(net, X, mode="trace", method="jacobian", progress=False)
+    assert float((ours - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
