@@ -11,6 +11,9 @@ a single-threaded run (--threads 1) is the fairer comparison; the ratios use it 
   transformer  2 nn.TransformerEncoderLayer (d = 128, 4 heads, feed-forward 512, eval mode), sequences of 32,
                mean over positions, Linear to 10 outputs, N = 64, mode="full"
   transformer-trace  the same in mode="trace"
+  resnet18-wide      the standard ResNet-18 widths 64-128-256-512 (11.2M parameters), N = 16, mode="trace";
+  resnet18-wide-64   the same at N = 64 (torch.func's Jacobian alone would need 29 GB: skipped where it does
+                     not fit the machine's memory)
 
 Methods: ntkit-auto (`empirical_ntk`, the structured rules), ntkit-jacobian, torchfunc-jacobian (the torch.func
 tutorial: vmap(jacrev) of all parameters, einsum per parameter, the tutorial's contraction for the mode: in
@@ -38,7 +41,8 @@ from empirical_ntk import spawn, torchfunc_jacobian  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "results" / "empirical_models.json"
 CASES = {"cnn": (64, "full"), "resnet18": (128, "trace"), "transformer": (64, "full"),
-         "transformer-trace": (64, "trace")}
+         "transformer-trace": (64, "trace"), "resnet18-wide": (16, "trace"), "resnet18-wide-64": (64, "trace")}
+WIDE = (64, 128, 256, 512)  # the standard ResNet-18's widths
 
 NT_SCRIPT = r"""
 import json, sys, time, numpy as np, jax, neural_tangents as nt
@@ -114,7 +118,8 @@ def make(case: str):
     import torch
     torch.manual_seed(0)
     name = case.split("-")[0]
-    model = {"cnn": cnn, "resnet18": resnet18, "transformer": transformer}[name]().eval()
+    build = {"cnn": cnn, "resnet18": resnet18, "transformer": transformer}[name]
+    model = (build(WIDE) if "wide" in case else build()).eval()
     n = CASES[case][0]
     shape = (32, 128) if name == "transformer" else (3, 32, 32)
     return model, torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
@@ -159,6 +164,12 @@ def worker(spec: dict) -> dict:
             "chosen": chosen, "n_params": sum(p.numel() for p in model.parameters())}
 
 
+def jacobian_bytes(case: str) -> float:
+    """The float32 Jacobian torch.func forms of the case: N samples x 10 outputs x P parameters."""
+    model, X = make(case)
+    return 4.0 * X.shape[0] * 10 * sum(p.numel() for p in model.parameters())
+
+
 def run(case: str, method: str, args: argparse.Namespace) -> dict:
     record = {"case": case, "method": method, "n": CASES[case][0], "mode": CASES[case][1]}
     env = dict(os.environ, NTKIT_PROGRESS="0")
@@ -169,6 +180,11 @@ def run(case: str, method: str, args: argparse.Namespace) -> dict:
             env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         command = [args.nt_python, "-c", NT_SCRIPT, str(CASES[case][0]), method[-1], "128"]
     else:
+        if method.startswith("torchfunc"):
+            need = jacobian_bytes(case)
+            if need > 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+                return {**record, "skip": f"its Jacobian alone needs {need / 2**30:.0f} GiB, more than this "
+                                          "machine's memory"}
         spec = {"case": case, "method": method, "threads": args.threads}
         command = [sys.executable, str(HERE), "--worker", json.dumps(spec)]
     text, rss, status = spawn(command, args.timeout, env)
@@ -178,7 +194,7 @@ def run(case: str, method: str, args: argparse.Namespace) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'case':<13}{'method':<20}{'wall (s)':>10}{'CPU (s)':>10}{'peak RSS (MB)':>15}{'x ntkit-auto':>14}  note"
+    head = f"{'case':<18}{'method':<20}{'wall (s)':>10}{'CPU (s)':>10}{'peak RSS (MB)':>15}{'x ntkit-auto':>14}  note"
     lines = [head]
     for case in dict.fromkeys(r["case"] for r in results):
         rows = [r for r in results if r["case"] == case]
@@ -190,14 +206,15 @@ def table(results: list[dict]) -> str:
             note = r.get("skip") or (f"auto chose {r['chosen']}" if r.get("chosen") else "")
             wall = f"{t:10.2f}" if t else f"{'-':>10}"
             cpu = f"{c:10.2f}" if c else f"{'-':>10}"
-            lines.append(f"{case:<13}{r['method']:<20}{wall}{cpu}{rss}{ratio}  {note}")
+            lines.append(f"{case:<18}{r['method']:<20}{wall}{cpu}{rss}{ratio}  {note}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=[c for c in CASES if "wide" not in c], choices=list(CASES),
+                        help="default: all but the resnet18-wide ones (minutes more)")
     parser.add_argument("--methods", nargs="+",
                         default=["ntkit-auto", "ntkit-jacobian", "torchfunc-jacobian", "torchfunc-full", "nt-impl1",
                                  "nt-impl3"])
