@@ -105,3 +105,26 @@ def test_inputs_prepared_rows_by_rows_give_the_same_kernel(monkeypatch) -> None:
     assert 1 in calls  # the convolutions' patches went one row at a time
     reference = empirical_ntk(net, X, mode="trace", method="jacobian", progress=False)
     assert float((ours - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+
+
+@pytest.mark.parametrize("mode", ["trace", "diagonal"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_the_by_layer_sum_in_chunks_is_the_whole_sum(mode: str, cross: bool) -> None:
+    """Chunks of 3 samples (7 and 5 samples: uneven last chunks), each pair of chunks by layer, mirrored when
+    Y is None: the explicit kernel (torch.func's Jacobian contraction)."""
+    from ntkit.empirical.common import make_problem
+    from ntkit.empirical.plan import make_plan
+
+    net = model()
+    generator = torch.Generator().manual_seed(4)
+    X = torch.randn(7, 2, 6, 6, dtype=torch.float64, generator=generator)
+    Y = torch.randn(5, 2, 6, 6, dtype=torch.float64, generator=generator) if cross else None
+    problem, _ = make_problem(net, X, Y, mode, None)
+    plan = make_plan(problem)
+    assert bylayer.chunk_rows(plan, problem, 1 << 30) >= 7  # everything fits in one chunk at 1 GiB
+    ours = bylayer.chunked_ntk(plan, problem, False, 1 << 30, 3)
+    reference = empirical_ntk(net, X, Y, mode=mode, method="jacobian", progress=False)
+    assert ours.shape == reference.shape
+    assert float((ours - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+    if not cross:
+        assert torch.equal(ours, ours.transpose(0, 1))  # mirrored: exactly symmetric

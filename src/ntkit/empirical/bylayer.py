@@ -17,10 +17,13 @@ computed once for all outputs), every other weight the jacobian order.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..progress import progress
 from . import factored, rules
+from .blocking import fill
 from .common import Problem, contract, self_gram
 from .plan import Plan, instrumented, output_cotangents, shifted_forward
 
@@ -108,6 +111,36 @@ def _site_grads(site: rules.Site, a: torch.Tensor, g: torch.Tensor, with_weight:
     parts = [rules.per_sample_grads(site, a[i:i + step], g[i:i + step, None], True)
              for i in range(0, a.shape[0], step)]
     return [torch.cat(pieces) for pieces in zip(*parts, strict=True)]
+
+
+def chunk_rows(plan: Plan, problem: Problem, budget: int) -> int:
+    """The most samples s such that the by-layer sum between two chunks of s samples (2 s rows) fits `budget`;
+    0 when the mode does not suit this path or not even two samples fit."""
+    def pair_fits(s: int) -> bool:
+        X = problem.X[:s]
+        return fits(plan, replace(problem, X=X, Y=problem.cols[:s]), budget)
+
+    if not pair_fits(1):
+        return 0
+    low, high = 1, max(problem.X.shape[0], problem.cols.shape[0])
+    while low < high:  # the largest s that fits, by bisection
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if pair_fits(middle) else (low, middle - 1)
+    return low
+
+
+def chunked_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int, size: int) -> torch.Tensor:
+    """Theta as `bylayer_ntk` computes it, for chunks of `size` samples at a time: each pair of chunks (once,
+    mirrored, when Y is None) runs the by-layer sum between its two chunks, its passes computed again for every
+    pair. For a model whose forward graph over all samples does not fit the working memory but whose
+    per-sample features are too large for the block path to keep."""
+    symmetric = problem.Y is None
+
+    def tile_fn(rows: slice, cols: slice) -> torch.Tensor:
+        Y = None if symmetric and rows == cols else problem.cols[cols]
+        return bylayer_ntk(plan, replace(problem, X=problem.X[rows], Y=Y), False, budget)
+
+    return fill(tile_fn, problem, size, "empirical NTK (structured, by layer, in chunks)", show)
 
 
 def _gram(J: torch.Tensor, n: int, symmetric: bool) -> torch.Tensor:
