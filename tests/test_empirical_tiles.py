@@ -167,18 +167,23 @@ def test_least_squares_dynamics_on_empirical_tiles_match_the_dense_gram():
         assert_close(matrix_free.predict(K_cross, t), reference, 1e-7)
 
 
+def regression_problem(n: int, m: int, seed: int) -> tuple:
+    """(model, X (n, 1, 6, 6), Xs (m, ...), X and Xs flattened, targets y (n,), K = Theta(X, X), Theta(Xs, X) in
+    trace mode, a ridge of 1e-2 times K's mean diagonal) for the kernel-regression tests."""
+    model, X, Xs = small_cnn(), inputs((1, 6, 6), n, seed), inputs((1, 6, 6), m, seed + 1)
+    y = torch.randn(n, dtype=DT, generator=torch.Generator().manual_seed(seed))
+    K = E.empirical_ntk(model, X, mode="trace")
+    K_cross = E.empirical_ntk(model, Xs, X, mode="trace")
+    return model, X, Xs, X.reshape(n, -1), Xs.reshape(m, -1), y, K, K_cross, 1e-2 * float(K.diagonal().mean())
+
+
 def test_infinite_width_gp_mean_with_a_finite_models_kernel():
     """`EmpiricalKernel` gives `InfiniteWidthGP` (unchanged) a trained model's NTK: its mean at t = inf and at a
     finite t, by Cholesky and by matrix-free CG, equals least squares on the dense empirical Gram; a standard
     deviation (which needs an NNGP) is refused."""
     from ntkit.dynamics import InfiniteWidthGP, LeastSquares
 
-    model, X, Xs = small_cnn(), inputs((1, 6, 6), 20, 6), inputs((1, 6, 6), 4, 7)
-    flat, flat_s = X.reshape(20, -1), Xs.reshape(4, -1)
-    y = torch.randn(20, dtype=DT, generator=torch.Generator().manual_seed(2))
-    K = E.empirical_ntk(model, X, mode="trace")
-    K_cross = E.empirical_ntk(model, Xs, X, mode="trace")
-    ridge = 1e-2 * float(K.diagonal().mean())
+    model, X, Xs, flat, flat_s, y, K, K_cross, ridge = regression_problem(20, 4, 6)
     reference = LeastSquares(K, y, ridge=ridge)
     kernel = E.EmpiricalKernel(model, in_shape=(1, 6, 6))
     exact = InfiniteWidthGP(kernel, flat, y, ridge=ridge)
@@ -228,12 +233,7 @@ def test_nystrom_on_empirical_tiles():
     K~ = K_nm K_mm^-1 K_mn of the same centres, f(x) = K~(x, X) (K~ + ridge I)^-1 y, computed here densely."""
     from ntkit.dynamics import InfiniteWidthGP
 
-    model, X, Xs = small_cnn(), inputs((1, 6, 6), 24, 8), inputs((1, 6, 6), 5, 9)
-    flat, flat_s = X.reshape(24, -1), Xs.reshape(5, -1)
-    y = torch.randn(24, dtype=DT, generator=torch.Generator().manual_seed(3))
-    K = E.empirical_ntk(model, X, mode="trace")
-    K_s = E.empirical_ntk(model, Xs, X, mode="trace")
-    ridge = 1e-2 * float(K.diagonal().mean())
+    model, X, Xs, flat, flat_s, y, K, K_s, ridge = regression_problem(24, 5, 8)
     eye = torch.eye(24, dtype=DT)
     kernel = E.EmpiricalKernel(model, in_shape=(1, 6, 6))
     exact = InfiniteWidthGP(kernel, flat, y, ridge=ridge).predict(flat_s)
