@@ -55,8 +55,8 @@ def kept(plan: Plan, problem: Problem, budget: int) -> tuple[set[str], set[str]]
     # one layer's gradients at a time: the weights formed in this path (not factored, nor taking the positions
     # order, unless that order does not fit below)
     formed = [site for site in plan.sites if site.order != "factored"]
-    largest = max([factored.n_params(site, problem.trainable) for site in formed
-                   if not _by_positions(site, rows, k)] + [0])
+    prefers = {site.key for site in formed if _by_positions(site, rows, k)}
+    largest = max([factored.n_params(site, problem.trainable) for site in formed if site.key not in prefers] + [0])
     fallback = k * sum(problem.trainable[n].numel() for n in plan.fallback)
     # the forward graph, the copy of the first sites' outputs and one output's cotangents (outs)
     per_row = problem.activations + outs + first + held + largest + fallback + 2 * problem.X[0].numel()
@@ -67,38 +67,41 @@ def kept(plan: Plan, problem: Problem, budget: int) -> tuple[set[str], set[str]]
     n, m, chosen, by_positions = problem.X.shape[0], problem.cols.shape[0], set(), set()
     for site in plan.sites:
         grams = 2 * n * m * site.shapes.get("S", 0) ** 2  # the input Gram and one cotangent Gram
-        if _by_positions(site, rows, k) and grams <= left:
+        if site.key in prefers and grams <= left:
             by_positions.add(site.key)
             left -= grams
     missed = [factored.n_params(site, problem.trainable) for site in formed
-              if _by_positions(site, rows, k) and site.key not in by_positions]
+              if site.key in prefers - by_positions]
     left -= rows * max(0, max(missed + [0]) - largest)  # such a weight's gradients are formed after all
     if left < 0:
         return None
     candidates = [site for site in plan.sites if site.order != "factored" and site.weight is not None
                   and site.kind in ("conv", "norm")]  # (a linear layer's input is used as it is)
-
-    def need(site: rules.Site) -> int:
-        shapes = site.shapes
-        return rows * (shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes["in"])
-
-    # one input prepared again for an output, a few rows at a time
-    share = budget // problem.itemsize // PREPARED_SHARE
-    left -= max([min(rows, _patch_rows(site, share)) * (need(site) // rows) for site in candidates] + [0])
+    share = _prepared_share(problem, budget)  # one input prepared again for an output, a few rows at a time
+    left -= max([min(rows, _patch_rows(site, share)) * _prepared_per_row(site) for site in candidates] + [0])
     if left < 0:
         return None
     for site in sorted(candidates, key=lambda site: site.shapes.get("O", 0) * site.shapes.get("G", 1)):
-        if need(site) <= left:
+        if rows * _prepared_per_row(site) <= left:
             chosen.add(site.key)
-            left -= need(site)
+            left -= rows * _prepared_per_row(site)
     return chosen, by_positions
 
 
-def _patch_rows(site: rules.Site, numbers: int) -> int:
-    """Rows whose prepared input (a convolution's patches) takes at most `numbers` numbers (at least one)."""
+def _prepared_per_row(site: rules.Site) -> int:
+    """Numbers per sample of `rules.prepare` for a convolution (its patches) or a norm (its normalized input)."""
     shapes = site.shapes
-    per_row = shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes.get("in", 1)
-    return max(1, numbers // max(per_row, 1))
+    return shapes["S"] * shapes["G"] * shapes["I"] if site.kind == "conv" else shapes.get("in", 1)
+
+
+def _prepared_share(problem: Problem, budget: int) -> int:
+    """Numbers of the working memory for an input prepared again for each output."""
+    return budget // problem.itemsize // PREPARED_SHARE
+
+
+def _patch_rows(site: rules.Site, numbers: int) -> int:
+    """Rows whose prepared input takes at most `numbers` numbers (at least one)."""
+    return max(1, numbers // max(_prepared_per_row(site), 1))
 
 
 def _site_grads(site: rules.Site, a: torch.Tensor, g: torch.Tensor, with_weight: bool,
@@ -160,6 +163,7 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) ->
     with instrumented(plan, problem) as injector:
         inputs, out = shifted_forward(plan, problem, Z, injector)
         prepared = {site.key: rules.prepare(site, inputs[site.key]) for site in plan.sites if site.key in keep}
+        share = _prepared_share(problem, budget)
         positions = {site.key: _input_gram(site, inputs[site.key], n, symmetric) for site in plan.sites
                      if site.key in by_positions}
         for index in progress(range(k), total=k, desc="empirical NTK (structured, by layer)", enabled=show):
@@ -172,7 +176,7 @@ def bylayer_ntk(plan: Plan, problem: Problem, show: bool | None, budget: int) ->
                 if site.key in positions:  # the weight by positions, with the input Gram of all outputs
                     theta[:, :, index] += _positions(site, positions[site.key], g, n, symmetric)
                 for J in _site_grads(site, inputs[site.key], g, site.key not in positions, prepared.get(site.key),
-                                     budget // problem.itemsize // PREPARED_SHARE):
+                                     share):
                     theta[:, :, index] += _gram(J[:, 0], n, symmetric)
     for site in plan.sites:
         if site.order == "factored":

@@ -118,7 +118,7 @@ def empirical_kernel_tiles(model: nn.Module | Callable, X: object, Y: object = N
     problem, _ = make_problem(model, X, Y, mode, params, output)
     if problem.X.shape[0] == 0 or problem.cols.shape[0] == 0:
         raise ValueError("X and Y must hold at least one sample each")
-    with working_memory_limit(memory), no_fused_attention(), plain_attention(problem.model):
+    with working_memory_limit(memory):
         chosen = _resolve(problem, method)  # auto's trial runs within the tiles' memory
     fn = _Tiles(problem, chosen, memory)
     k = problem.n_outputs if mode == "full" else 1
